@@ -1,0 +1,3 @@
+from quickft.cli import entry
+
+entry()

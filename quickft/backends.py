@@ -1,0 +1,174 @@
+"""Load model + tokenizer for training or inference: Unsloth's FastLanguageModel, or plain transformers + PEFT.
+
+Two functions with the same return shape, no class hierarchy. `import unsloth` happens only inside
+`load_unsloth`, and the caller (train.py / chat.py) calls `import_unsloth_first()` before anything imports
+transformers, trl or peft, because Unsloth patches them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from quickft.errors import UserError
+from quickft.hardware import Choice
+from quickft.recipe import Recipe
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    choice: Choice
+
+
+def private_by_default(local: bool) -> None:
+    """No usage statistics, and no hub look-ups at all when the model is on local disk. Call before HF imports."""
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if local:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def import_unsloth_first() -> str | None:
+    """Import unsloth before transformers/trl/peft. Returns the import error as text, or None if it imported."""
+    try:
+        import unsloth  # noqa: F401  (patches transformers, trl and peft for this process)
+    except Exception as e:  # unsloth raises NotImplementedError, ImportError, RuntimeError... on unusable setups
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
+
+
+def resolve_model_path(model: str) -> tuple[str, bool]:
+    """(path or hub id, is_local). A path that looks local but does not exist is a UserError."""
+    candidate = Path(model).expanduser()
+    if candidate.exists():
+        if not candidate.is_dir():
+            raise UserError(f"model {model!r} is a file, not a model directory", hint="point `model` at the directory")
+        check_model_dir(candidate)
+        return str(candidate.resolve()), True
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model:
+        raise UserError(f"model directory not found: {model}", hint="check the path, or use a hub id like microsoft/phi-2")
+    return model, False
+
+
+def check_model_dir(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a model directory (no config.json)", hint="use a directory saved by save_pretrained")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise UserError(f"{path}: no weights (*.safetensors or *.bin)", hint="save the model with save_pretrained")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")):
+        raise UserError(f"{path}: no tokenizer files", hint="save the tokenizer into the same directory")
+
+
+def lora_targets(model, wanted: list[str] | str) -> list[str] | str:
+    """LoRA target module names; "all-linear" expands to every linear layer except the output head."""
+    if wanted != "all-linear":
+        return wanted
+    import torch
+
+    names = {name.split(".")[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    # GPT-2 uses Conv1D for its projections
+    names |= {name.split(".")[-1] for name, module in model.named_modules() if type(module).__name__ == "Conv1D"}
+    return sorted(names - {"lm_head", "score", "embed_out"})
+
+
+def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_training: bool = True) -> Loaded:
+    """transformers + (bitsandbytes 4-bit) + PEFT LoRA, or the full model for mode='full'."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = getattr(torch, DTYPES[choice.precision])
+    kwargs = {"trust_remote_code": recipe.trust_remote_code, "local_files_only": local}
+    if choice.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": 0} if choice.device == "cuda" else {"": choice.device}
+    # full fine-tuning keeps fp32 master weights and lets mixed precision cast; LoRA loads the frozen base in the
+    # compute dtype (PEFT keeps the small adapters in fp32)
+    kwargs["dtype"] = torch.float32 if recipe.mode == "full" else dtype
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=recipe.trust_remote_code, local_files_only=local)
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    _fix_pad_token(model, tokenizer)
+    if not for_training or recipe.mode == "full":
+        if for_training and recipe.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        return Loaded(model, tokenizer, choice)
+
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if choice.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.gradient_checkpointing)
+    elif recipe.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    config = LoraConfig(
+        r=recipe.lora.r,
+        lora_alpha=recipe.lora.alpha,
+        lora_dropout=recipe.lora.dropout,
+        target_modules=lora_targets(model, recipe.lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return Loaded(get_peft_model(model, config), tokenizer, choice)
+
+
+def load_unsloth(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_training: bool = True) -> Loaded:
+    """Unsloth's FastLanguageModel: its own 4-bit loading, LoRA and gradient checkpointing."""
+    import torch
+    from unsloth import FastLanguageModel
+
+    dtype = getattr(torch, DTYPES[choice.precision])
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=model_path,
+        max_seq_length=recipe.max_seq_length,
+        dtype=torch.float32 if recipe.mode == "full" and choice.device == "cpu" else dtype,
+        load_in_4bit=choice.load_in_4bit,
+        full_finetuning=recipe.mode == "full" and for_training,
+        trust_remote_code=recipe.trust_remote_code,
+        local_files_only=local,
+    )
+    _fix_pad_token(model, tokenizer)
+    if for_training and recipe.mode != "full":
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=recipe.lora.r,
+            lora_alpha=recipe.lora.alpha,
+            lora_dropout=recipe.lora.dropout,
+            target_modules=lora_targets(model, recipe.lora.target_modules),
+            bias="none",
+            use_gradient_checkpointing="unsloth" if recipe.gradient_checkpointing else False,
+            random_state=recipe.seed,
+        )
+    if not for_training:
+        FastLanguageModel.for_inference(model)
+    return Loaded(model, tokenizer, choice)
+
+
+def load(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_training: bool = True) -> Loaded:
+    loader = load_unsloth if choice.backend == "unsloth" else load_peft
+    try:
+        return loader(recipe, choice, model_path, local=local, for_training=for_training)
+    except OSError as e:
+        if local:
+            raise UserError(f"cannot load the model from {model_path}: {e}", hint="check the model directory") from e
+        raise UserError(
+            f"cannot load {model_path!r}: {str(e).splitlines()[0]}",
+            hint="with no internet or hub, download the model elsewhere and point `model` at its local directory",
+        ) from e
+
+
+def _fix_pad_token(model, tokenizer) -> None:
+    if tokenizer.pad_token is None:
+        # padding is masked out of attention and loss, so any id works; eos is the usual choice
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -1,0 +1,102 @@
+"""The `quickft` command: parses arguments, calls one function per verb, maps errors to exit codes.
+
+Heavy libraries (torch, transformers, trl, unsloth) are imported inside the verbs, so `quickft --help` is instant.
+Exit codes: 0 ok, 1 crash (a bug: traceback with --debug), 2 bad input (one clear message), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import click
+import typer
+
+from quickft.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Quick LoRA / QLoRA / full fine-tuning of causal language models, on the GPU you have (or none).",
+)
+_debug = False
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
+) -> None:
+    global _debug
+    _debug = debug or _debug
+
+
+Backend = Annotated[
+    str | None,
+    typer.Option("--backend", help="auto (default: from the hardware), unsloth or peft.", show_default=False),
+]
+
+
+@app.command()
+def run(
+    recipe: Annotated[str, typer.Argument(help="Recipe file, e.g. recipes/tiny_math.py")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides: max_steps=20 lora.r=8")] = None,
+    output_dir: Annotated[str | None, typer.Option("--output-dir", help="Run directory (default outputs/<name>).")] = None,
+    backend: Backend = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print only the final report.")] = False,
+) -> None:
+    """Fine-tune a model as a recipe says, and write a run directory."""
+    if backend not in (None, "auto", "unsloth", "peft"):
+        raise UserError(f"--backend {backend}: unknown backend", hint="use auto, unsloth or peft")
+    from quickft.report import Reporter
+    from quickft.train import run as train_run
+
+    train_run(recipe, overrides or [], output_dir=output_dir, backend=backend, reporter=Reporter(quiet=quiet))
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    fast: Annotated[bool, typer.Option("--fast", help="Skip the (slow) unsloth import check.")] = False,
+) -> None:
+    """Show the software and hardware stack, layer by layer, and which backend `auto` picks here."""
+    from quickft.doctor import main as doctor_main
+
+    doctor_main(as_json=as_json, check_unsloth_import=not fast)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code instead of exiting (tests call this)."""
+    global _debug
+    _debug = bool(os.environ.get("QUICKFT_DEBUG")) or "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        result = app(args=argv, prog_name="quickft", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except UserError as e:
+        if _debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"  fix: {e.hint}", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.ClickException as e:
+        e.show()
+        return 2
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if _debug:
+            raise
+        print(f"quickft crashed: {type(e).__name__}: {e}", file=sys.stderr)
+        print("  rerun with --debug for the full traceback, and include it in a bug report", file=sys.stderr)
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())

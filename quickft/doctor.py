@@ -1,0 +1,131 @@
+"""`quickft doctor`: one screen to paste into a bug report, layer by layer, ending with the backend verdict.
+
+Never imports unsloth in this process (importing it patches other libraries); it is tried in a subprocess.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from quickft.hardware import UnslothStatus, choose, describe, detect, unsloth_status
+
+
+def version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def unsloth_import_check(timeout: float = 180) -> str | None:
+    """None if `import unsloth` works in a fresh process, else the reason (its last error line)."""
+    code = "import os; os.environ.setdefault('UNSLOTH_DISABLE_STATISTICS', '1'); import unsloth"
+    try:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"import took longer than {timeout:.0f} s"
+    if result.returncode == 0:
+        return None
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit code {result.returncode}"
+
+
+def four_bit_check(device: str) -> str | None:
+    """None if bitsandbytes can quantize and dequantize NF4 on this device, else why not."""
+    try:
+        import bitsandbytes.functional as F
+        import torch
+
+        x = torch.randn(64, 64, device=device, dtype=torch.float32)
+        q, state = F.quantize_4bit(x, quant_type="nf4")
+        err = (F.dequantize_4bit(q, state) - x).abs().mean().item()
+        return None if err < 0.2 else f"NF4 round trip error {err:.3f} is too large"
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def collect(*, check_unsloth_import: bool = True) -> dict:
+    import torch
+
+    hw = detect()
+    status = unsloth_status()
+    if status.installed and check_unsloth_import:
+        status.import_error = unsloth_import_check()
+    gpus = []
+    if hw.device == "cuda":
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            gpus.append({"name": p.name, "capability": f"{p.major}.{p.minor}", "vram_gib": round(p.total_memory / 2**30, 1)})
+    bnb_error = four_bit_check("cuda" if hw.device == "cuda" else "cpu") if version("bitsandbytes") else "not installed"
+    verdict = choose(hw, status)
+    return {
+        "python": {"version": platform.python_version(), "platform": platform.platform()},
+        "numeric core": {
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "cpu threads": torch.get_num_threads(),
+        },
+        "gpu": {"device": describe(hw), "gpus": gpus},
+        "framework": {p: version(p) for p in ("transformers", "datasets", "accelerate", "tokenizers")},
+        "efficient fine-tuning": {
+            "peft": version("peft"),
+            "trl": version("trl"),
+            "bitsandbytes": version("bitsandbytes"),
+            "4-bit here": "works" if bnb_error is None else f"no: {bnb_error}",
+            "unsloth": status.version,
+            "unsloth imports": _unsloth_state(status, check_unsloth_import),
+            "unsloth CPU mode": "yes" if status.has_cpu_mode else "no (needs 2026.10.9+)",
+            "xformers": version("xformers"),
+        },
+        "verdict": {
+            "backend": verdict.backend,
+            "precision": verdict.precision,
+            "why": verdict.reason,
+        },
+    }
+
+
+def _unsloth_state(status: UnslothStatus, checked: bool) -> str:
+    if not status.installed:
+        return "not installed"
+    if not checked:
+        return "not checked (--fast)"
+    return "yes" if status.import_error is None else f"no: {status.import_error}"
+
+
+def print_report(info: dict, console: Console) -> None:
+    table = Table(title="quickft doctor", show_header=False)
+    table.add_column("layer", style="bold")
+    table.add_column("item")
+    table.add_column("state")
+    for layer, items in info.items():
+        first = True
+        for key, value in items.items():
+            if key == "gpus":
+                value = "; ".join(f"{g['name']} (cc {g['capability']}, {g['vram_gib']} GiB)" for g in value) or "none"
+            table.add_row(layer if first else "", key, "-" if value is None else str(value))
+            first = False
+        table.add_section()
+    console.print(table)
+    v = info["verdict"]
+    console.print(f"[bold]auto picks:[/bold] {v['backend']} in {v['precision']} — {v['why']}", highlight=False)
+
+
+def main(*, as_json: bool = False, check_unsloth_import: bool = True, console: Console | None = None) -> dict:
+    console = console or Console()
+    info = collect(check_unsloth_import=check_unsloth_import)
+    if as_json:
+        import json
+
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        print_report(info, console)
+    return info
+

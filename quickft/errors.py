@@ -1,0 +1,13 @@
+"""The one exception type that means "the user gave us something we can't use"."""
+
+
+class UserError(Exception):
+    """Bad input: a recipe, data file, model path or run directory. The CLI prints it and exits with code 2."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message + (f"\n  fix: {self.hint}" if self.hint else "")

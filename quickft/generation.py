@@ -1,0 +1,75 @@
+"""Text generation shared by `quickft run` (answers to held-out prompts) and `quickft chat`.
+
+Both go through `generate`, so what a run shows after training is exactly what chat will say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    batch_size: int = 32,
+) -> list[str]:
+    """Answers to `prompts` (prompt text already formatted), greedy when temperature == 0."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    answers = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only models continue from the right end
+    try:
+        for i in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=True)
+            batch = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+            with torch.no_grad():
+                out = model.generate(**batch, **_sampling(tokenizer, max_new_tokens, temperature, top_p))
+            new_tokens = out[:, batch["input_ids"].shape[1] :]
+            answers += [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return answers
+
+
+def stream(
+    model, tokenizer, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
+) -> Iterator[str]:
+    """Yield the answer to one prompt piece by piece as it is generated."""
+    import threading
+
+    import torch
+    from transformers import TextIteratorStreamer
+
+    model.eval()
+    batch = tokenizer(prompt, return_tensors="pt")
+    batch = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+    def work():
+        with torch.no_grad():
+            model.generate(**batch, streamer=streamer, **_sampling(tokenizer, max_new_tokens, temperature, top_p))
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    yield from streamer
+    thread.join()
+
+
+def _sampling(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+    kwargs = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if temperature > 0:
+        return kwargs | {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    return kwargs | {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def exact_match(answer: str, reference: str) -> bool:
+    return " ".join(answer.split()) == " ".join(reference.split())

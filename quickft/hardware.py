@@ -1,0 +1,162 @@
+"""What machine is this, and what should train on it: backend, precision, 4-bit — as a pure function of a description.
+
+`choose()` imports nothing, so the policy is testable as a table of machines (CPU, GTX 1050 Ti, T4, A100, ...).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+UNSLOTH_MIN_CAPABILITY = (7, 0)  # Unsloth's Triton kernels; Pascal (6.x) fails with GPUTooOldForTriton
+BF16_MIN_CAPABILITY = (8, 0)
+UNSLOTH_CPU_MODE = (2026, 10, 9)  # first unsloth release that trains without an accelerator
+
+
+@dataclass
+class Hardware:
+    """The facts the backend decision depends on."""
+
+    device: Literal["cuda", "mps", "cpu"]
+    gpu_name: str | None = None
+    capability: tuple[int, int] | None = None
+    vram_bytes: int | None = None
+
+
+@dataclass
+class UnslothStatus:
+    installed: bool
+    version: str | None = None
+    import_error: str | None = None
+    """Why `import unsloth` failed, when it was tried (None: it imported, or it was not tried)."""
+
+    @property
+    def has_cpu_mode(self) -> bool:
+        try:
+            return tuple(int(p) for p in (self.version or "0").split(".")[:3]) >= UNSLOTH_CPU_MODE
+        except ValueError:
+            return False
+
+
+@dataclass
+class Choice:
+    """What quickft will train with, and why. Saved in every run directory as backend.json."""
+
+    backend: Literal["unsloth", "peft"]
+    reason: str
+    precision: Literal["bf16", "fp16", "fp32"]
+    load_in_4bit: bool
+    device: str
+
+    def summary(self) -> str:
+        quant = "bitsandbytes 4-bit" if self.load_in_4bit else "16/32-bit weights"
+        name = "Unsloth" if self.backend == "unsloth" else "PEFT"
+        return f"{name} + {quant}, {self.precision} on {self.device}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def detect() -> Hardware:
+    """Read the hardware through torch (imports torch, never unsloth)."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return Hardware("cuda", props.name, (props.major, props.minor), props.total_memory)
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return Hardware("mps", "Apple GPU (MPS)")
+    return Hardware("cpu")
+
+
+def unsloth_status() -> UnslothStatus:
+    """Whether unsloth is installed, without importing it (importing it patches transformers, trl and peft)."""
+    try:
+        return UnslothStatus(True, importlib.metadata.version("unsloth"))
+    except importlib.metadata.PackageNotFoundError:
+        return UnslothStatus(False)
+
+
+def describe(hw: Hardware) -> str:
+    if hw.device == "cuda":
+        return f"{hw.gpu_name} (compute capability {hw.capability[0]}.{hw.capability[1]}, {hw.vram_bytes / 2**30:.1f} GiB)"
+    if hw.device == "mps":
+        return "Apple GPU (MPS)"
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def choose(
+    hw: Hardware,
+    unsloth: UnslothStatus,
+    *,
+    requested: Literal["auto", "unsloth", "peft"] = "auto",
+    mode: Literal["lora", "qlora", "full"] = "lora",
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto",
+    unsloth_refuses: str | None = None,
+) -> Choice:
+    """Pick backend, precision and quantization for this machine. Raises ValueError when a request can't work here.
+
+    `unsloth_refuses` is Unsloth's reason for not taking this architecture, when it is already known.
+    """
+    resolved_precision = _precision(hw, precision)
+    load_in_4bit = mode == "qlora"
+    four_bit_note = ""
+    if load_in_4bit and hw.device == "mps":
+        load_in_4bit = False
+        four_bit_note = "; bitsandbytes 4-bit does not run on MPS, so qlora runs with 16/32-bit weights"
+    elif load_in_4bit and hw.device == "cpu":
+        four_bit_note = "; 4-bit on CPU runs through bitsandbytes' CPU backend (works, but slowly)"
+
+    why_not = _why_not_unsloth(hw, unsloth, unsloth_refuses)
+    if requested == "peft":
+        return Choice("peft", "PEFT requested (--backend peft)" + four_bit_note, resolved_precision, load_in_4bit, hw.device)
+    if requested == "unsloth":
+        cpu_mode_ok = hw.device == "cpu" and unsloth.installed and unsloth.has_cpu_mode and not unsloth.import_error
+        if why_not and not cpu_mode_ok:
+            raise ValueError(f"Unsloth cannot run here: {why_not}")
+        reason = "Unsloth requested (--backend unsloth)"
+        if hw.device == "cpu":
+            reason += f"; running in Unsloth's CPU mode (unsloth {unsloth.version}), which brings no speedup on CPU"
+        return Choice("unsloth", reason + four_bit_note, resolved_precision, load_in_4bit, hw.device)
+    if why_not is None:
+        return Choice("unsloth", f"Unsloth: {describe(hw)} is supported", resolved_precision, load_in_4bit, hw.device)
+    quant = "bitsandbytes 4-bit" if load_in_4bit else "16/32-bit weights"
+    return Choice(
+        "peft",
+        f"Unsloth not used: {why_not} — using PEFT + {quant}, {resolved_precision}{four_bit_note}",
+        resolved_precision,
+        load_in_4bit,
+        hw.device,
+    )
+
+
+def _why_not_unsloth(hw: Hardware, unsloth: UnslothStatus, refuses: str | None) -> str | None:
+    if hw.device == "cpu":
+        return "no GPU found (on CPU Unsloth brings no speedup)"
+    if hw.device == "mps":
+        return "Apple GPUs (MPS) are not supported by Unsloth"
+    if hw.capability < UNSLOTH_MIN_CAPABILITY:
+        major, minor = hw.capability
+        return f"{hw.gpu_name} is compute capability {major}.{minor}; Unsloth's kernels need ≥ 7.0"
+    if not unsloth.installed:
+        return "unsloth is not installed (pip install unsloth)"
+    if unsloth.import_error:
+        return f"unsloth failed to import: {unsloth.import_error}"
+    if refuses:
+        return f"Unsloth does not support this model: {refuses}"
+    return None
+
+
+def _precision(hw: Hardware, requested: str) -> str:
+    bf16_ok = hw.device == "cuda" and hw.capability >= BF16_MIN_CAPABILITY
+    if requested == "auto":
+        if hw.device == "cuda":
+            return "bf16" if bf16_ok else "fp16"
+        return "fp32"
+    if requested == "bf16" and hw.device == "cuda" and not bf16_ok:
+        raise ValueError(f"precision=bf16 needs compute capability ≥ 8.0; {hw.gpu_name} has {hw.capability}: use fp16")
+    if requested == "fp16" and hw.device == "cpu":
+        raise ValueError("precision=fp16 does not train on CPU: use fp32 or bf16")
+    return requested

@@ -1,0 +1,386 @@
+"""Recipes: typed dataclasses, loading a recipe file, dotted key=value overrides, validation.
+
+A recipe file is plain Python that defines `recipe = Recipe(...)`. Everything here is pure Python: no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import runpy
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from quickft.errors import UserError
+
+DataFormat = Literal["auto", "blocks", "alpaca", "chat", "sharegpt", "csv", "text"]
+
+
+@dataclass
+class LoRA:
+    r: int = 16
+    """Rank of the low-rank update matrices."""
+    alpha: int = 32
+    """Scaling numerator: the update is multiplied by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: list[str] | str = "all-linear"
+    """Module names to adapt (e.g. ["q_proj", "v_proj"]), or "all-linear"."""
+
+
+@dataclass
+class Scratch:
+    """A new model with random weights built from a config, with a tokenizer trained on the training data.
+
+    Built once and cached (in $QUICKFT_CACHE or ~/.cache/quickft), so a second run does not rebuild it.
+    """
+
+    architecture: Literal["llama", "gpt2", "phi"] = "llama"
+    """Which transformers architecture to instantiate."""
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    """Width of the MLP (ignored by gpt2, which uses 4 x hidden_size)."""
+    vocab_size: int = 512
+    """Size of the byte-level BPE vocabulary trained on the data."""
+    max_position_embeddings: int = 512
+
+
+@dataclass
+class Data:
+    path: str
+    """Training data file, relative to the current directory."""
+    format: DataFormat = "auto"
+    """blocks (### with Pregunta:/Respuesta:), alpaca (json/jsonl), chat (messages), sharegpt (conversations),
+    csv, text (plain completion); auto guesses from the extension and content."""
+    prompt_template: str = "{prompt}\n"
+    """How a prompt is shown to the model for prompt/response data; the response follows, then end-of-sequence."""
+    chat_template: str | None = None
+    """For chat data: "chatml", a Jinja template, or None to use the tokenizer's own."""
+    question_column: str = "question"
+    """CSV column holding the prompt."""
+    answer_column: str = "answer"
+    """CSV column holding the response."""
+    train_on_prompt: bool = False
+    """Also compute the loss on prompt tokens (default: loss on response tokens only)."""
+    test_path: str | None = None
+    """Held-out prompt/response file: after training, quickft answers every prompt and reports exact match."""
+    holdout: int = 3
+    """Without test_path: this many training examples are held out and answered after training as samples."""
+    max_test_examples: int = 200
+    """At most this many held-out examples are answered after training."""
+
+
+@dataclass
+class Recipe:
+    model: str | Scratch
+    """A hub id (microsoft/phi-2), a local model directory, or Scratch(...) for a new random model."""
+    data: Data
+    name: str = ""
+    """Run name; defaults to the recipe file's name. The run goes to outputs/<name> unless output_dir is set."""
+    mode: Literal["lora", "qlora", "full"] = "lora"
+    """lora: 16/32-bit base + adapter; qlora: 4-bit base + adapter; full: every weight is trained."""
+    lora: LoRA = field(default_factory=LoRA)
+    max_seq_length: int = 512
+    """Examples longer than this are truncated."""
+    micro_batch_size: int = 1
+    """Examples per forward pass."""
+    gradient_accumulation: int = 1
+    """Micro-batches per optimizer step; effective batch = micro_batch_size x gradient_accumulation."""
+    learning_rate: float = 2e-4
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = 0.0
+    """Fraction of the steps spent warming up the learning rate."""
+    epochs: float = 1.0
+    max_steps: int | None = None
+    """Optimizer steps to run; overrides epochs when set."""
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% slower."""
+    logging_steps: int = 1
+    """Log metrics every this many optimizer steps."""
+    optimizer: str = "adamw_torch"
+    """Any transformers optimizer name (adamw_torch, adamw_8bit, paged_adamw_8bit, sgd, ...)."""
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+    max_new_tokens: int = 64
+    """Longest answer generated for held-out prompts."""
+    output_dir: str | None = None
+    """Run directory; default outputs/<name> (a fresh name is picked if that one is taken)."""
+    backend: Literal["auto", "unsloth", "peft"] = "auto"
+    trust_remote_code: bool = False
+    """Run code shipped with a hub model. Off unless you trust the model's authors."""
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Run a recipe file, apply `key=value` overrides, validate, and return the Recipe."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe file not found: {path}", hint="pass the path of a .py file, e.g. recipes/tiny_math.py")
+    try:
+        namespace = runpy.run_path(str(path), run_name="__recipe__")
+    except SyntaxError as e:
+        raise UserError(
+            f"{path}:{e.lineno}: syntax error in the recipe: {e.msg}",
+            hint="fix the Python syntax on that line",
+        ) from e
+    except Exception as e:
+        line = _line_in(e, path)
+        where = f"{path}:{line}" if line else str(path)
+        raise UserError(
+            f"{where}: the recipe raised {type(e).__name__}: {e}",
+            hint="a recipe should only build `recipe = Recipe(...)`",
+        ) from e
+    recipe = namespace.get("recipe")
+    if recipe is None:
+        raise UserError(
+            f"{path}: no `recipe` defined",
+            hint="define `recipe = Recipe(model=..., data=Data(path=...))` at the top level of the file",
+        )
+    if not isinstance(recipe, Recipe):
+        raise UserError(
+            f"{path}: `recipe` is a {type(recipe).__name__}, not a quickft Recipe",
+            hint="use `from quickft import Recipe` and `recipe = Recipe(...)`",
+        )
+    if not recipe.name:
+        recipe.name = path.stem
+    problems = apply_overrides(recipe, overrides)
+    problems += validate(recipe)
+    if problems:
+        raise UserError(f"{path}: {len(problems)} problem(s) in the recipe:\n" + "\n".join(f"  - {p}" for p in problems))
+    return recipe
+
+
+def _line_in(exc: BaseException, path: Path) -> int | None:
+    tb, line = exc.__traceback__, None
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename).resolve() == path.resolve():
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+# ---------------------------------------------------------------------------------------------- overrides
+
+
+def field_paths(obj=Recipe, prefix: str = "") -> list[str]:
+    """Every settable dotted key of a recipe class, e.g. ["model", "data.path", ..., "lora.r", ...]."""
+    keys = []
+    for f in dataclasses.fields(obj):
+        hint = typing.get_type_hints(obj)[f.name]
+        nested = _dataclass_in(hint)
+        if nested is not None and nested is not Scratch:
+            keys += field_paths(nested, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str]) -> list[str]:
+    """Set each `dotted.key=value` on the recipe, parsed to the field's type. Returns the problems found."""
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(f"override {item!r} is not key=value (e.g. max_steps=20 or lora.r=8)")
+            continue
+        *parents, name = key.split(".")
+        target, cls = recipe, Recipe
+        try:
+            for p in parents:
+                target = getattr(target, p)
+                if not dataclasses.is_dataclass(target):
+                    raise AttributeError(p)
+                cls = type(target)
+            if name not in {f.name for f in dataclasses.fields(cls)}:
+                raise AttributeError(name)
+        except AttributeError:
+            problems.append(f"unknown key {key!r}; valid keys: {', '.join(field_paths())}")
+            continue
+        hint = typing.get_type_hints(cls)[name]
+        try:
+            setattr(target, name, parse_value(text.strip(), hint))
+        except ValueError as e:
+            problems.append(f"{key}={text!r}: {e}")
+    return problems
+
+
+def parse_value(text: str, hint):
+    """Parse command-line text to a value of type `hint` (int, float, bool, str, Literal, list[str], X | None)."""
+    options = _union_members(hint)
+    if type(None) in options and text.lower() in ("none", "null", ""):
+        return None
+    options = [o for o in options if o is not type(None)]
+    errors = []
+    for option in options:
+        try:
+            return _parse_one(text, option)
+        except ValueError as e:
+            errors.append(str(e))
+    raise ValueError(" or ".join(errors))
+
+
+def _parse_one(text: str, hint):
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if text not in hint.__args__:
+            raise ValueError(f"expected one of {', '.join(map(str, hint.__args__))}")
+        return text
+    if origin is list:
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"expected a JSON list: {e}") from None
+        else:
+            value = [part.strip() for part in text.split(",") if part.strip()]
+        return [_parse_one(str(v), hint.__args__[0]) for v in value]
+    if hint is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if hint is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("expected an integer") from None
+    if hint is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("expected a number") from None
+    if hint is str:
+        return text
+    raise ValueError(f"cannot be set from the command line ({_type_name(hint)})")
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+def validate(recipe: Recipe) -> list[str]:
+    """Every problem with the recipe's types and values, as messages naming the key."""
+    problems = _check_types(recipe, Recipe, "")
+    if problems:  # value checks below assume the types are right
+        return problems
+    r = recipe
+
+    def need(ok: bool, key: str, message: str):
+        if not ok:
+            problems.append(f"{key}: {message}")
+
+    need(r.learning_rate > 0, "learning_rate", f"must be > 0, got {r.learning_rate}")
+    need(r.max_steps is None or r.max_steps > 0, "max_steps", f"must be > 0 (or None to use epochs), got {r.max_steps}")
+    need(r.epochs > 0, "epochs", f"must be > 0, got {r.epochs}")
+    need(r.micro_batch_size > 0, "micro_batch_size", f"must be > 0, got {r.micro_batch_size}")
+    need(r.gradient_accumulation > 0, "gradient_accumulation", f"must be > 0, got {r.gradient_accumulation}")
+    need(r.max_seq_length > 0, "max_seq_length", f"must be > 0, got {r.max_seq_length}")
+    need(0 <= r.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {r.warmup_ratio}")
+    need(r.weight_decay >= 0, "weight_decay", f"must be >= 0, got {r.weight_decay}")
+    need(r.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {r.max_grad_norm}")
+    need(r.logging_steps > 0, "logging_steps", f"must be > 0, got {r.logging_steps}")
+    need(r.max_new_tokens > 0, "max_new_tokens", f"must be > 0, got {r.max_new_tokens}")
+    need(r.lora.r > 0, "lora.r", f"LoRA rank must be > 0, got {r.lora.r}")
+    need(r.lora.alpha > 0, "lora.alpha", f"must be > 0, got {r.lora.alpha}")
+    need(0 <= r.lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {r.lora.dropout}")
+    need(bool(r.data.path), "data.path", "is empty; give the training data file")
+    need(r.data.holdout >= 0, "data.holdout", f"must be >= 0, got {r.data.holdout}")
+    need("{prompt}" in r.data.prompt_template, "data.prompt_template", "must contain {prompt}")
+    if isinstance(r.model, Scratch):
+        s = r.model
+        need(s.hidden_size % s.num_heads == 0, "model.hidden_size", "must be divisible by model.num_heads")
+        need(s.vocab_size >= 300, "model.vocab_size", "must be >= 300 (256 bytes + special tokens + merges)")
+        need(
+            r.max_seq_length <= s.max_position_embeddings,
+            "max_seq_length",
+            f"{r.max_seq_length} is longer than the model supports ({s.max_position_embeddings})",
+        )
+        need(r.mode == "full", "mode", "a Scratch model has random weights: train it with mode='full'")
+    else:
+        need(bool(r.model.strip()), "model", "is empty; give a hub id or a local model directory")
+    return problems
+
+
+def _check_types(obj, cls, prefix: str) -> list[str]:
+    problems = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        value, hint, key = getattr(obj, f.name), hints[f.name], prefix + f.name
+        if not _matches(value, hint):
+            problems.append(f"{key}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+        elif dataclasses.is_dataclass(value):
+            problems += _check_types(value, type(value), key + ".")
+    return problems
+
+
+def _matches(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in hint.__args__)
+    if origin is Literal:
+        return value in hint.__args__
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, hint.__args__[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _union_members(hint) -> list:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return list(hint.__args__)
+    return [hint]
+
+
+def _dataclass_in(hint):
+    for h in _union_members(hint):
+        if dataclasses.is_dataclass(h):
+            return h
+    return None
+
+
+def _type_name(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in hint.__args__)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in hint.__args__)
+    if origin is list:
+        return f"a list of {_type_name(hint.__args__[0])}"
+    return {type(None): "None"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """The resolved recipe as plain JSON data (saved in every run directory)."""
+    d = dataclasses.asdict(recipe)
+    if isinstance(recipe.model, Scratch):
+        d["model"] = {"scratch": d["model"]}
+    return d
+
+
+def recipe_from_dict(d: dict) -> Recipe:
+    """Inverse of recipe_to_dict: rebuild the Recipe saved in a run directory."""
+    d = dict(d)
+    model = d.pop("model")
+    if isinstance(model, dict):
+        model = Scratch(**model["scratch"])
+    return Recipe(model=model, data=Data(**d.pop("data")), lora=LoRA(**d.pop("lora")), **d)

@@ -1,0 +1,242 @@
+"""The one owner of the console: header, live display (or plain lines), end report, metrics files.
+
+On a terminal the live display is a rich panel refreshed a few times a second; otherwise (CI, a pipe, a log file)
+each logging step is one fixed-format plain line. Every number printed also goes to metrics.jsonl / summary.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from quickft import metrics as m
+
+
+class Reporter:
+    def __init__(self, console: Console | None = None, *, quiet: bool = False, live: bool | None = None):
+        if console is None:
+            console = Console()
+            if not console.is_terminal:  # logs and pipes: wide enough that tables and paths never wrap
+                console = Console(width=160)
+        self.console = console
+        self.quiet = quiet
+        self.live = self.console.is_terminal if live is None else live
+        self.planned_steps: int | None = None
+
+    # ------------------------------------------------------------------ plain messages
+
+    def info(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text, highlight=False)
+
+    @contextlib.contextmanager
+    def status(self, text: str):
+        if self.quiet:
+            yield
+        elif self.live:
+            with self.console.status(text):
+                yield
+        else:
+            self.console.print(f"{text} ...", highlight=False)
+            yield
+
+    # ------------------------------------------------------------------ before training
+
+    def header(self, *, recipe, choice, model, model_path, n_examples, n_tokens, run_dir, max_steps) -> dict:
+        total, trainable = m.parameter_counts(model)
+        eff = recipe.micro_batch_size * recipe.gradient_accumulation
+        steps_per_epoch = -(-n_examples // eff)
+        self.planned_steps = max_steps or int(round(steps_per_epoch * recipe.epochs))
+        epochs = self.planned_steps / steps_per_epoch
+        rows = [
+            ("run", str(run_dir)),
+            ("hardware", m.describe_hardware(choice)),
+            ("backend", f"{choice.summary()}\n[dim]{choice.reason}[/dim]"),
+            ("precision", choice.precision),
+            ("quantization", "4-bit NF4 (double quant)" if choice.load_in_4bit else "none"),
+            ("model", f"{recipe.model if isinstance(recipe.model, str) else 'scratch'}  ({model_path})"),
+            ("mode", recipe.mode + (f"  (LoRA r={recipe.lora.r}, alpha={recipe.lora.alpha})" if recipe.mode != "full" else "")),
+            ("parameters", f"{total:,} total, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"),
+            ("data", f"{n_examples:,} examples, {n_tokens:,} tokens ({recipe.data.path})"),
+            ("max_seq_length", str(recipe.max_seq_length)),
+            ("batch", f"{recipe.micro_batch_size} micro-batch × {recipe.gradient_accumulation} accumulation = {eff} effective"),
+            ("plan", f"{self.planned_steps:,} steps ({epochs:.2f} epochs, {steps_per_epoch:,} steps per epoch)"),
+        ]
+        if not self.quiet:
+            table = Table.grid(padding=(0, 2))
+            table.add_column(style="bold")
+            table.add_column()
+            for key, value in rows:
+                table.add_row(key, value)
+            self.console.print(Panel(table, title="quickft run", expand=False))
+        return {"parameters_total": total, "parameters_trainable": trainable, "examples": n_examples, "tokens": n_tokens}
+
+    # ------------------------------------------------------------------ during training
+
+    def callback(self, metrics_path: Path, choice):
+        """A transformers TrainerCallback that measures, writes metrics.jsonl and drives the display."""
+        from transformers import TrainerCallback
+
+        reporter = self
+
+        class ReportCallback(TrainerCallback):
+            def __init__(self):
+                self.rows: list[dict] = []
+                self.counter = None  # set by train.py: counts real tokens/samples in each training batch
+                self.started = self.ended = None
+                self._live = None
+                self._ema = None
+                self._last = (0, 0.0)
+                self._file = None
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                m.reset_peak_memory(choice.device)
+                self._file = open(metrics_path, "a", encoding="utf-8")
+                if reporter.live and not reporter.quiet:
+                    self._live = Live(reporter._panel(None), console=reporter.console, refresh_per_second=4)
+                    self._live.start()
+                self.started = time.perf_counter()
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if not logs or "loss" not in logs:
+                    return
+                now = time.perf_counter()
+                elapsed = now - self.started
+                loss = float(logs["loss"])
+                last_step, last_time = self._last
+                # an exponential moving average over about 20 steps, however often we log
+                beta = 0.95 ** (state.global_step - last_step)
+                self._ema = loss if self._ema is None else beta * self._ema + (1 - beta) * loss
+                step_time = (elapsed - last_time) / max(state.global_step - last_step, 1)
+                self._last = (state.global_step, elapsed)
+                row = {
+                    "step": state.global_step,
+                    "epoch": round(state.epoch or 0.0, 6),
+                    "loss": loss,
+                    "loss_smoothed": self._ema,
+                    "learning_rate": float(logs.get("learning_rate", 0.0)),
+                    "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
+                    "elapsed_s": elapsed,
+                    "step_time_s": step_time,
+                    "tokens": self.counter.tokens,
+                    "samples": self.counter.samples,
+                    "padding_tokens": self.counter.padding,
+                    "tokens_per_s": self.counter.tokens / elapsed,
+                    "samples_per_s": self.counter.samples / elapsed,
+                } | m.memory(choice.device)
+                self.rows.append(row)
+                self._file.write(json.dumps(row) + "\n")
+                self._file.flush()
+                if self._live is not None:
+                    self._live.update(reporter._panel(row))
+                elif not reporter.quiet:
+                    reporter.console.print(reporter._line(row), highlight=False, soft_wrap=True)
+
+            def on_train_end(self, args, state, control, **kwargs):
+                self.ended = time.perf_counter()
+                self.close()
+
+            def close(self):
+                if self._live is not None:
+                    self._live.stop()
+                    self._live = None
+                if self._file is not None:
+                    self._file.close()
+                    self._file = None
+
+        return ReportCallback()
+
+    def _line(self, row: dict) -> str:
+        total = self.planned_steps or row["step"]
+        grad = f"{row['grad_norm']:.3f}" if row["grad_norm"] is not None else "-"
+        return (
+            f"step {row['step']:>6}/{total} | epoch {row['epoch']:6.2f} | loss {row['loss']:.4f} "
+            f"(smoothed {row['loss_smoothed']:.4f}) | lr {row['learning_rate']:.2e} | grad {grad} | "
+            f"{row['tokens_per_s']:,.0f} tok/s | {row['samples_per_s']:,.1f} samples/s | "
+            f"{row['step_time_s']:.3f} s/step | {m.memory_text(row)}"
+        )
+
+    def _panel(self, row: dict | None):
+        total = self.planned_steps or 1
+        if row is None:
+            return Panel("starting ...", title="training")
+        eta = (row["elapsed_s"] / max(row["step"], 1)) * (total - row["step"])
+        bar = ProgressBar(total=total, completed=row["step"], width=40)
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
+        grad = f"{row['grad_norm']:.3f}" if row["grad_norm"] is not None else "-"
+        table.add_row("step", f"{row['step']}/{total}   epoch {row['epoch']:.2f}   ETA {_duration(eta)}")
+        table.add_row("loss", f"{row['loss']:.4f}   smoothed {row['loss_smoothed']:.4f}")
+        table.add_row("lr / grad", f"{row['learning_rate']:.2e}   grad norm {grad}")
+        table.add_row(
+            "speed", f"{row['tokens_per_s']:,.0f} tok/s   {row['samples_per_s']:,.1f} samples/s   {row['step_time_s']:.3f} s/step"
+        )
+        table.add_row("memory", m.memory_text(row))
+        return Panel(Group(bar, table), title="training", expand=False)
+
+    # ------------------------------------------------------------------ after training
+
+    def finish(self, *, trainer, callback, samples: list[dict], run_dir: Path, choice, header: dict) -> dict:
+        """Build summary.json's content from the measured rows and the trainer's state, and print the report."""
+        state = trainer.state
+        summary = m.summarize(
+            rows=callback.rows,
+            runtime_s=callback.ended - callback.started,
+            tokens=callback.counter.tokens,
+            samples=callback.counter.samples,
+            steps=state.global_step,
+            epochs=state.epoch,
+            total_flos=state.total_flos,
+            device=choice.device,
+        )
+        summary["run_dir"] = str(run_dir)
+        summary["backend"] = choice.to_dict()
+        summary["model"] = header
+        if samples:
+            correct = sum(s["correct"] for s in samples)
+            summary["held_out"] = {"n": len(samples), "exact_match": correct / len(samples), "correct": correct}
+        self._print_report(summary, samples)  # printed even with --quiet
+        return summary
+
+    def _print_report(self, s: dict, samples: list[dict]) -> None:
+        t, mem, loss = s["train"], s["memory"], s["loss"]
+        table = Table(title="quickft report", show_header=False, expand=False)
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("steps / epochs", f"{t['steps']} / {t['epochs']:.2f}")
+        table.add_row("runtime", _duration(t["runtime_s"]))
+        table.add_row("throughput", f"{t['tokens_per_s']:,.0f} tokens/s · {t['samples_per_s']:,.2f} samples/s · {t['steps_per_s']:,.2f} steps/s")
+        table.add_row("tokens / samples", f"{t['tokens']:,} non-padding tokens · {t['samples']:,} samples")
+        table.add_row("total FLOPs", f"{t['total_flos']:.3e}")
+        table.add_row("memory", m.memory_summary_text(mem))
+        if loss:
+            thirds = " / ".join(f"{p:.0f}%" for p in loss["improvement_by_third_pct"]) if loss["improvement_by_third_pct"] else "-"
+            table.add_row(
+                "loss",
+                f"initial {loss['initial']:.4f} → final {loss['final']:.4f} (min {loss['min']:.4f}, max {loss['max']:.4f}); "
+                f"improvement {loss['improvement_pct']:.1f}%",
+            )
+            table.add_row("improvement by third", thirds)
+        if "held_out" in s:
+            h = s["held_out"]
+            table.add_row("held-out exact match", f"{h['exact_match']:.1%} ({h['correct']}/{h['n']})")
+        table.add_row("run directory", s["run_dir"])
+        self.console.print(table)
+        for sample in samples[:3]:
+            self.console.print(f"[bold]prompt[/bold] {sample['prompt']!r}\n[bold]answer[/bold] {sample['answer']!r}", highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    mins, s = divmod(rest, 60)
+    return f"{h}h{mins:02d}m{s:02d}s" if h else f"{mins}m{s:02d}s"

@@ -1,0 +1,240 @@
+"""`quickft run`: recipe -> data -> model -> SFTTrainer -> a complete run directory.
+
+Order matters: everything that can fail on bad input (recipe, data, model path, output dir) is checked before the
+slow imports; unsloth, when chosen, is imported before transformers/trl/peft.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from quickft import rundir
+from quickft.data import Example, encode, prompt_text, read_examples, reference_answer
+from quickft.errors import UserError
+from quickft.hardware import Choice, choose, detect, unsloth_status
+from quickft.recipe import Recipe, Scratch, load_recipe, recipe_to_dict
+from quickft.report import Reporter
+
+
+def run(
+    recipe_path: str,
+    overrides: list[str],
+    *,
+    output_dir: str | None = None,
+    backend: str | None = None,
+    reporter: Reporter,
+) -> Path:
+    """Train as the recipe says; return the run directory."""
+    recipe = load_recipe(recipe_path, overrides)
+    if backend:
+        recipe.backend = backend
+    train_examples, held_out = _read_data(recipe)
+    model_ref, local = _model_reference(recipe)
+    run_dir = rundir.pick_run_dir(recipe.name, output_dir or recipe.output_dir)
+    rundir.create_run_dir(run_dir)
+    from quickft.backends import private_by_default
+
+    private_by_default(local)
+    choice = _choose_backend(recipe, reporter)
+    rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
+    rundir.set_status(run_dir, "running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    try:
+        _train(recipe, choice, train_examples, held_out, model_ref, local, run_dir, reporter)
+    except KeyboardInterrupt:
+        rundir.set_status(run_dir, "interrupted")
+        raise
+    except BaseException as e:
+        rundir.set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+    rundir.set_status(run_dir, "completed", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return run_dir
+
+
+def _read_data(recipe: Recipe) -> tuple[list[Example], list[Example]]:
+    examples = read_examples(recipe.data.path, recipe.data)
+    if recipe.data.test_path:
+        held_out = read_examples(recipe.data.test_path, recipe.data)
+    else:
+        rng = random.Random(recipe.seed)
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        n = min(recipe.data.holdout, max(0, len(examples) - 1))
+        held_out = [examples[i] for i in sorted(order[:n])]
+        examples = [examples[i] for i in sorted(order[n:])]
+    return examples, held_out[: recipe.data.max_test_examples]
+
+
+def _model_reference(recipe: Recipe) -> tuple[str | Scratch, bool]:
+    if isinstance(recipe.model, Scratch):
+        return recipe.model, True
+    from quickft.backends import resolve_model_path
+
+    return resolve_model_path(recipe.model)
+
+
+def _choose_backend(recipe: Recipe, reporter: Reporter) -> Choice:
+    hw = detect()
+    status = unsloth_status()
+    try:
+        choice = choose(hw, status, requested=recipe.backend, mode=recipe.mode, precision=recipe.precision)
+    except ValueError as e:
+        raise UserError(str(e), hint="use --backend peft, or run on an NVIDIA GPU with compute capability ≥ 7.0") from None
+    if choice.backend == "unsloth":
+        from quickft.backends import import_unsloth_first
+
+        error = import_unsloth_first()
+        if error:
+            status.import_error = error
+            if recipe.backend == "unsloth":
+                raise UserError(f"--backend unsloth: unsloth failed to import: {error}", hint="use --backend peft")
+            choice = choose(hw, status, requested="auto", mode=recipe.mode, precision=recipe.precision)
+    choice.hardware = hw  # for the report's header; not part of the saved decision
+    return choice
+
+
+def _train(recipe, choice, train_examples, held_out, model_ref, local, run_dir: Path, reporter: Reporter) -> None:
+    from quickft.backends import load
+
+    _quiet_libraries()
+    if isinstance(model_ref, Scratch):
+        from quickft.scratch import build_scratch
+
+        corpus = [t for ex in train_examples for t in (ex.prompt, ex.response) if t]
+        model_path = str(build_scratch(model_ref, corpus, seed=recipe.seed))
+    else:
+        model_path = model_ref
+    loaded = load(recipe, choice, model_path, local=local)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    _apply_chat_template(tokenizer, recipe, train_examples)
+    dataset, n_tokens = _tokenize(train_examples, tokenizer, recipe)
+    trainer = _trainer(recipe, choice, model, tokenizer, dataset, run_dir)
+    header = reporter.header(
+        recipe=recipe,
+        choice=choice,
+        model=model,
+        model_path=model_path,
+        n_examples=len(dataset),
+        n_tokens=n_tokens,
+        run_dir=run_dir,
+        max_steps=trainer.args.max_steps if trainer.args.max_steps > 0 else None,
+    )
+    rundir.write_json(run_dir / "backend.json", choice.to_dict() | {"model_path": model_path, "hardware": vars(choice.hardware)})
+    callback = reporter.callback(run_dir / "metrics.jsonl", choice)
+    callback.counter = trainer.counter
+    trainer.add_callback(callback)
+    try:
+        trainer.train()
+    finally:
+        callback.close()
+
+    trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model for full fine-tuning
+    tokenizer.save_pretrained(run_dir)
+    samples = _answer_held_out(model, tokenizer, recipe, held_out, reporter)
+    rundir.write_jsonl(run_dir / "samples.jsonl", samples)
+    summary = reporter.finish(trainer=trainer, callback=callback, samples=samples, run_dir=run_dir, choice=choice, header=header)
+    rundir.write_json(run_dir / "summary.json", summary)
+
+
+def _quiet_libraries() -> None:
+    """quickft's own display replaces the libraries' progress bars; real warnings still come through."""
+    import logging
+
+    # import-time chatter that says nothing about this run
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao registering enums
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # optional `kernels` package missing
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_warning()
+
+
+def _apply_chat_template(tokenizer, recipe: Recipe, examples: list[Example]) -> None:
+    from quickft.data import CHAT_TEMPLATES
+
+    if recipe.data.chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATES.get(recipe.data.chat_template, recipe.data.chat_template)
+    if any(ex.messages is not None for ex in examples) and not tokenizer.chat_template:
+        raise UserError(
+            f"{recipe.data.path}: chat data, but the tokenizer of {recipe.model} has no chat template",
+            hint='set data=Data(..., chat_template="chatml") in the recipe',
+        )
+
+
+def _tokenize(examples: list[Example], tokenizer, recipe: Recipe):
+    from datasets import Dataset
+
+    rows = [encode(ex, tokenizer, recipe.data) for ex in examples]
+    kept = [r for r in rows if any(r["completion_mask"][: recipe.max_seq_length])]
+    if not kept:
+        raise UserError(
+            f"{recipe.data.path}: every example's answer starts after max_seq_length={recipe.max_seq_length} tokens",
+            hint="raise max_seq_length or shorten the prompts",
+        )
+    n_tokens = sum(min(len(r["input_ids"]), recipe.max_seq_length) for r in kept)
+    return Dataset.from_list(kept), n_tokens
+
+
+def _trainer(recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_dir: Path):
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        max_length=recipe.max_seq_length,
+        per_device_train_batch_size=recipe.micro_batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type=recipe.scheduler,
+        warmup_steps=recipe.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        num_train_epochs=recipe.epochs,
+        max_steps=recipe.max_steps or -1,
+        weight_decay=recipe.weight_decay,
+        max_grad_norm=recipe.max_grad_norm,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        optim=recipe.optimizer,
+        logging_steps=recipe.logging_steps,
+        bf16=choice.precision == "bf16",
+        fp16=choice.precision == "fp16",
+        use_cpu=choice.device == "cpu",
+        gradient_checkpointing=recipe.gradient_checkpointing and choice.backend == "peft",
+        completion_only_loss=not recipe.data.train_on_prompt,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataset_num_proc=None,
+        dataloader_num_workers=0,
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from quickft.metrics import TokenCounter
+
+    class CountingTrainer(SFTTrainer):  # SFTTrainer is Unsloth's patched class when Unsloth was imported
+        """Counts the real (non-padding) tokens and samples of every training batch, exactly as trained."""
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            self.counter.add(inputs)
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    trainer = CountingTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.counter = TokenCounter()
+    trainer.remove_callback(PrinterCallback)  # quickft's reporter owns the console
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def _answer_held_out(model, tokenizer, recipe: Recipe, held_out: list[Example], reporter: Reporter) -> list[dict]:
+    if not held_out:
+        return []
+    from quickft.generation import exact_match, generate
+
+    prompts = [prompt_text(ex, tokenizer, recipe.data) for ex in held_out]
+    with reporter.status(f"answering {len(prompts)} held-out prompts"):
+        answers = generate(model, tokenizer, prompts, max_new_tokens=recipe.max_new_tokens)
+    return [
+        {"prompt": p, "reference": reference_answer(ex), "answer": a, "correct": exact_match(a, reference_answer(ex))}
+        for p, ex, a in zip(prompts, held_out, answers, strict=True)
+    ]

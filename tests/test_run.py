@@ -1,0 +1,130 @@
+"""`quickft run` end to end on a tiny real model, through the real CLI entry point."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from quickft.cli import main
+from tests.conftest import ROOT, write_recipe
+
+
+def run_cli(*args, capsys=None) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr() if capsys else ("", "")
+    return code, out, err
+
+
+@pytest.fixture
+def finished_run(tmp_path, lora_recipe, capsys):
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli("run", str(lora_recipe), "--output-dir", str(run_dir), capsys=capsys)
+    assert code == 0, err
+    return run_dir, out
+
+
+def test_run_writes_a_complete_run_directory(finished_run, tiny_model_dir):
+    run_dir, out = finished_run
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "recipe.json", "backend.json",
+                 "status.json", "metrics.jsonl", "summary.json", "samples.jsonl"):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    recipe = json.loads((run_dir / "recipe.json").read_text())
+    assert recipe["model"] == str(tiny_model_dir) and recipe["lora"]["r"] == 4
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
+    assert rows[-1]["loss"] < rows[0]["loss"], "the loss fell"
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and all(s["prompt"].startswith("Pregunta: ¿Cuánto es") for s in samples)
+    assert "held-out exact match" in out and str(run_dir) in out
+
+
+def test_adapter_loads_with_plain_peft(finished_run, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, _ = finished_run
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(run_dir)
+    batch = tok(["Pregunta: ¿Cuánto es 3 + 4?\nRespuesta: "], return_tensors="pt")
+    with torch.no_grad():
+        before = base(**batch).logits
+    tuned = PeftModel.from_pretrained(base, run_dir)
+    with torch.no_grad():
+        after = tuned(**batch).logits
+    assert not torch.allclose(before, after), "the trained adapter changes the model's output"
+
+
+def test_lora_training_changes_adapter_but_not_base(tmp_path, lora_recipe):
+    """The trainer quickft builds updates only LoRA weights (trl's own test, on our path)."""
+    from quickft.backends import load
+    from quickft.hardware import Choice
+    from quickft.recipe import load_recipe
+    from quickft.train import _tokenize, _trainer
+    from quickft.data import read_examples
+
+    recipe = load_recipe(lora_recipe, ["max_steps=3"])
+    loaded = load(recipe, Choice("peft", "test", "fp32", False, "cpu"), recipe.model, local=True)
+    dataset, _ = _tokenize(read_examples(recipe.data.path, recipe.data), loaded.tokenizer, recipe)
+    trainer = _trainer(recipe, Choice("peft", "test", "fp32", False, "cpu"), loaded.model, loaded.tokenizer, dataset, tmp_path)
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    trainer.train()
+    after = dict(loaded.model.named_parameters())
+    lora = [n for n in before if "lora_" in n]
+    assert lora and all(not torch.equal(before[n], after[n]) for n in lora if "lora_B" in n)
+    assert all(torch.equal(before[n], after[n]) for n in before if "lora_" not in n)
+    assert trainer.counter.samples == 3 * recipe.micro_batch_size
+
+
+def test_a_finished_run_is_never_overwritten(tmp_path, lora_recipe, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli("run", str(lora_recipe), "max_steps=2", capsys=capsys)
+    assert code == 0 and (tmp_path / "outputs/tiny_lora/summary.json").is_file()
+    first = (tmp_path / "outputs/tiny_lora/summary.json").read_text()
+    code, out, _ = run_cli("run", str(lora_recipe), "max_steps=2", capsys=capsys)
+    assert code == 0 and "outputs/tiny_lora-2" in out
+    assert (tmp_path / "outputs/tiny_lora/summary.json").read_text() == first
+    # an explicit --output-dir holding a run is refused, and left as it was
+    code, _, err = run_cli("run", str(lora_recipe), "--output-dir", "outputs/tiny_lora", capsys=capsys)
+    assert code == 2 and "never overwrites" in err and "Traceback" not in err
+    assert (tmp_path / "outputs/tiny_lora/summary.json").read_text() == first
+
+
+@pytest.mark.parametrize(
+    ("body", "override", "message"),
+    [
+        ("recipe = Recipe(model=MODEL, data=Data(path='missing.txt'))", None, "data file not found: missing.txt"),
+        ("x = 1", None, "no `recipe` defined"),
+        ("recipe = Recipe(model=MODEL, data=Data(path=DATA))", "lora.rank=2", "unknown key 'lora.rank'"),
+        ("recipe = Recipe(model=MODEL, data=Data(path=DATA), max_steps='ten')", None, "max_steps: expected int or None"),
+        ("recipe = Recipe(model=MODEL, data=Data(path=EMPTY))", None, "the file is empty"),
+        ("recipe = Recipe(model=MODEL, data=Data(path=NO_ANSWER))", None, "no_answer.txt:1: block has no 'Respuesta:'"),
+        ("recipe = Recipe(model='./no/such/model', data=Data(path=DATA))", None, "model directory not found"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_message(tmp_path, tiny_model_dir, sums_file, capsys, body, override, message):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "no_answer.txt").write_text("Pregunta: ¿Cuánto es 1 + 1?\n")
+    header = (f"MODEL = {str(tiny_model_dir)!r}\nDATA = {str(sums_file)!r}\nEMPTY = {str(tmp_path / 'empty.txt')!r}\n"
+              f"NO_ANSWER = {str(tmp_path / 'no_answer.txt')!r}\n")
+    recipe = write_recipe(tmp_path / "bad.py", header + body + "\n")
+    args = ["run", str(recipe), "--output-dir", str(tmp_path / "out")] + ([override] if override else [])
+    code, out, err = run_cli(*args, capsys=capsys)
+    assert code == 2
+    assert message in err and "fix:" in err or message in err
+    assert "Traceback" not in err + out
+    assert not (tmp_path / "out").exists(), "bad input creates no run directory"
+
+
+def test_help_is_fast_and_imports_no_heavy_library():
+    code = "import sys; from quickft.cli import main; main(['--help']); print(sorted(m for m in ('torch', 'transformers', 'trl', 'unsloth', 'peft') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip().endswith("[]")
+
+
+@pytest.mark.parametrize("verb", ["run"])
+def test_every_verb_has_help(verb):
+    result = subprocess.run([sys.executable, "-m", "quickft", verb, "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and "Usage" in result.stdout
