@@ -1,6 +1,6 @@
 """Write the offline demo's data: every sum a + b with 0 <= a, b <= 99, split 9,000 train / 1,000 held out.
 
-    python data/make_sums.py      # rewrites data/sumas.txt and data/sumas_test.txt (deterministic)
+python data/make_sums.py      # rewrites data/sumas.txt and data/sumas_test.txt (deterministic)
 """
 
 import random

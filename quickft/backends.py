@@ -51,16 +51,22 @@ def resolve_model_path(model: str) -> tuple[str, bool]:
         check_model_dir(candidate)
         return str(candidate.resolve()), True
     if model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model:
-        raise UserError(f"model directory not found: {model}", hint="check the path, or use a hub id like microsoft/phi-2")
+        raise UserError(
+            f"model directory not found: {model}", hint="check the path, or use a hub id like microsoft/phi-2"
+        )
     return model, False
 
 
 def check_model_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
-        raise UserError(f"{path}: not a model directory (no config.json)", hint="use a directory saved by save_pretrained")
+        raise UserError(
+            f"{path}: not a model directory (no config.json)", hint="use a directory saved by save_pretrained"
+        )
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise UserError(f"{path}: no weights (*.safetensors or *.bin)", hint="save the model with save_pretrained")
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")):
+    if not any(
+        (path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    ):
         raise UserError(f"{path}: no tokenizer files", hint="save the tokenizer into the same directory")
 
 
@@ -96,7 +102,9 @@ def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, f
     # full fine-tuning keeps fp32 master weights and lets mixed precision cast; LoRA loads the frozen base in the
     # compute dtype (PEFT keeps the small adapters in fp32)
     kwargs["dtype"] = torch.float32 if recipe.mode == "full" else dtype
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=recipe.trust_remote_code, local_files_only=local)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path, trust_remote_code=recipe.trust_remote_code, local_files_only=local
+    )
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     _fix_pad_token(model, tokenizer)
     if not for_training or recipe.mode == "full":

@@ -42,7 +42,9 @@ Backend = Annotated[
 def run(
     recipe: Annotated[str, typer.Argument(help="Recipe file, e.g. recipes/tiny_math.py")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides: max_steps=20 lora.r=8")] = None,
-    output_dir: Annotated[str | None, typer.Option("--output-dir", help="Run directory (default outputs/<name>).")] = None,
+    output_dir: Annotated[
+        str | None, typer.Option("--output-dir", help="Run directory (default outputs/<name>).")
+    ] = None,
     backend: Backend = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print only the final report.")] = False,
 ) -> None:
@@ -53,6 +55,17 @@ def run(
     from quickft.train import run as train_run
 
     train_run(recipe, overrides or [], output_dir=output_dir, backend=backend, reporter=Reporter(quiet=quiet))
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="Two or more run directories; ratios are to the first.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Compare finished runs side by side: speed, FLOPs, loss and memory."""
+    from quickft.compare import main as compare_main
+
+    compare_main(runs, as_json=as_json)
 
 
 @app.command()

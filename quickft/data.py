@@ -174,7 +174,9 @@ def _messages(turns: list, fmt: str, where: str) -> list[dict]:
         if fmt == "chat":
             role, content = (turn.get("role"), turn.get("content")) if isinstance(turn, dict) else (None, None)
             if role not in ROLES:
-                raise UserError(f"{where}: unknown role {role!r}", hint=f"roles must be one of {', '.join(sorted(ROLES))}")
+                raise UserError(
+                    f"{where}: unknown role {role!r}", hint=f"roles must be one of {', '.join(sorted(ROLES))}"
+                )
         else:
             speaker, content = (turn.get("from"), turn.get("value")) if isinstance(turn, dict) else (None, None)
             role = SHAREGPT_ROLES.get(speaker)
@@ -201,8 +203,11 @@ def _read_csv(path: Path, text: str, fmt: str, data: Data) -> list[Example]:
             hint="set data.question_column and data.answer_column to the header names",
         )
     return [
-        Example(prompt=row[data.question_column].strip(), response=(row[data.answer_column] or "").strip(),
-                where=f"{path}:{number}")
+        Example(
+            prompt=row[data.question_column].strip(),
+            response=(row[data.answer_column] or "").strip(),
+            where=f"{path}:{number}",
+        )
         for number, row in enumerate(reader, 2)
         if (row.get(data.question_column) or "").strip()
     ]
@@ -221,6 +226,13 @@ def format_prompt(prompt: str, data: Data) -> str:
     return data.prompt_template.replace("{prompt}", prompt)
 
 
+def training_text(example: Example, data: Data) -> str:
+    """The example as plain text, the way the model reads it (used to train a tokenizer for a Scratch model)."""
+    if example.messages is not None:
+        return "\n".join(m["content"] for m in example.messages)
+    return (format_prompt(example.prompt, data) if example.prompt else "") + example.response
+
+
 def encode(example: Example, tokenizer, data: Data) -> dict:
     """Token ids plus a completion mask (1 = the loss sees this token) for one example."""
     if example.messages is not None:
@@ -230,7 +242,10 @@ def encode(example: Example, tokenizer, data: Data) -> dict:
         prompt_ids = [tokenizer.bos_token_id]
     response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     trained = 1 if data.train_on_prompt or not example.prompt else 0
-    return {"input_ids": prompt_ids + response_ids, "completion_mask": [trained] * len(prompt_ids) + [1] * len(response_ids)}
+    return {
+        "input_ids": prompt_ids + response_ids,
+        "completion_mask": [trained] * len(prompt_ids) + [1] * len(response_ids),
+    }
 
 
 def _encode_chat(messages: list[dict], tokenizer, data: Data) -> dict:
@@ -241,7 +256,9 @@ def _encode_chat(messages: list[dict], tokenizer, data: Data) -> dict:
             head = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
             ids, mask, rendered = _extend(tokenizer, ids, mask, rendered, head, data.train_on_prompt)
         full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-        ids, mask, rendered = _extend(tokenizer, ids, mask, rendered, full, message["role"] == "assistant" or data.train_on_prompt)
+        ids, mask, rendered = _extend(
+            tokenizer, ids, mask, rendered, full, message["role"] == "assistant" or data.train_on_prompt
+        )
     return {"input_ids": ids, "completion_mask": mask}
 
 

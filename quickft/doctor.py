@@ -61,7 +61,9 @@ def collect(*, check_unsloth_import: bool = True) -> dict:
     if hw.device == "cuda":
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            gpus.append({"name": p.name, "capability": f"{p.major}.{p.minor}", "vram_gib": round(p.total_memory / 2**30, 1)})
+            gpus.append(
+                {"name": p.name, "capability": f"{p.major}.{p.minor}", "vram_gib": round(p.total_memory / 2**30, 1)}
+            )
     bnb_error = four_bit_check("cuda" if hw.device == "cuda" else "cpu") if version("bitsandbytes") else "not installed"
     verdict = choose(hw, status)
     return {
@@ -128,4 +130,3 @@ def main(*, as_json: bool = False, check_unsloth_import: bool = True, console: C
     else:
         print_report(info, console)
     return info
-

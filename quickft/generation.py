@@ -65,7 +65,11 @@ def stream(
 
 
 def _sampling(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
-    kwargs = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    kwargs = {
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
     if temperature > 0:
         return kwargs | {"do_sample": True, "temperature": temperature, "top_p": top_p}
     return kwargs | {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}

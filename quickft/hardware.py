@@ -81,7 +81,9 @@ def unsloth_status() -> UnslothStatus:
 
 def describe(hw: Hardware) -> str:
     if hw.device == "cuda":
-        return f"{hw.gpu_name} (compute capability {hw.capability[0]}.{hw.capability[1]}, {hw.vram_bytes / 2**30:.1f} GiB)"
+        return (
+            f"{hw.gpu_name} (compute capability {hw.capability[0]}.{hw.capability[1]}, {hw.vram_bytes / 2**30:.1f} GiB)"
+        )
     if hw.device == "mps":
         return "Apple GPU (MPS)"
     return f"CPU ({os.cpu_count()} cores)"
@@ -111,7 +113,9 @@ def choose(
 
     why_not = _why_not_unsloth(hw, unsloth, unsloth_refuses)
     if requested == "peft":
-        return Choice("peft", "PEFT requested (--backend peft)" + four_bit_note, resolved_precision, load_in_4bit, hw.device)
+        return Choice(
+            "peft", "PEFT requested (--backend peft)" + four_bit_note, resolved_precision, load_in_4bit, hw.device
+        )
     if requested == "unsloth":
         cpu_mode_ok = hw.device == "cpu" and unsloth.installed and unsloth.has_cpu_mode and not unsloth.import_error
         if why_not and not cpu_mode_ok:

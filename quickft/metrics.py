@@ -128,13 +128,15 @@ def loss_summary(rows: list[dict], total_steps: int) -> dict | None:
     }
 
 
-def summarize(*, rows, runtime_s, tokens, samples, steps, epochs, total_flos, device) -> dict:
+def summarize(*, rows, runtime_s, setup_s, tokens, samples, steps, epochs, total_flos, device) -> dict:
+    """The end-of-run numbers. Rates are over runtime_s, the training loop (first step to last), not the setup."""
     mem = memory(device)
     return {
         "train": {
             "steps": steps,
             "epochs": epochs,
             "runtime_s": runtime_s,
+            "setup_s": setup_s,
             "tokens": tokens,
             "samples": samples,
             "tokens_per_s": tokens / runtime_s,

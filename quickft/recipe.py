@@ -100,6 +100,7 @@ class Recipe:
     """Optimizer steps to run; overrides epochs when set."""
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    """Clip the gradient norm to this value (0 turns clipping off)."""
     seed: int = 42
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% slower."""
@@ -156,7 +157,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     problems = apply_overrides(recipe, overrides)
     problems += validate(recipe)
     if problems:
-        raise UserError(f"{path}: {len(problems)} problem(s) in the recipe:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise UserError(
+            f"{path}: {len(problems)} problem(s) in the recipe:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
     return recipe
 
 

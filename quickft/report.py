@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
@@ -62,12 +62,19 @@ class Reporter:
             ("backend", f"{choice.summary()}\n[dim]{choice.reason}[/dim]"),
             ("precision", choice.precision),
             ("quantization", "4-bit NF4 (double quant)" if choice.load_in_4bit else "none"),
-            ("model", f"{recipe.model if isinstance(recipe.model, str) else 'scratch'}  ({model_path})"),
-            ("mode", recipe.mode + (f"  (LoRA r={recipe.lora.r}, alpha={recipe.lora.alpha})" if recipe.mode != "full" else "")),
+            ("model", model_path if recipe.model == model_path else f"{_model_name(recipe.model)}  ({model_path})"),
+            (
+                "mode",
+                recipe.mode
+                + (f"  (LoRA r={recipe.lora.r}, alpha={recipe.lora.alpha})" if recipe.mode != "full" else ""),
+            ),
             ("parameters", f"{total:,} total, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"),
             ("data", f"{n_examples:,} examples, {n_tokens:,} tokens ({recipe.data.path})"),
             ("max_seq_length", str(recipe.max_seq_length)),
-            ("batch", f"{recipe.micro_batch_size} micro-batch × {recipe.gradient_accumulation} accumulation = {eff} effective"),
+            (
+                "batch",
+                f"{recipe.micro_batch_size} micro-batch × {recipe.gradient_accumulation} accumulation = {eff} effective",
+            ),
             ("plan", f"{self.planned_steps:,} steps ({epochs:.2f} epochs, {steps_per_epoch:,} steps per epoch)"),
         ]
         if not self.quiet:
@@ -77,7 +84,12 @@ class Reporter:
             for key, value in rows:
                 table.add_row(key, value)
             self.console.print(Panel(table, title="quickft run", expand=False))
-        return {"parameters_total": total, "parameters_trainable": trainable, "examples": n_examples, "tokens": n_tokens}
+        return {
+            "parameters_total": total,
+            "parameters_trainable": trainable,
+            "examples": n_examples,
+            "tokens": n_tokens,
+        }
 
     # ------------------------------------------------------------------ during training
 
@@ -169,19 +181,20 @@ class Reporter:
         if row is None:
             return Panel("starting ...", title="training")
         eta = (row["elapsed_s"] / max(row["step"], 1)) * (total - row["step"])
-        bar = ProgressBar(total=total, completed=row["step"], width=40)
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
         grad = f"{row['grad_norm']:.3f}" if row["grad_norm"] is not None else "-"
+        table.add_row("progress", ProgressBar(total=total, completed=row["step"], width=40))
         table.add_row("step", f"{row['step']}/{total}   epoch {row['epoch']:.2f}   ETA {_duration(eta)}")
         table.add_row("loss", f"{row['loss']:.4f}   smoothed {row['loss_smoothed']:.4f}")
         table.add_row("lr / grad", f"{row['learning_rate']:.2e}   grad norm {grad}")
         table.add_row(
-            "speed", f"{row['tokens_per_s']:,.0f} tok/s   {row['samples_per_s']:,.1f} samples/s   {row['step_time_s']:.3f} s/step"
+            "speed",
+            f"{row['tokens_per_s']:,.0f} tok/s   {row['samples_per_s']:,.1f} samples/s   {row['step_time_s']:.3f} s/step",
         )
         table.add_row("memory", m.memory_text(row))
-        return Panel(Group(bar, table), title="training", expand=False)
+        return Panel(table, title="training", expand=False)
 
     # ------------------------------------------------------------------ after training
 
@@ -191,6 +204,7 @@ class Reporter:
         summary = m.summarize(
             rows=callback.rows,
             runtime_s=callback.ended - callback.started,
+            setup_s=callback.call_s - (callback.ended - callback.started),
             tokens=callback.counter.tokens,
             samples=callback.counter.samples,
             steps=state.global_step,
@@ -213,13 +227,20 @@ class Reporter:
         table.add_column(style="bold")
         table.add_column()
         table.add_row("steps / epochs", f"{t['steps']} / {t['epochs']:.2f}")
-        table.add_row("runtime", _duration(t["runtime_s"]))
-        table.add_row("throughput", f"{t['tokens_per_s']:,.0f} tokens/s · {t['samples_per_s']:,.2f} samples/s · {t['steps_per_s']:,.2f} steps/s")
+        table.add_row("runtime", f"{_duration(t['runtime_s'])} training (+{t['setup_s']:.1f} s setup)")
+        table.add_row(
+            "throughput",
+            f"{t['tokens_per_s']:,.0f} tokens/s · {t['samples_per_s']:,.2f} samples/s · {t['steps_per_s']:,.2f} steps/s",
+        )
         table.add_row("tokens / samples", f"{t['tokens']:,} non-padding tokens · {t['samples']:,} samples")
         table.add_row("total FLOPs", f"{t['total_flos']:.3e}")
         table.add_row("memory", m.memory_summary_text(mem))
         if loss:
-            thirds = " / ".join(f"{p:.0f}%" for p in loss["improvement_by_third_pct"]) if loss["improvement_by_third_pct"] else "-"
+            thirds = (
+                " / ".join(f"{p:.0f}%" for p in loss["improvement_by_third_pct"])
+                if loss["improvement_by_third_pct"]
+                else "-"
+            )
             table.add_row(
                 "loss",
                 f"initial {loss['initial']:.4f} → final {loss['final']:.4f} (min {loss['min']:.4f}, max {loss['max']:.4f}); "
@@ -232,7 +253,13 @@ class Reporter:
         table.add_row("run directory", s["run_dir"])
         self.console.print(table)
         for sample in samples[:3]:
-            self.console.print(f"[bold]prompt[/bold] {sample['prompt']!r}\n[bold]answer[/bold] {sample['answer']!r}", highlight=False)
+            self.console.print(
+                f"[bold]prompt[/bold] {sample['prompt']!r}\n[bold]answer[/bold] {sample['answer']!r}", highlight=False
+            )
+
+
+def _model_name(model) -> str:
+    return model if isinstance(model, str) else f"new {model.architecture} with random weights (Scratch)"
 
 
 def _duration(seconds: float) -> str:

@@ -87,7 +87,9 @@ def create_run_dir(path: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"cannot write to the output directory {path}: {e.strerror}", hint="choose a writable --output-dir") from None
+        raise UserError(
+            f"cannot write to the output directory {path}: {e.strerror}", hint="choose a writable --output-dir"
+        ) from None
 
 
 def open_run(run_dir: str | Path, *, need_finished: bool = True) -> dict:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from quickft import rundir
-from quickft.data import Example, encode, prompt_text, read_examples, reference_answer
+from quickft.data import Example, encode, prompt_text, read_examples, reference_answer, training_text
 from quickft.errors import UserError
 from quickft.hardware import Choice, choose, detect, unsloth_status
 from quickft.recipe import Recipe, Scratch, load_recipe, recipe_to_dict
@@ -80,7 +80,9 @@ def _choose_backend(recipe: Recipe, reporter: Reporter) -> Choice:
     try:
         choice = choose(hw, status, requested=recipe.backend, mode=recipe.mode, precision=recipe.precision)
     except ValueError as e:
-        raise UserError(str(e), hint="use --backend peft, or run on an NVIDIA GPU with compute capability ≥ 7.0") from None
+        raise UserError(
+            str(e), hint="use --backend peft, or run on an NVIDIA GPU with compute capability ≥ 7.0"
+        ) from None
     if choice.backend == "unsloth":
         from quickft.backends import import_unsloth_first
 
@@ -101,7 +103,7 @@ def _train(recipe, choice, train_examples, held_out, model_ref, local, run_dir: 
     if isinstance(model_ref, Scratch):
         from quickft.scratch import build_scratch
 
-        corpus = [t for ex in train_examples for t in (ex.prompt, ex.response) if t]
+        corpus = [training_text(ex, recipe.data) for ex in train_examples]
         model_path = str(build_scratch(model_ref, corpus, seed=recipe.seed))
     else:
         model_path = model_ref
@@ -120,21 +122,30 @@ def _train(recipe, choice, train_examples, held_out, model_ref, local, run_dir: 
         run_dir=run_dir,
         max_steps=trainer.args.max_steps if trainer.args.max_steps > 0 else None,
     )
-    rundir.write_json(run_dir / "backend.json", choice.to_dict() | {"model_path": model_path, "hardware": vars(choice.hardware)})
+    rundir.write_json(
+        run_dir / "backend.json", choice.to_dict() | {"model_path": model_path, "hardware": vars(choice.hardware)}
+    )
     callback = reporter.callback(run_dir / "metrics.jsonl", choice)
     callback.counter = trainer.counter
     trainer.add_callback(callback)
+    started = time.perf_counter()
     try:
         trainer.train()
     finally:
         callback.close()
+    callback.call_s = time.perf_counter() - started
 
     trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model for full fine-tuning
     tokenizer.save_pretrained(run_dir)
     samples = _answer_held_out(model, tokenizer, recipe, held_out, reporter)
     rundir.write_jsonl(run_dir / "samples.jsonl", samples)
-    summary = reporter.finish(trainer=trainer, callback=callback, samples=samples, run_dir=run_dir, choice=choice, header=header)
+    summary = reporter.finish(
+        trainer=trainer, callback=callback, samples=samples, run_dir=run_dir, choice=choice, header=header
+    )
     rundir.write_json(run_dir / "summary.json", summary)
+    from quickft.plots import write_plots
+
+    write_plots(callback.rows, run_dir)
 
 
 def _quiet_libraries() -> None:

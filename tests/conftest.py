@@ -10,12 +10,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+PROMPT = "Pregunta: {prompt}\nRespuesta: "
 SUMS = [(a, b) for a in range(0, 30) for b in range(0, 30, 3)]
 
 
 def write_blocks(path: Path, pairs) -> Path:
     path.write_text(
-        "\n###\n".join(f"Pregunta: ¿Cuánto es {a} + {b}?\nRespuesta: {a + b}" for a, b in pairs) + "\n", encoding="utf-8"
+        "\n###\n".join(f"Pregunta: ¿Cuánto es {a} + {b}?\nRespuesta: {a + b}" for a, b in pairs) + "\n",
+        encoding="utf-8",
     )
     return path
 
@@ -36,13 +38,15 @@ def sums_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(sums_file) -> Path:
     """A tiny random Llama saved with save_pretrained, plus a tokenizer trained on the sums."""
-    from quickft.data import read_examples
+    from quickft.data import read_examples, training_text
     from quickft.recipe import Data, Scratch
     from quickft.scratch import build_scratch
 
-    examples = read_examples(sums_file, Data(path=str(sums_file)))
-    corpus = [t for ex in examples for t in (ex.prompt, ex.response)]
-    spec = Scratch(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vocab_size=320, max_position_embeddings=64)
+    data = Data(path=str(sums_file), prompt_template=PROMPT)
+    corpus = [training_text(ex, data) for ex in read_examples(sums_file, data)]
+    spec = Scratch(
+        hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, vocab_size=320, max_position_embeddings=64
+    )
     return build_scratch(spec, corpus, seed=0)
 
 

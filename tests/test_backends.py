@@ -33,7 +33,9 @@ def run_isolated(*args: str, env_extra: dict | None = None) -> subprocess.Comple
 
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "UNSLOTH_DISABLE_STATISTICS")}
     env |= env_extra or {}
-    return subprocess.run([sys.executable, "-c", NO_NETWORK, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-c", NO_NETWORK, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900
+    )
 
 
 def adapter_changes_output(base_dir, run_dir) -> bool:

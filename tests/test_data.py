@@ -14,7 +14,10 @@ def read(tmp_path, name, content, **data_kwargs):
 
 
 def test_blocks_tolerate_crlf_bom_blank_lines_and_multiline_answers(tmp_path):
-    text = "\ufeffPregunta: ¿Cuánto es 2 + 2?\r\nRespuesta: 4\r\n###\r\n\r\n\r\nPregunta: ¿Qué es un primo?\r\nRespuesta: Un número\r\ncon dos divisores.\r\n###\r\n"
+    text = (
+        "\ufeffPregunta: ¿Cuánto es 2 + 2?\r\nRespuesta: 4\r\n###\r\n\r\n\r\n"
+        "Pregunta: ¿Qué es un primo?\r\nRespuesta: Un número\r\ncon dos divisores.\r\n###\r\n"
+    )
     examples = read(tmp_path, "t.txt", text)
     assert [(e.prompt, e.response) for e in examples] == [
         ("¿Cuánto es 2 + 2?", "4"),
@@ -24,7 +27,10 @@ def test_blocks_tolerate_crlf_bom_blank_lines_and_multiline_answers(tmp_path):
 
 
 def test_alpaca_json_and_jsonl(tmp_path):
-    records = [{"instruction": "Di hola", "input": "", "output": "Hola"}, {"instruction": "Traduce", "input": "cat", "output": "gato"}]
+    records = [
+        {"instruction": "Di hola", "input": "", "output": "Hola"},
+        {"instruction": "Traduce", "input": "cat", "output": "gato"},
+    ]
     for name, content in [("a.json", json.dumps(records)), ("a.jsonl", "\n".join(json.dumps(r) for r in records))]:
         examples = read(tmp_path, name, content)
         assert [(e.prompt, e.response) for e in examples] == [("Di hola", "Hola"), ("Traduce\n\ncat", "gato")]
@@ -38,7 +44,13 @@ def test_chat_and_sharegpt(tmp_path):
 
 
 def test_csv_with_named_columns_and_plain_text(tmp_path):
-    examples = read(tmp_path, "q.csv", "pregunta,respuesta\n¿2+3?,5\n¿1+1?,2\n", question_column="pregunta", answer_column="respuesta")
+    examples = read(
+        tmp_path,
+        "q.csv",
+        "pregunta,respuesta\n¿2+3?,5\n¿1+1?,2\n",
+        question_column="pregunta",
+        answer_column="respuesta",
+    )
     assert [(e.prompt, e.response) for e in examples] == [("¿2+3?", "5"), ("¿1+1?", "2")]
     texts = read(tmp_path, "t.md", "Primer párrafo.\n\nSegundo\npárrafo.\n")
     assert [e.response for e in texts] == ["Primer párrafo.", "Segundo\npárrafo."]
@@ -58,11 +70,26 @@ def test_format_guessing(tmp_path):
 @pytest.mark.parametrize(
     ("name", "content", "kwargs", "message"),
     [
-        ("b.txt", "Pregunta: a\nRespuesta: b\n###\nPregunta: sin respuesta\n", {}, r"b.txt:4: block has no 'Respuesta:'"),
+        (
+            "b.txt",
+            "Pregunta: a\nRespuesta: b\n###\nPregunta: sin respuesta\n",
+            {},
+            r"b.txt:4: block has no 'Respuesta:'",
+        ),
         ("e.txt", "  \n\n", {}, "the file is empty"),
         ("l.bin", b"Pregunta: \xff\xfe\nRespuesta: x", {"format": "blocks"}, "not UTF-8"),
-        ("j.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "a",\n', {}, r"j.jsonl:2: invalid JSON Lines"),
-        ("m.jsonl", '{"instruction": "a", "input": ""}\n', {"format": "alpaca"}, r"m.jsonl:1: Alpaca record without 'output'"),
+        (
+            "j.jsonl",
+            '{"instruction": "a", "output": "b"}\n{"instruction": "a",\n',
+            {},
+            r"j.jsonl:2: invalid JSON Lines",
+        ),
+        (
+            "m.jsonl",
+            '{"instruction": "a", "input": ""}\n',
+            {"format": "alpaca"},
+            r"m.jsonl:1: Alpaca record without 'output'",
+        ),
         ("n.jsonl", '{"messages": [{"role": "user", "content": "hola"}]}\n', {}, "without an assistant turn"),
         ("r.jsonl", '{"messages": [{"role": "bot", "content": "hola"}]}\n', {}, "unknown role 'bot'"),
         ("c.csv", "q,a\nx,y\n", {}, "CSV has no column 'question' or 'answer'"),
@@ -100,8 +127,12 @@ def test_encode_chat_trains_only_assistant_turns(tiny_model_dir, tmp_path):
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.chat_template = CHATML
-    messages = [{"role": "user", "content": "2 + 2"}, {"role": "assistant", "content": "4"},
-                {"role": "user", "content": "3 + 3"}, {"role": "assistant", "content": "6"}]
+    messages = [
+        {"role": "user", "content": "2 + 2"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "3 + 3"},
+        {"role": "assistant", "content": "6"},
+    ]
     example = read(tmp_path, "c.jsonl", json.dumps({"messages": messages}))[0]
     row = encode(example, tok, Data(path="c.jsonl"))
     trained = tok.decode([i for i, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m])

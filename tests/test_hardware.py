@@ -24,8 +24,14 @@ BROKEN_UNSLOTH = UnslothStatus(True, "2026.10.9", import_error="ImportError: can
     [
         (CPU, UNSLOTH, None, "peft", "fp32", "no GPU found"),
         (MPS, UNSLOTH, None, "peft", "fp32", "MPS"),
-        (GTX1050TI, UNSLOTH, None, "peft", "fp16",
-         "Unsloth not used: NVIDIA GeForce GTX 1050 Ti is compute capability 6.1; Unsloth's kernels need ≥ 7.0"),
+        (
+            GTX1050TI,
+            UNSLOTH,
+            None,
+            "peft",
+            "fp16",
+            "Unsloth not used: NVIDIA GeForce GTX 1050 Ti is compute capability 6.1; Unsloth's kernels need ≥ 7.0",
+        ),
         (P100, UNSLOTH, None, "peft", "fp16", "compute capability 6.0"),
         (T4, UNSLOTH, None, "unsloth", "fp16", "Tesla T4"),
         (RTX3090, UNSLOTH, None, "unsloth", "bf16", "RTX 3090"),

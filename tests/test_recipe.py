@@ -27,8 +27,17 @@ def test_overrides_are_parsed_to_each_fields_type():
     r = base()
     problems = apply_overrides(
         r,
-        ["max_steps=20", "lora.r=8", "learning_rate=1e-4", "gradient_checkpointing=true", "scheduler=cosine",
-         "lora.target_modules=q_proj,v_proj", "data.test_path=none", "data.train_on_prompt=yes", "model=gpt2-xl"],
+        [
+            "max_steps=20",
+            "lora.r=8",
+            "learning_rate=1e-4",
+            "gradient_checkpointing=true",
+            "scheduler=cosine",
+            "lora.target_modules=q_proj,v_proj",
+            "data.test_path=none",
+            "data.train_on_prompt=yes",
+            "model=gpt2-xl",
+        ],
     )
     assert problems == []
     assert (r.max_steps, r.lora.r, r.learning_rate) == (20, 8, 1e-4)
@@ -102,5 +111,7 @@ def test_recipe_file_errors(tmp_path):
     with pytest.raises(UserError, match=r"raises.py:4: the recipe raised ZeroDivisionError"):
         load_recipe(write_recipe(tmp_path / "raises.py", "\n1 / 0\n"))
     with pytest.raises(UserError, match="unknown key 'lora.rank'") as e:
-        load_recipe(write_recipe(tmp_path / "ok.py", "recipe = Recipe(model='gpt2', data=Data(path='x'))\n"), ["lora.rank=8"])
+        load_recipe(
+            write_recipe(tmp_path / "ok.py", "recipe = Recipe(model='gpt2', data=Data(path='x'))\n"), ["lora.rank=8"]
+        )
     assert "lora.r" in str(e.value)

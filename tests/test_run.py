@@ -27,8 +27,17 @@ def finished_run(tmp_path, lora_recipe, capsys):
 
 def test_run_writes_a_complete_run_directory(finished_run, tiny_model_dir):
     run_dir, out = finished_run
-    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "recipe.json", "backend.json",
-                 "status.json", "metrics.jsonl", "summary.json", "samples.jsonl"):
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "recipe.json",
+        "backend.json",
+        "status.json",
+        "metrics.jsonl",
+        "summary.json",
+        "samples.jsonl",
+    ):
         assert (run_dir / name).is_file(), name
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     recipe = json.loads((run_dir / "recipe.json").read_text())
@@ -60,15 +69,17 @@ def test_adapter_loads_with_plain_peft(finished_run, tiny_model_dir):
 def test_lora_training_changes_adapter_but_not_base(tmp_path, lora_recipe):
     """The trainer quickft builds updates only LoRA weights (trl's own test, on our path)."""
     from quickft.backends import load
+    from quickft.data import read_examples
     from quickft.hardware import Choice
     from quickft.recipe import load_recipe
     from quickft.train import _tokenize, _trainer
-    from quickft.data import read_examples
 
     recipe = load_recipe(lora_recipe, ["max_steps=3"])
     loaded = load(recipe, Choice("peft", "test", "fp32", False, "cpu"), recipe.model, local=True)
     dataset, _ = _tokenize(read_examples(recipe.data.path, recipe.data), loaded.tokenizer, recipe)
-    trainer = _trainer(recipe, Choice("peft", "test", "fp32", False, "cpu"), loaded.model, loaded.tokenizer, dataset, tmp_path)
+    trainer = _trainer(
+        recipe, Choice("peft", "test", "fp32", False, "cpu"), loaded.model, loaded.tokenizer, dataset, tmp_path
+    )
     before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
     trainer.train()
     after = dict(loaded.model.named_parameters())
@@ -98,7 +109,11 @@ def test_a_finished_run_is_never_overwritten(tmp_path, lora_recipe, capsys, monk
         ("recipe = Recipe(model=MODEL, data=Data(path='missing.txt'))", None, "data file not found: missing.txt"),
         ("x = 1", None, "no `recipe` defined"),
         ("recipe = Recipe(model=MODEL, data=Data(path=DATA))", "lora.rank=2", "unknown key 'lora.rank'"),
-        ("recipe = Recipe(model=MODEL, data=Data(path=DATA), max_steps='ten')", None, "max_steps: expected int or None"),
+        (
+            "recipe = Recipe(model=MODEL, data=Data(path=DATA), max_steps='ten')",
+            None,
+            "max_steps: expected int or None",
+        ),
         ("recipe = Recipe(model=MODEL, data=Data(path=EMPTY))", None, "the file is empty"),
         ("recipe = Recipe(model=MODEL, data=Data(path=NO_ANSWER))", None, "no_answer.txt:1: block has no 'Respuesta:'"),
         ("recipe = Recipe(model='./no/such/model', data=Data(path=DATA))", None, "model directory not found"),
@@ -107,8 +122,10 @@ def test_a_finished_run_is_never_overwritten(tmp_path, lora_recipe, capsys, monk
 def test_bad_input_exits_2_with_one_clear_message(tmp_path, tiny_model_dir, sums_file, capsys, body, override, message):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "no_answer.txt").write_text("Pregunta: ¿Cuánto es 1 + 1?\n")
-    header = (f"MODEL = {str(tiny_model_dir)!r}\nDATA = {str(sums_file)!r}\nEMPTY = {str(tmp_path / 'empty.txt')!r}\n"
-              f"NO_ANSWER = {str(tmp_path / 'no_answer.txt')!r}\n")
+    header = (
+        f"MODEL = {str(tiny_model_dir)!r}\nDATA = {str(sums_file)!r}\nEMPTY = {str(tmp_path / 'empty.txt')!r}\n"
+        f"NO_ANSWER = {str(tmp_path / 'no_answer.txt')!r}\n"
+    )
     recipe = write_recipe(tmp_path / "bad.py", header + body + "\n")
     args = ["run", str(recipe), "--output-dir", str(tmp_path / "out")] + ([override] if override else [])
     code, out, err = run_cli(*args, capsys=capsys)
@@ -119,7 +136,10 @@ def test_bad_input_exits_2_with_one_clear_message(tmp_path, tiny_model_dir, sums
 
 
 def test_help_is_fast_and_imports_no_heavy_library():
-    code = "import sys; from quickft.cli import main; main(['--help']); print(sorted(m for m in ('torch', 'transformers', 'trl', 'unsloth', 'peft') if m in sys.modules))"
+    heavy = ("torch", "transformers", "trl", "unsloth", "peft")
+    code = (
+        f"import sys; from quickft.cli import main; main(['--help']); print([m for m in {heavy} if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip().endswith("[]")
 

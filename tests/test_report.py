@@ -1,0 +1,207 @@
+"""Every number the report prints is recomputed here, independently, from a real tiny CPU run."""
+
+import io
+import json
+import math
+import re
+import time
+
+import pytest
+from rich.console import Console
+
+from quickft.cli import main
+from quickft.data import encode, read_examples
+from quickft.recipe import load_recipe
+from quickft.report import Reporter
+from quickft.train import run as train_run
+
+
+@pytest.fixture(scope="module")
+def epoch_run(tmp_path_factory, tiny_model_dir, sums_file):
+    """One full epoch (so every example is consumed exactly once), timed from outside quickft."""
+    import transformers
+
+    from tests.conftest import write_recipe
+
+    tmp = tmp_path_factory.mktemp("report")
+    recipe_path = write_recipe(
+        tmp / "epoch.py",
+        f"""
+        recipe = Recipe(
+            model={str(tiny_model_dir)!r},
+            data=Data(path={str(sums_file)!r}, prompt_template="Pregunta: {{prompt}}\\nRespuesta: ", holdout=5),
+            lora=LoRA(r=4, alpha=8), max_seq_length=24, micro_batch_size=10, learning_rate=5e-3,
+            epochs=1, logging_steps=3, max_new_tokens=3,
+        )
+        """,
+    )
+    timings = {}
+    original_train, original_step = transformers.Trainer.train, transformers.Trainer.training_step
+
+    def timed_train(self, *args, **kwargs):  # a spy: times the whole call, changes nothing
+        start = time.perf_counter()
+        try:
+            return original_train(self, *args, **kwargs)
+        finally:
+            timings["call_s"] = time.perf_counter() - start
+
+    def timed_step(self, *args, **kwargs):  # a spy: first step's start to last step's end = the training loop
+        timings.setdefault("first", time.perf_counter())
+        try:
+            return original_step(self, *args, **kwargs)
+        finally:
+            timings["last"] = time.perf_counter()
+
+    console = Console(record=True, file=io.StringIO(), width=160)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(transformers.Trainer, "train", timed_train)
+    mp.setattr(transformers.Trainer, "training_step", timed_step)
+    try:
+        run_dir = train_run(str(recipe_path), [], output_dir=str(tmp / "run"), reporter=Reporter(console, live=False))
+    finally:
+        mp.undo()
+    recipe = load_recipe(recipe_path)
+    return {
+        "dir": run_dir,
+        "recipe": recipe,
+        "console": console.export_text(),
+        "train_s": timings["last"] - timings["first"],
+        "call_s": timings["call_s"],
+        "summary": json.loads((run_dir / "summary.json").read_text()),
+        "rows": [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()],
+    }
+
+
+def test_tokens_per_second_counts_real_tokens(epoch_run, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    recipe, s = epoch_run["recipe"], epoch_run["summary"]
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    examples = read_examples(recipe.data.path, recipe.data)
+    held_out = {json.loads(line)["prompt"] for line in (epoch_run["dir"] / "samples.jsonl").read_text().splitlines()}
+    train = [e for e in examples if f"Pregunta: {e.prompt}\nRespuesta: " not in held_out]
+    assert len(train) == len(examples) - 5
+    tokens = sum(min(len(encode(e, tok, recipe.data)["input_ids"]), recipe.max_seq_length) for e in train)
+    assert s["train"]["tokens"] == tokens, "every non-padding token of one epoch, and nothing else"
+    assert s["train"]["samples"] == len(train)
+    expected = tokens / epoch_run["train_s"]
+    assert s["train"]["tokens_per_s"] == pytest.approx(expected, rel=0.10)
+    assert s["train"]["samples_per_s"] == pytest.approx(len(train) / epoch_run["train_s"], rel=0.10)
+    # setup (optimizer, data loader) is reported apart from the loop, and both add up to the whole call
+    assert s["train"]["runtime_s"] + s["train"]["setup_s"] == pytest.approx(epoch_run["call_s"], rel=0.05, abs=0.05)
+    rows = epoch_run["rows"]
+    assert all(r["padding_tokens"] >= 0 for r in rows) and rows[-1]["tokens"] == tokens
+
+
+def test_steps_and_epochs_match_the_trainer(epoch_run):
+    s, recipe = epoch_run["summary"], epoch_run["recipe"]
+    n_train = s["model"]["examples"]
+    assert s["train"]["steps"] == math.ceil(n_train / recipe.micro_batch_size)
+    assert s["train"]["epochs"] == pytest.approx(1.0)
+    assert s["train"]["steps_per_s"] == pytest.approx(s["train"]["steps"] / s["train"]["runtime_s"])
+    assert [r["step"] for r in epoch_run["rows"]] == list(range(3, s["train"]["steps"] + 1, 3))
+
+
+def test_loss_summary_matches_metrics(epoch_run):
+    rows, loss, steps = epoch_run["rows"], epoch_run["summary"]["loss"], epoch_run["summary"]["train"]["steps"]
+    losses = [r["loss"] for r in rows]
+    assert (loss["initial"], loss["final"], loss["min"], loss["max"]) == (
+        losses[0],
+        losses[-1],
+        min(losses),
+        max(losses),
+    )
+    assert loss["improvement_pct"] == pytest.approx(100 * (losses[0] - losses[-1]) / losses[0])
+    at = lambda limit: [r["loss"] for r in rows if r["step"] <= limit][-1]  # noqa: E731
+    marks = [losses[0], at(steps / 3), at(2 * steps / 3), losses[-1]]
+    total = losses[0] - losses[-1]
+    assert loss["improvement_by_third_pct"] == pytest.approx(
+        [100 * (marks[i] - marks[i + 1]) / total for i in range(3)]
+    )
+    assert sum(loss["improvement_by_third_pct"]) == pytest.approx(100)
+
+
+def test_peak_rss_covers_the_model(epoch_run):
+    s = epoch_run["summary"]
+    param_bytes = s["model"]["parameters_total"] * 4  # fp32 on CPU
+    assert s["memory"]["peak_rss_mb"] * 2**20 >= param_bytes
+    assert all(r["peak_rss_mb"] >= r["rss_mb"] * 0.99 for r in epoch_run["rows"])
+
+
+def test_console_header_lines_and_report(epoch_run):
+    text, s = epoch_run["console"], epoch_run["summary"]
+    assert "\x1b" not in text
+    for key in (
+        "hardware",
+        "backend",
+        "precision",
+        "quantization",
+        "parameters",
+        "data",
+        "max_seq_length",
+        "batch",
+        "plan",
+    ):
+        assert re.search(rf"│ {key}\s", text), key
+    assert "Unsloth not used: no GPU found" in text
+    assert "10 micro-batch × 1 accumulation = 10 effective" in text
+    total, trainable = s["model"]["parameters_total"], s["model"]["parameters_trainable"]
+    assert f"{total:,} total, {trainable:,} trainable ({100 * trainable / total:.2f}%)" in text
+    lines = [line for line in text.splitlines() if line.startswith("step ")]
+    assert len(lines) == len(epoch_run["rows"])
+    first = epoch_run["rows"][0]
+    assert lines[0].startswith(f"step      3/{s['train']['steps']} | epoch ")
+    assert f"loss {first['loss']:.4f}" in lines[0] and f"{first['tokens_per_s']:,.0f} tok/s" in lines[0]
+    t = s["train"]
+    assert f"{t['tokens_per_s']:,.0f} tokens/s · {t['samples_per_s']:,.2f} samples/s" in text
+    assert f"initial {s['loss']['initial']:.4f} → final {s['loss']['final']:.4f}" in text
+    assert f"peak RSS {s['memory']['peak_rss_mb']:,.1f} MB" in text
+
+
+def test_plots_are_real_pngs(epoch_run):
+    import matplotlib.image
+
+    for name in ("loss.png", "loss_per_epoch.png", "loss_log.png", "learning_rate.png", "grad_norm.png"):
+        path = epoch_run["dir"] / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        pixels = matplotlib.image.imread(path)
+        assert pixels.shape[0] > 100 and pixels.std() > 0.01, f"{name} is blank"
+
+
+def test_live_display_on_a_terminal(tmp_path, lora_recipe):
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    train_run(str(lora_recipe), ["max_steps=4"], output_dir=str(tmp_path / "tty"), reporter=Reporter(console))
+    text = out.getvalue()
+    assert "\x1b[" in text and "training" in text and "ETA" in text and "tok/s" in text
+    assert not re.search(r"^step\s+\d+/", text, re.M), "no plain lines on a terminal"
+
+
+def test_quiet_prints_only_the_report(tmp_path, lora_recipe, capsys):
+    assert main(["run", str(lora_recipe), "max_steps=2", "--quiet", "--output-dir", str(tmp_path / "q")]) == 0
+    out = capsys.readouterr().out
+    assert "quickft report" in out and "quickft run" not in out and not re.search(r"^step ", out, re.M)
+
+
+def test_compare_two_real_runs(tmp_path, lora_recipe, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["run", str(lora_recipe), "max_steps=4", "--output-dir", str(a), "--quiet"]) == 0
+    assert main(["run", str(lora_recipe), "max_steps=8", "--output-dir", str(b), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert [r["steps"] for r in rows] == [4, 8]
+    assert rows[1]["ratios"]["runtime_s"]["ratio"] == pytest.approx(sb["train"]["runtime_s"] / sa["train"]["runtime_s"])
+    assert rows[1]["ratios"]["total_flos"]["ratio"] == pytest.approx(2.0, rel=0.2)
+    assert rows[1]["ratios"]["total_flos"]["text"].endswith("more FLOPs")
+    assert main(["compare", str(a), str(b)]) == 0
+    table = capsys.readouterr().out
+    assert "quickft compare" in table and "tokens/s" in table and "more FLOPs" in table
+
+
+def test_compare_refuses_what_is_not_a_finished_run(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["compare", str(tmp_path / "empty"), str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a quickft run directory" in err and "Traceback" not in err
