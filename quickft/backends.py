@@ -161,7 +161,24 @@ def load_unsloth(recipe: Recipe, choice: Choice, model_path: str, *, local: bool
     return Loaded(model, tokenizer, choice)
 
 
+def quiet_libraries() -> None:
+    """quickft's own display replaces the libraries' progress bars; real warnings still come through."""
+    import logging
+
+    # import-time chatter that says nothing about this run
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao registering enums
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # optional `kernels` package missing
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_warning()
+
+
 def load(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_training: bool = True) -> Loaded:
+    """Load with the chosen backend; a model that can't be found becomes a UserError that says what to do."""
+    quiet_libraries()
     loader = load_unsloth if choice.backend == "unsloth" else load_peft
     try:
         return loader(recipe, choice, model_path, local=local, for_training=for_training)

@@ -58,6 +58,34 @@ def run(
 
 
 @app.command()
+def chat(
+    run_dir: Annotated[str, typer.Argument(help="A finished run, e.g. outputs/tiny_math")],
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", help="Answer this once and exit (answer only on stdout).")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="0 = greedy. Default: the recipe's, else greedy for Q&A.")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling threshold.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed, for reproducible sampling.")] = None,
+    compare_base: Annotated[bool, typer.Option("--compare-base", help="Answer with and without fine-tuning.")] = False,
+) -> None:
+    """Talk to what a run produced: streaming, multi-turn for chat data, /reset /params /exit."""
+    from quickft.chat import main as chat_main
+
+    chat_main(
+        run_dir,
+        prompt=prompt,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        compare_base=compare_base,
+    )
+
+
+@app.command()
 def compare(
     runs: Annotated[list[str], typer.Argument(help="Two or more run directories; ratios are to the first.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,

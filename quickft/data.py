@@ -37,6 +37,11 @@ class Example:
 
 def read_examples(path: str | Path, data: Data) -> list[Example]:
     """Read a data file in `data.format` (or a guessed one) into examples. Raises UserError naming file and line."""
+    return read_data(path, data)[1]
+
+
+def read_data(path: str | Path, data: Data) -> tuple[str, list[Example]]:
+    """(the format actually used, the examples): `auto` is resolved so a run can save what it trained on."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path}", hint="data paths are relative to the current directory")
@@ -63,7 +68,7 @@ def read_examples(path: str | Path, data: Data) -> list[Example]:
         raise UserError(f"{path}: no examples found (format {fmt})", hint="check the file's format matches data.format")
     if fmt not in ("chat", "sharegpt", "text") and all(not ex.response.strip() for ex in examples):
         raise UserError(f"{path}: every response is empty", hint="each example needs an answer to learn from")
-    return examples
+    return fmt, examples
 
 
 def guess_format(path: Path, text: str) -> str:

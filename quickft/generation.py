@@ -41,27 +41,71 @@ def generate(
 
 
 def stream(
-    model, tokenizer, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
+    model,
+    tokenizer,
+    prompt: str,
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop=None,
+    stats: dict | None = None,
 ) -> Iterator[str]:
-    """Yield the answer to one prompt piece by piece as it is generated."""
+    """Yield the answer to one prompt piece by piece as it is generated.
+
+    `stop` (a threading.Event) ends generation early; `stats` receives "tokens" (generated, end-of-sequence
+    included), "first_token_s" and "total_s".
+    """
     import threading
+    import time
 
     import torch
-    from transformers import TextIteratorStreamer
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    stop = stop or threading.Event()
+    stats = stats if stats is not None else {}
+
+    class Counting(TextIteratorStreamer):
+        def put(self, value):
+            if not (self.skip_prompt and self.next_tokens_are_prompt):
+                stats.setdefault("first_token_s", time.perf_counter() - started)
+                stats["tokens"] = stats.get("tokens", 0) + value.numel()
+            super().put(value)
+
+    class Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return stop.is_set()
 
     model.eval()
     batch = tokenizer(prompt, return_tensors="pt")
     batch = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = Counting(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    errors = []
 
     def work():
-        with torch.no_grad():
-            model.generate(**batch, streamer=streamer, **_sampling(tokenizer, max_new_tokens, temperature, top_p))
+        try:
+            with torch.no_grad():
+                model.generate(
+                    **batch,
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([Stop()]),
+                    **_sampling(tokenizer, max_new_tokens, temperature, top_p),
+                )
+        except Exception as e:  # re-raised in the caller's thread
+            errors.append(e)
+            streamer.end()
 
+    started = time.perf_counter()
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
-    yield from streamer
-    thread.join()
+    try:
+        yield from streamer
+    finally:
+        stop.set()  # if the caller stopped early (Ctrl-C), end generation too
+        thread.join()
+        stats["total_s"] = time.perf_counter() - started
+    if errors:
+        raise errors[0]
 
 
 def _sampling(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:

@@ -111,7 +111,11 @@ class Recipe:
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
     max_new_tokens: int = 64
-    """Longest answer generated for held-out prompts."""
+    """Longest answer generated for held-out prompts (and the default in `quickft chat`)."""
+    temperature: float | None = None
+    """Sampling temperature for chat; None: greedy for prompt/response data, 0.7 for chat data."""
+    top_p: float = 0.9
+    """Nucleus sampling threshold, when sampling."""
     output_dir: str | None = None
     """Run directory; default outputs/<name> (a fresh name is picked if that one is taken)."""
     backend: Literal["auto", "unsloth", "peft"] = "auto"
@@ -295,6 +299,8 @@ def validate(recipe: Recipe) -> list[str]:
     need(r.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {r.max_grad_norm}")
     need(r.logging_steps > 0, "logging_steps", f"must be > 0, got {r.logging_steps}")
     need(r.max_new_tokens > 0, "max_new_tokens", f"must be > 0, got {r.max_new_tokens}")
+    need(r.temperature is None or r.temperature >= 0, "temperature", f"must be >= 0, got {r.temperature}")
+    need(0 < r.top_p <= 1, "top_p", f"must be in (0, 1], got {r.top_p}")
     need(r.lora.r > 0, "lora.r", f"LoRA rank must be > 0, got {r.lora.r}")
     need(r.lora.alpha > 0, "lora.alpha", f"must be > 0, got {r.lora.alpha}")
     need(0 <= r.lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {r.lora.dropout}")

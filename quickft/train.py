@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from quickft import rundir
-from quickft.data import Example, encode, prompt_text, read_examples, reference_answer, training_text
+from quickft.data import Example, encode, prompt_text, read_data, read_examples, reference_answer, training_text
 from quickft.errors import UserError
 from quickft.hardware import Choice, choose, detect, unsloth_status
 from quickft.recipe import Recipe, Scratch, load_recipe, recipe_to_dict
@@ -53,7 +53,7 @@ def run(
 
 
 def _read_data(recipe: Recipe) -> tuple[list[Example], list[Example]]:
-    examples = read_examples(recipe.data.path, recipe.data)
+    recipe.data.format, examples = read_data(recipe.data.path, recipe.data)  # saved resolved: chat needs it
     if recipe.data.test_path:
         held_out = read_examples(recipe.data.test_path, recipe.data)
     else:
@@ -97,9 +97,9 @@ def _choose_backend(recipe: Recipe, reporter: Reporter) -> Choice:
 
 
 def _train(recipe, choice, train_examples, held_out, model_ref, local, run_dir: Path, reporter: Reporter) -> None:
-    from quickft.backends import load
+    from quickft.backends import load, quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     if isinstance(model_ref, Scratch):
         from quickft.scratch import build_scratch
 
@@ -146,21 +146,6 @@ def _train(recipe, choice, train_examples, held_out, model_ref, local, run_dir: 
     from quickft.plots import write_plots
 
     write_plots(callback.rows, run_dir)
-
-
-def _quiet_libraries() -> None:
-    """quickft's own display replaces the libraries' progress bars; real warnings still come through."""
-    import logging
-
-    # import-time chatter that says nothing about this run
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao registering enums
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # optional `kernels` package missing
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_warning()
 
 
 def _apply_chat_template(tokenizer, recipe: Recipe, examples: list[Example]) -> None:

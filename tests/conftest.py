@@ -76,3 +76,50 @@ def lora_recipe(tmp_path, tiny_model_dir, sums_file) -> Path:
         )
         """,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_math_run(tmp_path_factory) -> Path:
+    """The offline demo exactly as shipped (recipes/tiny_math.py), trained once per session: about 2.5 minutes."""
+    from quickft.cli import main
+
+    run_dir = tmp_path_factory.mktemp("demo") / "tiny_math"
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the recipe's data paths are relative to the repository root
+    try:
+        assert main(["run", "recipes/tiny_math.py", "--output-dir", str(run_dir), "--quiet"]) == 0
+    finally:
+        os.chdir(cwd)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def chat_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """A short LoRA run on chat-format data (ChatML), for multi-turn chat."""
+    import json
+
+    from quickft.cli import main
+
+    tmp = tmp_path_factory.mktemp("chatrun")
+    data = tmp / "chat.jsonl"
+    data.write_text(
+        "\n".join(
+            json.dumps(
+                {"messages": [{"role": "user", "content": f"{a} + {b}"}, {"role": "assistant", "content": str(a + b)}]}
+            )
+            for a, b in SUMS[:80]
+        ),
+        encoding="utf-8",
+    )
+    recipe = write_recipe(
+        tmp / "chat_recipe.py",
+        f"""
+        recipe = Recipe(
+            model={str(tiny_model_dir)!r},
+            data=Data(path={str(data)!r}, chat_template="chatml", holdout=2),
+            lora=LoRA(r=4, alpha=8), max_seq_length=48, micro_batch_size=8, max_steps=4, max_new_tokens=6,
+        )
+        """,
+    )
+    assert main(["run", str(recipe), "--output-dir", str(tmp / "run"), "--quiet"]) == 0
+    return tmp / "run"

@@ -1,0 +1,296 @@
+"""`quickft chat RUN_DIR`: talk to what a run produced.
+
+Layers, each testable alone: generation.stream (tokens) -> `turn` (one answer, printed as it streams) ->
+`loop` (the interactive prompt and its /commands) -> `main` (load the run, pick the mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from quickft.data import CHAT_TEMPLATES, chat_prompt, format_prompt
+from quickft.errors import UserError
+from quickft.recipe import Recipe, recipe_from_dict
+from quickft.rundir import open_run
+
+HELP = "commands: /reset (forget the conversation), /params [temperature=0.7 top_p=0.9 max_new_tokens=128], /exit"
+
+
+@dataclass
+class Session:
+    model: object
+    tokenizer: object
+    recipe: Recipe
+    style: str
+    """chat (multi-turn, chat template), qa (single-turn prompt template) or completion (continue the text)."""
+    params: dict
+    base: object = None
+    """A context manager factory under which `model` answers as the base model (no fine-tuning)."""
+    history: list[dict] = field(default_factory=list)
+    description: str = ""
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_session(run_dir: str | Path, *, with_base: bool = False) -> Session:
+    """Load the run's base model + adapter (or its full model) with the same backend policy as training."""
+    run = open_run(run_dir)
+    recipe = recipe_from_dict(run["recipe"])
+    backend = run["backend"] or {}
+    model_path = backend.get("model_path") or recipe.model
+    run_dir = Path(run_dir)
+
+    from quickft.backends import import_unsloth_first, load, private_by_default, resolve_model_path
+    from quickft.hardware import choose, describe, detect, unsloth_status
+
+    if recipe.mode != "full" or with_base:
+        try:
+            model_path, local = resolve_model_path(model_path)
+        except UserError as e:
+            raise UserError(
+                f"{run_dir}: the run's base model is not available: {e.message}",
+                hint="restore that model directory, or set model_path in backend.json to where it is now",
+            ) from None
+    else:
+        local = True
+    private_by_default(local)
+    hw, status = detect(), unsloth_status()
+    try:
+        choice = choose(hw, status, requested=recipe.backend, mode=recipe.mode, precision=recipe.precision)
+    except ValueError:  # trained where Unsloth ran, chatting where it can't: fall back as training would
+        choice = choose(hw, status, requested="peft", mode=recipe.mode, precision=recipe.precision)
+    if choice.backend == "unsloth" and import_unsloth_first():
+        choice = choose(hw, status, requested="peft", mode=recipe.mode, precision=recipe.precision)
+    if recipe.mode == "full":
+        loaded = load(recipe, choice, str(run_dir), local=True, for_training=False)
+        model, what = loaded.model, f"the fully fine-tuned model in {run_dir}"
+        base = _separate_base(recipe, choice, model_path, local) if with_base else None
+    else:
+        loaded = load(recipe, choice, model_path, local=local, for_training=False)
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(loaded.model, run_dir)
+        model.eval()
+        what = f"{model_path} + the adapter in {run_dir}"
+        base = model.disable_adapter
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if recipe.data.chat_template and not tokenizer.chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATES.get(recipe.data.chat_template, recipe.data.chat_template)
+    style = {"chat": "chat", "sharegpt": "chat", "text": "completion"}.get(recipe.data.format, "qa")
+    temperature = recipe.temperature if recipe.temperature is not None else (0.7 if style == "chat" else 0.0)
+    params = {"temperature": temperature, "top_p": recipe.top_p, "max_new_tokens": recipe.max_new_tokens}
+    description = f"loaded {what} on {describe(hw)} with {choice.summary()}"
+    return Session(model, tokenizer, recipe, style, params, base=base, description=description)
+
+
+def _separate_base(recipe: Recipe, choice, model_path: str, local: bool):
+    """For a full fine-tune the base is another set of weights: load it once, answer with it on demand."""
+    from quickft.backends import load
+
+    base_model = load(recipe, choice, model_path, local=local, for_training=False).model
+    base_model.eval()
+
+    @contextlib.contextmanager
+    def swap(session: Session):
+        tuned, session.model = session.model, base_model
+        try:
+            yield
+        finally:
+            session.model = tuned
+
+    return swap
+
+
+# ---------------------------------------------------------------------------------------------- one turn
+
+
+def build_prompt(session: Session, user_text: str) -> str:
+    """Frame the user's text exactly as training framed prompts (template or chat template with history)."""
+    if session.style == "chat":
+        return chat_prompt(session.history + [{"role": "user", "content": user_text}], session.tokenizer)
+    if session.style == "completion":
+        return user_text
+    return format_prompt(user_text, session.recipe.data)
+
+
+def turn(session: Session, user_text: str, *, out=None, err: Console | None = None) -> str:
+    """Answer one message, streaming it to `out` as it is generated; timing goes to `err`, dimmed.
+
+    Ctrl-C stops this answer (what was generated so far is kept) without ending the chat.
+    """
+    from quickft.generation import stream
+
+    out = out or sys.stdout
+    err = err or Console(stderr=True, soft_wrap=True)
+    prompt = build_prompt(session, user_text)
+    stats: dict = {}
+    pieces = []
+    try:
+        for piece in stream(session.model, session.tokenizer, prompt, stats=stats, **_gen_kwargs(session)):
+            pieces.append(piece)
+            out.write(piece)
+            out.flush()
+    except KeyboardInterrupt:
+        err.print("[dim](stopped)[/dim]")
+    out.write("\n")
+    out.flush()
+    answer = "".join(pieces).strip()
+    if session.style == "chat":
+        session.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]
+    err.print(f"[dim]{timing_text(stats)}[/dim]", highlight=False)
+    return answer
+
+
+def timing_text(stats: dict) -> str:
+    tokens, total = stats.get("tokens", 0), stats.get("total_s", 0.0)
+    first = stats.get("first_token_s")
+    rate = tokens / total if total else 0.0
+    first_text = f"{first * 1000:.0f} ms" if first is not None else "-"
+    return f"time to first token {first_text} · {tokens} tokens in {total:.2f} s · {rate:.1f} tokens/s"
+
+
+def answer_both(session: Session, user_text: str) -> tuple[str, str]:
+    """(fine-tuned answer, base answer) to the same prompt, greedy unless the params say otherwise."""
+    from quickft.generation import generate
+
+    prompt = build_prompt(session, user_text)
+    kwargs = _gen_kwargs(session)
+    tuned = generate(session.model, session.tokenizer, [prompt], **kwargs)[0]
+    with _as_base(session):
+        base = generate(session.model, session.tokenizer, [prompt], **kwargs)[0]
+    return tuned, base
+
+
+def _as_base(session: Session):
+    if session.base is None:
+        raise UserError("--compare-base: this run's base model is not available")
+    if session.recipe.mode == "full":
+        return session.base(session)
+    return session.base()
+
+
+def _gen_kwargs(session: Session) -> dict:
+    p = session.params
+    return {"max_new_tokens": p["max_new_tokens"], "temperature": p["temperature"], "top_p": p["top_p"]}
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def loop(session: Session, *, read=input, out=None, err: Console | None = None, compare_base: bool = False) -> None:
+    """The interactive chat: read a message, answer it, handle /reset, /params, /exit; Ctrl-D exits."""
+    err = err or Console(stderr=True, soft_wrap=True)
+    out = out or sys.stdout
+    mode = (
+        "multi-turn: the conversation is remembered"
+        if session.style == "chat"
+        else ("single-turn: each message is answered on its own, as in training")
+    )
+    err.print(f"[dim]{session.description}\n{mode}\n{HELP}[/dim]", highlight=False)
+    while True:
+        try:
+            text = read(">>> ")
+        except EOFError:
+            out.write("\n")
+            return
+        except KeyboardInterrupt:
+            err.print("\n[dim](Ctrl-D or /exit to quit)[/dim]")
+            continue
+        text = text.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            if command(session, text, err):
+                return
+            continue
+        if compare_base:
+            print_comparison(user_text=text, answers=answer_both(session, text), out=out)
+        else:
+            turn(session, text, out=out, err=err)
+
+
+def command(session: Session, text: str, err: Console) -> bool:
+    """Run a /command; True means exit."""
+    name, *args = text.split()
+    if name in ("/exit", "/quit"):
+        return True
+    if name == "/reset":
+        session.history.clear()
+        err.print("[dim]conversation cleared[/dim]")
+    elif name == "/params":
+        for arg in args:
+            key, _, value = arg.partition("=")
+            if key not in session.params:
+                err.print(f"unknown parameter {key!r}; parameters: {', '.join(session.params)}")
+                continue
+            try:
+                session.params[key] = int(value) if key == "max_new_tokens" else float(value)
+            except ValueError:
+                err.print(f"{key}={value!r}: expected a number")
+        err.print(" ".join(f"{k}={v}" for k, v in session.params.items()), highlight=False)
+    else:
+        err.print(f"unknown command {name}; {HELP}")
+    return False
+
+
+def print_comparison(*, user_text: str, answers: tuple[str, str], out) -> None:
+    tuned, base = answers
+    if getattr(out, "isatty", lambda: False)():
+        table = Table(title=user_text, show_lines=True)
+        table.add_column("base model")
+        table.add_column("fine-tuned")
+        table.add_row(base, tuned)
+        Console(file=out).print(table)
+    else:
+        out.write(f"base: {base}\nfine-tuned: {tuned}\n")
+        out.flush()
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main(
+    run_dir: str,
+    *,
+    prompt: str | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_new_tokens: int | None = None,
+    seed: int | None = None,
+    compare_base: bool = False,
+) -> None:
+    err = Console(stderr=True, soft_wrap=True)
+    with err.status("loading the model") if sys.stderr.isatty() else contextlib.nullcontext():
+        session = load_session(run_dir, with_base=compare_base)
+    for key, value in (("temperature", temperature), ("top_p", top_p), ("max_new_tokens", max_new_tokens)):
+        if value is not None:
+            session.params[key] = value
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
+    if prompt is not None or not sys.stdin.isatty():
+        err.print(f"[dim]{session.description}[/dim]", highlight=False)
+        prompts = [prompt] if prompt is not None else [line.strip() for line in sys.stdin if line.strip()]
+        for text in prompts:
+            if compare_base:
+                print_comparison(user_text=text, answers=answer_both(session, text), out=sys.stdout)
+            else:
+                turn(session, text, err=err)
+        return
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    loop(session, err=err, compare_base=compare_base)

@@ -1,0 +1,142 @@
+"""`quickft chat` against real runs: the shipped demo, a LoRA run, a chat-format run."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from quickft.chat import build_prompt, command, load_session, turn
+from quickft.cli import main
+from tests.conftest import ROOT
+
+
+def chat(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "quickft", "chat", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+
+
+def test_demo_learns_and_chat_answers(tiny_math_run):
+    summary = json.loads((tiny_math_run / "summary.json").read_text())
+    assert summary["held_out"]["n"] == 1000 and summary["held_out"]["exact_match"] >= 0.95
+    result = chat(str(tiny_math_run), "--prompt", "¿Cuánto es 23 + 45?")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "68\n", "only the answer goes to stdout"
+    assert "loaded the fully fine-tuned model" in result.stderr
+
+
+def test_chat_scores_unseen_sums_through_stdin(tiny_math_run):
+    blocks = (ROOT / "data/sumas_test.txt").read_text(encoding="utf-8").split("\n###\n")[:60]
+    pairs = [re.match(r"Pregunta: (.*)\nRespuesta: (\d+)", b.strip()).groups() for b in blocks]
+    result = chat(str(tiny_math_run), stdin="\n".join(q for q, _ in pairs) + "\n")
+    assert result.returncode == 0, result.stderr
+    answers = result.stdout.splitlines()
+    assert len(answers) == len(pairs)
+    correct = sum(a.strip() == expected for a, (_, expected) in zip(answers, pairs, strict=True))
+    assert correct / len(pairs) >= 0.90, f"{correct}/{len(pairs)}"
+
+
+def test_chat_timing_figures_add_up(tiny_math_run):
+    from transformers import AutoTokenizer
+
+    result = chat(str(tiny_math_run), "--prompt", "¿Cuánto es 23 + 45?")
+    m = re.search(r"time to first token (\d+) ms · (\d+) tokens in ([\d.]+) s · ([\d.]+) tokens/s", result.stderr)
+    assert m, result.stderr
+    first_ms, tokens, total, rate = int(m[1]), int(m[2]), float(m[3]), float(m[4])
+    tok = AutoTokenizer.from_pretrained(tiny_math_run)
+    assert tokens == len(tok("68", add_special_tokens=False)["input_ids"]) + 1  # the answer, then end-of-sequence
+    assert rate == pytest.approx(tokens / total, rel=0.1)  # total is printed rounded to 10 ms
+    assert 0 < first_ms <= total * 1000 + 10
+
+
+def test_compare_base_shows_two_different_answers(tiny_math_run):
+    result = chat(str(tiny_math_run), "--prompt", "¿Cuánto es 23 + 45?", "--compare-base")
+    assert result.returncode == 0, result.stderr
+    base = re.search(r"^base: (.*)$", result.stdout, re.M)[1]
+    tuned = re.search(r"^fine-tuned: (.*)$", result.stdout, re.M)[1]
+    assert tuned == "68" and base != tuned
+
+
+def test_interactive_chat_in_a_terminal(tiny_math_run):
+    pexpect = pytest.importorskip("pexpect")
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "quickft", "chat", str(tiny_math_run)],
+        cwd=str(ROOT),
+        encoding="utf-8",
+        timeout=120,
+        env=os.environ | {"TERM": "dumb"},
+    )
+    child.expect_exact(">>> ")
+    child.sendline("¿Cuánto es 23 + 45?")
+    child.expect(r"\r\n68\r\n")
+    child.expect("tokens/s")
+    child.expect_exact(">>> ")
+    child.sendline("/params max_new_tokens=2")
+    child.expect("max_new_tokens=2")
+    child.sendline("/reset")
+    child.expect("conversation cleared")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_prompt_is_framed_exactly_as_in_training(tiny_math_run):
+    session = load_session(tiny_math_run)
+    assert session.style == "qa" and session.params["temperature"] == 0.0
+    assert build_prompt(session, "¿Cuánto es 23 + 45?") == "Pregunta: ¿Cuánto es 23 + 45?\nRespuesta: "
+    samples = [json.loads(line) for line in (tiny_math_run / "samples.jsonl").read_text().splitlines()]
+    assert samples[0]["prompt"] == build_prompt(session, samples[0]["prompt"].split("\n")[0].removeprefix("Pregunta: "))
+
+
+def test_chat_format_is_multi_turn_and_reset_forgets(chat_run, capsys):
+    from rich.console import Console
+
+    session = load_session(chat_run)
+    assert session.style == "chat" and session.params["temperature"] == 0.7
+    session.params["temperature"] = 0.0
+    turn(session, "2 + 3", err=Console(stderr=True))
+    assert [m["role"] for m in session.history] == ["user", "assistant"]
+    prompt = build_prompt(session, "4 + 4")
+    assert prompt.startswith("<|im_start|>user\n2 + 3<|im_end|>\n<|im_start|>assistant\n")
+    assert prompt.endswith("<|im_start|>user\n4 + 4<|im_end|>\n<|im_start|>assistant\n")
+    assert command(session, "/reset", Console(stderr=True)) is False and session.history == []
+    assert command(session, "/exit", Console(stderr=True)) is True
+
+
+def test_bad_run_directories(tmp_path, lora_recipe, capsys):
+    (tmp_path / "plain").mkdir()
+    running = tmp_path / "running"
+    running.mkdir()
+    (running / "recipe.json").write_text("{}")
+    (running / "status.json").write_text('{"status": "running"}')
+    cases = [
+        (tmp_path / "missing", "run directory not found"),
+        (tmp_path / "plain", "is not a quickft run directory"),
+        (running, "the run is running, not completed"),
+    ]
+    for path, message in cases:
+        assert main(["chat", str(path), "--prompt", "hola"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "fix:" in err and "Traceback" not in err
+
+
+def test_missing_base_model_is_a_clear_error(tmp_path, lora_recipe, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["run", str(lora_recipe), "max_steps=1", "--output-dir", str(run_dir), "--quiet"]) == 0
+    backend = json.loads((run_dir / "backend.json").read_text())
+    backend["model_path"] = str(tmp_path / "deleted-model")
+    (run_dir / "backend.json").write_text(json.dumps(backend))
+    capsys.readouterr()
+    assert main(["chat", str(run_dir), "--prompt", "hola"]) == 2
+    err = capsys.readouterr().err
+    assert "deleted-model" in err and "Traceback" not in err
