@@ -87,6 +87,7 @@ def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, f
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch.manual_seed(recipe.seed)  # the same LoRA initialization on every run of a recipe
     dtype = getattr(torch, DTYPES[choice.precision])
     kwargs = {"trust_remote_code": recipe.trust_remote_code, "local_files_only": local}
     if choice.load_in_4bit:

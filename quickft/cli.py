@@ -86,6 +86,38 @@ def chat(
 
 
 @app.command()
+def bench(
+    recipe: Annotated[str, typer.Argument(help="Recipe file, e.g. recipes/tiny_math.py")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, as for `run`")] = None,
+    backends: Annotated[
+        str, typer.Option(help="Variants to compare: unsloth, peft, with switches +4bit +16bit +gc +nogc.")
+    ] = "unsloth,peft",
+    steps: Annotated[int, typer.Option(help="Timed optimizer steps per variant.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up steps before them.")] = 3,
+    repeat: Annotated[int, typer.Option(help="Fresh processes per variant.")] = 1,
+    isolate: Annotated[
+        bool, typer.Option("--isolate", help="Add PEFT with/without 4-bit and with/without GC.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Also print the JSON.")] = False,
+    output_dir: Annotated[str | None, typer.Option("--output-dir", help="Default outputs/bench-<name>.")] = None,
+) -> None:
+    """Compare Unsloth with the plain PEFT baseline on the same work, each in its own process."""
+    from quickft.bench import main as bench_main
+
+    bench_main(
+        recipe,
+        overrides or [],
+        backends=backends,
+        steps=steps,
+        warmup=warmup,
+        repeat=repeat,
+        isolate=isolate,
+        as_json=as_json,
+        output_dir=output_dir,
+    )
+
+
+@app.command()
 def compare(
     runs: Annotated[list[str], typer.Argument(help="Two or more run directories; ratios are to the first.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,

@@ -33,6 +33,39 @@ class TokenCounter:
         self.padding += ids.numel() - real
 
 
+# Peak dense tensor-core throughput for 16-bit training (bf16, or fp16 where the card has no bf16), FLOP/s, from
+# the vendors' data sheets (without sparsity). Matched by substring of torch.cuda.get_device_name().
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "A10G": 70e12,
+    "A10": 125e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+    "RTX 3060": 51e12,
+    "T4": 65e12,
+    "V100": 125e12,
+}
+
+
+def peak_flops(gpu_name: str | None) -> float | None:
+    for key, value in PEAK_FLOPS.items():  # ordered: "H100 PCIe" before "H100"
+        if gpu_name and key in gpu_name:
+            return value
+    return None
+
+
+def mfu(parameters: int, tokens_per_s: float, gpu_name: str | None) -> float | None:
+    """Model FLOPs utilization: 6 x parameters x tokens/s (forward + backward of a dense transformer) divided by the
+    card's peak 16-bit tensor rate. None when the card's peak is unknown (and on CPU)."""
+    peak = peak_flops(gpu_name)
+    return 6 * parameters * tokens_per_s / peak if peak else None
+
+
 def parameter_counts(model) -> tuple[int, int]:
     """(total, trainable) parameters; 4-bit weights are counted as the parameters they stand for."""
     if hasattr(model, "get_nb_trainable_parameters"):  # PEFT models account for packed 4-bit weights

@@ -212,6 +212,12 @@ class Reporter:
             total_flos=state.total_flos,
             device=choice.device,
         )
+        gpu = getattr(choice, "hardware", None)
+        summary["train"]["mfu"] = (
+            m.mfu(header["parameters_total"], summary["train"]["tokens_per_s"], gpu.gpu_name)
+            if choice.device == "cuda"
+            else None
+        )
         summary["run_dir"] = str(run_dir)
         summary["backend"] = choice.to_dict()
         summary["model"] = header
@@ -234,6 +240,8 @@ class Reporter:
         )
         table.add_row("tokens / samples", f"{t['tokens']:,} non-padding tokens · {t['samples']:,} samples")
         table.add_row("total FLOPs", f"{t['total_flos']:.3e}")
+        if t["mfu"] is not None:
+            table.add_row("MFU", f"{100 * t['mfu']:.1f}% (6 × parameters × tokens/s ÷ the card's peak 16-bit FLOP/s)")
         table.add_row("memory", m.memory_summary_text(mem))
         if loss:
             thirds = (

@@ -30,14 +30,14 @@ def run(
     recipe = load_recipe(recipe_path, overrides)
     if backend:
         recipe.backend = backend
-    train_examples, held_out = _read_data(recipe)
-    model_ref, local = _model_reference(recipe)
+    train_examples, held_out = read_recipe_data(recipe)
+    model_ref, local = model_reference(recipe)
     run_dir = rundir.pick_run_dir(recipe.name, output_dir or recipe.output_dir)
     rundir.create_run_dir(run_dir)
     from quickft.backends import private_by_default
 
     private_by_default(local)
-    choice = _choose_backend(recipe, reporter)
+    choice = choose_backend(recipe)
     rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
     rundir.set_status(run_dir, "running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
     try:
@@ -52,7 +52,7 @@ def run(
     return run_dir
 
 
-def _read_data(recipe: Recipe) -> tuple[list[Example], list[Example]]:
+def read_recipe_data(recipe: Recipe) -> tuple[list[Example], list[Example]]:
     recipe.data.format, examples = read_data(recipe.data.path, recipe.data)  # saved resolved: chat needs it
     if recipe.data.test_path:
         held_out = read_examples(recipe.data.test_path, recipe.data)
@@ -66,7 +66,7 @@ def _read_data(recipe: Recipe) -> tuple[list[Example], list[Example]]:
     return examples, held_out[: recipe.data.max_test_examples]
 
 
-def _model_reference(recipe: Recipe) -> tuple[str | Scratch, bool]:
+def model_reference(recipe: Recipe) -> tuple[str | Scratch, bool]:
     if isinstance(recipe.model, Scratch):
         return recipe.model, True
     from quickft.backends import resolve_model_path
@@ -74,7 +74,8 @@ def _model_reference(recipe: Recipe) -> tuple[str | Scratch, bool]:
     return resolve_model_path(recipe.model)
 
 
-def _choose_backend(recipe: Recipe, reporter: Reporter) -> Choice:
+def choose_backend(recipe: Recipe) -> Choice:
+    """Decide backend/precision/4-bit for this machine, importing unsloth (first) when it is chosen."""
     hw = detect()
     status = unsloth_status()
     try:
@@ -100,18 +101,12 @@ def _train(recipe, choice, train_examples, held_out, model_ref, local, run_dir: 
     from quickft.backends import load, quiet_libraries
 
     quiet_libraries()
-    if isinstance(model_ref, Scratch):
-        from quickft.scratch import build_scratch
-
-        corpus = [training_text(ex, recipe.data) for ex in train_examples]
-        model_path = str(build_scratch(model_ref, corpus, seed=recipe.seed))
-    else:
-        model_path = model_ref
+    model_path = materialize(recipe, model_ref, train_examples)
     loaded = load(recipe, choice, model_path, local=local)
     model, tokenizer = loaded.model, loaded.tokenizer
-    _apply_chat_template(tokenizer, recipe, train_examples)
-    dataset, n_tokens = _tokenize(train_examples, tokenizer, recipe)
-    trainer = _trainer(recipe, choice, model, tokenizer, dataset, run_dir)
+    apply_chat_template(tokenizer, recipe, train_examples)
+    dataset, n_tokens = tokenize_examples(train_examples, tokenizer, recipe)
+    trainer = make_trainer(recipe, choice, model, tokenizer, dataset, run_dir)
     header = reporter.header(
         recipe=recipe,
         choice=choice,
@@ -148,7 +143,17 @@ def _train(recipe, choice, train_examples, held_out, model_ref, local, run_dir: 
     write_plots(callback.rows, run_dir)
 
 
-def _apply_chat_template(tokenizer, recipe: Recipe, examples: list[Example]) -> None:
+def materialize(recipe: Recipe, model_ref: str | Scratch, train_examples: list[Example]) -> str:
+    """The model's path or hub id; a Scratch model is built (or found in the cache) first."""
+    if not isinstance(model_ref, Scratch):
+        return model_ref
+    from quickft.scratch import build_scratch
+
+    corpus = [training_text(ex, recipe.data) for ex in train_examples]
+    return str(build_scratch(model_ref, corpus, seed=recipe.seed))
+
+
+def apply_chat_template(tokenizer, recipe: Recipe, examples: list[Example]) -> None:
     from quickft.data import CHAT_TEMPLATES
 
     if recipe.data.chat_template:
@@ -160,7 +165,7 @@ def _apply_chat_template(tokenizer, recipe: Recipe, examples: list[Example]) -> 
         )
 
 
-def _tokenize(examples: list[Example], tokenizer, recipe: Recipe):
+def tokenize_examples(examples: list[Example], tokenizer, recipe: Recipe):
     from datasets import Dataset
 
     rows = [encode(ex, tokenizer, recipe.data) for ex in examples]
@@ -174,7 +179,7 @@ def _tokenize(examples: list[Example], tokenizer, recipe: Recipe):
     return Dataset.from_list(kept), n_tokens
 
 
-def _trainer(recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_dir: Path):
+def make_trainer(recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_dir: Path):
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(

@@ -205,3 +205,11 @@ def test_compare_refuses_what_is_not_a_finished_run(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "empty"), str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "is not a quickft run directory" in err and "Traceback" not in err
+
+
+def test_mfu_uses_the_cards_peak_rate():
+    from quickft.metrics import mfu, peak_flops
+
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("NVIDIA GeForce GTX 1050 Ti") is None and mfu(10, 1.0, None) is None
+    assert mfu(1_000_000_000, 10_000, "NVIDIA A100-SXM4-80GB") == pytest.approx(6e13 / 312e12)

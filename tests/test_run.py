@@ -72,12 +72,12 @@ def test_lora_training_changes_adapter_but_not_base(tmp_path, lora_recipe):
     from quickft.data import read_examples
     from quickft.hardware import Choice
     from quickft.recipe import load_recipe
-    from quickft.train import _tokenize, _trainer
+    from quickft.train import tokenize_examples, make_trainer
 
     recipe = load_recipe(lora_recipe, ["max_steps=3"])
     loaded = load(recipe, Choice("peft", "test", "fp32", False, "cpu"), recipe.model, local=True)
-    dataset, _ = _tokenize(read_examples(recipe.data.path, recipe.data), loaded.tokenizer, recipe)
-    trainer = _trainer(
+    dataset, _ = tokenize_examples(read_examples(recipe.data.path, recipe.data), loaded.tokenizer, recipe)
+    trainer = make_trainer(
         recipe, Choice("peft", "test", "fp32", False, "cpu"), loaded.model, loaded.tokenizer, dataset, tmp_path
     )
     before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}

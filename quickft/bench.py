@@ -1,0 +1,378 @@
+"""`quickft bench RECIPE`: Unsloth vs the plain PEFT baseline (and switches that isolate the difference), measured
+side by side, each variant in its own fresh process.
+
+Unsloth patches transformers, trl and peft when imported, so a baseline sharing its process would not be a baseline.
+The parent process never imports torch: it spawns `worker` once per variant and repeat, then compares the rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from quickft import rundir
+from quickft.errors import UserError
+from quickft.recipe import load_recipe
+
+BASELINE = "peft"
+WATCHED_MODULES = ("unsloth", "unsloth_zoo", "peft", "trl", "transformers", "bitsandbytes", "torch")
+CPU_NOTE = "On CPU the backends are expected to be about even: Unsloth's speedup comes from GPU kernels."
+
+
+def parse_variant(name: str) -> dict:
+    """'peft+16bit+nogc' -> {"backend": "peft", "overrides": ["mode=lora", "gradient_checkpointing=false"]}."""
+    backend, *switches = name.split("+")
+    if backend not in ("unsloth", "peft"):
+        raise UserError(f"--backends: unknown backend {backend!r} in {name!r}", hint="use unsloth or peft")
+    table = {
+        "4bit": "mode=qlora",
+        "16bit": "mode=lora",
+        "gc": "gradient_checkpointing=true",
+        "nogc": "gradient_checkpointing=false",
+    }
+    unknown = [s for s in switches if s not in table]
+    if unknown:
+        raise UserError(
+            f"--backends: unknown switch {'+'.join(unknown)!r} in {name!r}", hint=f"switches: {', '.join(table)}"
+        )
+    return {"name": name, "backend": backend, "overrides": [table[s] for s in switches]}
+
+
+def isolating_variants(recipe) -> list[str]:
+    """The PEFT baseline with and without 4-bit and with and without gradient checkpointing."""
+    if recipe.mode == "full":
+        return ["peft+gc" if not recipe.gradient_checkpointing else "peft+nogc"]
+    return [
+        "peft+16bit" if recipe.mode == "qlora" else "peft+4bit",
+        "peft+nogc" if recipe.gradient_checkpointing else "peft+gc",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- the parent
+
+
+def bench(
+    recipe_path: str,
+    overrides: list[str],
+    *,
+    variants: list[str],
+    steps: int,
+    warmup: int,
+    repeat: int,
+    isolate: bool = False,
+    output_dir: str | None = None,
+    console: Console | None = None,
+) -> dict:
+    console = console or Console()
+    recipe = load_recipe(recipe_path, overrides)  # validates before spawning anything
+    if steps < 1 or warmup < 0 or repeat < 1:
+        raise UserError("--steps and --repeat must be >= 1, --warmup >= 0")
+    specs = [parse_variant(v) for v in variants]
+    if isolate:
+        specs += [parse_variant(v) for v in isolating_variants(recipe) if v not in variants]
+    out_dir = rundir.pick_run_dir(f"bench-{recipe.name}", output_dir)
+    rundir.create_run_dir(out_dir)
+    rows = []
+    for spec in specs:
+        runs = []
+        for r in range(repeat):
+            console.print(f"{spec['name']}: run {r + 1}/{repeat} in a fresh process ...", highlight=False)
+            runs.append(_spawn(recipe_path, overrides + spec["overrides"], spec["backend"], steps, warmup))
+            if "error" in runs[-1]:
+                break  # a variant that cannot run here will not run on a second try either
+        rows.append(combine(spec, runs))
+    result = {
+        "recipe": str(recipe_path),
+        "overrides": overrides,
+        "steps": steps,
+        "warmup": warmup,
+        "repeat": repeat,
+        "parent_pid": os.getpid(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "rows": rows,
+    }
+    add_comparisons(result)
+    rundir.write_json(out_dir / "bench.json", result)
+    (out_dir / "bench.md").write_text(markdown(result), encoding="utf-8")
+    result["output_dir"] = str(out_dir)
+    return result
+
+
+def _spawn(recipe_path: str, overrides: list[str], backend: str, steps: int, warmup: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="quickft-bench-") as tmp:
+        spec = {
+            "recipe": str(Path(recipe_path).resolve()),
+            "overrides": overrides,
+            "backend": backend,
+            "steps": steps,
+            "warmup": warmup,
+            "run_dir": str(Path(tmp) / "run"),
+        }
+        out = Path(tmp) / "result.json"
+        code = "import sys; from quickft.bench import worker; worker(sys.argv[1], sys.argv[2])"
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec), str(out)], capture_output=True, text=True)
+        if out.is_file():
+            return json.loads(out.read_text())
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        return {"error": f"the worker crashed: {tail[0]}", "pid": None}
+
+
+def combine(spec: dict, runs: list[dict]) -> dict:
+    """One table row from R repeats: medians over every measured step of every repeat."""
+    row = {"variant": spec["name"], "backend": spec["backend"], "overrides": spec["overrides"]}
+    if any("error" in r for r in runs):
+        return row | {"error": next(r["error"] for r in runs if "error" in r), "pids": [r.get("pid") for r in runs]}
+    steps = [t for r in runs for t in r["step_times_s"]]
+    tokens = sum(t for r in runs for t in r["step_tokens"])
+    samples = sum(s for r in runs for s in r["step_samples"])
+    first = runs[0]
+    return row | {
+        "pids": [r["pid"] for r in runs],
+        "imported": first["imported"],
+        "reason": first["reason"],
+        "device": first["device"],
+        "precision": first["precision"],
+        "load_in_4bit": first["load_in_4bit"],
+        "gradient_checkpointing": first["gradient_checkpointing"],
+        "step_time_median_s": statistics.median(steps),
+        "step_time_min_s": min(steps),
+        "step_time_max_s": max(steps),
+        "measured_steps": len(steps),
+        "measured_time_s": sum(steps),
+        "tokens": tokens,
+        "samples": samples,
+        "tokens_per_s": tokens / sum(steps),
+        "samples_per_s": samples / sum(steps),
+        "load_time_s": statistics.median(r["load_time_s"] for r in runs),
+        "memory": first["memory"],
+        "peak_memory_mb": first["memory"].get("gpu_peak_allocated_mb", first["memory"].get("peak_rss_mb")),
+        "mfu": first["mfu"],
+        "losses": first["losses"],
+    }
+
+
+def add_comparisons(result: dict) -> None:
+    """Speedup, memory saving and loss agreement of each row against the baseline row of this same bench."""
+    rows = [r for r in result["rows"] if "error" not in r]
+    base = next((r for r in rows if r["variant"] == BASELINE), rows[0] if rows else None)
+    result["baseline"] = base["variant"] if base else None
+    for r in rows:
+        r["speedup"] = r["tokens_per_s"] / base["tokens_per_s"]
+        r["memory_saving"] = 1 - r["peak_memory_mb"] / base["peak_memory_mb"]
+        pairs = list(zip(r["losses"], base["losses"], strict=False))
+        r["max_loss_diff"] = max(abs(a - b) for a, b in pairs) if pairs else None
+    devices = {r["device"] for r in rows}
+    result["note"] = CPU_NOTE if devices == {"cpu"} else None
+
+
+# ---------------------------------------------------------------------------------------------- the worker
+
+
+def worker(spec_json: str, out_path: str) -> None:
+    """Run one variant in this (fresh) process and write its measurements to out_path as JSON."""
+    spec = json.loads(spec_json)
+    started_pid = os.getpid()
+    try:
+        result = _measure(spec)
+    except UserError as e:
+        result = {"error": e.message}
+    except Exception as e:  # a row that says why, never a crashed bench
+        result = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    result["pid"] = started_pid
+    result["imported"] = [m for m in WATCHED_MODULES if m in sys.modules]
+    Path(out_path).write_text(json.dumps(result), encoding="utf-8")
+
+
+def _measure(spec: dict) -> dict:
+    from quickft.backends import load, private_by_default, quiet_libraries
+    from quickft.train import apply_chat_template, choose_backend, make_trainer, materialize, model_reference
+    from quickft.train import read_recipe_data, tokenize_examples
+
+    total_steps = spec["warmup"] + spec["steps"]
+    recipe = load_recipe(spec["recipe"], spec["overrides"] + [f"max_steps={total_steps}", "logging_steps=1"])
+    recipe.backend = spec["backend"]
+    train_examples, _ = read_recipe_data(recipe)
+    model_ref, local = model_reference(recipe)
+    private_by_default(local)
+    choice = choose_backend(recipe)  # imports unsloth first, and only, in an Unsloth worker
+    if choice.backend != spec["backend"]:
+        raise UserError(f"{spec['backend']} is not usable here: {choice.reason}")
+    quiet_libraries()
+    model_path = materialize(recipe, model_ref, train_examples)
+
+    import torch
+    from transformers import TrainerCallback
+
+    from quickft import metrics
+
+    cuda = choice.device == "cuda"
+    load_started = time.perf_counter()
+    loaded = load(recipe, choice, model_path, local=local)
+    if cuda:
+        torch.cuda.synchronize()
+    load_time = time.perf_counter() - load_started
+    apply_chat_template(loaded.tokenizer, recipe, train_examples)
+    dataset, _ = tokenize_examples(train_examples, loaded.tokenizer, recipe)
+    trainer = make_trainer(recipe, choice, loaded.model, loaded.tokenizer, dataset, Path(spec["run_dir"]))
+
+    timing = {"times": [], "tokens": [], "samples": [], "losses": []}
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()  # note: a CPU-GPU sync point, so the step's kernels are inside the timing
+            self.start = time.perf_counter()
+            self.tokens, self.samples = trainer.counter.tokens, trainer.counter.samples
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            timing["times"].append(time.perf_counter() - self.start)
+            timing["tokens"].append(trainer.counter.tokens - self.tokens)
+            timing["samples"].append(trainer.counter.samples - self.samples)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                timing["losses"].append(float(logs["loss"]))
+
+    trainer.add_callback(StepTimer())
+    metrics.reset_peak_memory(choice.device)
+    trainer.train()
+    w = spec["warmup"]  # warm-up steps (allocator, kernel autotuning, lazy init) are not timed
+    tokens, times = timing["tokens"][w:], timing["times"][w:]
+    total, _ = metrics.parameter_counts(loaded.model)
+    return {
+        "device": choice.device,
+        "precision": choice.precision,
+        "load_in_4bit": choice.load_in_4bit,
+        "gradient_checkpointing": recipe.gradient_checkpointing,
+        "reason": choice.reason,
+        "load_time_s": load_time,
+        "step_times_s": times,
+        "step_tokens": tokens,
+        "step_samples": timing["samples"][w:],
+        "losses": timing["losses"][w:],
+        "memory": metrics.memory(choice.device),
+        "mfu": metrics.mfu(total, sum(tokens) / sum(times), choice.hardware.gpu_name) if cuda else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def print_table(result: dict, console: Console) -> None:
+    table = Table(
+        title=f"quickft bench {result['recipe']} ({result['steps']} timed steps after {result['warmup']} "
+        f"warm-up, x{result['repeat']})"
+    )
+    for col in (
+        "variant",
+        "step time (median, min-max)",
+        "tokens/s",
+        "samples/s",
+        "peak memory",
+        "load",
+        "speedup",
+        "memory saving",
+        "max loss diff",
+        "MFU",
+        "notes",
+    ):
+        table.add_column(col)
+    for r in result["rows"]:
+        if "error" in r:
+            table.add_row(r["variant"], *["-"] * 9, f"[red]cannot run here:[/red] {r['error']}")
+            continue
+        mem_kind = "GPU max alloc" if "gpu_peak_allocated_mb" in r["memory"] else "peak RSS"
+        table.add_row(
+            r["variant"] + (" (baseline)" if r["variant"] == result["baseline"] else ""),
+            f"{r['step_time_median_s'] * 1000:.1f} ms ({r['step_time_min_s'] * 1000:.1f}-{r['step_time_max_s'] * 1000:.1f})",
+            f"{r['tokens_per_s']:,.0f}",
+            f"{r['samples_per_s']:,.2f}",
+            f"{r['peak_memory_mb']:,.0f} MB {mem_kind}",
+            f"{r['load_time_s']:.1f} s",
+            f"{r['speedup']:.2f}×",
+            f"{100 * r['memory_saving']:+.0f}%",
+            "-" if r["max_loss_diff"] is None else f"{r['max_loss_diff']:.4f}",
+            "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
+            f"{r['precision']}, {'4-bit' if r['load_in_4bit'] else '16/32-bit'}, "
+            f"{'GC' if r['gradient_checkpointing'] else 'no GC'}; {r['reason']}",
+        )
+    console.print(table)
+    if result["note"]:
+        console.print(result["note"], highlight=False)
+    console.print(
+        "speedup = tokens/s ÷ baseline tokens/s; memory saving = 1 − peak ÷ baseline peak; max loss diff = largest "
+        "|loss − baseline loss| over the timed steps (same data order and seed)",
+        highlight=False,
+    )
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# quickft bench `{result['recipe']}`",
+        "",
+        f"{result['date']} · {result['steps']} timed steps after {result['warmup']} warm-up · "
+        f"{result['repeat']} repeat(s) · baseline `{result['baseline']}`",
+        "",
+        "| variant | step time median (ms) | tokens/s | samples/s | peak memory (MB) | load (s) | speedup | "
+        "memory saving | max loss diff | MFU | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | - | - | - | - | - | - | - | - | - | cannot run here: {r['error']} |")
+            continue
+        loss_diff = "-" if r["max_loss_diff"] is None else f"{r['max_loss_diff']:.4f}"
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        lines.append(
+            f"| {r['variant']} | {r['step_time_median_s'] * 1000:.1f} | {r['tokens_per_s']:,.0f} | "
+            f"{r['samples_per_s']:,.2f} | {r['peak_memory_mb']:,.0f} | {r['load_time_s']:.1f} | {r['speedup']:.2f}× | "
+            f"{100 * r['memory_saving']:+.0f}% | {loss_diff} | {mfu} | {r['device']}, {r['precision']} |"
+        )
+    if result["note"]:
+        lines += ["", result["note"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(
+    recipe_path,
+    overrides,
+    *,
+    backends: str,
+    steps: int,
+    warmup: int,
+    repeat: int,
+    isolate: bool,
+    as_json: bool,
+    output_dir: str | None,
+) -> dict:
+    console = Console() if Console().is_terminal else Console(width=200)
+    progress = Console(stderr=True) if as_json else console  # --json keeps stdout to the JSON alone
+    variants = [v.strip() for v in backends.split(",") if v.strip()]
+    result = bench(
+        recipe_path,
+        overrides,
+        variants=variants,
+        steps=steps,
+        warmup=warmup,
+        repeat=repeat,
+        isolate=isolate,
+        output_dir=output_dir,
+        console=progress,
+    )
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result, console)
+        console.print(f"written: {result['output_dir']}/bench.json, bench.md", highlight=False)
+    return result

@@ -1,0 +1,96 @@
+"""`quickft bench` on the shipped demo recipe: Unsloth (its CPU mode) vs PEFT, each in its own process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def bench(*args, env_extra=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "quickft", "bench", "recipes/tiny_math.py", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+        env=os.environ | (env_extra or {}),
+    )
+
+
+@pytest.fixture(scope="module")
+def bench_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "b"
+    result = bench("--steps", "4", "--warmup", "1", "--repeat", "2", "--isolate", "--output-dir", str(out), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, json.loads(result.stdout), result
+
+
+def test_both_backends_ran_in_their_own_processes(bench_result):
+    out, data, proc = bench_result
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert set(rows) == {"unsloth", "peft", "peft+gc"}
+    assert all("error" not in r for r in rows.values()), rows
+    pids = [p for r in rows.values() for p in r["pids"]]
+    assert len(set(pids)) == len(pids) == 6 and data["parent_pid"] not in pids, (
+        "one fresh process per variant and repeat"
+    )
+    assert "unsloth" in rows["unsloth"]["imported"]
+    assert "unsloth" not in rows["peft"]["imported"] and "unsloth" not in rows["peft+gc"]["imported"]
+    assert "peft" in rows["peft"]["imported"]
+    assert rows["peft+gc"]["gradient_checkpointing"] and not rows["peft"]["gradient_checkpointing"]
+    assert data["note"].startswith("On CPU the backends are expected to be about even")
+    assert json.loads((out / "bench.json").read_text())["rows"] == data["rows"]
+    md = (out / "bench.md").read_text()
+    assert "| unsloth |" in md and "| peft |" in md and "about even" in md
+
+
+def test_bench_arithmetic_reruns_from_json(bench_result):
+    out, _, _ = bench_result
+    data = json.loads((out / "bench.json").read_text())
+    rows = {r["variant"]: r for r in data["rows"]}
+    base = rows[data["baseline"]]
+    assert data["baseline"] == "peft"
+    for r in rows.values():
+        assert r["measured_steps"] == 2 * 4  # warm-up excluded, both repeats counted
+        assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["measured_time_s"])
+        assert r["samples_per_s"] == pytest.approx(r["samples"] / r["measured_time_s"])
+        assert r["samples"] == 2 * 4 * 64  # micro-batch 64, no partial batch in the first steps
+        assert r["step_time_min_s"] <= r["step_time_median_s"] <= r["step_time_max_s"]
+        assert r["speedup"] == pytest.approx(r["tokens_per_s"] / base["tokens_per_s"])
+        assert r["memory_saving"] == pytest.approx(1 - r["peak_memory_mb"] / base["peak_memory_mb"])
+        assert r["peak_memory_mb"] == r["memory"]["peak_rss_mb"]
+        assert len(r["losses"]) == 4
+        assert r["max_loss_diff"] == pytest.approx(max(abs(a - b) for a, b in zip(r["losses"], base["losses"])))
+
+
+def test_table_is_printed(tmp_path):
+    result = bench("--backends", "peft", "--steps", "2", "--warmup", "0", "--output-dir", str(tmp_path / "t"))
+    assert result.returncode == 0, result.stderr
+    assert "quickft bench" in result.stdout and "peft (baseline)" in result.stdout and "1.00×" in result.stdout
+
+
+def test_a_variant_that_cannot_run_is_a_reason_row(tmp_path):
+    """Unsloth told not to fall back to its CPU mode fails to import here: a row that says why, not a crash."""
+    result = bench(
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--output-dir",
+        str(tmp_path / "r"),
+        "--json",
+        env_extra={"UNSLOTH_DISABLE_CPU_FALLBACK": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {r["variant"]: r for r in json.loads(result.stdout)["rows"]}
+    assert "unsloth failed to import" in rows["unsloth"]["error"]
+    assert "error" not in rows["peft"] and rows["peft"]["speedup"] == 1.0
+
+
+def test_bad_variant_names_are_refused(tmp_path):
+    result = bench("--backends", "unsloth,vllm", "--output-dir", str(tmp_path / "x"))
+    assert result.returncode == 2 and "unknown backend 'vllm'" in result.stderr and "Traceback" not in result.stderr
