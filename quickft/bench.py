@@ -194,8 +194,15 @@ def worker(spec_json: str, out_path: str) -> None:
 
 def _measure(spec: dict) -> dict:
     from quickft.backends import load, private_by_default, quiet_libraries
-    from quickft.train import apply_chat_template, choose_backend, make_trainer, materialize, model_reference
-    from quickft.train import read_recipe_data, tokenize_examples
+    from quickft.train import (
+        apply_chat_template,
+        choose_backend,
+        make_trainer,
+        materialize,
+        model_reference,
+        read_recipe_data,
+        tokenize_examples,
+    )
 
     total_steps = spec["warmup"] + spec["steps"]
     recipe = load_recipe(spec["recipe"], spec["overrides"] + [f"max_steps={total_steps}", "logging_steps=1"])

@@ -72,7 +72,7 @@ def test_lora_training_changes_adapter_but_not_base(tmp_path, lora_recipe):
     from quickft.data import read_examples
     from quickft.hardware import Choice
     from quickft.recipe import load_recipe
-    from quickft.train import tokenize_examples, make_trainer
+    from quickft.train import make_trainer, tokenize_examples
 
     recipe = load_recipe(lora_recipe, ["max_steps=3"])
     loaded = load(recipe, Choice("peft", "test", "fp32", False, "cpu"), recipe.model, local=True)
