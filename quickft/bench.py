@@ -207,7 +207,7 @@ def _measure(spec: dict) -> dict:
     total_steps = spec["warmup"] + spec["steps"]
     recipe = load_recipe(spec["recipe"], spec["overrides"] + [f"max_steps={total_steps}", "logging_steps=1"])
     recipe.backend = spec["backend"]
-    train_examples, _ = read_recipe_data(recipe)
+    train_examples = read_recipe_data(recipe).train
     model_ref, local = model_reference(recipe)
     private_by_default(local)
     choice = choose_backend(recipe)  # imports unsloth first, and only, in an Unsloth worker

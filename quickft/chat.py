@@ -157,7 +157,7 @@ def timing_text(stats: dict) -> str:
     first = stats.get("first_token_s")
     rate = tokens / total if total else 0.0
     first_text = f"{first * 1000:.0f} ms" if first is not None else "-"
-    return f"time to first token {first_text} · {tokens} tokens in {total:.2f} s · {rate:.1f} tokens/s"
+    return f"time to first token {first_text} · {tokens} tokens in {total:.4f} s · {rate:.1f} tokens/s"
 
 
 def answer_both(session: Session, user_text: str) -> tuple[str, str]:

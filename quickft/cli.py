@@ -117,6 +117,33 @@ def bench(
     )
 
 
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[str, typer.Argument(help="A finished run")],
+    cases: Annotated[
+        str | None, typer.Option("--cases", help="A prompt/response file to score (default: the run's cases).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Score a finished run on test cases (the same scoring as during training)."""
+    from quickft.evaluate import main as eval_main
+
+    eval_main(run_dir, cases_path=cases, as_json=as_json)
+
+
+@app.command()
+def data(
+    recipe: Annotated[str, typer.Argument(help="Recipe file")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, as for `run`")] = None,
+    show: Annotated[int, typer.Option("--show", help="Examples to preview with their loss masking.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Report what a recipe feeds the model: counts, token lengths, padding, masking; no training."""
+    from quickft.datareport import main as data_main
+
+    data_main(recipe, overrides or [], show=show, as_json=as_json)
+
+
 @app.command()
 def compare(
     runs: Annotated[list[str], typer.Argument(help="Two or more run directories; ratios are to the first.")],

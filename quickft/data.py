@@ -223,6 +223,21 @@ def _read_text(path: Path, text: str, fmt: str, data: Data) -> list[Example]:
     return [Example(response=p.strip(), where=str(path)) for p in text.split("\n\n") if p.strip()]
 
 
+def clean_examples(examples: list[Example]) -> tuple[list[Example], list[tuple[str, str]]]:
+    """(kept, dropped): drop examples with an empty answer and exact duplicates; dropped = (where, reason)."""
+    kept, dropped, seen = [], [], set()
+    for ex in examples:
+        key = repr(ex.messages) if ex.messages is not None else (ex.prompt, ex.response)
+        if ex.messages is None and not ex.response.strip():
+            dropped.append((ex.where, "empty answer"))
+        elif key in seen:
+            dropped.append((ex.where, "duplicate of an earlier example"))
+        else:
+            seen.add(key)
+            kept.append(ex)
+    return kept, dropped
+
+
 # ---------------------------------------------------------------------------------------------- formatting
 
 
@@ -286,6 +301,12 @@ def prompt_text(example: Example, tokenizer, data: Data) -> str:
         last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
         return chat_prompt(example.messages[:last], tokenizer)
     return format_prompt(example.prompt, data)
+
+
+def make_cases(examples: list[Example], data: Data, extra: dict[str, str], tokenizer) -> list[tuple[str, str]]:
+    """Test cases as (prompt text exactly as the model sees it, expected answer): held-out examples + the recipe's."""
+    cases = [(prompt_text(ex, tokenizer, data), reference_answer(ex)) for ex in examples]
+    return cases + [(format_prompt(p, data), e) for p, e in extra.items()]
 
 
 def reference_answer(example: Example) -> str:

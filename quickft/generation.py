@@ -121,3 +121,41 @@ def _sampling(tokenizer, max_new_tokens: int, temperature: float, top_p: float) 
 
 def exact_match(answer: str, reference: str) -> bool:
     return " ".join(answer.split()) == " ".join(reference.split())
+
+
+def first_number(text: str) -> float | None:
+    """The first number in a text: "Son 1.234,5 euros" -> 1234.5, "x = -3" -> -3.0, "3/4" -> 3.0."""
+    import re
+
+    m = re.search(r"-?\d[\d.,]*", text)
+    if not m:
+        return None
+    number = m.group().rstrip(".,")
+    if "," in number and "." in number:  # the later one is the decimal mark
+        thousands = "." if number.rfind(",") > number.rfind(".") else ","
+        number = number.replace(thousands, "").replace(",", ".")
+    elif "," in number:
+        number = number.replace(",", ".") if len(number.split(",")[-1]) != 3 else number.replace(",", "")
+    try:
+        return float(number)
+    except ValueError:
+        return None
+
+
+def matches(answer: str, expected: str, how: str) -> bool:
+    """Score one answer: "exact" (same text, whitespace-insensitive), "contains", or "number" (same first number)."""
+    if how == "contains":
+        return " ".join(expected.split()).lower() in " ".join(answer.split()).lower()
+    if how == "number":
+        got, want = first_number(answer), first_number(expected)
+        return got is not None and want is not None and abs(got - want) <= 1e-6 * max(1.0, abs(want))
+    return exact_match(answer, expected)
+
+
+def score_cases(model, tokenizer, cases: list[tuple[str, str]], *, how: str, max_new_tokens: int) -> list[dict]:
+    """Answer each (prompt text, expected) case greedily and score it; `quickft run` and `quickft eval` share this."""
+    answers = generate(model, tokenizer, [p for p, _ in cases], max_new_tokens=max_new_tokens)
+    return [
+        {"prompt": p, "reference": e, "answer": a, "correct": matches(a, e, how)}
+        for (p, e), a in zip(cases, answers, strict=True)
+    ]

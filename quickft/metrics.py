@@ -161,7 +161,7 @@ def loss_summary(rows: list[dict], total_steps: int) -> dict | None:
     }
 
 
-def summarize(*, rows, runtime_s, setup_s, tokens, samples, steps, epochs, total_flos, device) -> dict:
+def summarize(*, rows, runtime_s, setup_s, tokens, padding, samples, steps, epochs, total_flos, device) -> dict:
     """The end-of-run numbers. Rates are over runtime_s, the training loop (first step to last), not the setup."""
     mem = memory(device)
     return {
@@ -172,6 +172,8 @@ def summarize(*, rows, runtime_s, setup_s, tokens, samples, steps, epochs, total
             "setup_s": setup_s,
             "tokens": tokens,
             "samples": samples,
+            "padding_tokens": padding,
+            "padding_share": padding / (padding + tokens) if tokens else 0.0,
             "tokens_per_s": tokens / runtime_s,
             "samples_per_s": samples / runtime_s,
             "steps_per_s": steps / runtime_s,

@@ -10,6 +10,7 @@ PLOTS = {
     "loss_log.png": "loss per step on a log scale",
     "learning_rate.png": "learning rate per step",
     "grad_norm.png": "gradient norm per step",
+    "test_cases.png": "test-case score at each evaluation (when the recipe evaluates during training)",
 }
 
 
@@ -20,6 +21,8 @@ def write_plots(rows: list[dict], run_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    evals = [r for r in rows if "eval_loss" in r or "case_score" in r]
+    rows = [r for r in rows if "loss" in r]
     if not rows:
         return []
     steps = [r["step"] for r in rows]
@@ -44,9 +47,13 @@ def write_plots(rows: list[dict], run_dir: Path) -> list[Path]:
     losses = [r["loss"] for r in rows]
     smoothed = [r["loss_smoothed"] for r in rows]
 
+    eval_losses = [(r["step"], r["eval_loss"]) for r in evals if "eval_loss" in r]
+
     def loss(ax):
         ax.plot(steps, losses, alpha=0.45, label="loss", marker="." if len(rows) < 50 else None)
         ax.plot(steps, smoothed, linewidth=2, label="smoothed")
+        if eval_losses:
+            ax.plot(*zip(*eval_losses, strict=True), marker="o", label="eval loss")
 
     save("loss.png", "training loss", "loss", loss)
     save("loss_log.png", "training loss (log scale)", "loss", loss, log=True)
@@ -75,4 +82,9 @@ def write_plots(rows: list[dict], run_dir: Path) -> list[Path]:
         "norm",
         lambda ax: ax.plot(*zip(*grads, strict=True)) if grads else None,
     )
+    scores = [(r["step"], 100 * r["case_score"]) for r in evals if "case_score" in r]
+    if scores:
+        save(
+            "test_cases.png", "test-case score", "% correct", lambda ax: ax.plot(*zip(*scores, strict=True), marker="o")
+        )
     return written

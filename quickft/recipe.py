@@ -68,11 +68,36 @@ class Data:
     train_on_prompt: bool = False
     """Also compute the loss on prompt tokens (default: loss on response tokens only)."""
     test_path: str | None = None
-    """Held-out prompt/response file: after training, quickft answers every prompt and reports exact match."""
+    """Test cases: a prompt/response file whose prompts quickft answers and scores (after training, and every
+    eval.every steps)."""
     holdout: int = 3
-    """Without test_path: this many training examples are held out and answered after training as samples."""
+    """Without test_path: this many training examples are held out as test cases."""
     max_test_examples: int = 200
-    """At most this many held-out examples are answered after training."""
+    """At most this many test cases are answered."""
+    batching: Literal["padded", "grouped", "packed"] = "padded"
+    """padded: random batches padded to their longest; grouped: batches of similar lengths (less padding);
+    packed: examples concatenated without padding (`quickft data` estimates the saving)."""
+
+
+@dataclass
+class Eval:
+    """Evaluation during training, early stopping, and test cases scored by generating answers."""
+
+    every: int = 0
+    """Evaluate every this many optimizer steps (0: only after training)."""
+    fraction: float = 0.0
+    """Hold out this fraction of the training examples to compute eval loss."""
+    path: str | None = None
+    """Or compute eval loss on this separate file (same format as data)."""
+    patience: int = 0
+    """Early stopping: stop after this many evaluations without a lower eval loss (0: off). The best checkpoint is
+    kept in <run>/best as well as the last one."""
+    cases: dict[str, str] = field(default_factory=dict)
+    """Extra test cases, prompt -> expected answer (besides data.test_path / data.holdout)."""
+    match: Literal["exact", "contains", "number"] = "exact"
+    """How an answer is scored: the same text, contains the expected text, or the same first number."""
+    target: float | None = None
+    """Stop as soon as the test-case score reaches this (0-1), e.g. 0.95. Scored every `every` steps."""
 
 
 @dataclass
@@ -85,6 +110,7 @@ class Recipe:
     mode: Literal["lora", "qlora", "full"] = "lora"
     """lora: 16/32-bit base + adapter; qlora: 4-bit base + adapter; full: every weight is trained."""
     lora: LoRA = field(default_factory=LoRA)
+    eval: Eval = field(default_factory=Eval)
     max_seq_length: int = 512
     """Examples longer than this are truncated."""
     micro_batch_size: int = 1
@@ -306,6 +332,16 @@ def validate(recipe: Recipe) -> list[str]:
     need(0 <= r.lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {r.lora.dropout}")
     need(bool(r.data.path), "data.path", "is empty; give the training data file")
     need(r.data.holdout >= 0, "data.holdout", f"must be >= 0, got {r.data.holdout}")
+    need(r.eval.every >= 0, "eval.every", f"must be >= 0, got {r.eval.every}")
+    need(0 <= r.eval.fraction < 1, "eval.fraction", f"must be in [0, 1), got {r.eval.fraction}")
+    need(r.eval.patience >= 0, "eval.patience", f"must be >= 0, got {r.eval.patience}")
+    need(
+        not r.eval.patience or (r.eval.every and (r.eval.fraction or r.eval.path)),
+        "eval.patience",
+        "early stopping needs eval loss during training: set eval.every and eval.fraction (or eval.path)",
+    )
+    need(r.eval.target is None or 0 < r.eval.target <= 1, "eval.target", f"must be in (0, 1], got {r.eval.target}")
+    need(not r.eval.target or r.eval.every > 0, "eval.target", "a target is checked every eval.every steps: set it")
     need("{prompt}" in r.data.prompt_template, "data.prompt_template", "must contain {prompt}")
     if isinstance(r.model, Scratch):
         s = r.model
@@ -342,6 +378,11 @@ def _matches(value, hint) -> bool:
         return value in hint.__args__
     if origin is list:
         return isinstance(value, list) and all(_matches(v, hint.__args__[0]) for v in value)
+    if origin is dict:
+        key_type, value_type = hint.__args__
+        return isinstance(value, dict) and all(
+            _matches(k, key_type) and _matches(v, value_type) for k, v in value.items()
+        )
     if hint is type(None):
         return value is None
     if hint is float:
@@ -372,6 +413,8 @@ def _type_name(hint) -> str:
         return "one of " + ", ".join(repr(a) for a in hint.__args__)
     if origin is list:
         return f"a list of {_type_name(hint.__args__[0])}"
+    if origin is dict:
+        return f"a dict of {_type_name(hint.__args__[0])} -> {_type_name(hint.__args__[1])}"
     return {type(None): "None"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
@@ -392,4 +435,6 @@ def recipe_from_dict(d: dict) -> Recipe:
     model = d.pop("model")
     if isinstance(model, dict):
         model = Scratch(**model["scratch"])
-    return Recipe(model=model, data=Data(**d.pop("data")), lora=LoRA(**d.pop("lora")), **d)
+    return Recipe(
+        model=model, data=Data(**d.pop("data")), lora=LoRA(**d.pop("lora")), eval=Eval(**d.pop("eval", {})), **d
+    )

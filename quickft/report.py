@@ -50,7 +50,21 @@ class Reporter:
 
     # ------------------------------------------------------------------ before training
 
-    def header(self, *, recipe, choice, model, model_path, n_examples, n_tokens, run_dir, max_steps) -> dict:
+    def header(
+        self,
+        *,
+        recipe,
+        choice,
+        model,
+        model_path,
+        n_examples,
+        n_tokens,
+        run_dir,
+        max_steps,
+        dropped=(),
+        n_eval=0,
+        n_cases=0,
+    ) -> dict:
         total, trainable = m.parameter_counts(model)
         eff = recipe.micro_batch_size * recipe.gradient_accumulation
         steps_per_epoch = -(-n_examples // eff)
@@ -69,7 +83,9 @@ class Reporter:
                 + (f"  (LoRA r={recipe.lora.r}, alpha={recipe.lora.alpha})" if recipe.mode != "full" else ""),
             ),
             ("parameters", f"{total:,} total, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"),
-            ("data", f"{n_examples:,} examples, {n_tokens:,} tokens ({recipe.data.path})"),
+            ("data", f"{n_examples:,} examples, {n_tokens:,} tokens ({recipe.data.path}, {recipe.data.format})"),
+            ("dropped", f"{len(dropped)} ({_dropped_text(dropped)})" if dropped else "none"),
+            ("evaluation", _eval_text(recipe, n_eval, n_cases)),
             ("max_seq_length", str(recipe.max_seq_length)),
             (
                 "batch",
@@ -102,6 +118,8 @@ class Reporter:
         class ReportCallback(TrainerCallback):
             def __init__(self):
                 self.rows: list[dict] = []
+                self.eval_rows: list[dict] = []
+                self._last_eval: dict = {}
                 self.counter = None  # set by train.py: counts real tokens/samples in each training batch
                 self.started = self.ended = None
                 self._live = None
@@ -148,9 +166,23 @@ class Reporter:
                 self._file.write(json.dumps(row) + "\n")
                 self._file.flush()
                 if self._live is not None:
-                    self._live.update(reporter._panel(row))
+                    self._live.update(reporter._panel(row, self._last_eval))
                 elif not reporter.quiet:
                     reporter.console.print(reporter._line(row), highlight=False, soft_wrap=True)
+
+            def record_eval(self, row: dict, stopped: str | None):
+                """An evaluation's results (eval loss, test-case score): metrics file, display."""
+                self.eval_rows.append(row)
+                self._last_eval = row
+                if self._file is not None:
+                    self._file.write(json.dumps(row) + "\n")
+                    self._file.flush()
+                if self._live is not None:
+                    self._live.update(reporter._panel(self.rows[-1] if self.rows else None, row))
+                elif not reporter.quiet:
+                    reporter.console.print(reporter._eval_line(row), highlight=False)
+                if stopped and not reporter.quiet:
+                    reporter.console.print(stopped, highlight=False)
 
             def on_train_end(self, args, state, control, **kwargs):
                 self.ended = time.perf_counter()
@@ -176,7 +208,15 @@ class Reporter:
             f"{row['step_time_s']:.3f} s/step | {m.memory_text(row)}"
         )
 
-    def _panel(self, row: dict | None):
+    def _eval_line(self, row: dict) -> str:
+        parts = [f"eval   {row['step']:>6}/{self.planned_steps or row['step']}"]
+        if "eval_loss" in row:
+            parts.append(f"eval loss {row['eval_loss']:.4f}")
+        if "case_score" in row:
+            parts.append(f"test cases {row['case_score']:.1%}")
+        return " | ".join(parts)
+
+    def _panel(self, row: dict | None, last_eval: dict | None = None):
         total = self.planned_steps or 1
         if row is None:
             return Panel("starting ...", title="training")
@@ -194,11 +234,24 @@ class Reporter:
             f"{row['tokens_per_s']:,.0f} tok/s   {row['samples_per_s']:,.1f} samples/s   {row['step_time_s']:.3f} s/step",
         )
         table.add_row("memory", m.memory_text(row))
+        if last_eval:
+            table.add_row("eval", self._eval_line(last_eval).split(" | ", 1)[-1])
         return Panel(table, title="training", expand=False)
 
     # ------------------------------------------------------------------ after training
 
-    def finish(self, *, trainer, callback, samples: list[dict], run_dir: Path, choice, header: dict) -> dict:
+    def finish(
+        self,
+        *,
+        trainer,
+        callback,
+        samples: list[dict],
+        run_dir: Path,
+        choice,
+        header: dict,
+        evaluation=None,
+        match="exact",
+    ) -> dict:
         """Build summary.json's content from the measured rows and the trainer's state, and print the report."""
         state = trainer.state
         summary = m.summarize(
@@ -206,6 +259,7 @@ class Reporter:
             runtime_s=callback.ended - callback.started,
             setup_s=callback.call_s - (callback.ended - callback.started),
             tokens=callback.counter.tokens,
+            padding=callback.counter.padding,
             samples=callback.counter.samples,
             steps=state.global_step,
             epochs=state.epoch,
@@ -223,7 +277,15 @@ class Reporter:
         summary["model"] = header
         if samples:
             correct = sum(s["correct"] for s in samples)
-            summary["held_out"] = {"n": len(samples), "exact_match": correct / len(samples), "correct": correct}
+            summary["test_cases"] = {
+                "n": len(samples),
+                "score": correct / len(samples),
+                "correct": correct,
+                "match": match,
+            }
+        summary["evaluation"] = evaluation
+        if callback.eval_rows:
+            summary["evaluation"] = (evaluation or {}) | {"history": callback.eval_rows}
         self._print_report(summary, samples)  # printed even with --quiet
         return summary
 
@@ -238,7 +300,11 @@ class Reporter:
             "throughput",
             f"{t['tokens_per_s']:,.0f} tokens/s · {t['samples_per_s']:,.2f} samples/s · {t['steps_per_s']:,.2f} steps/s",
         )
-        table.add_row("tokens / samples", f"{t['tokens']:,} non-padding tokens · {t['samples']:,} samples")
+        table.add_row(
+            "tokens / samples",
+            f"{t['tokens']:,} non-padding tokens · {t['samples']:,} samples · {100 * t['padding_share']:.1f}% of batch "
+            "tokens were padding",
+        )
         table.add_row("total FLOPs", f"{t['total_flos']:.3e}")
         if t["mfu"] is not None:
             table.add_row("MFU", f"{100 * t['mfu']:.1f}% (6 × parameters × tokens/s ÷ the card's peak 16-bit FLOP/s)")
@@ -255,15 +321,45 @@ class Reporter:
                 f"improvement {loss['improvement_pct']:.1f}%",
             )
             table.add_row("improvement by third", thirds)
-        if "held_out" in s:
-            h = s["held_out"]
-            table.add_row("held-out exact match", f"{h['exact_match']:.1%} ({h['correct']}/{h['n']})")
+        ev = s.get("evaluation") or {}
+        if ev.get("best_step") is not None:
+            table.add_row("best eval loss", f"{ev['best_eval_loss']:.4f} at step {ev['best_step']}")
+        if ev.get("final_eval_loss") is not None:
+            table.add_row("eval loss", f"{ev['final_eval_loss']:.4f}")
+        if ev.get("stopped"):
+            table.add_row("stopped", ev["stopped"])
+        if ev.get("best_dir"):
+            table.add_row("best checkpoint", ev["best_dir"])
+        if "test_cases" in s:
+            h = s["test_cases"]
+            table.add_row(f"test cases ({h['match']})", f"{h['score']:.1%} ({h['correct']}/{h['n']})")
         table.add_row("run directory", s["run_dir"])
         self.console.print(table)
         for sample in samples[:3]:
             self.console.print(
                 f"[bold]prompt[/bold] {sample['prompt']!r}\n[bold]answer[/bold] {sample['answer']!r}", highlight=False
             )
+
+
+def _dropped_text(dropped) -> str:
+    reasons: dict[str, int] = {}
+    for _, reason in dropped:
+        reasons[reason] = reasons.get(reason, 0) + 1
+    first = dropped[0][0]
+    return ", ".join(f"{n} {r}" for r, n in reasons.items()) + f"; first at {first}"
+
+
+def _eval_text(recipe, n_eval: int, n_cases: int) -> str:
+    e = recipe.eval
+    parts = [f"{n_cases} test cases ({e.match} match)" if n_cases else "no test cases"]
+    if n_eval:
+        parts.append(f"eval loss on {n_eval} examples")
+    parts.append(f"every {e.every} steps" if e.every else "after training")
+    if e.patience:
+        parts.append(f"early stopping after {e.patience} evaluations without improvement")
+    if e.target:
+        parts.append(f"stop at {e.target:.0%} of test cases")
+    return ", ".join(parts)
 
 
 def _model_name(model) -> str:

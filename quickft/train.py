@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from quickft import rundir
-from quickft.data import Example, encode, prompt_text, read_data, read_examples, reference_answer, training_text
+from quickft.data import (
+    Example,
+    clean_examples,
+    encode,
+    make_cases,
+    read_data,
+    read_examples,
+    training_text,
+)
 from quickft.errors import UserError
 from quickft.hardware import Choice, choose, detect, unsloth_status
 from quickft.recipe import Recipe, Scratch, load_recipe, recipe_to_dict
@@ -30,7 +39,7 @@ def run(
     recipe = load_recipe(recipe_path, overrides)
     if backend:
         recipe.backend = backend
-    train_examples, held_out = read_recipe_data(recipe)
+    split = read_recipe_data(recipe)
     model_ref, local = model_reference(recipe)
     run_dir = rundir.pick_run_dir(recipe.name, output_dir or recipe.output_dir)
     rundir.create_run_dir(run_dir)
@@ -41,7 +50,7 @@ def run(
     rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
     rundir.set_status(run_dir, "running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
     try:
-        _train(recipe, choice, train_examples, held_out, model_ref, local, run_dir, reporter)
+        _train(recipe, choice, split, model_ref, local, run_dir, reporter)
     except KeyboardInterrupt:
         rundir.set_status(run_dir, "interrupted")
         raise
@@ -52,18 +61,41 @@ def run(
     return run_dir
 
 
-def read_recipe_data(recipe: Recipe) -> tuple[list[Example], list[Example]]:
+@dataclass
+class Split:
+    train: list[Example]
+    cases: list[tuple[str, str]]
+    """Test cases as (prompt text exactly as the model sees it, expected answer); filled once a tokenizer exists."""
+    case_examples: list[Example]
+    eval: list[Example]
+    dropped: list[tuple[str, str]]
+
+
+def read_recipe_data(recipe: Recipe) -> Split:
+    """Training examples (empty answers and duplicates dropped), test cases, and the eval-loss examples."""
     recipe.data.format, examples = read_data(recipe.data.path, recipe.data)  # saved resolved: chat needs it
+    examples, dropped = clean_examples(examples)
+    rng = random.Random(recipe.seed)
     if recipe.data.test_path:
-        held_out = read_examples(recipe.data.test_path, recipe.data)
+        cases = read_examples(recipe.data.test_path, recipe.data)
     else:
-        rng = random.Random(recipe.seed)
-        order = list(range(len(examples)))
-        rng.shuffle(order)
         n = min(recipe.data.holdout, max(0, len(examples) - 1))
-        held_out = [examples[i] for i in sorted(order[:n])]
-        examples = [examples[i] for i in sorted(order[n:])]
-    return examples, held_out[: recipe.data.max_test_examples]
+        examples, cases = _split(examples, n, rng)
+    if recipe.eval.path:
+        eval_examples = read_examples(recipe.eval.path, recipe.data)
+    else:
+        examples, eval_examples = _split(examples, int(len(examples) * recipe.eval.fraction), rng)
+    if not examples:
+        raise UserError(f"{recipe.data.path}: no training examples left after the held-out splits")
+    return Split(examples, [], cases[: recipe.data.max_test_examples], eval_examples, dropped)
+
+
+def _split(examples: list[Example], n: int, rng: random.Random) -> tuple[list[Example], list[Example]]:
+    """(the rest, n examples picked at random), both in file order."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    picked = set(order[:n])
+    return [e for i, e in enumerate(examples) if i not in picked], [e for i, e in enumerate(examples) if i in picked]
 
 
 def model_reference(recipe: Recipe) -> tuple[str | Scratch, bool]:
@@ -97,16 +129,18 @@ def choose_backend(recipe: Recipe) -> Choice:
     return choice
 
 
-def _train(recipe, choice, train_examples, held_out, model_ref, local, run_dir: Path, reporter: Reporter) -> None:
+def _train(recipe, choice, split: Split, model_ref, local, run_dir: Path, reporter: Reporter) -> None:
     from quickft.backends import load, quiet_libraries
 
     quiet_libraries()
-    model_path = materialize(recipe, model_ref, train_examples)
+    model_path = materialize(recipe, model_ref, split.train)
     loaded = load(recipe, choice, model_path, local=local)
     model, tokenizer = loaded.model, loaded.tokenizer
-    apply_chat_template(tokenizer, recipe, train_examples)
-    dataset, n_tokens = tokenize_examples(train_examples, tokenizer, recipe)
-    trainer = make_trainer(recipe, choice, model, tokenizer, dataset, run_dir)
+    apply_chat_template(tokenizer, recipe, split.train)
+    split.cases = make_cases(split.case_examples, recipe.data, recipe.eval.cases, tokenizer)
+    dataset, n_tokens = tokenize_examples(split.train, tokenizer, recipe)
+    eval_dataset = tokenize_examples(split.eval, tokenizer, recipe)[0] if split.eval else None
+    trainer = make_trainer(recipe, choice, model, tokenizer, dataset, run_dir, eval_dataset=eval_dataset)
     header = reporter.header(
         recipe=recipe,
         choice=choice,
@@ -116,6 +150,9 @@ def _train(recipe, choice, train_examples, held_out, model_ref, local, run_dir: 
         n_tokens=n_tokens,
         run_dir=run_dir,
         max_steps=trainer.args.max_steps if trainer.args.max_steps > 0 else None,
+        dropped=split.dropped,
+        n_eval=len(split.eval),
+        n_cases=len(split.cases),
     )
     rundir.write_json(
         run_dir / "backend.json", choice.to_dict() | {"model_path": model_path, "hardware": vars(choice.hardware)}
@@ -123,6 +160,9 @@ def _train(recipe, choice, train_examples, held_out, model_ref, local, run_dir: 
     callback = reporter.callback(run_dir / "metrics.jsonl", choice)
     callback.counter = trainer.counter
     trainer.add_callback(callback)
+    evaluator = make_evaluator(trainer, recipe, split.cases, run_dir, callback) if recipe.eval.every else None
+    if evaluator:
+        trainer.add_callback(evaluator)
     started = time.perf_counter()
     try:
         trainer.train()
@@ -132,15 +172,83 @@ def _train(recipe, choice, train_examples, held_out, model_ref, local, run_dir: 
 
     trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model for full fine-tuning
     tokenizer.save_pretrained(run_dir)
-    samples = _answer_held_out(model, tokenizer, recipe, held_out, reporter)
+    samples = _answer_cases(model, tokenizer, recipe, split.cases, reporter)
     rundir.write_jsonl(run_dir / "samples.jsonl", samples)
+    eval_loss = trainer.evaluate()["eval_loss"] if eval_dataset is not None and not evaluator else None
     summary = reporter.finish(
-        trainer=trainer, callback=callback, samples=samples, run_dir=run_dir, choice=choice, header=header
+        trainer=trainer,
+        callback=callback,
+        samples=samples,
+        run_dir=run_dir,
+        choice=choice,
+        header=header,
+        evaluation=evaluator.summary() if evaluator else ({"final_eval_loss": eval_loss} if eval_loss else None),
+        match=recipe.eval.match,
     )
     rundir.write_json(run_dir / "summary.json", summary)
     from quickft.plots import write_plots
 
-    write_plots(callback.rows, run_dir)
+    write_plots(callback.rows + callback.eval_rows, run_dir)
+
+
+def make_evaluator(trainer, recipe: Recipe, cases: list[tuple[str, str]], run_dir: Path, report_callback):
+    """A callback that evaluates every `eval.every` steps: eval loss, test-case score, early stopping, target."""
+    from transformers import TrainerCallback
+
+    from quickft.generation import score_cases
+
+    class Evaluator(TrainerCallback):
+        def __init__(self):
+            self.best_step = self.best_loss = self.stopped = None
+            self.bad = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % recipe.eval.every == 0 or state.global_step >= state.max_steps:
+                self.evaluate(state, control)
+
+        def evaluate(self, state, control):
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 6)}
+            if trainer.eval_dataset is not None:
+                row["eval_loss"] = trainer.evaluate()["eval_loss"]
+            if cases:
+                scored = score_cases(
+                    trainer.model,
+                    trainer.processing_class,
+                    cases,
+                    how=recipe.eval.match,
+                    max_new_tokens=recipe.max_new_tokens,
+                )
+                row["case_score"] = sum(s["correct"] for s in scored) / len(scored)
+            if "eval_loss" in row:
+                if self.best_loss is None or row["eval_loss"] < self.best_loss:
+                    self.best_step, self.best_loss, self.bad = state.global_step, row["eval_loss"], 0
+                    if recipe.eval.patience:
+                        trainer.save_model(str(run_dir / "best"))
+                else:
+                    self.bad += 1
+                    if recipe.eval.patience and self.bad >= recipe.eval.patience:
+                        self.stopped = (
+                            f"early stop at step {state.global_step}: eval loss did not improve for "
+                            f"{self.bad} evaluations (best {self.best_loss:.4f} at step {self.best_step})"
+                        )
+            if recipe.eval.target and row.get("case_score", 0.0) >= recipe.eval.target and not self.stopped:
+                self.stopped = (
+                    f"target reached at step {state.global_step}: test-case score "
+                    f"{row['case_score']:.1%} ≥ {recipe.eval.target:.1%}"
+                )
+            report_callback.record_eval(row, self.stopped)
+            if self.stopped:
+                control.should_training_stop = True
+
+        def summary(self) -> dict:
+            return {
+                "best_step": self.best_step,
+                "best_eval_loss": self.best_loss,
+                "stopped": self.stopped,
+                "best_dir": str(run_dir / "best") if recipe.eval.patience and self.best_step else None,
+            }
+
+    return Evaluator()
 
 
 def materialize(recipe: Recipe, model_ref: str | Scratch, train_examples: list[Example]) -> str:
@@ -179,7 +287,7 @@ def tokenize_examples(examples: list[Example], tokenizer, recipe: Recipe):
     return Dataset.from_list(kept), n_tokens
 
 
-def make_trainer(recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_dir: Path):
+def make_trainer(recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_dir: Path, *, eval_dataset=None):
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
@@ -208,6 +316,9 @@ def make_trainer(recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_
         disable_tqdm=True,
         dataset_num_proc=None,
         dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if recipe.data.batching == "grouped" else "random",
+        packing=recipe.data.batching == "packed",
+        per_device_eval_batch_size=recipe.micro_batch_size,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -220,22 +331,19 @@ def make_trainer(recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_
             self.counter.add(inputs)
             return super().training_step(model, inputs, *args, **kwargs)
 
-    trainer = CountingTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = CountingTrainer(
+        model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer
+    )
     trainer.counter = TokenCounter()
     trainer.remove_callback(PrinterCallback)  # quickft's reporter owns the console
     trainer.remove_callback(ProgressCallback)
     return trainer
 
 
-def _answer_held_out(model, tokenizer, recipe: Recipe, held_out: list[Example], reporter: Reporter) -> list[dict]:
-    if not held_out:
+def _answer_cases(model, tokenizer, recipe: Recipe, cases: list[tuple[str, str]], reporter: Reporter) -> list[dict]:
+    if not cases:
         return []
-    from quickft.generation import exact_match, generate
+    from quickft.generation import score_cases
 
-    prompts = [prompt_text(ex, tokenizer, recipe.data) for ex in held_out]
-    with reporter.status(f"answering {len(prompts)} held-out prompts"):
-        answers = generate(model, tokenizer, prompts, max_new_tokens=recipe.max_new_tokens)
-    return [
-        {"prompt": p, "reference": reference_answer(ex), "answer": a, "correct": exact_match(a, reference_answer(ex))}
-        for p, ex, a in zip(prompts, held_out, answers, strict=True)
-    ]
+    with reporter.status(f"answering {len(cases)} test cases"):
+        return score_cases(model, tokenizer, cases, how=recipe.eval.match, max_new_tokens=recipe.max_new_tokens)

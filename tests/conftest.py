@@ -51,7 +51,9 @@ def tiny_model_dir(sums_file) -> Path:
 
 
 def write_recipe(path: Path, body: str) -> Path:
-    path.write_text("from quickft import Data, LoRA, Recipe, Scratch\n\n" + textwrap.dedent(body), encoding="utf-8")
+    path.write_text(
+        "from quickft import Data, Eval, LoRA, Recipe, Scratch\n\n" + textwrap.dedent(body), encoding="utf-8"
+    )
     return path
 
 

@@ -64,7 +64,9 @@ def test_bench_arithmetic_reruns_from_json(bench_result):
         assert r["memory_saving"] == pytest.approx(1 - r["peak_memory_mb"] / base["peak_memory_mb"])
         assert r["peak_memory_mb"] == r["memory"]["peak_rss_mb"]
         assert len(r["losses"]) == 4
-        assert r["max_loss_diff"] == pytest.approx(max(abs(a - b) for a, b in zip(r["losses"], base["losses"], strict=True)))
+        assert r["max_loss_diff"] == pytest.approx(
+            max(abs(a - b) for a, b in zip(r["losses"], base["losses"], strict=True))
+        )
 
 
 def test_table_is_printed(tmp_path):

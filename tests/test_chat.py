@@ -26,7 +26,7 @@ def chat(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 def test_demo_learns_and_chat_answers(tiny_math_run):
     summary = json.loads((tiny_math_run / "summary.json").read_text())
-    assert summary["held_out"]["n"] == 1000 and summary["held_out"]["exact_match"] >= 0.95
+    assert summary["test_cases"]["n"] == 1000 and summary["test_cases"]["score"] >= 0.95
     result = chat(str(tiny_math_run), "--prompt", "¿Cuánto es 23 + 45?")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "68\n", "only the answer goes to stdout"

@@ -47,7 +47,7 @@ def test_run_writes_a_complete_run_directory(finished_run, tiny_model_dir):
     assert rows[-1]["loss"] < rows[0]["loss"], "the loss fell"
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and all(s["prompt"].startswith("Pregunta: ¿Cuánto es") for s in samples)
-    assert "held-out exact match" in out and str(run_dir) in out
+    assert "test cases (exact)" in out and str(run_dir) in out
 
 
 def test_adapter_loads_with_plain_peft(finished_run, tiny_model_dir):

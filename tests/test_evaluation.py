@@ -1,0 +1,188 @@
+"""Evaluation during training, early stopping, test-case targets, `quickft eval` and `quickft data`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from quickft.cli import main
+from tests.conftest import PROMPT, ROOT, write_recipe
+
+
+def summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_early_stopping_keeps_the_best_adapter(tmp_path, tiny_model_dir, sums_file, capsys):
+    recipe = write_recipe(
+        tmp_path / "stop.py",
+        f"""
+        recipe = Recipe(
+            model={str(tiny_model_dir)!r},
+            data=Data(path={str(sums_file)!r}, prompt_template={PROMPT!r}, holdout=0),
+            eval=Eval(every=2, fraction=0.2, patience=1),
+            lora=LoRA(r=4, alpha=8), max_seq_length=32, micro_batch_size=8,
+            learning_rate=0.3, max_grad_norm=0.0, max_steps=40, logging_steps=1,  # far too high: eval loss must rise
+        )
+        """,
+    )
+    run_dir = tmp_path / "run"
+    assert main(["run", str(recipe), "--output-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    s = summary(run_dir)
+    ev = s["evaluation"]
+    assert ev["stopped"].startswith("early stop at step") and "early stop" in out
+    assert s["train"]["steps"] < 40
+    history = ev["history"]
+    assert [h["step"] for h in history] == list(range(2, s["train"]["steps"] + 1, 2))
+    best = min(history, key=lambda h: h["eval_loss"])
+    assert (ev["best_step"], ev["best_eval_loss"]) == (best["step"], best["eval_loss"])
+    assert history[-1]["eval_loss"] > ev["best_eval_loss"]
+    assert (run_dir / "best" / "adapter_model.safetensors").is_file()
+    metric_rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in metric_rows if "eval_loss" in r] == history
+    assert (run_dir / "loss.png").is_file()
+
+    # the best adapter really is the one with the lowest eval loss: evaluate both saved adapters afresh
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quickft.hardware import Choice
+    from quickft.recipe import load_recipe
+    from quickft.train import make_trainer, read_recipe_data, tokenize_examples
+
+    r = load_recipe(recipe)
+    split = read_recipe_data(r)
+    tok = AutoTokenizer.from_pretrained(run_dir)
+    eval_set, _ = tokenize_examples(split.eval, tok, r)
+    losses = {}
+    for name, path in (("best", run_dir / "best"), ("last", run_dir)):
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), path)
+        trainer = make_trainer(
+            r, Choice("peft", "", "fp32", False, "cpu"), model, tok, eval_set, tmp_path / name, eval_dataset=eval_set
+        )
+        losses[name] = trainer.evaluate()["eval_loss"]
+    assert losses["best"] == pytest.approx(ev["best_eval_loss"], rel=1e-4)
+    assert losses["best"] < losses["last"]
+
+
+def test_demo_stops_at_its_target_and_eval_agrees(tiny_math_run):
+    s = summary(tiny_math_run)
+    ev = s["evaluation"]
+    assert ev["stopped"].startswith("target reached at step"), ev
+    last = ev["history"][-1]
+    assert last["case_score"] >= 0.95 and s["train"]["steps"] == last["step"]
+    assert s["test_cases"]["score"] == pytest.approx(last["case_score"])
+    result = subprocess.run(
+        [sys.executable, "-m", "quickft", "eval", str(tiny_math_run), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    recomputed = json.loads(result.stdout)
+    assert recomputed["n"] == 1000 and recomputed["score"] == pytest.approx(s["test_cases"]["score"])
+
+
+def test_eval_with_a_cases_file(tiny_math_run, tmp_path, capsys):
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(
+        "\n".join(
+            json.dumps({"instruction": f"¿Cuánto es {a} + {b}?", "output": str(a + b)})
+            for a, b in [(23, 45), (10, 10), (51, 38)]
+        ),
+        encoding="utf-8",
+    )
+    assert main(["eval", str(tiny_math_run), "--cases", str(cases)]) == 0
+    out = capsys.readouterr().out
+    assert "of 3 test cases correct (exact match)" in out
+
+
+def test_number_and_contains_matching():
+    from quickft.generation import first_number, matches
+
+    assert first_number("La respuesta es 1.234,5 euros") == 1234.5 and first_number("x = -3") == -3.0
+    assert first_number("0,75") == 0.75 and first_number("sin números") is None
+    assert matches("Son 68 manzanas.", "68", "number") and not matches("Son 67.", "68", "number")
+    assert matches("El resultado es 68", "resultado es 68", "contains") and not matches("68", "69", "exact")
+
+
+def test_data_report_matches_independent_counts(tmp_path, tiny_model_dir, capsys):
+    from transformers import AutoTokenizer
+
+    pairs = [(a, b) for a in range(12) for b in (1, 22, 333)]  # answers of 1-3 digits: known, varied lengths
+    blocks = [f"Pregunta: ¿Cuánto es {a} + {b}?\nRespuesta: {a + b}" for a, b in pairs]
+    blocks += [blocks[0], blocks[5], "Pregunta: ¿vacía?\nRespuesta: "]  # two duplicates, one empty answer
+    data = tmp_path / "d.txt"
+    data.write_text("\n###\n".join(blocks), encoding="utf-8")
+    recipe = write_recipe(
+        tmp_path / "d.py",
+        f"""
+        recipe = Recipe(model={str(tiny_model_dir)!r}, data=Data(path={str(data)!r}, prompt_template={PROMPT!r}, holdout=0),
+                        max_seq_length=18, micro_batch_size=4)
+        """,
+    )
+    assert main(["data", str(recipe), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"] == {
+        "read": len(blocks),
+        "dropped": 3,
+        "held_out_test_cases": 0,
+        "held_out_eval": 0,
+        "kept_for_training": len(pairs),
+    }
+    assert sorted(d["reason"] for d in report["dropped"]) == ["duplicate of an earlier example"] * 2 + ["empty answer"]
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    lengths = sorted(
+        len(tok(PROMPT.replace("{prompt}", f"¿Cuánto es {a} + {b}?"))["input_ids"])
+        + len(tok(str(a + b), add_special_tokens=False)["input_ids"])
+        + 1
+        for a, b in pairs
+    )
+    assert (report["tokens"]["min"], report["tokens"]["max"]) == (lengths[0], lengths[-1])
+    assert report["tokens"]["p50"] == lengths[len(lengths) // 2 - 1 + (len(lengths) % 2)]
+    assert report["truncated"] == sum(n > 18 for n in lengths)
+    assert (
+        report["recommended_truncates"] <= 0.01 * len(lengths) + 1e-9
+        or report["recommended_max_seq_length"] >= lengths[-1]
+    )
+    assert (
+        report["padding_share"]["packed"] == 0
+        and report["padding_share"]["grouped"] <= report["padding_share"]["padded"]
+    )
+    assert main(["data", str(recipe), "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "kept for training" in out and "[<|endoftext|>]" in out
+
+
+@pytest.fixture(scope="module")
+def varied_lengths(tmp_path_factory):
+    """Answers from 1 to 60 characters: random batches waste much padding, grouped ones little."""
+    path = tmp_path_factory.mktemp("varied") / "v.txt"
+    path.write_text(
+        "\n###\n".join(f"Pregunta: repite {i}\nRespuesta: {'ab ' * (i % 20)}{i}" for i in range(160)), encoding="utf-8"
+    )
+    return path
+
+
+@pytest.mark.parametrize("batching", ["grouped", "packed"])
+def test_batching_switch_really_lowers_measured_padding(tmp_path, tiny_model_dir, varied_lengths, batching):
+    shares = {}
+    for mode in ("padded", batching):
+        recipe = write_recipe(
+            tmp_path / f"{mode}.py",
+            f"""
+            recipe = Recipe(model={str(tiny_model_dir)!r},
+                            data=Data(path={str(varied_lengths)!r}, prompt_template={PROMPT!r}, holdout=0, batching={mode!r}),
+                            lora=LoRA(r=4, alpha=8), max_seq_length=64, micro_batch_size=8, epochs=1, logging_steps=5)
+            """,
+        )
+        assert main(["run", str(recipe), "--output-dir", str(tmp_path / mode), "--quiet"]) == 0
+        shares[mode] = summary(tmp_path / mode)["train"]
+    assert shares["padded"]["padding_share"] > 0.2
+    assert shares[batching]["padding_share"] < shares["padded"]["padding_share"] / 2
+    if batching == "packed":
+        assert shares["packed"]["padding_tokens"] == 0
+    assert shares[batching]["tokens"] == shares["padded"]["tokens"], "the same real tokens, in fewer padded ones"
