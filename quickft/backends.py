@@ -7,6 +7,7 @@ transformers, trl or peft, because Unsloth patches them.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,38 @@ def resolve_model_path(model: str) -> tuple[str, bool]:
             f"model directory not found: {model}", hint="check the path, or use a hub id like microsoft/phi-2"
         )
     return model, False
+
+
+def check_hub_model(model_id: str, timeout: float = 3.0) -> None:
+    """A hub id must be in the local cache or the hub reachable: say so at once instead of hanging on retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+        return
+    hint = "download it where there is internet and set `model` to its local directory"
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(
+            f"model {model_id!r} is not on this machine, and the hub is switched off (HF_HUB_OFFLINE)", hint=hint
+        )
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        raise UserError(
+            f"model {model_id!r} is not on this machine, and {host} is unreachable (offline?)", hint=hint
+        ) from None
+
+
+def model_max_length(path: str) -> int | None:
+    """The longest sequence a local model's config allows, if it says."""
+    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
 
 
 def check_model_dir(path: Path) -> None:

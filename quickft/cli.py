@@ -13,7 +13,7 @@ from typing import Annotated
 import click
 import typer
 
-from quickft.errors import UserError
+from quickft.errors import RunInterrupted, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -47,14 +47,25 @@ def run(
     ] = None,
     backend: Backend = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print only the final report.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run: --resume [RUN_DIR] (default: the newest).")
+    ] = False,
 ) -> None:
     """Fine-tune a model as a recipe says, and write a run directory."""
     if backend not in (None, "auto", "unsloth", "peft"):
         raise UserError(f"--backend {backend}: unknown backend", hint="use auto, unsloth or peft")
+    overrides = overrides or []
+    resume_dir = None
+    if resume:  # `--resume RUN_DIR`: the run directory arrives among the key=value arguments
+        dirs = [o for o in overrides if "=" not in o]
+        overrides = [o for o in overrides if "=" in o]
+        resume_dir = dirs[0] if dirs else "latest"
     from quickft.report import Reporter
     from quickft.train import run as train_run
 
-    train_run(recipe, overrides or [], output_dir=output_dir, backend=backend, reporter=Reporter(quiet=quiet))
+    train_run(
+        recipe, overrides, output_dir=output_dir, backend=backend, resume=resume_dir, reporter=Reporter(quiet=quiet)
+    )
 
 
 @app.command()
@@ -182,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         if e.hint:
             print(f"  fix: {e.hint}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:
+        print(f"interrupted: checkpoint, metrics and partial report saved in {e.run_dir}", file=sys.stderr)
+        print(f"  resume with: {e.resume_command}", file=sys.stderr)
+        return 130
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.exceptions.ClickException as e:

@@ -11,3 +11,12 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         return self.message + (f"\n  fix: {self.hint}" if self.hint else "")
+
+
+class RunInterrupted(Exception):
+    """Training stopped on Ctrl-C / SIGTERM after saving a checkpoint. The CLI prints how to resume; exit 130."""
+
+    def __init__(self, run_dir, resume_command: str):
+        super().__init__(f"interrupted: {run_dir}")
+        self.run_dir = run_dir
+        self.resume_command = resume_command

@@ -145,6 +145,13 @@ class Recipe:
     output_dir: str | None = None
     """Run directory; default outputs/<name> (a fresh name is picked if that one is taken)."""
     backend: Literal["auto", "unsloth", "peft"] = "auto"
+    save_every: int = 0
+    """Write a checkpoint every this many steps (0: only when interrupted). `--resume` continues from the last."""
+    keep_checkpoints: int = 2
+    """Keep only the newest this many checkpoints."""
+    auto_batch: bool = False
+    """On a CUDA out-of-memory error, halve the micro-batch, double the accumulation (same effective batch) and
+    continue from where it was."""
     trust_remote_code: bool = False
     """Run code shipped with a hub model. Off unless you trust the model's authors."""
 
@@ -167,6 +174,13 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     except Exception as e:
         line = _line_in(e, path)
         where = f"{path}:{line}" if line else str(path)
+        if isinstance(e, TypeError) and "unexpected keyword argument" in str(e):
+            cls, _, name = str(e).partition(".__init__() got an unexpected keyword argument ")
+            fields = [f.name for f in dataclasses.fields(globals().get(cls, Recipe))]
+            raise UserError(
+                f"{where}: {cls} has no field {name}",
+                hint=f"valid fields of {cls}: {', '.join(fields)}",
+            ) from e
         raise UserError(
             f"{where}: the recipe raised {type(e).__name__}: {e}",
             hint="a recipe should only build `recipe = Recipe(...)`",
@@ -324,6 +338,8 @@ def validate(recipe: Recipe) -> list[str]:
     need(r.weight_decay >= 0, "weight_decay", f"must be >= 0, got {r.weight_decay}")
     need(r.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {r.max_grad_norm}")
     need(r.logging_steps > 0, "logging_steps", f"must be > 0, got {r.logging_steps}")
+    need(r.save_every >= 0, "save_every", f"must be >= 0, got {r.save_every}")
+    need(r.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {r.keep_checkpoints}")
     need(r.max_new_tokens > 0, "max_new_tokens", f"must be > 0, got {r.max_new_tokens}")
     need(r.temperature is None or r.temperature >= 0, "temperature", f"must be >= 0, got {r.temperature}")
     need(0 < r.top_p <= 1, "top_p", f"must be in (0, 1], got {r.top_p}")

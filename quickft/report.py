@@ -128,12 +128,15 @@ class Reporter:
                 self._file = None
 
             def on_train_begin(self, args, state, control, **kwargs):
+                if self.started is not None:  # trained on after an out-of-memory retry: one run, one clock
+                    return
                 m.reset_peak_memory(choice.device)
                 self._file = open(metrics_path, "a", encoding="utf-8")
                 if reporter.live and not reporter.quiet:
                     self._live = Live(reporter._panel(None), console=reporter.console, refresh_per_second=4)
                     self._live.start()
                 self.started = time.perf_counter()
+                self._last = (state.global_step, 0.0)  # a resumed run starts counting at its checkpoint
 
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if not logs or "loss" not in logs:

@@ -80,6 +80,44 @@ def pick_run_dir(name: str, requested: str | None) -> Path:
     return path
 
 
+def check_writable(path: Path) -> None:
+    """Fail early, before any training, if `path` could not be created and written."""
+    parent = Path(path).absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UserError(
+            f"cannot write to the output directory {path}: {parent} is not a writable directory",
+            hint="choose a writable --output-dir",
+        )
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoints/checkpoint-N directory, if any."""
+    found = [p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric rows logged after `last_step` (a resumed run logs those steps again)."""
+    if not path.is_file():
+        return
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    write_jsonl(path, [r for r in rows if r.get("step", 0) <= last_step])
+
+
+def resumable_run(name: str) -> Path:
+    """The newest unfinished run of a recipe under outputs/ (outputs/<name>, <name>-2, ...)."""
+    candidates = [p for p in Path("outputs").glob(f"{name}*") if (p / "status.json").is_file()]
+    candidates = [p for p in candidates if p.name == name or p.name[len(name) + 1 :].isdigit()]
+    unfinished = [p for p in candidates if read_json(p / "status.json").get("status") != "completed"]
+    if not unfinished:
+        raise UserError(
+            f"no unfinished run of {name!r} in outputs/", hint="pass the run directory: --resume outputs/<run>"
+        )
+    return max(unfinished, key=lambda p: (p / "status.json").stat().st_mtime)
+
+
 def create_run_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,8 @@ slow imports; unsloth, when chosen, is imported before transformers/trl/peft.
 from __future__ import annotations
 
 import random
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +23,9 @@ from quickft.data import (
     read_examples,
     training_text,
 )
-from quickft.errors import UserError
+from quickft.errors import RunInterrupted, UserError
 from quickft.hardware import Choice, choose, detect, unsloth_status
-from quickft.recipe import Recipe, Scratch, load_recipe, recipe_to_dict
+from quickft.recipe import Recipe, Scratch, load_recipe, recipe_from_dict, recipe_to_dict
 from quickft.report import Reporter
 
 
@@ -33,29 +35,63 @@ def run(
     *,
     output_dir: str | None = None,
     backend: str | None = None,
+    resume: str | None = None,
     reporter: Reporter,
 ) -> Path:
-    """Train as the recipe says; return the run directory."""
+    """Train as the recipe says (or continue an interrupted run with `resume`); return the run directory."""
+    if resume is not None:
+        return _resume(recipe_path, overrides, resume, reporter)
     recipe = load_recipe(recipe_path, overrides)
     if backend:
         recipe.backend = backend
     split = read_recipe_data(recipe)
     model_ref, local = model_reference(recipe)
     run_dir = rundir.pick_run_dir(recipe.name, output_dir or recipe.output_dir)
-    rundir.create_run_dir(run_dir)
+    rundir.check_writable(run_dir)
     from quickft.backends import private_by_default
 
     private_by_default(local)
     choice = choose_backend(recipe)
-    rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
-    rundir.set_status(run_dir, "running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return _guarded(recipe, recipe_path, choice, split, model_ref, local, run_dir, reporter, checkpoint=None)
+
+
+def _resume(recipe_path: str, overrides: list[str], resume: str, reporter: Reporter) -> Path:
+    if overrides:
+        raise UserError("--resume continues a run with its saved recipe; overrides cannot change it", hint="drop them")
+    run_dir = Path(resume) if resume != "latest" else rundir.resumable_run(load_recipe(recipe_path).name)
+    run = rundir.open_run(run_dir, need_finished=False)
+    if run["status"].get("status") == "completed":
+        reporter.info(f"{run_dir} is already completed: nothing to resume")
+        return run_dir
+    checkpoint = rundir.latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise UserError(
+            f"{run_dir}: no checkpoint to resume from (checkpoints/ is empty)",
+            hint="start the run again; set save_every=N in the recipe to write checkpoints as it trains",
+        )
+    recipe = recipe_from_dict(run["recipe"])
+    rundir.truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[-1]))
+    split = read_recipe_data(recipe)
+    model_ref, local = model_reference(recipe)
+    from quickft.backends import private_by_default
+
+    private_by_default(local)
+    choice = choose_backend(recipe)
+    reporter.info(f"resuming {run_dir} from {checkpoint.name}")
+    return _guarded(recipe, recipe_path, choice, split, model_ref, local, run_dir, reporter, checkpoint=checkpoint)
+
+
+def _guarded(recipe, recipe_path, choice, split, model_ref, local, run_dir: Path, reporter, *, checkpoint) -> Path:
+    """Train, keeping status.json true whatever happens (running, completed, interrupted, failed)."""
     try:
-        _train(recipe, choice, split, model_ref, local, run_dir, reporter)
-    except KeyboardInterrupt:
-        rundir.set_status(run_dir, "interrupted")
+        _train(recipe, recipe_path, choice, split, model_ref, local, run_dir, reporter, checkpoint)
+    except (KeyboardInterrupt, RunInterrupted):
+        if (run_dir / "status.json").is_file():
+            rundir.set_status(run_dir, "interrupted")
         raise
     except BaseException as e:
-        rundir.set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        if (run_dir / "status.json").is_file():
+            rundir.set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
         raise
     rundir.set_status(run_dir, "completed", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return run_dir
@@ -99,11 +135,20 @@ def _split(examples: list[Example], n: int, rng: random.Random) -> tuple[list[Ex
 
 
 def model_reference(recipe: Recipe) -> tuple[str | Scratch, bool]:
+    """(local path, hub id or Scratch spec; is it local). Checks what can be checked before loading anything."""
     if isinstance(recipe.model, Scratch):
         return recipe.model, True
-    from quickft.backends import resolve_model_path
+    from quickft.backends import check_hub_model, model_max_length, resolve_model_path
 
-    return resolve_model_path(recipe.model)
+    path, local = resolve_model_path(recipe.model)
+    if not local:
+        check_hub_model(path)
+    elif (limit := model_max_length(path)) and recipe.max_seq_length > limit:
+        raise UserError(
+            f"max_seq_length: {recipe.max_seq_length} is longer than {recipe.model} supports ({limit})",
+            hint=f"set max_seq_length={limit} or less",
+        )
+    return path, local
 
 
 def choose_backend(recipe: Recipe) -> Choice:
@@ -129,7 +174,7 @@ def choose_backend(recipe: Recipe) -> Choice:
     return choice
 
 
-def _train(recipe, choice, split: Split, model_ref, local, run_dir: Path, reporter: Reporter) -> None:
+def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir: Path, reporter, checkpoint) -> None:
     from quickft.backends import load, quiet_libraries
 
     quiet_libraries()
@@ -140,6 +185,12 @@ def _train(recipe, choice, split: Split, model_ref, local, run_dir: Path, report
     split.cases = make_cases(split.case_examples, recipe.data, recipe.eval.cases, tokenizer)
     dataset, n_tokens = tokenize_examples(split.train, tokenizer, recipe)
     eval_dataset = tokenize_examples(split.eval, tokenizer, recipe)[0] if split.eval else None
+    if checkpoint is None:  # every input check has passed: only now does the run directory appear
+        rundir.create_run_dir(run_dir)
+        rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
+        rundir.set_status(run_dir, "running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), recipe_file=str(recipe_path))
+    else:
+        rundir.set_status(run_dir, "running", resumed_from=checkpoint.name)
     trainer = make_trainer(recipe, choice, model, tokenizer, dataset, run_dir, eval_dataset=eval_dataset)
     header = reporter.header(
         recipe=recipe,
@@ -158,18 +209,43 @@ def _train(recipe, choice, split: Split, model_ref, local, run_dir: Path, report
         run_dir / "backend.json", choice.to_dict() | {"model_path": model_path, "hardware": vars(choice.hardware)}
     )
     callback = reporter.callback(run_dir / "metrics.jsonl", choice)
-    callback.counter = trainer.counter
-    trainer.add_callback(callback)
-    evaluator = make_evaluator(trainer, recipe, split.cases, run_dir, callback) if recipe.eval.every else None
-    if evaluator:
-        trainer.add_callback(evaluator)
+    evaluator = make_evaluator(recipe, split.cases, run_dir, callback) if recipe.eval.every else None
+    stopper = StopOnSignal(reporter)
+    counter = trainer.counter
     started = time.perf_counter()
     try:
-        trainer.train()
+        while True:
+            trainer.counter = callback.counter = counter
+            for cb in (callback, evaluator, stopper.callback()):
+                if cb is not None:
+                    trainer.add_callback(cb)
+            if evaluator:
+                evaluator.trainer = trainer
+            try:
+                with stopper:
+                    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+                break
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                checkpoint = _recover_from_oom(e, trainer, recipe, choice, run_dir)
+                trainer = make_trainer(recipe, choice, model, tokenizer, dataset, run_dir, eval_dataset=eval_dataset)
     finally:
         callback.close()
     callback.call_s = time.perf_counter() - started
 
+    if stopper.requested:  # save what there is, then tell the user how to go on
+        summary = reporter.finish(
+            trainer=trainer,
+            callback=callback,
+            samples=[],
+            run_dir=run_dir,
+            choice=choice,
+            header=header,
+            match=recipe.eval.match,
+        )
+        rundir.write_json(run_dir / "summary.json", summary | {"interrupted": True})
+        raise RunInterrupted(run_dir, f"quickft run {recipe_path} --resume {run_dir}")
     trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model for full fine-tuning
     tokenizer.save_pretrained(run_dir)
     samples = _answer_cases(model, tokenizer, recipe, split.cases, reporter)
@@ -191,7 +267,114 @@ def _train(recipe, choice, split: Split, model_ref, local, run_dir: Path, report
     write_plots(callback.rows + callback.eval_rows, run_dir)
 
 
-def make_evaluator(trainer, recipe: Recipe, cases: list[tuple[str, str]], run_dir: Path, report_callback):
+class StopOnSignal:
+    """First Ctrl-C (SIGINT) or SIGTERM: finish the step, save a checkpoint, stop cleanly. Second: stop at once."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        import signal
+
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+        return False
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.requested:
+            raise KeyboardInterrupt  # the second one: files are written atomically, so stopping here is safe
+        self.requested = signal.Signals(signum).name
+        print(
+            f"\n{self.requested}: saving a checkpoint after this step, then stopping (again to quit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        stopper = self
+
+        class Stop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if stopper.requested:
+                    control.should_save = True
+                    control.should_training_stop = True
+
+        return Stop()
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+def _recover_from_oom(error, trainer, recipe: Recipe, choice: Choice, run_dir: Path) -> Path:
+    """Either a clear message (UserError) or, with auto_batch, a checkpoint to continue from with half the
+    micro-batch and twice the accumulation (the effective batch stays the same)."""
+    import torch
+
+    step = trainer.state.global_step
+    card = "no GPU memory figures here"
+    if choice.device == "cuda":
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30
+        card = f"{choice.hardware.gpu_name} has {total:.1f} GiB"
+    what = (
+        f"out of GPU memory at step {step} ({recipe.mode}, micro-batch {recipe.micro_batch_size}, "
+        f"max_seq_length {recipe.max_seq_length}, {choice.precision}); {card}"
+    )
+    if not recipe.auto_batch or recipe.micro_batch_size == 1:
+        raise UserError(
+            what,
+            hint=(
+                "try, in this order: 1. a smaller micro_batch_size with a larger gradient_accumulation (or "
+                "auto_batch=true); 2. gradient_checkpointing=true; 3. mode=qlora (4-bit); 4. a shorter max_seq_length"
+            ),
+        ) from error
+    trainer.model.zero_grad(set_to_none=True)
+    if choice.device == "cuda":
+        torch.cuda.empty_cache()
+    trainer._save_checkpoint(trainer.model, trial=None)  # the state after the last completed step
+    before = (recipe.micro_batch_size, recipe.gradient_accumulation)
+    recipe.micro_batch_size //= 2
+    recipe.gradient_accumulation *= 2
+    status = rundir.read_json(run_dir / "status.json")
+    retries = status.get("retries", []) + [
+        {
+            "step": step,
+            "error": str(error).splitlines()[0][:200],
+            "micro_batch_size": [before[0], recipe.micro_batch_size],
+            "gradient_accumulation": [before[1], recipe.gradient_accumulation],
+        }
+    ]
+    rundir.set_status(run_dir, "running", retries=retries)
+    rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
+    print(
+        f"{what}\nauto_batch: continuing from step {step} with micro-batch {recipe.micro_batch_size} × "
+        f"{recipe.gradient_accumulation} accumulation",
+        file=sys.stderr,
+        flush=True,
+    )
+    return rundir.latest_checkpoint(run_dir)
+
+
+def make_evaluator(recipe: Recipe, cases: list[tuple[str, str]], run_dir: Path, report_callback):
     """A callback that evaluates every `eval.every` steps: eval loss, test-case score, early stopping, target."""
     from transformers import TrainerCallback
 
@@ -201,6 +384,7 @@ def make_evaluator(trainer, recipe: Recipe, cases: list[tuple[str, str]], run_di
         def __init__(self):
             self.best_step = self.best_loss = self.stopped = None
             self.bad = 0
+            self.trainer = None  # set by _train (a new trainer after an out-of-memory retry)
 
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % recipe.eval.every == 0 or state.global_step >= state.max_steps:
@@ -208,6 +392,7 @@ def make_evaluator(trainer, recipe: Recipe, cases: list[tuple[str, str]], run_di
 
         def evaluate(self, state, control):
             row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 6)}
+            trainer = self.trainer
             if trainer.eval_dataset is not None:
                 row["eval_loss"] = trainer.evaluate()["eval_loss"]
             if cases:
@@ -283,6 +468,13 @@ def tokenize_examples(examples: list[Example], tokenizer, recipe: Recipe):
             f"{recipe.data.path}: every example's answer starts after max_seq_length={recipe.max_seq_length} tokens",
             hint="raise max_seq_length or shorten the prompts",
         )
+    if all(len(r["input_ids"]) > recipe.max_seq_length for r in kept):
+        shortest = min(len(r["input_ids"]) for r in kept)
+        raise UserError(
+            f"{recipe.data.path}: every example is longer than max_seq_length={recipe.max_seq_length} tokens "
+            f"(the shortest has {shortest}), so every one would be cut",
+            hint=f"raise max_seq_length to at least {shortest} (`quickft data` recommends a value)",
+        )
     n_tokens = sum(min(len(r["input_ids"]), recipe.max_seq_length) for r in kept)
     return Dataset.from_list(kept), n_tokens
 
@@ -311,7 +503,9 @@ def make_trainer(recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_
         use_cpu=choice.device == "cpu",
         gradient_checkpointing=recipe.gradient_checkpointing and choice.backend == "peft",
         completion_only_loss=not recipe.data.train_on_prompt,
-        save_strategy="no",
+        save_strategy="steps" if recipe.save_every else "no",
+        save_steps=recipe.save_every or 500,
+        save_total_limit=recipe.keep_checkpoints,
         report_to="none",
         disable_tqdm=True,
         dataset_num_proc=None,
@@ -328,8 +522,9 @@ def make_trainer(recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_
         """Counts the real (non-padding) tokens and samples of every training batch, exactly as trained."""
 
         def training_step(self, model, inputs, *args, **kwargs):
-            self.counter.add(inputs)
-            return super().training_step(model, inputs, *args, **kwargs)
+            loss = super().training_step(model, inputs, *args, **kwargs)
+            self.counter.add(inputs)  # after the step: a batch that failed (out of memory) was not trained
+            return loss
 
     trainer = CountingTrainer(
         model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer
