@@ -4,7 +4,8 @@ Layout of outputs/<run>/:
   recipe.json      the resolved recipe (enough to chat, compare or resume with no flags)
   backend.json     which backend/precision/quantization was used, and why
   status.json      {"status": "running" | "completed" | "failed", ...}
-  metrics.jsonl    one JSON object per logging step
+  metrics.jsonl    one JSON object per logging step (and per evaluation)
+  metrics.csv      the same rows as CSV
   summary.json     end-of-run numbers
   samples.jsonl    answers to held-out prompts generated after training
   adapter_model.safetensors + adapter_config.json (LoRA)   or   model.safetensors + config.json (full)
@@ -44,6 +45,19 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    os.replace(tmp, path)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """The same rows as a CSV file (columns: every key seen, in first-seen order), written atomically."""
+    import csv
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
     os.replace(tmp, path)
 
 

@@ -265,6 +265,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     from quickft.plots import write_plots
 
     write_plots(callback.rows + callback.eval_rows, run_dir)
+    rundir.write_csv(run_dir / "metrics.csv", sorted(callback.rows + callback.eval_rows, key=lambda r: r["step"]))
 
 
 class StopOnSignal:

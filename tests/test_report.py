@@ -121,6 +121,15 @@ def test_loss_summary_matches_metrics(epoch_run):
     assert sum(loss["improvement_by_third_pct"]) == pytest.approx(100)
 
 
+def test_metrics_csv_holds_the_jsonl_rows(epoch_run):
+    import csv
+
+    with open(epoch_run["dir"] / "metrics.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [r["step"] for r in epoch_run["rows"]]
+    assert [float(r["loss"]) for r in rows] == [r["loss"] for r in epoch_run["rows"]]
+
+
 def test_peak_rss_covers_the_model(epoch_run):
     s = epoch_run["summary"]
     param_bytes = s["model"]["parameters_total"] * 4  # fp32 on CPU

@@ -144,7 +144,7 @@ def test_help_is_fast_and_imports_no_heavy_library():
     assert out.strip().endswith("[]")
 
 
-@pytest.mark.parametrize("verb", ["run"])
+@pytest.mark.parametrize("verb", ["run", "chat", "eval", "data", "bench", "compare", "doctor"])
 def test_every_verb_has_help(verb):
     result = subprocess.run([sys.executable, "-m", "quickft", verb, "--help"], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0 and "Usage" in result.stdout
+    assert result.returncode == 0 and "Usage" in result.stdout and f"quickft {verb}" in result.stdout
