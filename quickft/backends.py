@@ -216,6 +216,19 @@ def load(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_tr
     loader = load_unsloth if choice.backend == "unsloth" else load_peft
     try:
         return loader(recipe, choice, model_path, local=local, for_training=for_training)
+    except NotImplementedError as e:  # Unsloth refuses this architecture
+        if choice.backend != "unsloth":
+            raise
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if recipe.backend == "unsloth":
+            raise UserError(f"Unsloth does not support this model: {why}", hint="use --backend peft") from e
+        from quickft.hardware import choose, unsloth_status
+
+        fallback = choose(
+            choice.hardware, unsloth_status(), mode=recipe.mode, precision=recipe.precision, unsloth_refuses=why
+        )
+        fallback.hardware = choice.hardware
+        return load_peft(recipe, fallback, model_path, local=local, for_training=for_training)  # .choice says why
     except OSError as e:
         if local:
             raise UserError(f"cannot load the model from {model_path}: {e}", hint="check the model directory") from e

@@ -224,6 +224,8 @@ def _measure(spec: dict) -> dict:
     cuda = choice.device == "cuda"
     load_started = time.perf_counter()
     loaded = load(recipe, choice, model_path, local=local)
+    if loaded.choice.backend != spec["backend"]:
+        raise UserError(f"{spec['backend']} is not usable here: {loaded.choice.reason}")
     if cuda:
         torch.cuda.synchronize()
     load_time = time.perf_counter() - load_started

@@ -68,12 +68,14 @@ def load_session(run_dir: str | Path, *, with_base: bool = False) -> Session:
         choice = choose(hw, status, requested="peft", mode=recipe.mode, precision=recipe.precision)
     if choice.backend == "unsloth" and import_unsloth_first():
         choice = choose(hw, status, requested="peft", mode=recipe.mode, precision=recipe.precision)
+    choice.hardware = hw
     if recipe.mode == "full":
         loaded = load(recipe, choice, str(run_dir), local=True, for_training=False)
-        model, what = loaded.model, f"the fully fine-tuned model in {run_dir}"
+        model, what, choice = loaded.model, f"the fully fine-tuned model in {run_dir}", loaded.choice
         base = _separate_base(recipe, choice, model_path, local) if with_base else None
     else:
         loaded = load(recipe, choice, model_path, local=local, for_training=False)
+        choice = loaded.choice
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(loaded.model, run_dir)

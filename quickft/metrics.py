@@ -135,7 +135,8 @@ def memory_summary_text(mem: dict) -> str:
 def loss_summary(rows: list[dict], total_steps: int) -> dict | None:
     """Initial, final, min, max loss, improvement %, and the share of the improvement made in each third of the steps.
 
-    The thirds compare the logged loss at the last logged step of each third (steps <= total/3, <= 2 total/3, all).
+    The thirds compare the logged loss at the last logged step of each third (steps <= total/3, <= 2 total/3, all);
+    they are left empty when the loss did not improve or fewer than 6 steps were logged.
     """
     losses = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
     if not losses:
@@ -144,7 +145,7 @@ def loss_summary(rows: list[dict], total_steps: int) -> dict | None:
     values = [v for _, v in losses]
     improvement = initial - final
     by_third = []
-    if improvement > 0 and len(losses) >= 3:
+    if improvement > 0 and len(losses) >= 6:  # fewer points than that make the thirds noise
         marks = [initial]
         for k in (1, 2):
             within = [v for s, v in losses if s <= total_steps * k / 3]

@@ -173,6 +173,11 @@ class Reporter:
                 elif not reporter.quiet:
                     reporter.console.print(reporter._line(row), highlight=False, soft_wrap=True)
 
+            def resume_from(self, rows: list[dict]):
+                """Carry on the smoothed loss of the rows logged before a resumed run's checkpoint."""
+                if rows:
+                    self._ema = rows[-1]["loss_smoothed"]
+
             def record_eval(self, row: dict, stopped: str | None):
                 """An evaluation's results (eval loss, test-case score): metrics file, display."""
                 self.eval_rows.append(row)
@@ -339,8 +344,9 @@ class Reporter:
         table.add_row("run directory", s["run_dir"])
         self.console.print(table)
         for sample in samples[:3]:
+            answer = sample["answer"] if len(sample["answer"]) <= 200 else sample["answer"][:200] + "…"
             self.console.print(
-                f"[bold]prompt[/bold] {sample['prompt']!r}\n[bold]answer[/bold] {sample['answer']!r}", highlight=False
+                f"[bold]prompt[/bold] {sample['prompt']!r}\n[bold]answer[/bold] {answer!r}", highlight=False
             )
 
 

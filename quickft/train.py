@@ -6,9 +6,8 @@ slow imports; unsloth, when chosen, is imported before transformers/trl/peft.
 
 from __future__ import annotations
 
+import json
 import random
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from quickft.data import (
 from quickft.errors import RunInterrupted, UserError
 from quickft.hardware import Choice, choose, detect, unsloth_status
 from quickft.recipe import Recipe, Scratch, load_recipe, recipe_from_dict, recipe_to_dict
+from quickft.recovery import StopOnSignal, is_out_of_memory, recover_from_oom
 from quickft.report import Reporter
 
 
@@ -180,7 +180,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     quiet_libraries()
     model_path = materialize(recipe, model_ref, split.train)
     loaded = load(recipe, choice, model_path, local=local)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model, tokenizer, choice = loaded.model, loaded.tokenizer, loaded.choice  # PEFT, if Unsloth refused the model
     apply_chat_template(tokenizer, recipe, split.train)
     split.cases = make_cases(split.case_examples, recipe.data, recipe.eval.cases, tokenizer)
     dataset, n_tokens = tokenize_examples(split.train, tokenizer, recipe)
@@ -209,8 +209,14 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         run_dir / "backend.json", choice.to_dict() | {"model_path": model_path, "hardware": vars(choice.hardware)}
     )
     callback = reporter.callback(run_dir / "metrics.jsonl", choice)
+    if checkpoint is not None and (run_dir / "metrics.jsonl").is_file():
+        # resuming: the report covers the whole run, not just the part after the checkpoint
+        earlier = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+        callback.rows = [r for r in earlier if "loss" in r]
+        callback.eval_rows = [r for r in earlier if "loss" not in r]
+        callback.resume_from(callback.rows)
     evaluator = make_evaluator(recipe, split.cases, run_dir, callback) if recipe.eval.every else None
-    stopper = StopOnSignal(reporter)
+    stopper = StopOnSignal()
     counter = trainer.counter
     started = time.perf_counter()
     try:
@@ -228,7 +234,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise
-                checkpoint = _recover_from_oom(e, trainer, recipe, choice, run_dir)
+                checkpoint = recover_from_oom(e, trainer, recipe, choice, run_dir)
                 trainer = make_trainer(recipe, choice, model, tokenizer, dataset, run_dir, eval_dataset=eval_dataset)
     finally:
         callback.close()
@@ -266,113 +272,6 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
 
     write_plots(callback.rows + callback.eval_rows, run_dir)
     rundir.write_csv(run_dir / "metrics.csv", sorted(callback.rows + callback.eval_rows, key=lambda r: r["step"]))
-
-
-class StopOnSignal:
-    """First Ctrl-C (SIGINT) or SIGTERM: finish the step, save a checkpoint, stop cleanly. Second: stop at once."""
-
-    def __init__(self, reporter: Reporter):
-        self.reporter = reporter
-        self.requested: str | None = None
-        self._previous: dict = {}
-
-    def __enter__(self):
-        import signal
-
-        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        import signal
-
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-        return False
-
-    def _handle(self, signum, frame):
-        import signal
-
-        if self.requested:
-            raise KeyboardInterrupt  # the second one: files are written atomically, so stopping here is safe
-        self.requested = signal.Signals(signum).name
-        print(
-            f"\n{self.requested}: saving a checkpoint after this step, then stopping (again to quit at once)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def callback(self):
-        from transformers import TrainerCallback
-
-        stopper = self
-
-        class Stop(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if stopper.requested:
-                    control.should_save = True
-                    control.should_training_stop = True
-
-        return Stop()
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    return isinstance(error, torch.cuda.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-    )
-
-
-def _recover_from_oom(error, trainer, recipe: Recipe, choice: Choice, run_dir: Path) -> Path:
-    """Either a clear message (UserError) or, with auto_batch, a checkpoint to continue from with half the
-    micro-batch and twice the accumulation (the effective batch stays the same)."""
-    import torch
-
-    step = trainer.state.global_step
-    card = "no GPU memory figures here"
-    if choice.device == "cuda":
-        total = torch.cuda.get_device_properties(0).total_memory / 2**30
-        card = f"{choice.hardware.gpu_name} has {total:.1f} GiB"
-    what = (
-        f"out of GPU memory at step {step} ({recipe.mode}, micro-batch {recipe.micro_batch_size}, "
-        f"max_seq_length {recipe.max_seq_length}, {choice.precision}); {card}"
-    )
-    if not recipe.auto_batch or recipe.micro_batch_size == 1:
-        raise UserError(
-            what,
-            hint=(
-                "try, in this order: 1. a smaller micro_batch_size with a larger gradient_accumulation (or "
-                "auto_batch=true); 2. gradient_checkpointing=true; 3. mode=qlora (4-bit); 4. a shorter max_seq_length"
-            ),
-        ) from error
-    trainer.model.zero_grad(set_to_none=True)
-    if choice.device == "cuda":
-        torch.cuda.empty_cache()
-    trainer._save_checkpoint(trainer.model, trial=None)  # the state after the last completed step
-    before = (recipe.micro_batch_size, recipe.gradient_accumulation)
-    recipe.micro_batch_size //= 2
-    recipe.gradient_accumulation *= 2
-    status = rundir.read_json(run_dir / "status.json")
-    retries = status.get("retries", []) + [
-        {
-            "step": step,
-            "error": str(error).splitlines()[0][:200],
-            "micro_batch_size": [before[0], recipe.micro_batch_size],
-            "gradient_accumulation": [before[1], recipe.gradient_accumulation],
-        }
-    ]
-    rundir.set_status(run_dir, "running", retries=retries)
-    rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
-    print(
-        f"{what}\nauto_batch: continuing from step {step} with micro-batch {recipe.micro_batch_size} × "
-        f"{recipe.gradient_accumulation} accumulation",
-        file=sys.stderr,
-        flush=True,
-    )
-    return rundir.latest_checkpoint(run_dir)
 
 
 def make_evaluator(recipe: Recipe, cases: list[tuple[str, str]], run_dir: Path, report_callback):

@@ -1,0 +1,119 @@
+"""Losing nothing: Ctrl-C / SIGTERM stop cleanly after a checkpoint, and CUDA out-of-memory errors either explain
+themselves or (with auto_batch) continue with half the micro-batch."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+from quickft import rundir
+from quickft.errors import UserError
+from quickft.hardware import Choice
+from quickft.recipe import Recipe, recipe_to_dict
+
+
+class StopOnSignal:
+    """First Ctrl-C (SIGINT) or SIGTERM: finish the step, save a checkpoint, stop cleanly. Second: stop at once."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        import signal
+
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+        return False
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.requested:
+            raise KeyboardInterrupt  # the second one: files are written atomically, so stopping here is safe
+        self.requested = signal.Signals(signum).name
+        print(
+            f"\n{self.requested}: saving a checkpoint after this step, then stopping (again to quit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        stopper = self
+
+        class Stop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if stopper.requested:
+                    control.should_save = True
+                    control.should_training_stop = True
+
+        return Stop()
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+def recover_from_oom(error, trainer, recipe: Recipe, choice: Choice, run_dir: Path) -> Path:
+    """Either a clear message (UserError) or, with auto_batch, a checkpoint to continue from with half the
+    micro-batch and twice the accumulation (the effective batch stays the same)."""
+    import torch
+
+    step = trainer.state.global_step
+    card = "no GPU memory figures here"
+    if choice.device == "cuda":
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30
+        card = f"{choice.hardware.gpu_name} has {total:.1f} GiB"
+    what = (
+        f"out of GPU memory at step {step} ({recipe.mode}, micro-batch {recipe.micro_batch_size}, "
+        f"max_seq_length {recipe.max_seq_length}, {choice.precision}); {card}"
+    )
+    if not recipe.auto_batch or recipe.micro_batch_size == 1:
+        raise UserError(
+            what,
+            hint=(
+                "try, in this order: 1. a smaller micro_batch_size with a larger gradient_accumulation (or "
+                "auto_batch=true); 2. gradient_checkpointing=true; 3. mode=qlora (4-bit); 4. a shorter max_seq_length"
+            ),
+        ) from error
+    trainer.model.zero_grad(set_to_none=True)
+    if choice.device == "cuda":
+        torch.cuda.empty_cache()
+    trainer._save_checkpoint(trainer.model, trial=None)  # the state after the last completed step
+    before = (recipe.micro_batch_size, recipe.gradient_accumulation)
+    recipe.micro_batch_size //= 2
+    recipe.gradient_accumulation *= 2
+    status = rundir.read_json(run_dir / "status.json")
+    retries = status.get("retries", []) + [
+        {
+            "step": step,
+            "error": str(error).splitlines()[0][:200],
+            "micro_batch_size": [before[0], recipe.micro_batch_size],
+            "gradient_accumulation": [before[1], recipe.gradient_accumulation],
+        }
+    ]
+    rundir.set_status(run_dir, "running", retries=retries)
+    rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
+    print(
+        f"{what}\nauto_batch: continuing from step {step} with micro-batch {recipe.micro_batch_size} × "
+        f"{recipe.gradient_accumulation} accumulation",
+        file=sys.stderr,
+        flush=True,
+    )
+    return rundir.latest_checkpoint(run_dir)
