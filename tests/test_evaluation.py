@@ -186,3 +186,10 @@ def test_batching_switch_really_lowers_measured_padding(tmp_path, tiny_model_dir
     if batching == "packed":
         assert shares["packed"]["padding_tokens"] == 0
     assert shares[batching]["tokens"] == shares["padded"]["tokens"], "the same real tokens, in fewer padded ones"
+
+
+def test_demo_plots_its_test_case_score(tiny_math_run):
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(tiny_math_run / "test_cases.png")
+    assert pixels.std() > 0.01

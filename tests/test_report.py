@@ -170,7 +170,17 @@ def test_console_header_lines_and_report(epoch_run):
 def test_plots_are_real_pngs(epoch_run):
     import matplotlib.image
 
-    for name in ("loss.png", "loss_per_epoch.png", "loss_log.png", "learning_rate.png", "grad_norm.png"):
+    from quickft.plots import PLOTS
+
+    assert set(PLOTS) - {"test_cases.png"} == {
+        "loss.png",
+        "loss_per_epoch.png",
+        "loss_log.png",
+        "learning_rate.png",
+        "grad_norm.png",
+    }
+    assert not (epoch_run["dir"] / "test_cases.png").exists()  # no evaluation during this run
+    for name in sorted(set(PLOTS) - {"test_cases.png"}):
         path = epoch_run["dir"] / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         pixels = matplotlib.image.imread(path)

@@ -266,7 +266,9 @@ def test_sigint_saves_everything_and_resume_matches_an_uninterrupted_run(tmp_pat
     assert rows[-1]["loss"] == pytest.approx(ref_rows[-1]["loss"], abs=1e-4)
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(rows, ref_rows, strict=True)) < 1e-4
     final = json.loads((run_dir / "summary.json").read_text())
-    assert final["loss"]["initial"] == rows[0]["loss"] and final["train"]["steps"] == 400, "the report spans the whole run"
+    assert final["loss"]["initial"] == rows[0]["loss"] and final["train"]["steps"] == 400, (
+        "the report spans the whole run"
+    )
 
     assert main(["run", str(long_recipe), "--resume", str(run_dir)]) == 0  # completed: says so, changes nothing
 
