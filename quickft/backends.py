@@ -227,7 +227,6 @@ def load(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_tr
         fallback = choose(
             choice.hardware, unsloth_status(), mode=recipe.mode, precision=recipe.precision, unsloth_refuses=why
         )
-        fallback.hardware = choice.hardware
         return load_peft(recipe, fallback, model_path, local=local, for_training=for_training)  # .choice says why
     except OSError as e:
         if local:

@@ -31,7 +31,7 @@ class Session:
     """chat (multi-turn, chat template), qa (single-turn prompt template) or completion (continue the text)."""
     params: dict
     base: object = None
-    """A context manager factory under which `model` answers as the base model (no fine-tuning)."""
+    """base(session): a context manager under which the session answers as the base model (no fine-tuning)."""
     history: list[dict] = field(default_factory=list)
     description: str = ""
 
@@ -68,7 +68,6 @@ def load_session(run_dir: str | Path, *, with_base: bool = False) -> Session:
         choice = choose(hw, status, requested="peft", mode=recipe.mode, precision=recipe.precision)
     if choice.backend == "unsloth" and import_unsloth_first():
         choice = choose(hw, status, requested="peft", mode=recipe.mode, precision=recipe.precision)
-    choice.hardware = hw
     if recipe.mode == "full":
         loaded = load(recipe, choice, str(run_dir), local=True, for_training=False)
         model, what, choice = loaded.model, f"the fully fine-tuned model in {run_dir}", loaded.choice
@@ -81,7 +80,7 @@ def load_session(run_dir: str | Path, *, with_base: bool = False) -> Session:
         model = PeftModel.from_pretrained(loaded.model, run_dir)
         model.eval()
         what = f"{model_path} + the adapter in {run_dir}"
-        base = model.disable_adapter
+        base = lambda session: model.disable_adapter()  # noqa: E731  (same shape as _separate_base's swap)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
@@ -177,9 +176,7 @@ def answer_both(session: Session, user_text: str) -> tuple[str, str]:
 def _as_base(session: Session):
     if session.base is None:
         raise UserError("--compare-base: this run's base model is not available")
-    if session.recipe.mode == "full":
-        return session.base(session)
-    return session.base()
+    return session.base(session)
 
 
 def _gen_kwargs(session: Session) -> dict:

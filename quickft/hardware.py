@@ -49,6 +49,8 @@ class Choice:
     precision: Literal["bf16", "fp16", "fp32"]
     load_in_4bit: bool
     device: str
+    hardware: Hardware | None = None
+    """The machine the decision was made for (saved with it, shown in the report's header)."""
 
     def summary(self) -> str:
         quant = "bitsandbytes 4-bit" if self.load_in_4bit else "16/32-bit weights"
@@ -114,7 +116,7 @@ def choose(
     why_not = _why_not_unsloth(hw, unsloth, unsloth_refuses)
     if requested == "peft":
         return Choice(
-            "peft", "PEFT requested (--backend peft)" + four_bit_note, resolved_precision, load_in_4bit, hw.device
+            "peft", "PEFT requested (--backend peft)" + four_bit_note, resolved_precision, load_in_4bit, hw.device, hw
         )
     if requested == "unsloth":
         cpu_mode_ok = hw.device == "cpu" and unsloth.installed and unsloth.has_cpu_mode and not unsloth.import_error
@@ -123,9 +125,11 @@ def choose(
         reason = "Unsloth requested (--backend unsloth)"
         if hw.device == "cpu":
             reason += f"; running in Unsloth's CPU mode (unsloth {unsloth.version}), which brings no speedup on CPU"
-        return Choice("unsloth", reason + four_bit_note, resolved_precision, load_in_4bit, hw.device)
+        return Choice("unsloth", reason + four_bit_note, resolved_precision, load_in_4bit, hw.device, hw)
     if why_not is None:
-        return Choice("unsloth", f"Unsloth: {describe(hw)} is supported", resolved_precision, load_in_4bit, hw.device)
+        return Choice(
+            "unsloth", f"Unsloth: {describe(hw)} is supported", resolved_precision, load_in_4bit, hw.device, hw
+        )
     quant = "bitsandbytes 4-bit" if load_in_4bit else "16/32-bit weights"
     return Choice(
         "peft",
@@ -133,6 +137,7 @@ def choose(
         resolved_precision,
         load_in_4bit,
         hw.device,
+        hw,
     )
 
 

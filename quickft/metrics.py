@@ -82,7 +82,7 @@ def parameter_counts(model) -> tuple[int, int]:
 def describe_hardware(choice) -> str:
     from quickft.hardware import describe
 
-    return describe(choice.hardware) if getattr(choice, "hardware", None) else choice.device
+    return describe(choice.hardware) if choice.hardware else choice.device
 
 
 def reset_peak_memory(device: str) -> None:

@@ -274,7 +274,7 @@ class Reporter:
             total_flos=state.total_flos,
             device=choice.device,
         )
-        gpu = getattr(choice, "hardware", None)
+        gpu = choice.hardware
         summary["train"]["mfu"] = (
             m.mfu(header["parameters_total"], summary["train"]["tokens_per_s"], gpu.gpu_name)
             if choice.device == "cuda"

@@ -170,7 +170,6 @@ def choose_backend(recipe: Recipe) -> Choice:
             if recipe.backend == "unsloth":
                 raise UserError(f"--backend unsloth: unsloth failed to import: {error}", hint="use --backend peft")
             choice = choose(hw, status, requested="auto", mode=recipe.mode, precision=recipe.precision)
-    choice.hardware = hw  # for the report's header; not part of the saved decision
     return choice
 
 
@@ -205,9 +204,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         n_eval=len(split.eval),
         n_cases=len(split.cases),
     )
-    rundir.write_json(
-        run_dir / "backend.json", choice.to_dict() | {"model_path": model_path, "hardware": vars(choice.hardware)}
-    )
+    rundir.write_json(run_dir / "backend.json", choice.to_dict() | {"model_path": model_path})
     callback = reporter.callback(run_dir / "metrics.jsonl", choice)
     if checkpoint is not None and (run_dir / "metrics.jsonl").is_file():
         # resuming: the report covers the whole run, not just the part after the checkpoint

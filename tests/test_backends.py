@@ -69,7 +69,7 @@ def test_peft_run_makes_no_network_call(tmp_path, lora_recipe):
     assert result.returncode == 0, result.stderr[-3000:]
     backend = json.loads((run_dir / "backend.json").read_text())
     assert backend["backend"] == "peft" and backend["reason"].startswith("Unsloth not used: no GPU found")
-    assert "unsloth" not in result.stderr.lower() or "Unsloth not used" in result.stdout
+    assert "Unsloth not used: no GPU found" in result.stdout  # said before training, not only saved
 
 
 def test_peft_qlora_trains_in_4bit_on_cpu(tmp_path, lora_recipe, tiny_model_dir, capsys):

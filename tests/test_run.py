@@ -130,7 +130,8 @@ def test_bad_input_exits_2_with_one_clear_message(tmp_path, tiny_model_dir, sums
     args = ["run", str(recipe), "--output-dir", str(tmp_path / "out")] + ([override] if override else [])
     code, out, err = run_cli(*args, capsys=capsys)
     assert code == 2
-    assert message in err and "fix:" in err or message in err
+    assert message in err
+    assert "fix:" in err or "\n  - " in err, "the message says how to fix it (or lists every problem)"
     assert "Traceback" not in err + out
     assert not (tmp_path / "out").exists(), "bad input creates no run directory"
 
