@@ -15,6 +15,7 @@ from pathlib import Path
 from quickft.errors import UserError
 from quickft.hardware import Choice
 from quickft.recipe import Recipe
+from quickft.recovery import is_out_of_memory
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -41,6 +42,38 @@ def import_unsloth_first() -> str | None:
     except Exception as e:  # unsloth raises NotImplementedError, ImportError, RuntimeError... on unusable setups
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return None
+
+
+def choose_backend(recipe: Recipe, *, strict: bool = True) -> Choice:
+    """Backend, precision and 4-bit for this recipe on this machine; every verb that loads a model calls this.
+
+    First the stack check (quickft.stack): a torch or bitsandbytes without kernels for this GPU stops here, with exit
+    2 and the install command, before anything loads. Then the choice; when it is Unsloth, unsloth is imported (first,
+    since it patches transformers, trl and peft), and a failed import falls back to PEFT with the reason.
+    `strict=False` (chat, eval) also falls back when the recipe asked for Unsloth and it cannot run here.
+    """
+    from dataclasses import asdict
+
+    from quickft.hardware import choose, unsloth_status
+    from quickft.stack import require_runnable
+
+    hw, stack, verdict = require_runnable(needs_4bit=recipe.mode == "qlora")
+    status = unsloth_status()
+    options = {"mode": recipe.mode, "precision": recipe.precision}
+    try:
+        choice = choose(hw, status, requested=recipe.backend, **options)
+    except ValueError as e:
+        if strict:
+            hint = "use --backend peft, or run on an NVIDIA GPU with compute capability ≥ 7.0"
+            raise UserError(str(e), hint=hint) from None
+        choice = choose(hw, status, requested="auto", **options)
+    if choice.backend == "unsloth" and (error := import_unsloth_first()):
+        status.import_error = error
+        if recipe.backend == "unsloth" and strict:
+            raise UserError(f"--backend unsloth: unsloth failed to import: {error}", hint="use --backend peft")
+        choice = choose(hw, status, requested="auto", **options)
+    choice.stack = asdict(stack) | {"verdict": verdict.status, "why": verdict.reason}
+    return choice
 
 
 def resolve_model_path(model: str) -> tuple[str, bool]:
@@ -164,19 +197,30 @@ def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, f
 
 
 def load_unsloth(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_training: bool = True) -> Loaded:
-    """Unsloth's FastLanguageModel: its own 4-bit loading, LoRA and gradient checkpointing."""
+    """Unsloth's FastLanguageModel: its own 4-bit loading, LoRA and gradient checkpointing.
+
+    Unsloth's defaults differ from the recipe's: it turns gradient checkpointing on, and a full fine-tune trains in
+    pure 16-bit. Both are passed explicitly, so the model trains as the recipe says (model_facts() reads it back).
+    """
     import torch
     from unsloth import FastLanguageModel
 
     dtype = getattr(torch, DTYPES[choice.precision])
+    full = recipe.mode == "full" and for_training
+    checkpointing = "unsloth" if recipe.gradient_checkpointing and for_training else False
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=model_path,
         max_seq_length=recipe.max_seq_length,
         dtype=torch.float32 if recipe.mode == "full" and choice.device == "cpu" else dtype,
         load_in_4bit=choice.load_in_4bit,
-        full_finetuning=recipe.mode == "full" and for_training,
+        full_finetuning=full,
+        use_gradient_checkpointing=checkpointing,
+        use_exact_model_name=True,  # load what the recipe names, never a swapped-in pre-quantized repo
         trust_remote_code=recipe.trust_remote_code,
         local_files_only=local,
+        # on a GPU, fp32 master weights under autocast as on the PEFT path, not Unsloth's pure 16-bit full fine-tune
+        # (its CPU mode loads fp32 already and does not take this argument)
+        **({"float32_mixed_precision": True} if full and choice.device == "cuda" else {}),
     )
     _fix_pad_token(model, tokenizer)
     if for_training and recipe.mode != "full":
@@ -187,12 +231,31 @@ def load_unsloth(recipe: Recipe, choice: Choice, model_path: str, *, local: bool
             lora_dropout=recipe.lora.dropout,
             target_modules=lora_targets(model, recipe.lora.target_modules),
             bias="none",
-            use_gradient_checkpointing="unsloth" if recipe.gradient_checkpointing else False,
+            use_gradient_checkpointing=checkpointing,
             random_state=recipe.seed,
         )
     if not for_training:
         FastLanguageModel.for_inference(model)
     return Loaded(model, tokenizer, choice)
+
+
+def model_facts(model) -> dict:
+    """What the loaded model really is, read from it (not from the recipe): weight and trainable dtypes,
+    4-bit layers, gradient checkpointing. Libraries change these behind the recipe's back."""
+    from collections import Counter
+
+    weights, trainable = Counter(), Counter()
+    for p in model.parameters():
+        weights[str(p.dtype).removeprefix("torch.")] += p.numel()
+        if p.requires_grad:
+            trainable[str(p.dtype).removeprefix("torch.")] += p.numel()
+    four_bit = sum(1 for module in model.modules() if type(module).__name__ == "Linear4bit")
+    return {
+        "weight_dtypes": dict(weights.most_common()),
+        "trainable_dtype": trainable.most_common(1)[0][0] if trainable else None,
+        "linear4bit_layers": four_bit,
+        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
+    }
 
 
 def quiet_libraries() -> None:
@@ -216,18 +279,6 @@ def load(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_tr
     loader = load_unsloth if choice.backend == "unsloth" else load_peft
     try:
         return loader(recipe, choice, model_path, local=local, for_training=for_training)
-    except NotImplementedError as e:  # Unsloth refuses this architecture
-        if choice.backend != "unsloth":
-            raise
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if recipe.backend == "unsloth":
-            raise UserError(f"Unsloth does not support this model: {why}", hint="use --backend peft") from e
-        from quickft.hardware import choose, unsloth_status
-
-        fallback = choose(
-            choice.hardware, unsloth_status(), mode=recipe.mode, precision=recipe.precision, unsloth_refuses=why
-        )
-        return load_peft(recipe, fallback, model_path, local=local, for_training=for_training)  # .choice says why
     except OSError as e:
         if local:
             raise UserError(f"cannot load the model from {model_path}: {e}", hint="check the model directory") from e
@@ -235,6 +286,21 @@ def load(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_tr
             f"cannot load {model_path!r}: {str(e).splitlines()[0]}",
             hint="with no internet or hub, download the model elsewhere and point `model` at its local directory",
         ) from e
+    except UserError:
+        raise
+    except Exception as e:  # Unsloth refuses this model: NotImplementedError, RuntimeError, ValueError ...
+        if choice.backend != "unsloth" or is_out_of_memory(e):
+            raise
+        why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        if recipe.backend == "unsloth":
+            raise UserError(f"Unsloth cannot load this model: {why}", hint="use --backend peft") from e
+        from quickft.hardware import choose, unsloth_status
+
+        fallback = choose(
+            choice.hardware, unsloth_status(), mode=recipe.mode, precision=recipe.precision, unsloth_refuses=why
+        )
+        fallback.stack = choice.stack
+        return load_peft(recipe, fallback, model_path, local=local, for_training=for_training)  # .choice says why
 
 
 def _fix_pad_token(model, tokenizer) -> None:

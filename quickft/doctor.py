@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from quickft.hardware import UnslothStatus, choose, describe, detect, unsloth_status
+from quickft.stack import check, read_stack
 
 
 def version(package: str) -> str | None:
@@ -64,7 +65,9 @@ def collect(*, check_unsloth_import: bool = True) -> dict:
             gpus.append(
                 {"name": p.name, "capability": f"{p.major}.{p.minor}", "vram_gib": round(p.total_memory / 2**30, 1)}
             )
-    bnb_error = four_bit_check("cuda" if hw.device == "cuda" else "cpu") if version("bitsandbytes") else "not installed"
+    stack = read_stack()
+    runnable = check(hw, stack, needs_4bit=True)
+    bnb_error = four_bit_check("cuda" if hw.device == "cuda" else "cpu") if _can_try_4bit(runnable) else "not tried"
     verdict = choose(hw, status)
     return {
         "python": {"version": platform.python_version(), "platform": platform.platform()},
@@ -75,6 +78,15 @@ def collect(*, check_unsloth_import: bool = True) -> dict:
             "cpu threads": torch.get_num_threads(),
         },
         "gpu": {"device": describe(hw), "gpus": gpus},
+        "stack": {
+            "torch build": f"{stack.torch} (CUDA {stack.cuda})" if stack.cuda else f"{stack.torch} (CPU only)",
+            "torch kernels": " ".join(stack.torch_archs) or "none (CPU-only build)",
+            "bitsandbytes library": stack.bnb_library or "-",
+            "bitsandbytes kernels": " ".join(stack.bnb_archs) if stack.bnb_archs else "-",
+            "verdict": runnable.status,
+            "why": runnable.reason,
+            "fix": runnable.fix,
+        },
         "framework": {p: version(p) for p in ("transformers", "datasets", "accelerate", "tokenizers")},
         "efficient fine-tuning": {
             "peft": version("peft"),
@@ -87,11 +99,16 @@ def collect(*, check_unsloth_import: bool = True) -> dict:
             "xformers": version("xformers"),
         },
         "verdict": {
-            "backend": verdict.backend,
+            "backend": verdict.backend if runnable.status != "cannot-run" else "none: this stack cannot run here",
             "precision": verdict.precision,
-            "why": verdict.reason,
+            "why": verdict.reason if runnable.status != "cannot-run" else f"{runnable.reason}; fix: {runnable.fix}",
         },
     }
+
+
+def _can_try_4bit(runnable) -> bool:
+    """A 4-bit round trip is worth trying only where bitsandbytes is installed and has kernels for this GPU."""
+    return version("bitsandbytes") is not None and runnable.status != "cannot-run"
 
 
 def _unsloth_state(status: UnslothStatus, checked: bool) -> str:
@@ -116,7 +133,11 @@ def print_report(info: dict, console: Console) -> None:
             first = False
         table.add_section()
     console.print(table)
-    v = info["verdict"]
+    stack, v = info["stack"], info["verdict"]
+    if stack["verdict"] == "cannot-run":
+        console.print(f"[bold red]cannot train here:[/bold red] {stack['why']}", highlight=False)
+        console.print(f"  fix: {stack['fix']}", highlight=False)
+        return
     console.print(f"[bold]auto picks:[/bold] {v['backend']} in {v['precision']} — {v['why']}", highlight=False)
 
 

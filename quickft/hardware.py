@@ -31,6 +31,8 @@ class UnslothStatus:
     version: str | None = None
     import_error: str | None = None
     """Why `import unsloth` failed, when it was tried (None: it imported, or it was not tried)."""
+    triton: bool = True
+    """Whether triton is installed: Unsloth's GPU kernels are Triton kernels."""
 
     @property
     def has_cpu_mode(self) -> bool:
@@ -51,6 +53,8 @@ class Choice:
     device: str
     hardware: Hardware | None = None
     """The machine the decision was made for (saved with it, shown in the report's header)."""
+    stack: dict | None = None
+    """The installed stack and its verdict for this machine (quickft.stack), when it was checked."""
 
     def summary(self) -> str:
         quant = "bitsandbytes 4-bit" if self.load_in_4bit else "16/32-bit weights"
@@ -76,9 +80,14 @@ def detect() -> Hardware:
 def unsloth_status() -> UnslothStatus:
     """Whether unsloth is installed, without importing it (importing it patches transformers, trl and peft)."""
     try:
-        return UnslothStatus(True, importlib.metadata.version("unsloth"))
+        importlib.metadata.version("triton")
+        triton = True
     except importlib.metadata.PackageNotFoundError:
-        return UnslothStatus(False)
+        triton = False
+    try:
+        return UnslothStatus(True, importlib.metadata.version("unsloth"), triton=triton)
+    except importlib.metadata.PackageNotFoundError:
+        return UnslothStatus(False, triton=triton)
 
 
 def describe(hw: Hardware) -> str:
@@ -113,7 +122,7 @@ def choose(
     elif load_in_4bit and hw.device == "cpu":
         four_bit_note = "; 4-bit on CPU runs through bitsandbytes' CPU backend (works, but slowly)"
 
-    why_not = _why_not_unsloth(hw, unsloth, unsloth_refuses)
+    why_not = why_not_unsloth(hw, unsloth, unsloth_refuses)
     if requested == "peft":
         return Choice(
             "peft", "PEFT requested (--backend peft)" + four_bit_note, resolved_precision, load_in_4bit, hw.device, hw
@@ -141,7 +150,8 @@ def choose(
     )
 
 
-def _why_not_unsloth(hw: Hardware, unsloth: UnslothStatus, refuses: str | None) -> str | None:
+def why_not_unsloth(hw: Hardware, unsloth: UnslothStatus, refuses: str | None = None) -> str | None:
+    """Why Unsloth's GPU path cannot run here, or None if nothing stops it."""
     if hw.device == "cpu":
         return "no GPU found (on CPU Unsloth brings no speedup)"
     if hw.device == "mps":
@@ -150,7 +160,9 @@ def _why_not_unsloth(hw: Hardware, unsloth: UnslothStatus, refuses: str | None) 
         major, minor = hw.capability
         return f"{hw.gpu_name} is compute capability {major}.{minor}; Unsloth's kernels need ≥ 7.0"
     if not unsloth.installed:
-        return "unsloth is not installed (pip install unsloth)"
+        return "unsloth is not installed (pip install 'quickft[unsloth]', or `make install`)"
+    if not unsloth.triton:
+        return "triton is not installed, and Unsloth's GPU kernels are Triton kernels"
     if unsloth.import_error:
         return f"unsloth failed to import: {unsloth.import_error}"
     if refuses:

@@ -1,5 +1,6 @@
 """Both backends train the tiny model for real on CPU, offline; both adapters load with plain PEFT."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from quickft.cli import main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, requires_unsloth
 
 # Any outbound connection fails loudly: a local-directory run must make none (no hub, no usage statistics).
 NO_NETWORK = textwrap.dedent(
@@ -50,6 +51,7 @@ def adapter_changes_output(base_dir, run_dir) -> bool:
     return not torch.allclose(before, after)
 
 
+@requires_unsloth
 def test_unsloth_backend_trains_on_cpu_offline(tmp_path, lora_recipe, tiny_model_dir):
     """Unsloth's own CPU mode (2026.10.9) trains for real, in its own process, with no network."""
     run_dir = tmp_path / "unsloth-run"
@@ -89,7 +91,6 @@ def test_unsloth_on_cpu_without_cpu_mode_is_a_clear_error(tmp_path, lora_recipe,
     import quickft.hardware as hardware
 
     monkeypatch.setattr(hardware, "unsloth_status", lambda: hardware.UnslothStatus(True, "2026.10.7"))
-    monkeypatch.setattr("quickft.train.unsloth_status", hardware.unsloth_status)
     code = main(["run", str(lora_recipe), "--backend", "unsloth", "--output-dir", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 2 and "Unsloth cannot run here: no GPU found" in err and "Traceback" not in err
@@ -104,7 +105,105 @@ def test_doctor_names_the_backend_it_would_pick(as_json):
         info = json.loads(result.stdout)
         assert info["verdict"]["backend"] == "peft" and "no GPU found" in info["verdict"]["why"]
         assert info["efficient fine-tuning"]["4-bit here"] == "works"
-        assert info["efficient fine-tuning"]["unsloth imports"] == "yes"
+        installed = importlib.util.find_spec("unsloth") is not None
+        assert info["efficient fine-tuning"]["unsloth imports"] == ("yes" if installed else "not installed")
         assert info["numeric core"]["torch"] == torch.__version__
     else:
         assert "auto picks: peft in fp32" in result.stdout and "numeric core" in result.stdout
+
+
+FAKE_T4 = """
+import json, sys, types, torch
+props = types.SimpleNamespace(name="Tesla T4", major=7, minor=5, total_memory=15 * 2**30)
+torch.cuda.is_available = lambda: True  # the only fake: torch reports a T4, where quickft reads the hardware
+torch.cuda.get_device_properties = lambda device=0: props
+from quickft.backends import choose_backend
+from quickft.recipe import load_recipe
+print("CHOICE", json.dumps(choose_backend(load_recipe(sys.argv[1], ["backend=auto"])).to_dict()))
+"""
+
+
+@requires_unsloth
+def test_failed_unsloth_import_falls_back_to_peft_with_the_reason(lora_recipe):
+    """On a T4 the stack check passes and auto picks Unsloth; its real import then fails (no NVIDIA driver here)."""
+    result = subprocess.run([sys.executable, "-c", FAKE_T4, str(lora_recipe)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    choice = json.loads(result.stdout.split("CHOICE ", 1)[1])
+    assert choice["backend"] == "peft"
+    assert choice["reason"].startswith(
+        "Unsloth not used: unsloth failed to import: RuntimeError: Found no NVIDIA driver"
+    )
+    assert choice["stack"]["verdict"] == "runs" and choice["hardware"]["gpu_name"] == "Tesla T4"
+
+
+@requires_unsloth
+def test_unsloth_requested_but_its_import_fails_is_a_clear_error(tmp_path, lora_recipe):
+    # unsloth's own switch: raise at import on a machine without a GPU instead of starting its CPU mode
+    result = run_isolated(
+        "run",
+        str(lora_recipe),
+        "--backend",
+        "unsloth",
+        "--output-dir",
+        str(tmp_path / "x"),
+        env_extra={"UNSLOTH_DISABLE_CPU_FALLBACK": "1"},
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "unsloth failed to import: NotImplementedError: Unsloth cannot find any torch accelerator" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x").exists()
+
+
+LOAD_REFUSED = """
+import json, sys
+import unsloth  # noqa: F401  (first, as quickft imports it)
+from unsloth import FastLanguageModel
+from quickft.backends import load
+from quickft.hardware import Hardware, UnslothStatus, choose
+from quickft.recipe import load_recipe
+
+def refuse(*args, **kwargs):  # a refusal Unsloth raises only on GPUs (tokenizer_utils.py), which CPU mode cannot reach
+    raise RuntimeError("Unsloth: Fixing chat template failed - please file a report immediately!")
+
+FastLanguageModel.from_pretrained = refuse
+recipe = load_recipe(sys.argv[1], ["backend=auto"])
+t4 = Hardware("cuda", "Tesla T4", (7, 5), 15 * 2**30)  # where auto picks Unsloth
+choice = choose(t4, UnslothStatus(True, "2026.10.9"))
+loaded = load(recipe, choice, sys.argv[2], local=True)
+print("CHOICE", json.dumps({"backend": loaded.choice.backend, "reason": loaded.choice.reason,
+                            "model": type(loaded.model).__name__}))
+"""
+
+
+@requires_unsloth
+def test_unsloth_load_failure_of_any_kind_falls_back_to_peft(lora_recipe, tiny_model_dir):
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_REFUSED, str(lora_recipe), str(tiny_model_dir)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    choice = json.loads(result.stdout.split("CHOICE ", 1)[1])
+    assert choice["backend"] == "peft" and choice["model"] == "PeftModelForCausalLM"
+    assert "Unsloth does not support this model: RuntimeError: Unsloth: Fixing chat template failed" in choice["reason"]
+
+
+@requires_unsloth
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_unsloth_full_finetune_trains_as_the_recipe_says(tmp_path, lora_recipe, checkpointing):
+    """Unsloth's loader would turn gradient checkpointing on and train pure 16-bit; the model reports what it got."""
+    run_dir = tmp_path / "full"
+    result = run_isolated(
+        "run",
+        str(lora_recipe),
+        "--backend",
+        "unsloth",
+        "mode=full",
+        "max_steps=2",
+        "--output-dir",
+        str(run_dir),
+        f"gradient_checkpointing={str(checkpointing).lower()}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    facts = json.loads((run_dir / "backend.json").read_text())["model"]
+    assert facts["gradient_checkpointing"] is checkpointing
+    assert facts["weight_dtypes"] == {"float32": facts["weight_dtypes"]["float32"]}  # fp32 master weights
+    assert facts["trainable_dtype"] == "float32" and facts["linear4bit_layers"] == 0
+    assert f"gradient checkpointing {'on' if checkpointing else 'off'}" in result.stdout
