@@ -2,7 +2,8 @@
 side by side, each variant in its own fresh process.
 
 Unsloth patches transformers, trl and peft when imported, so a baseline sharing its process would not be a baseline.
-The parent process never imports torch: it spawns `worker` once per variant and repeat, then compares the rows.
+The parent process never imports unsloth, and torch only to check that the stack runs here (quickft.stack): it spawns
+`worker` once per variant and repeat, then compares the rows.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from quickft.recipe import load_recipe
 BASELINE = "peft"
 WATCHED_MODULES = ("unsloth", "unsloth_zoo", "peft", "trl", "transformers", "bitsandbytes", "torch")
 CPU_NOTE = "On CPU the backends are expected to be about even: Unsloth's speedup comes from GPU kernels."
+# Like for like: switches that make Unsloth's process run the same work as the baseline's. Unsloth's CPU mode swaps
+# the loss for a chunked cross-entropy unless told not to (unsloth_zoo/cpu/ops.py).
+LIKE_FOR_LIKE_ENV = {"UNSLOTH_CPU_CHUNKED_CE": "0"}
 
 
 def parse_variant(name: str) -> dict:
@@ -69,6 +73,7 @@ def bench(
     warmup: int,
     repeat: int,
     isolate: bool = False,
+    as_shipped: bool = False,
     output_dir: str | None = None,
     console: Console | None = None,
 ) -> dict:
@@ -79,6 +84,10 @@ def bench(
     specs = [parse_variant(v) for v in variants]
     if isolate:
         specs += [parse_variant(v) for v in isolating_variants(recipe) if v not in variants]
+    from quickft.stack import require_runnable
+
+    # a GPU this stack cannot run on stops here (exit 2), not in every worker after minutes of loading
+    require_runnable(needs_4bit=recipe.mode == "qlora" or any("mode=qlora" in s["overrides"] for s in specs))
     out_dir = rundir.pick_run_dir(f"bench-{recipe.name}", output_dir)
     rundir.create_run_dir(out_dir)
     rows = []
@@ -86,7 +95,9 @@ def bench(
         runs = []
         for r in range(repeat):
             console.print(f"{spec['name']}: run {r + 1}/{repeat} in a fresh process ...", highlight=False)
-            runs.append(_spawn(recipe_path, overrides + spec["overrides"], spec["backend"], steps, warmup))
+            runs.append(
+                _spawn(recipe_path, overrides + spec["overrides"], spec["backend"], steps, warmup, as_shipped)
+            )
             if "error" in runs[-1]:
                 break  # a variant that cannot run here will not run on a second try either
         rows.append(combine(spec, runs))
@@ -96,6 +107,7 @@ def bench(
         "steps": steps,
         "warmup": warmup,
         "repeat": repeat,
+        "mode": "as shipped" if as_shipped else "like for like",
         "parent_pid": os.getpid(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "rows": rows,
@@ -107,7 +119,7 @@ def bench(
     return result
 
 
-def _spawn(recipe_path: str, overrides: list[str], backend: str, steps: int, warmup: int) -> dict:
+def _spawn(recipe_path: str, overrides: list[str], backend: str, steps: int, warmup: int, as_shipped: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="quickft-bench-") as tmp:
         spec = {
             "recipe": str(Path(recipe_path).resolve()),
@@ -115,11 +127,17 @@ def _spawn(recipe_path: str, overrides: list[str], backend: str, steps: int, war
             "backend": backend,
             "steps": steps,
             "warmup": warmup,
+            "as_shipped": as_shipped,
             "run_dir": str(Path(tmp) / "run"),
         }
         out = Path(tmp) / "result.json"
+        env = dict(os.environ)
+        if not as_shipped:
+            env.update(LIKE_FOR_LIKE_ENV)
         code = "import sys; from quickft.bench import worker; worker(sys.argv[1], sys.argv[2])"
-        proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec), str(out)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(spec), str(out)], capture_output=True, text=True, env=env
+        )
         if out.is_file():
             return json.loads(out.read_text())
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
@@ -143,6 +161,7 @@ def combine(spec: dict, runs: list[dict]) -> dict:
         "precision": first["precision"],
         "load_in_4bit": first["load_in_4bit"],
         "gradient_checkpointing": first["gradient_checkpointing"],
+        "settings": first["settings"],
         "step_time_median_s": statistics.median(steps),
         "step_time_min_s": min(steps),
         "step_time_max_s": max(steps),
@@ -170,6 +189,7 @@ def add_comparisons(result: dict) -> None:
         r["memory_saving"] = 1 - r["peak_memory_mb"] / base["peak_memory_mb"]
         pairs = list(zip(r["losses"], base["losses"], strict=False))
         r["max_loss_diff"] = max(abs(a - b) for a, b in pairs) if pairs else None
+        r["differs"] = {k: [base["settings"][k], v] for k, v in r["settings"].items() if v != base["settings"].get(k)}
     devices = {r["device"] for r in rows}
     result["note"] = CPU_NOTE if devices == {"cpu"} else None
 
@@ -193,15 +213,15 @@ def worker(spec_json: str, out_path: str) -> None:
 
 
 def _measure(spec: dict) -> dict:
-    from quickft.backends import load, private_by_default, quiet_libraries
+    from quickft.backends import choose_backend, load, private_by_default, quiet_libraries
+    from quickft.encode import prepare
     from quickft.train import (
         apply_chat_template,
-        choose_backend,
         make_trainer,
         materialize,
         model_reference,
         read_recipe_data,
-        tokenize_examples,
+        to_dataset,
     )
 
     total_steps = spec["warmup"] + spec["steps"]
@@ -230,8 +250,12 @@ def _measure(spec: dict) -> dict:
         torch.cuda.synchronize()
     load_time = time.perf_counter() - load_started
     apply_chat_template(loaded.tokenizer, recipe, train_examples)
-    dataset, _ = tokenize_examples(train_examples, loaded.tokenizer, recipe)
+    dataset = to_dataset(prepare(train_examples, loaded.tokenizer, recipe).rows)
     trainer = make_trainer(recipe, choice, loaded.model, loaded.tokenizer, dataset, Path(spec["run_dir"]))
+    if not spec.get("as_shipped"):
+        # Unsloth rewrites the optimizer in SFTConfig as it is built (adamw_torch -> adamw_torch_fused on CPU); the
+        # optimizer is only created in train(), so the recipe's choice still applies when set back here
+        trainer.args.optim = recipe.optimizer
 
     timing = {"times": [], "tokens": [], "samples": [], "losses": []}
 
@@ -258,8 +282,11 @@ def _measure(spec: dict) -> dict:
     trainer.train()
     w = spec["warmup"]  # warm-up steps (allocator, kernel autotuning, lazy init) are not timed
     tokens, times = timing["tokens"][w:], timing["times"][w:]
-    total, _ = metrics.parameter_counts(loaded.model)
+    seq_len = sum(tokens) / max(1, sum(timing["samples"][w:]))
+    flops = metrics.flops_per_token(metrics.flop_counts(loaded.model), recipe.mode, seq_len)
+    settings = effective_settings(trainer, loaded.model) | {"tokens_per_step": sum(tokens) / len(tokens)}
     return {
+        "settings": settings,
         "device": choice.device,
         "precision": choice.precision,
         "load_in_4bit": choice.load_in_4bit,
@@ -271,17 +298,58 @@ def _measure(spec: dict) -> dict:
         "step_samples": timing["samples"][w:],
         "losses": timing["losses"][w:],
         "memory": metrics.memory(choice.device),
-        "mfu": metrics.mfu(total, sum(tokens) / sum(times), choice.hardware.gpu_name) if cuda else None,
+        "flops_per_token": flops,
+        "mfu": metrics.mfu(flops, sum(tokens) / sum(times), choice.hardware.gpu_name) if cuda else None,
+    }
+
+
+def effective_settings(trainer, model) -> dict:
+    """What this process really trained with, read from the live trainer and model after training (not from the
+    recipe): libraries change settings behind it, and Unsloth patches TRL when imported."""
+    from quickft.backends import model_facts
+
+    args = trainer.args
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
+    options = getattr(optimizer, "defaults", {})
+    kind = "fused" if options.get("fused") else "foreach" if options.get("foreach") else "torch's default"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    chunked = any(vars(m).get("_unsloth_cpu_chunked_ce") for m in (model, base))
+    loss = getattr(base, "loss_function", None)
+    facts = model_facts(model)
+    return {
+        "optimizer": f"{type(optimizer).__name__} ({kind})",
+        "loss": "Unsloth's chunked cross-entropy" if chunked else getattr(loss, "__name__", type(loss).__name__),
+        "padding_free": bool(getattr(args, "padding_free", False)),
+        "packing": bool(getattr(args, "packing", False)),
+        "gradient_checkpointing": facts["gradient_checkpointing"],
+        "compute_dtype": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "weight_dtypes": ", ".join(facts["weight_dtypes"]),
+        "linear4bit_layers": facts["linear4bit_layers"],
+        "model": base.config._name_or_path,
     }
 
 
 # ---------------------------------------------------------------------------------------------- output
 
 
+MODE_NOTES = {
+    "like for like": "like for like: both processes run the recipe's settings (Unsloth's rewrites undone where the "
+    "libraries allow); any setting that still differs is listed next to the ratio. --as-shipped compares each "
+    "backend with its own defaults instead.",
+    "as shipped": "as shipped: each backend with the settings its library picks (Unsloth's optimizer, loss and "
+    "checkpointing included); the ratio compares the two out-of-the-box experiences, not the same work.",
+}
+
+
+def differs_text(differs: dict) -> str:
+    """'optimizer: AdamW (foreach) → AdamW (fused)' for each setting that differs from the baseline row."""
+    return "; ".join(f"{k}: {base} → {mine}" for k, (base, mine) in differs.items())
+
+
 def print_table(result: dict, console: Console) -> None:
     table = Table(
-        title=f"quickft bench {result['recipe']} ({result['steps']} timed steps after {result['warmup']} "
-        f"warm-up, x{result['repeat']})"
+        title=f"quickft bench {result['recipe']} ({result['mode']}: {result['steps']} timed steps after "
+        f"{result['warmup']} warm-up, x{result['repeat']})"
     )
     for col in (
         "variant",
@@ -294,12 +362,13 @@ def print_table(result: dict, console: Console) -> None:
         "memory saving",
         "max loss diff",
         "MFU",
+        "settings that differ from the baseline",
         "notes",
     ):
         table.add_column(col)
     for r in result["rows"]:
         if "error" in r:
-            table.add_row(r["variant"], *["-"] * 9, f"[red]cannot run here:[/red] {r['error']}")
+            table.add_row(r["variant"], *["-"] * 10, f"[red]cannot run here:[/red] {r['error']}")
             continue
         mem_kind = "GPU max alloc" if "gpu_peak_allocated_mb" in r["memory"] else "peak RSS"
         table.add_row(
@@ -313,10 +382,12 @@ def print_table(result: dict, console: Console) -> None:
             f"{100 * r['memory_saving']:+.0f}%",
             "-" if r["max_loss_diff"] is None else f"{r['max_loss_diff']:.4f}",
             "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
+            differs_text(r["differs"]) or "none",
             f"{r['precision']}, {'4-bit' if r['load_in_4bit'] else '16/32-bit'}, "
             f"{'GC' if r['gradient_checkpointing'] else 'no GC'}; {r['reason']}",
         )
     console.print(table)
+    console.print(MODE_NOTES[result["mode"]], highlight=False)
     if result["note"]:
         console.print(result["note"], highlight=False)
     console.print(
@@ -330,24 +401,26 @@ def markdown(result: dict) -> str:
     lines = [
         f"# quickft bench `{result['recipe']}`",
         "",
-        f"{result['date']} · {result['steps']} timed steps after {result['warmup']} warm-up · "
+        f"{result['date']} · {result['mode']} · {result['steps']} timed steps after {result['warmup']} warm-up · "
         f"{result['repeat']} repeat(s) · baseline `{result['baseline']}`",
         "",
         "| variant | step time median (ms) | tokens/s | samples/s | peak memory (MB) | load (s) | speedup | "
-        "memory saving | max loss diff | MFU | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "memory saving | max loss diff | MFU | settings that differ | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         if "error" in r:
-            lines.append(f"| {r['variant']} | - | - | - | - | - | - | - | - | - | cannot run here: {r['error']} |")
+            lines.append(f"| {r['variant']} | - | - | - | - | - | - | - | - | - | - | cannot run here: {r['error']} |")
             continue
         loss_diff = "-" if r["max_loss_diff"] is None else f"{r['max_loss_diff']:.4f}"
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         lines.append(
             f"| {r['variant']} | {r['step_time_median_s'] * 1000:.1f} | {r['tokens_per_s']:,.0f} | "
             f"{r['samples_per_s']:,.2f} | {r['peak_memory_mb']:,.0f} | {r['load_time_s']:.1f} | {r['speedup']:.2f}× | "
-            f"{100 * r['memory_saving']:+.0f}% | {loss_diff} | {mfu} | {r['device']}, {r['precision']} |"
+            f"{100 * r['memory_saving']:+.0f}% | {loss_diff} | {mfu} | {differs_text(r['differs']) or 'none'} | "
+            f"{r['device']}, {r['precision']} |"
         )
+    lines += ["", MODE_NOTES[result["mode"]]]
     if result["note"]:
         lines += ["", result["note"]]
     return "\n".join(lines) + "\n"
@@ -364,6 +437,7 @@ def main(
     isolate: bool,
     as_json: bool,
     output_dir: str | None,
+    as_shipped: bool = False,
 ) -> dict:
     console = Console() if Console().is_terminal else Console(width=200)
     progress = Console(stderr=True) if as_json else console  # --json keeps stdout to the JSON alone
@@ -376,6 +450,7 @@ def main(
         warmup=warmup,
         repeat=repeat,
         isolate=isolate,
+        as_shipped=as_shipped,
         output_dir=output_dir,
         console=progress,
     )

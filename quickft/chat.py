@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from quickft.data import CHAT_TEMPLATES, chat_prompt, format_prompt
+from quickft.encode import CHAT_TEMPLATES, chat_prompt, format_prompt
 from quickft.errors import UserError
 from quickft.recipe import Recipe, recipe_from_dict
 from quickft.rundir import open_run
@@ -34,6 +34,8 @@ class Session:
     """base(session): a context manager under which the session answers as the base model (no fine-tuning)."""
     history: list[dict] = field(default_factory=list)
     description: str = ""
+    system: str | None = None
+    """A system prompt put before every conversation (chat-format runs only; /reset keeps it)."""
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -47,8 +49,8 @@ def load_session(run_dir: str | Path, *, with_base: bool = False) -> Session:
     model_path = backend.get("model_path") or recipe.model
     run_dir = Path(run_dir)
 
-    from quickft.backends import import_unsloth_first, load, private_by_default, resolve_model_path
-    from quickft.hardware import choose, describe, detect, unsloth_status
+    from quickft.backends import choose_backend, load, private_by_default, resolve_model_path
+    from quickft.hardware import describe
 
     if recipe.mode != "full" or with_base:
         try:
@@ -61,13 +63,7 @@ def load_session(run_dir: str | Path, *, with_base: bool = False) -> Session:
     else:
         local = True
     private_by_default(local)
-    hw, status = detect(), unsloth_status()
-    try:
-        choice = choose(hw, status, requested=recipe.backend, mode=recipe.mode, precision=recipe.precision)
-    except ValueError:  # trained where Unsloth ran, chatting where it can't: fall back as training would
-        choice = choose(hw, status, requested="peft", mode=recipe.mode, precision=recipe.precision)
-    if choice.backend == "unsloth" and import_unsloth_first():
-        choice = choose(hw, status, requested="peft", mode=recipe.mode, precision=recipe.precision)
+    choice = choose_backend(recipe, strict=False)  # trained where Unsloth ran, chatting where it can't: PEFT
     if recipe.mode == "full":
         loaded = load(recipe, choice, str(run_dir), local=True, for_training=False)
         model, what, choice = loaded.model, f"the fully fine-tuned model in {run_dir}", loaded.choice
@@ -91,7 +87,7 @@ def load_session(run_dir: str | Path, *, with_base: bool = False) -> Session:
     style = {"chat": "chat", "sharegpt": "chat", "text": "completion"}.get(recipe.data.format, "qa")
     temperature = recipe.temperature if recipe.temperature is not None else (0.7 if style == "chat" else 0.0)
     params = {"temperature": temperature, "top_p": recipe.top_p, "max_new_tokens": recipe.max_new_tokens}
-    description = f"loaded {what} on {describe(hw)} with {choice.summary()}"
+    description = f"loaded {what} on {describe(choice.hardware)} with {choice.summary()}"
     return Session(model, tokenizer, recipe, style, params, base=base, description=description)
 
 
@@ -119,7 +115,8 @@ def _separate_base(recipe: Recipe, choice, model_path: str, local: bool):
 def build_prompt(session: Session, user_text: str) -> str:
     """Frame the user's text exactly as training framed prompts (template or chat template with history)."""
     if session.style == "chat":
-        return chat_prompt(session.history + [{"role": "user", "content": user_text}], session.tokenizer)
+        system = [{"role": "system", "content": session.system}] if session.system else []
+        return chat_prompt(system + session.history + [{"role": "user", "content": user_text}], session.tokenizer)
     if session.style == "completion":
         return user_text
     return format_prompt(user_text, session.recipe.data)
@@ -268,10 +265,18 @@ def main(
     max_new_tokens: int | None = None,
     seed: int | None = None,
     compare_base: bool = False,
+    system: str | None = None,
 ) -> None:
     err = Console(stderr=True, soft_wrap=True)
     with err.status("loading the model") if sys.stderr.isatty() else contextlib.nullcontext():
         session = load_session(run_dir, with_base=compare_base)
+    if system is not None:
+        if session.style != "chat":
+            raise UserError(
+                f"--system: {run_dir} was trained on {session.recipe.data.format} data, which has no system prompt",
+                hint="--system is for runs trained on chat data (messages or ShareGPT conversations)",
+            )
+        session.system = system
     for key, value in (("temperature", temperature), ("top_p", top_p), ("max_new_tokens", max_new_tokens)):
         if value is not None:
             session.params[key] = value

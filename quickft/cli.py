@@ -81,6 +81,9 @@ def chat(
     max_new_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed, for reproducible sampling.")] = None,
     compare_base: Annotated[bool, typer.Option("--compare-base", help="Answer with and without fine-tuning.")] = False,
+    system: Annotated[
+        str | None, typer.Option("--system", help="A system prompt for every conversation (chat-format runs).")
+    ] = None,
 ) -> None:
     """Talk to what a run produced: streaming, multi-turn for chat data, /reset /params /exit."""
     from quickft.chat import main as chat_main
@@ -93,6 +96,7 @@ def chat(
         max_new_tokens=max_new_tokens,
         seed=seed,
         compare_base=compare_base,
+        system=system,
     )
 
 
@@ -111,6 +115,10 @@ def bench(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Also print the JSON.")] = False,
     output_dir: Annotated[str | None, typer.Option("--output-dir", help="Default outputs/bench-<name>.")] = None,
+    as_shipped: Annotated[
+        bool,
+        typer.Option("--as-shipped", help="Each backend with its library's own defaults, not the same settings."),
+    ] = False,
 ) -> None:
     """Compare Unsloth with the plain PEFT baseline on the same work, each in its own process."""
     from quickft.bench import main as bench_main
@@ -125,6 +133,7 @@ def bench(
         isolate=isolate,
         as_json=as_json,
         output_dir=output_dir,
+        as_shipped=as_shipped,
     )
 
 

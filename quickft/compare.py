@@ -13,12 +13,13 @@ from rich.table import Table
 from quickft.errors import UserError
 from quickft.rundir import open_run
 
-# (key, label, better): better is "lower" or "higher"; "speed" words are used for runtime
+# (key, label, better): "lower", "higher", or "neutral" for totals that measure how much work was done, not how
+# well (a longer run takes longer and does more FLOPs: that is neither better nor worse)
 METRICS = [
-    ("runtime_s", "runtime", "lower"),
+    ("runtime_s", "runtime", "neutral"),
     ("samples_per_s", "samples/s", "higher"),
     ("tokens_per_s", "tokens/s", "higher"),
-    ("total_flos", "total FLOPs", "lower"),
+    ("total_flos", "total FLOPs", "neutral"),
     ("final_loss", "final loss", "lower"),
     ("min_loss", "min loss", "lower"),
     ("peak_memory_mb", "peak memory (MB)", "lower"),
@@ -51,18 +52,17 @@ def run_row(run: dict) -> dict:
 
 
 def ratio_text(key: str, better: str, first: float | None, value: float | None) -> tuple[float | None, str]:
-    """(value / first, words) e.g. (0.025, '39.7× faster'). Words say which way is better."""
+    """(value / first, words) e.g. (0.56, '0.56× (lower)'). Rates and losses say which way is better; totals
+    (runtime, FLOPs) only how much more or less there was: speed words belong to rates."""
     if first in (None, 0) or value in (None, 0):
         return None, "-"
     r = value / first
     if abs(r - 1) < 0.005:
         return r, "same"
-    if key == "runtime_s":
-        return r, f"{1 / r:.1f}× faster" if r < 1 else f"{r:.1f}× slower"
-    if key == "total_flos":
-        return r, f"{1 / r:.1f}× fewer FLOPs" if r < 1 else f"{r:.1f}× more FLOPs"
     if key == "peak_memory_mb":
         return r, f"{1 / r:.1f}× less memory" if r < 1 else f"{r:.1f}× more memory"
+    if better == "neutral":
+        return r, f"{r:.2f}× as much"
     if better == "higher":
         return r, f"{r:.2f}×"
     return r, f"{r:.2f}× ({'lower' if r < 1 else 'higher'})"

@@ -1,35 +1,47 @@
-"""Data: a reader per format -> one internal example shape; prompt/chat formatting; loss masking.
+"""Data: a reader per file type and record shape -> one internal example shape (Example), with every drop counted.
 
-Readers are pure Python. Tokenizing takes any Hugging Face tokenizer but imports nothing heavy itself.
+Pure Python (parquet goes through `datasets`). Turning examples into tokens is quickft/encode.py.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from quickft.errors import UserError
 from quickft.recipe import Data
 
-CHATML = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-CHAT_TEMPLATES = {"chatml": CHATML}
-ROLES = {"system", "user", "assistant"}
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+ROLES = {"system", "user", "assistant", "tool"}
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "function_call": "assistant",  # LLaMA-Factory's tool-calling ShareGPT: the model's call is trained
+    "observation": "tool",  # ... and the tool's answer is context
+    "tool": "tool",
+}
+RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".parquet"}
+RECORD_SHAPES = ("alpaca", "chat", "sharegpt", "pairs", "text")
 
 
 @dataclass
 class Example:
-    """One training example: prompt/response, or a chat (messages); `where` is "file:line" for messages."""
+    """One training example: prompt/response, a chat (messages, with tool schemas if any), or a text document.
+    `where` is "file:line" (or "file (record N)") so every message can point at it."""
 
     prompt: str = ""
     response: str = ""
     messages: list[dict] | None = None
     where: str = ""
+    tools: list[dict] | None = None
+    document: bool = False
+    """A document for completion training: cut into max_seq_length windows, all of it trained."""
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -45,6 +57,21 @@ def read_data(path: str | Path, data: Data) -> tuple[str, list[Example]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path}", hint="data paths are relative to the current directory")
+    suffix = path.suffix.lower()
+    if suffix in RECORD_SUFFIXES or data.format in RECORD_SHAPES[:4] or data.format == "csv":
+        fmt, examples = _read_records(path, suffix, data)
+    else:
+        text = _read_text_file(path)
+        fmt = data.format if data.format != "auto" else guess_format(path, text)
+        examples = _read_blocks(path, text) if fmt == "blocks" else _read_documents(path, text, data)
+    if not examples:
+        raise UserError(f"{path}: no examples found (format {fmt})", hint="check the file's format matches data.format")
+    if fmt not in ("chat", "sharegpt", "text") and all(not ex.response.strip() for ex in examples):
+        raise UserError(f"{path}: every response is empty", hint="each example needs an answer to learn from")
+    return fmt, examples
+
+
+def _read_text_file(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as e:
@@ -54,40 +81,255 @@ def read_data(path: str | Path, data: Data) -> tuple[str, list[Example]]:
         ) from None
     if not text.strip():
         raise UserError(f"{path}: the file is empty", hint="add training examples to it")
-    fmt = data.format if data.format != "auto" else guess_format(path, text)
-    reader = {
-        "blocks": _read_blocks,
-        "alpaca": _read_json_records,
-        "chat": _read_json_records,
-        "sharegpt": _read_json_records,
-        "csv": _read_csv,
-        "text": _read_text,
-    }[fmt]
-    examples = reader(path, text, fmt, data)
-    if not examples:
-        raise UserError(f"{path}: no examples found (format {fmt})", hint="check the file's format matches data.format")
-    if fmt not in ("chat", "sharegpt", "text") and all(not ex.response.strip() for ex in examples):
-        raise UserError(f"{path}: every response is empty", hint="each example needs an answer to learn from")
-    return fmt, examples
+    return text
 
 
 def guess_format(path: Path, text: str) -> str:
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return "csv"
-    if suffix in (".json", ".jsonl"):
-        first = _json_records(path, text)[0][1] if text.strip() else {}
-        if "messages" in first:
-            return "chat"
-        if "conversations" in first:
-            return "sharegpt"
-        return "alpaca"
+    """The format of a file that holds text, not records: blocks or text (records: see guess_shape)."""
+    if path.suffix.lower() in RECORD_SUFFIXES:
+        return "csv" if path.suffix.lower() in (".csv", ".tsv") else guess_shape(path, _json_records(path, text), None)
     if "Pregunta:" in text or "\n###\n" in text:
         return "blocks"
     return "text"
 
 
-def _read_blocks(path: Path, text: str, fmt: str, data: Data) -> list[Example]:
+def _read_records(path: Path, suffix: str, data: Data) -> tuple[str, list[Example]]:
+    """JSON, JSON Lines, CSV or parquet: records (dicts), then examples of the shape data.format names or auto finds."""
+    fmt = data.format
+    if fmt == "blocks":
+        raise UserError(
+            f"{path}: data.format=blocks reads ### text blocks, but this is a {_kind(suffix)} file",
+            hint="set data.format=auto (or the shape of its records: alpaca, chat, sharegpt, pairs, text)",
+        )
+    if fmt == "csv" and suffix in (".json", ".jsonl", ".parquet"):
+        raise UserError(
+            f"{path}: data.format=csv reads comma-separated rows, but this is a {_kind(suffix)} file",
+            hint="set data.format=auto: JSON, JSON Lines and parquet records are recognised by their keys",
+        )
+    if suffix == ".parquet":
+        records = _parquet_records(path)
+    else:
+        text = _read_text_file(path)
+        if suffix in (".csv", ".tsv") or fmt == "csv":
+            records = _csv_records(path, text, delimiter="\t" if suffix == ".tsv" else ",")
+        else:
+            records = _json_records(path, text, expected=fmt)
+    shape = "pairs" if fmt == "csv" else fmt
+    if shape == "auto":
+        shape = guess_shape(path, records, data)
+    examples = [_record_example(path, where, record, shape, data) for where, record in records]
+    return ("csv" if suffix in (".csv", ".tsv") and shape == "pairs" else shape), examples
+
+
+def _kind(suffix: str) -> str:
+    return {".jsonl": "JSON Lines", ".json": "JSON", ".csv": "CSV", ".tsv": "TSV", ".parquet": "parquet"}[suffix]
+
+
+def guess_shape(path: Path, records: list[tuple[str, dict]], data: Data | None) -> str:
+    """Which record shape: by the keys of the first record."""
+    keys = set(records[0][1]) if records else set()
+    if "messages" in keys:
+        return "chat"
+    if "conversations" in keys:
+        return "sharegpt"
+    if "instruction" in keys:  # an Alpaca record, perhaps missing its output: the Alpaca reader says which key
+        return "alpaca"
+    if _pair_columns(keys, data):
+        return "pairs"
+    if (data.text_column if data else "text") in keys:
+        return "text"
+    if path.suffix.lower() in (".csv", ".tsv") and data:
+        missing = [c for c in (data.question_column, data.answer_column) if c not in keys]
+        raise UserError(
+            f"{path}: CSV has no column {' or '.join(repr(m) for m in missing)} (columns: {', '.join(sorted(keys))})",
+            hint="set data.question_column and data.answer_column to the header names",
+        )
+    raise UserError(
+        f"{records[0][0] if records else path}: cannot tell the format from the keys {sorted(keys)}",
+        hint="name the keys: data.question_column= and data.answer_column= (pairs), or data.text_column= (documents);"
+        " or set data.format to alpaca, chat, sharegpt, pairs or text",
+    )
+
+
+def _pair_columns(keys: set, data: Data | None) -> tuple[str, str] | None:
+    """(prompt key, response key) of a pairs record: the recipe's columns, else TRL's prompt/completion."""
+    for pair in ([(data.question_column, data.answer_column)] if data else []) + [("prompt", "completion")]:
+        if set(pair) <= keys:
+            return pair
+    return None
+
+
+def _json_records(path: Path, text: str, expected: str = "auto") -> list[tuple[str, dict]]:
+    """(where, record) pairs from a JSON array or JSON Lines file."""
+    stripped = text.lstrip()
+    if not stripped.startswith(("[", "{")):
+        guess = "blocks" if ("Pregunta:" in text or "\n###\n" in text) else "text"
+        raise UserError(
+            f"{path}: data.format={expected} reads JSON records, but this file is not JSON (it looks like {guess})",
+            hint=f"set data.format={guess}, or data.format=auto",
+        )
+    if path.suffix.lower() == ".json" or stripped.startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}", hint="fix the JSON syntax there") from None
+        if isinstance(records, dict) and len(records) == 1 and isinstance(next(iter(records.values())), list):
+            records = next(iter(records.values()))  # {"data": [...]}, as some dumps wrap their records
+        if not isinstance(records, list):
+            raise UserError(f"{path}: expected a JSON list of records", hint="wrap the records in [ ... ]")
+        pairs = [(f"{path} (record {i})", r) for i, r in enumerate(records, 1)]
+    else:
+        pairs = []
+        for number, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                pairs.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise UserError(
+                    f"{path}:{number}: invalid JSON Lines record: {e.msg} (column {e.colno})",
+                    hint="each line must be one complete JSON object",
+                ) from None
+    for where, record in pairs:
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return pairs
+
+
+def _csv_records(path: Path, text: str, *, delimiter: str) -> list[tuple[str, dict]]:
+    """Rows as records; quoted fields keep their line breaks (multi-line answers stay multi-line)."""
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    records, start = [], 2
+    try:
+        for row in reader:
+            records.append((f"{path}:{start}", {k: v for k, v in row.items() if k is not None}))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise UserError(f"{path}:{reader.line_num}: invalid CSV: {e}", hint="check the quoting on that line") from None
+    if not reader.fieldnames:
+        raise UserError(f"{path}: CSV without a header line", hint="the first line must name the columns")
+    return records
+
+
+def _parquet_records(path: Path) -> list[tuple[str, dict]]:
+    from datasets import Dataset
+
+    try:
+        table = Dataset.from_parquet(str(path))
+    except Exception as e:  # pyarrow raises several types for a file that is not parquet
+        raise UserError(f"{path}: cannot read it as parquet: {e}", hint="check the file") from None
+    return [(f"{path} (row {i})", row) for i, row in enumerate(table, 1)]
+
+
+def _record_example(path: Path, where: str, record: dict, shape: str, data: Data) -> Example:
+    if shape == "alpaca":
+        missing = [k for k in ("instruction", "output") if not isinstance(record.get(k), str)]
+        if missing:
+            raise UserError(
+                f"{where}: Alpaca record without {' and '.join(repr(m) for m in missing)}"
+                f" (keys: {', '.join(sorted(record))})",
+                hint='each record needs {"instruction": ..., "input": optional, "output": ...}; '
+                "data.format=auto recognises other shapes",
+            )
+        prompt = record["instruction"].strip()
+        if str(record.get("input") or "").strip():
+            prompt += "\n\n" + str(record["input"]).strip()
+        return Example(prompt=prompt, response=record["output"].strip(), where=where)
+    if shape == "pairs":
+        columns = _pair_columns(set(record), data)
+        if columns is None:
+            raise UserError(
+                f"{where}: no {data.question_column!r}/{data.answer_column!r} (or 'prompt'/'completion') in "
+                f"{', '.join(sorted(record))}",
+                hint="set data.question_column and data.answer_column to the names used",
+            )
+        prompt, response = record[columns[0]], record[columns[1]]
+        if isinstance(prompt, list) and isinstance(response, list):  # TRL's conversational prompt/completion
+            return Example(messages=_messages(prompt + response, "chat", where), where=where)
+        if not isinstance(prompt, str) or not isinstance(response, (str, type(None))):
+            raise UserError(f"{where}: {columns[0]!r} and {columns[1]!r} must be text")
+        # as given: prompt/completion text is often meant to join exactly ("The sky is" + " blue.")
+        return Example(prompt=prompt, response=response or "", where=where)
+    if shape == "text":
+        text = record.get(data.text_column)
+        if not isinstance(text, str):
+            raise UserError(
+                f"{where}: no text under {data.text_column!r} (keys: {', '.join(sorted(record))})",
+                hint="set data.text_column to the key that holds the document",
+            )
+        return Example(response=text, where=where, document=True)
+    key = "messages" if shape == "chat" else "conversations"
+    turns = record.get(key)
+    if not isinstance(turns, list) or not turns:
+        raise UserError(
+            f"{where}: record without a {key!r} list (keys: {', '.join(sorted(record))})",
+            hint=f"give each record a {key!r} list, or set data.format to the shape it has",
+        )
+    tools = record.get("tools")
+    if isinstance(tools, str) and tools.strip():  # LLaMA-Factory stores the schemas as a JSON string
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError:
+            raise UserError(
+                f"{where}: 'tools' is not valid JSON", hint="store the tool schemas as a JSON list"
+            ) from None
+    return Example(messages=_messages(turns, shape, where), where=where, tools=tools or None)
+
+
+def _messages(turns: list, fmt: str, where: str) -> list[dict]:
+    messages = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            raise UserError(f"{where}: a turn is {type(turn).__name__}, not an object")
+        if fmt == "chat":
+            role, content = turn.get("role"), turn.get("content")
+            if role == "function":  # the legacy OpenAI name of a tool's answer
+                role = "tool"
+            if role not in ROLES:
+                raise UserError(
+                    f"{where}: unknown role {role!r}", hint=f"roles must be one of {', '.join(sorted(ROLES))}"
+                )
+        else:
+            speaker, content = turn.get("from"), turn.get("value")
+            role = SHAREGPT_ROLES.get(speaker)
+            if role is None:
+                raise UserError(
+                    f"{where}: unknown ShareGPT speaker {speaker!r}",
+                    hint=f"'from' must be one of {', '.join(sorted(SHAREGPT_ROLES))}",
+                )
+        message = {"role": role, "content": _text_content(content, role, where)}
+        for key in ("tool_calls", "tool_call_id", "name"):  # kept for chat templates that render tools
+            if turn.get(key) is not None:
+                message[key] = turn[key]
+        if message["content"] is None and not message.get("tool_calls"):
+            raise UserError(f"{where}: a {role} turn has no text content")
+        message["content"] = message["content"] or ""
+        messages.append(message)
+    if not any(m["role"] == "assistant" and (m["content"].strip() or m.get("tool_calls")) for m in messages):
+        raise UserError(f"{where}: conversation without an assistant turn", hint="add the answer to learn from")
+    return messages
+
+
+def _text_content(content, role: str, where: str) -> str | None:
+    """A turn's text: a string, or OpenAI's list of parts ({"type": "text", "text": ...}) joined."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise UserError(
+                    f"{where}: a {role} turn has a {kind or type(part).__name__!r} part, which a text-only model "
+                    "cannot be trained on",
+                    hint="keep only text parts, or drop those records",
+                )
+            texts.append(part["text"])
+        return "".join(texts)
+    raise UserError(f"{where}: a {role} turn's content is {type(content).__name__}, not text")
+
+
+def _read_blocks(path: Path, text: str) -> list[Example]:
     """Blocks separated by `###` lines, each with `Pregunta:` then `Respuesta:` (which may span lines)."""
     examples, block, start = [], [], 1
     lines = text.split("\n") + ["###"]
@@ -121,195 +363,42 @@ def _parse_block(path: Path, body: str, line: int) -> Example:
     return Example(prompt=prompt, response=response, where=where)
 
 
-def _json_records(path: Path, text: str) -> list[tuple[int, dict]]:
-    """(line, record) pairs from a JSON array or JSON Lines file."""
-    if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}", hint="fix the JSON syntax there") from None
-        if not isinstance(records, list):
-            raise UserError(f"{path}: expected a JSON list of records", hint="wrap the records in [ ... ]")
-        pairs = [(0, r) for r in records]
+def document_split(text: str, how: str) -> str:
+    """Which way a plain-text file splits into documents (resolves data.documents="auto")."""
+    if how != "auto":
+        return how
+    if re.search(r"\n\s*\n", text.strip()):
+        return "paragraphs"
+    lines = [line for line in text.split("\n") if line.strip()]
+    return "lines" if len(lines) > 1 and sum(map(len, lines)) / len(lines) >= 200 else "file"
+
+
+def _read_documents(path: Path, text: str, data: Data) -> list[Example]:
+    """Plain text for completion training: documents (paragraphs, lines or the whole file), later cut into windows."""
+    how = document_split(text, data.documents)
+    if how == "paragraphs":
+        pieces, line = [], 1
+        for block in re.split(r"(\n\s*\n)", text):
+            if block.strip() and not re.fullmatch(r"\n\s*\n", block):
+                pieces.append((line + len(block) - len(block.lstrip("\n")), block.strip()))
+            line += block.count("\n")
+    elif how == "lines":
+        pieces = [(n, line.strip()) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     else:
-        pairs = []
-        for number, line in enumerate(text.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                pairs.append((number, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise UserError(
-                    f"{path}:{number}: invalid JSON Lines record: {e.msg} (column {e.colno})",
-                    hint="each line must be one complete JSON object",
-                ) from None
-    for number, record in pairs:
-        if not isinstance(record, dict):
-            raise UserError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-    return pairs
-
-
-def _read_json_records(path: Path, text: str, fmt: str, data: Data) -> list[Example]:
-    examples = []
-    for number, record in _json_records(path, text):
-        where = f"{path}:{number}" if number else f"{path} (record {len(examples) + 1})"
-        if fmt == "alpaca":
-            missing = [k for k in ("instruction", "output") if not isinstance(record.get(k), str)]
-            if missing:
-                raise UserError(
-                    f"{where}: Alpaca record without {' and '.join(repr(m) for m in missing)}",
-                    hint='each record needs {"instruction": ..., "input": optional, "output": ...}',
-                )
-            prompt = record["instruction"].strip()
-            if str(record.get("input") or "").strip():
-                prompt += "\n\n" + record["input"].strip()
-            examples.append(Example(prompt=prompt, response=record["output"].strip(), where=where))
-        else:
-            key = "messages" if fmt == "chat" else "conversations"
-            turns = record.get(key)
-            if not isinstance(turns, list) or not turns:
-                raise UserError(f"{where}: record without a {key!r} list", hint=f"give each record a {key!r} list")
-            examples.append(Example(messages=_messages(turns, fmt, where), where=where))
-    return examples
-
-
-def _messages(turns: list, fmt: str, where: str) -> list[dict]:
-    messages = []
-    for turn in turns:
-        if fmt == "chat":
-            role, content = (turn.get("role"), turn.get("content")) if isinstance(turn, dict) else (None, None)
-            if role not in ROLES:
-                raise UserError(
-                    f"{where}: unknown role {role!r}", hint=f"roles must be one of {', '.join(sorted(ROLES))}"
-                )
-        else:
-            speaker, content = (turn.get("from"), turn.get("value")) if isinstance(turn, dict) else (None, None)
-            role = SHAREGPT_ROLES.get(speaker)
-            if role is None:
-                raise UserError(
-                    f"{where}: unknown ShareGPT speaker {speaker!r}",
-                    hint=f"'from' must be one of {', '.join(sorted(SHAREGPT_ROLES))}",
-                )
-        if not isinstance(content, str):
-            raise UserError(f"{where}: a {role} turn has no text content")
-        messages.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
-        raise UserError(f"{where}: conversation without an assistant turn", hint="add the answer to learn from")
-    return messages
-
-
-def _read_csv(path: Path, text: str, fmt: str, data: Data) -> list[Example]:
-    reader = csv.DictReader(text.split("\n"))
-    columns = reader.fieldnames or []
-    missing = [c for c in (data.question_column, data.answer_column) if c not in columns]
-    if missing:
-        raise UserError(
-            f"{path}: CSV has no column {' or '.join(repr(m) for m in missing)} (columns: {', '.join(columns)})",
-            hint="set data.question_column and data.answer_column to the header names",
-        )
-    return [
-        Example(
-            prompt=row[data.question_column].strip(),
-            response=(row[data.answer_column] or "").strip(),
-            where=f"{path}:{number}",
-        )
-        for number, row in enumerate(reader, 2)
-        if (row.get(data.question_column) or "").strip()
-    ]
-
-
-def _read_text(path: Path, text: str, fmt: str, data: Data) -> list[Example]:
-    """Plain text for completion training: each paragraph (separated by blank lines) is one example."""
-    return [Example(response=p.strip(), where=str(path)) for p in text.split("\n\n") if p.strip()]
+        pieces = [(1, text.strip())]
+    return [Example(response=body, where=f"{path}:{n}", document=True) for n, body in pieces]
 
 
 def clean_examples(examples: list[Example]) -> tuple[list[Example], list[tuple[str, str]]]:
-    """(kept, dropped): drop examples with an empty answer and exact duplicates; dropped = (where, reason)."""
+    """(kept, dropped): drop examples with nothing to learn and exact duplicates; dropped = (where, reason)."""
     kept, dropped, seen = [], [], set()
     for ex in examples:
-        key = repr(ex.messages) if ex.messages is not None else (ex.prompt, ex.response)
+        key = repr((ex.messages, ex.tools)) if ex.messages is not None else (ex.prompt, ex.response)
         if ex.messages is None and not ex.response.strip():
-            dropped.append((ex.where, "empty answer"))
+            dropped.append((ex.where, "empty document" if ex.document else "empty answer"))
         elif key in seen:
             dropped.append((ex.where, "duplicate of an earlier example"))
         else:
             seen.add(key)
             kept.append(ex)
     return kept, dropped
-
-
-# ---------------------------------------------------------------------------------------------- formatting
-
-
-def format_prompt(prompt: str, data: Data) -> str:
-    """The exact text the model sees before its answer, for prompt/response data (training and chat use this)."""
-    return data.prompt_template.replace("{prompt}", prompt)
-
-
-def training_text(example: Example, data: Data) -> str:
-    """The example as plain text, the way the model reads it (used to train a tokenizer for a Scratch model)."""
-    if example.messages is not None:
-        return "\n".join(m["content"] for m in example.messages)
-    return (format_prompt(example.prompt, data) if example.prompt else "") + example.response
-
-
-def encode(example: Example, tokenizer, data: Data) -> dict:
-    """Token ids plus a completion mask (1 = the loss sees this token) for one example."""
-    if example.messages is not None:
-        return _encode_chat(example.messages, tokenizer, data)
-    prompt_ids = tokenizer(format_prompt(example.prompt, data))["input_ids"] if example.prompt else []
-    if not example.prompt and getattr(tokenizer, "bos_token_id", None) is not None:
-        prompt_ids = [tokenizer.bos_token_id]
-    response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    trained = 1 if data.train_on_prompt or not example.prompt else 0
-    return {
-        "input_ids": prompt_ids + response_ids,
-        "completion_mask": [trained] * len(prompt_ids) + [1] * len(response_ids),
-    }
-
-
-def _encode_chat(messages: list[dict], tokenizer, data: Data) -> dict:
-    """Render the chat turn by turn, so that exactly the assistant turns' tokens are trained."""
-    ids, mask, rendered = [], [], ""
-    for i, message in enumerate(messages):
-        if message["role"] == "assistant":  # the "assistant" header belongs to the prompt side
-            head = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-            ids, mask, rendered = _extend(tokenizer, ids, mask, rendered, head, data.train_on_prompt)
-        full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-        ids, mask, rendered = _extend(
-            tokenizer, ids, mask, rendered, full, message["role"] == "assistant" or data.train_on_prompt
-        )
-    return {"input_ids": ids, "completion_mask": mask}
-
-
-def _extend(tokenizer, ids, mask, rendered, text, trained):
-    new = text[len(rendered) :] if text.startswith(rendered) else text
-    if new:
-        piece = tokenizer(new, add_special_tokens=not rendered)["input_ids"]
-        ids, mask = ids + piece, mask + [int(trained)] * len(piece)
-    return ids, mask, text
-
-
-def chat_prompt(messages: list[dict], tokenizer) -> str:
-    """The text of a conversation so far, ending where the assistant's answer starts."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def prompt_text(example: Example, tokenizer, data: Data) -> str:
-    """What the model is given to produce `example`'s answer (its last assistant turn, for chats)."""
-    if example.messages is not None:
-        last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
-        return chat_prompt(example.messages[:last], tokenizer)
-    return format_prompt(example.prompt, data)
-
-
-def make_cases(examples: list[Example], data: Data, extra: dict[str, str], tokenizer) -> list[tuple[str, str]]:
-    """Test cases as (prompt text exactly as the model sees it, expected answer): held-out examples + the recipe's."""
-    cases = [(prompt_text(ex, tokenizer, data), reference_answer(ex)) for ex in examples]
-    return cases + [(format_prompt(p, data), e) for p, e in extra.items()]
-
-
-def reference_answer(example: Example) -> str:
-    if example.messages is not None:
-        return [m for m in example.messages if m["role"] == "assistant"][-1]["content"]
-    return example.response

@@ -6,6 +6,7 @@ recommendation, the padding share under each batching mode, and a masking previe
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -14,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from quickft.data import encode, read_data
-from quickft.recipe import load_recipe
+from quickft.encode import prepare
+from quickft.recipe import Scratch, load_recipe
 
 PERCENTILES = (50, 90, 95, 99)
 MEGABATCH = 50  # transformers' LengthGroupedSampler sorts megabatches of 50 micro-batches by length
@@ -43,106 +44,147 @@ def padding_share(lengths: list[int], batch: int, mode: str, seed: int) -> float
     return 1 - real / padded if padded else 0.0
 
 
-def build_report(recipe_path: str, overrides: list[str]) -> tuple[dict, list, object]:
+def build_report(recipe_path: str, overrides: list[str]) -> tuple[dict, object, object]:
+    """The data report, through the same pipeline as `quickft run` (read_recipe_data, then encode.prepare)."""
     recipe = load_recipe(recipe_path, overrides)
     from quickft.backends import private_by_default, quiet_libraries
-    from quickft.train import materialize, model_reference, read_recipe_data
+    from quickft.train import apply_chat_template, materialize, model_reference, read_recipe_data
 
-    _, examples = read_data(recipe.data.path, recipe.data)
     split = read_recipe_data(recipe)
     model_ref, local = model_reference(recipe)
     private_by_default(local)
     quiet_libraries()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(materialize(recipe, model_ref, split.train), local_files_only=local)
+    model_path = materialize(recipe, model_ref, split.train)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=local)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    from quickft.data import CHAT_TEMPLATES
-
-    if recipe.data.chat_template:
-        tokenizer.chat_template = CHAT_TEMPLATES.get(recipe.data.chat_template, recipe.data.chat_template)
-    encoded = [encode(ex, tokenizer, recipe.data) for ex in split.train]
-    lengths = sorted(len(e["input_ids"]) for e in encoded)
+    apply_chat_template(tokenizer, recipe, split.train)
+    prepared = prepare(split.train, tokenizer, recipe)
+    lengths = sorted(prepared.lengths)
     msl = recipe.max_seq_length
-    capped = [min(n, msl) for n in (len(e["input_ids"]) for e in encoded)]
+    limit = _model_limit(recipe, model_path, local)
     p99 = percentile(lengths, 99)
     recommended = 8 * math.ceil(p99 / 8)
+    if limit and recommended > limit:
+        recommended = limit
     report = {
         "recipe": recipe_path,
         "data": recipe.data.path,
         "format": recipe.data.format,
-        "counts": {
-            "read": len(examples),
-            "dropped": len(split.dropped),
-            "held_out_test_cases": len(split.case_examples) if not recipe.data.test_path else 0,
-            "held_out_eval": len(split.eval) if not recipe.eval.path else 0,
-            "kept_for_training": len(split.train),
-        },
-        "dropped": [{"where": w, "reason": r} for w, r in split.dropped],
+        "counts": split.counts(prepared),
+        "dropped": [{"where": w, "reason": r} for w, r in split.dropped + prepared.dropped],
+        "truncated": [{"where": w, "how": h} for w, h in prepared.truncated],
+        "notes": split.notes,
         "tokens": {
             "min": lengths[0],
             **{f"p{p}": percentile(lengths, p) for p in PERCENTILES},
             "max": lengths[-1],
-            "total": sum(capped),
-            "trained": sum(sum(e["completion_mask"][:msl]) for e in encoded),
+            "total": prepared.tokens,
+            "trained": prepared.trained_tokens,
         },
+        "lengths_of": "documents" if prepared.documents else "examples",
         "max_seq_length": msl,
-        "truncated": sum(n > msl for n in lengths),
+        "model_max_length": limit,
+        "longer_than_max_seq_length": sum(n > msl for n in lengths),
         "recommended_max_seq_length": recommended,
-        "recommended_truncates": sum(n > recommended for n in lengths),
+        "recommended_cuts": sum(n > recommended for n in lengths),
         "padding_share": {
-            mode: padding_share(capped, recipe.micro_batch_size, mode, recipe.seed)
+            mode: padding_share(
+                [len(r["input_ids"]) for r in prepared.rows], recipe.micro_batch_size, mode, recipe.seed
+            )
             for mode in ("padded", "grouped", "packed")
         },
         "batching": recipe.data.batching,
     }
-    return report, encoded, tokenizer
+    return report, prepared, tokenizer
 
 
-def preview(encoded: list[dict], tokenizer, n: int) -> list[Text]:
-    """Each example's tokens: trained ones bold green, masked (prompt) ones dim; special tokens shown by name."""
+def _model_limit(recipe, model_path: str, local: bool) -> int | None:
+    """The longest sequence the model takes (its position embeddings), when it can be read without a download."""
+    if isinstance(recipe.model, Scratch):
+        return recipe.model.max_position_embeddings
+    if not local:
+        return None
+    from quickft.backends import model_max_length
+
+    return model_max_length(model_path)
+
+
+SHOW_TOKENS = 160  # --show prints at most this many tokens of an example
+
+
+def preview(rows: list[dict], tokenizer, n: int) -> list[Text]:
+    """Each example's tokens: trained ones bold green, masked (prompt) ones dim; special tokens shown by name.
+    Runs of tokens are decoded together, so characters split across tokens (Chinese, emoji) come out whole;
+    long examples are cut after SHOW_TOKENS tokens, saying how many more there are."""
     texts = []
-    for e in encoded[:n]:
+    special = set(tokenizer.all_special_ids)
+    for row in rows[:n]:
+        ids, mask = row["input_ids"][:SHOW_TOKENS], row["completion_mask"][:SHOW_TOKENS]
         text = Text()
-        for token_id, trained in zip(e["input_ids"], e["completion_mask"], strict=True):
-            piece = tokenizer.decode([token_id]).replace("\n", "⏎\n")
-            if token_id in tokenizer.all_special_ids:
-                piece = f"[{tokenizer.convert_ids_to_tokens(token_id)}]"
+        for (trained, is_special), group in itertools.groupby(
+            zip(ids, mask, strict=True), key=lambda t: (t[1], t[0] in special)
+        ):
+            group_ids = [token for token, _ in group]
+            if is_special:
+                piece = "".join(f"[{tokenizer.convert_ids_to_tokens(t)}]" for t in group_ids)
+            else:
+                piece = tokenizer.decode(group_ids).replace("\n", "⏎\n")
             text.append(piece, style="bold green" if trained else "dim")
+        if len(row["input_ids"]) > SHOW_TOKENS:
+            text.append(f" … ({len(row['input_ids']) - SHOW_TOKENS} more tokens)", style="italic")
         texts.append(text)
     return texts
 
 
 def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool = False) -> dict:
-    report, encoded, tokenizer = build_report(recipe_path, overrides)
+    report, prepared, tokenizer = build_report(recipe_path, overrides)
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return report
     console = Console()
+    if not console.is_terminal:  # pipes and logs: wide enough that the table's sentences do not wrap
+        console = Console(width=160)
     c, t = report["counts"], report["tokens"]
     table = Table(title=f"quickft data {recipe_path}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("file", f"{report['data']} ({report['format']})")
+    unit = "documents" if c["documents"] else "examples"
     table.add_row(
-        "examples",
-        f"{c['read']} read, {c['dropped']} dropped, {c['held_out_test_cases']} held out as test cases, "
-        f"{c['held_out_eval']} held out for eval loss, {c['kept_for_training']} kept for training",
+        unit,
+        f"{c['read']} read, {c['dropped_reading']} dropped reading, {c['held_out_test_cases']} held out as test "
+        f"cases, {c['held_out_eval']} held out for eval loss, {c['kept_for_training']} kept for training",
     )
+    rows = f"{c['rows']} training sequences"
+    if c["documents"]:
+        rows += f": the documents cut into windows of ≤ {report['max_seq_length']} tokens"
+    else:
+        rows += f" ({c['dropped_while_tokenizing']} dropped, {c['truncated']} cut to fit max_seq_length)"
+    table.add_row("trained", rows)
     for d in report["dropped"][:5]:
         table.add_row("", f"dropped {d['where']}: {d['reason']}")
+    for d in report["truncated"][:3]:
+        table.add_row("", f"cut {d['where']}: {d['how']}")
+    for note in report["notes"]:
+        table.add_row("note", note)
     table.add_row(
-        "token lengths",
+        f"token lengths ({report['lengths_of']})",
         f"min {t['min']} · p50 {t['p50']} · p90 {t['p90']} · p95 {t['p95']} · p99 {t['p99']} · max {t['max']}",
+    )
+    limit = report["model_max_length"]
+    advice = f"{report['recommended_max_seq_length']} would leave {report['recommended_cuts']} longer" + (
+        f" (the model takes at most {limit})" if limit else ""
     )
     table.add_row(
         "max_seq_length",
-        f"{report['max_seq_length']}: truncates {report['truncated']} example(s); "
-        f"{report['recommended_max_seq_length']} keeps 99% whole (truncates {report['recommended_truncates']})",
+        f"{report['max_seq_length']}: {report['longer_than_max_seq_length']} {report['lengths_of']} are longer; "
+        + advice,
     )
     table.add_row(
-        "tokens", f"{t['total']:,} in training, {t['trained']:,} of them in the loss (the rest is masked prompt)"
+        "tokens", f"{t['total']:,} in training, {t['trained']:,} of them in the loss (the rest is masked context)"
     )
     share = report["padding_share"]
     table.add_row(
@@ -152,7 +194,7 @@ def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool
         f"this recipe uses {report['batching']}",
     )
     console.print(table)
-    for i, text in enumerate(preview(encoded, tokenizer, show), 1):
+    for i, text in enumerate(preview(prepared.rows, tokenizer, show), 1):
         console.print(f"[bold]example {i}[/bold] ([bold green]trained[/bold green], [dim]masked[/dim]):")
         console.print(text)
     return report

@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from quickft.chat import load_session
-from quickft.data import make_cases, read_examples
+from quickft.data import read_examples
+from quickft.encode import make_cases
 from quickft.errors import UserError
 from quickft.generation import score_cases
 

@@ -59,11 +59,53 @@ def peak_flops(gpu_name: str | None) -> float | None:
     return None
 
 
-def mfu(parameters: int, tokens_per_s: float, gpu_name: str | None) -> float | None:
-    """Model FLOPs utilization: 6 x parameters x tokens/s (forward + backward of a dense transformer) divided by the
-    card's peak 16-bit tensor rate. None when the card's peak is unknown (and on CPU)."""
+def flop_counts(model) -> dict:
+    """What the FLOPs formula needs, read from the model: the weights that multiply activations (every linear layer
+    of the base, output head included; embedding lookups are not matmuls), the LoRA adapters' weights, layers, width."""
+    matmul = adapter = 0
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if kind == "Conv1D":  # GPT-2's projections
+            n = module.weight.numel()
+        elif hasattr(module, "in_features") and hasattr(module, "out_features") and not hasattr(module, "base_layer"):
+            n = module.in_features * module.out_features  # nn.Linear and bitsandbytes' Linear4bit (packed weights)
+        else:
+            continue
+        if "lora_" in name:
+            adapter += n
+        else:
+            matmul += n
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return {
+        "matmul_parameters": matmul,
+        "adapter_parameters": adapter,
+        "layers": config.num_hidden_layers,
+        "hidden_size": config.hidden_size,
+    }
+
+
+def flops_per_token(counts: dict, mode: str, seq_len: float) -> float:
+    """Training FLOPs per token, by mode (model FLOPs: recomputation under gradient checkpointing is not counted).
+
+    A matmul weight costs 2 FLOPs per token forward, 2 backward for the activations' gradient, and 2 more for its
+    own gradient, which only trained weights need. Attention (PaLM's estimate, no causal discount) costs
+    4 x layers x width x seq_len forward and twice that backward.
+      full:        6 N + 12 L d T
+      lora, qlora: 4 N + 6 A + 12 L d T   (frozen base; 4-bit dequantization is not counted)
+    N = matmul weights of the base, A = adapter weights, L = layers, d = width, T = the mean sequence length.
+    """
+    n, a = counts["matmul_parameters"], counts["adapter_parameters"]
+    attention = 12 * counts["layers"] * counts["hidden_size"] * seq_len
+    if mode == "full":
+        return 6 * n + attention
+    return 4 * n + 6 * a + attention
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, gpu_name: str | None) -> float | None:
+    """Model FLOPs utilization: training FLOPs per token (flops_per_token) x tokens/s, divided by the card's peak
+    16-bit tensor rate. None when the card's peak is unknown (and on CPU)."""
     peak = peak_flops(gpu_name)
-    return 6 * parameters * tokens_per_s / peak if peak else None
+    return flops_per_token * tokens_per_s / peak if peak else None
 
 
 def parameter_counts(model) -> tuple[int, int]:
@@ -101,6 +143,8 @@ def memory(device: str) -> dict:
             "gpu_allocated_mb": torch.cuda.memory_allocated() / MB,
             "gpu_reserved_mb": torch.cuda.memory_reserved() / MB,
             "gpu_peak_allocated_mb": torch.cuda.max_memory_allocated() / MB,
+            # reserved (allocated + the caching allocator's free blocks) is what runs a 4 GB card out of memory
+            "gpu_peak_reserved_mb": torch.cuda.max_memory_reserved() / MB,
             "gpu_total_mb": torch.cuda.get_device_properties(0).total_memory / MB,
         }
     import psutil
@@ -127,7 +171,8 @@ def memory_summary_text(mem: dict) -> str:
     if "gpu_peak_allocated_mb" in mem:
         return (
             f"allocated {mem['gpu_allocated_mb']:,.2f} MB · reserved {mem['gpu_reserved_mb']:,.2f} MB · "
-            f"max allocated {mem['gpu_peak_allocated_mb']:,.2f} MB of {mem['gpu_total_mb']:,.0f} MB"
+            f"max allocated {mem['gpu_peak_allocated_mb']:,.2f} MB · max reserved {mem['gpu_peak_reserved_mb']:,.2f} MB "
+            f"of {mem['gpu_total_mb']:,.0f} MB"
         )
     return f"peak RSS {mem['peak_rss_mb']:,.1f} MB (process resident memory; no GPU)"
 

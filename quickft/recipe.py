@@ -16,7 +16,7 @@ from typing import Literal
 
 from quickft.errors import UserError
 
-DataFormat = Literal["auto", "blocks", "alpaca", "chat", "sharegpt", "csv", "text"]
+DataFormat = Literal["auto", "blocks", "alpaca", "chat", "sharegpt", "pairs", "csv", "text"]
 
 
 @dataclass
@@ -55,23 +55,40 @@ class Data:
     path: str
     """Training data file, relative to the current directory."""
     format: DataFormat = "auto"
-    """blocks (### with Pregunta:/Respuesta:), alpaca (json/jsonl), chat (messages), sharegpt (conversations),
-    csv, text (plain completion); auto guesses from the extension and content."""
+    """The shape of the examples: blocks (### with Pregunta:/Respuesta:), alpaca (instruction/input/output),
+    chat (OpenAI-style messages, tool turns included), sharegpt (conversations), pairs (prompt/completion, or the
+    columns named below), text (documents for completion / continued pre-training); csv is pairs read from a CSV.
+    auto tells them apart by the file's extension and its records' keys. JSON, JSON Lines, CSV and parquet files all
+    hold records, so any record shape can come in any of them."""
     prompt_template: str = "{prompt}\n"
     """How a prompt is shown to the model for prompt/response data; the response follows, then end-of-sequence."""
     chat_template: str | None = None
     """For chat data: "chatml", a Jinja template, or None to use the tokenizer's own."""
     question_column: str = "question"
-    """CSV column holding the prompt."""
+    """The record key (JSON) or column (CSV, parquet) holding the prompt, for pairs; "prompt" is found too."""
     answer_column: str = "answer"
-    """CSV column holding the response."""
+    """The record key or column holding the response, for pairs; "completion" is found too."""
+    text_column: str = "text"
+    """The record key or column holding a document, for text records ({"text": ...} JSON Lines)."""
+    documents: Literal["auto", "paragraphs", "lines", "file"] = "auto"
+    """How a plain-text file splits into documents: at blank lines, one per line, or the whole file as one.
+    auto: paragraphs if the file has blank lines, else one per line if the lines are long (200+ characters on
+    average), else the whole file."""
+    stride: int = 0
+    """Text is cut into windows of max_seq_length tokens; a stride below that makes windows overlap by
+    max_seq_length - stride tokens, which are context only (not trained twice). 0: no overlap."""
+    too_long: Literal["truncate_prompt", "drop", "truncate"] = "truncate_prompt"
+    """Prompt/response examples longer than max_seq_length: cut the prompt from the left so the whole response fits
+    (dropped, with the reason, when even the response does not fit), drop them, or cut the end (the response's
+    tail and end-of-sequence are lost). Every example dropped or cut is counted in `quickft data` and the run."""
     train_on_prompt: bool = False
     """Also compute the loss on prompt tokens (default: loss on response tokens only)."""
     test_path: str | None = None
     """Test cases: a prompt/response file whose prompts quickft answers and scores (after training, and every
     eval.every steps)."""
     holdout: int = 3
-    """Without test_path: this many training examples are held out as test cases."""
+    """Without test_path: this many training examples are held out as test cases (never more than a tenth of the
+    data; none for text documents, which have no question to answer)."""
     max_test_examples: int = 200
     """At most this many test cases are answered."""
     batching: Literal["padded", "grouped", "packed"] = "padded"
@@ -348,6 +365,12 @@ def validate(recipe: Recipe) -> list[str]:
     need(0 <= r.lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {r.lora.dropout}")
     need(bool(r.data.path), "data.path", "is empty; give the training data file")
     need(r.data.holdout >= 0, "data.holdout", f"must be >= 0, got {r.data.holdout}")
+    need(r.data.stride >= 0, "data.stride", f"must be >= 0, got {r.data.stride}")
+    need(
+        r.data.stride < r.max_seq_length,
+        "data.stride",
+        f"must be below max_seq_length ({r.max_seq_length}), got {r.data.stride}",
+    )
     need(r.eval.every >= 0, "eval.every", f"must be >= 0, got {r.eval.every}")
     need(0 <= r.eval.fraction < 1, "eval.fraction", f"must be in [0, 1), got {r.eval.fraction}")
     need(r.eval.patience >= 0, "eval.patience", f"must be >= 0, got {r.eval.patience}")

@@ -70,9 +70,15 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
+def smaller_micro_batch(micro_batch: int) -> int:
+    """The largest divisor of `micro_batch` that is at most half of it: the effective batch (micro-batch x
+    accumulation) then stays exactly the same (6 -> 3, 3 -> 1 with three times the accumulation)."""
+    return max(d for d in range(1, micro_batch // 2 + 1) if micro_batch % d == 0)
+
+
 def recover_from_oom(error, trainer, recipe: Recipe, choice: Choice, run_dir: Path) -> Path:
-    """Either a clear message (UserError) or, with auto_batch, a checkpoint to continue from with half the
-    micro-batch and twice the accumulation (the effective batch stays the same)."""
+    """Either a clear message (UserError) or, with auto_batch, a checkpoint to continue from with a smaller
+    micro-batch and more accumulation (the effective batch stays exactly the same)."""
     import torch
 
     step = trainer.state.global_step
@@ -97,8 +103,8 @@ def recover_from_oom(error, trainer, recipe: Recipe, choice: Choice, run_dir: Pa
         torch.cuda.empty_cache()
     trainer._save_checkpoint(trainer.model, trial=None)  # the state after the last completed step
     before = (recipe.micro_batch_size, recipe.gradient_accumulation)
-    recipe.micro_batch_size //= 2
-    recipe.gradient_accumulation *= 2
+    recipe.micro_batch_size = smaller_micro_batch(before[0])
+    recipe.gradient_accumulation = before[1] * before[0] // recipe.micro_batch_size
     status = rundir.read_json(run_dir / "status.json")
     retries = status.get("retries", []) + [
         {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -61,13 +62,19 @@ class Reporter:
         n_tokens,
         run_dir,
         max_steps,
+        facts=None,
+        n_sequences=None,
         dropped=(),
+        truncated=(),
+        documents=0,
+        notes=(),
         n_eval=0,
         n_cases=0,
     ) -> dict:
         total, trainable = m.parameter_counts(model)
         eff = recipe.micro_batch_size * recipe.gradient_accumulation
-        steps_per_epoch = -(-n_examples // eff)
+        # packing joins examples into fewer sequences: an epoch is as many steps as the trainer has sequences for
+        steps_per_epoch = -(-(n_sequences or n_examples) // eff)
         self.planned_steps = max_steps or int(round(steps_per_epoch * recipe.epochs))
         epochs = self.planned_steps / steps_per_epoch
         rows = [
@@ -76,6 +83,7 @@ class Reporter:
             ("backend", f"{choice.summary()}\n[dim]{choice.reason}[/dim]"),
             ("precision", choice.precision),
             ("quantization", "4-bit NF4 (double quant)" if choice.load_in_4bit else "none"),
+            *([("loaded", _facts_text(facts))] if facts else []),
             ("model", model_path if recipe.model == model_path else f"{_model_name(recipe.model)}  ({model_path})"),
             (
                 "mode",
@@ -83,8 +91,13 @@ class Reporter:
                 + (f"  (LoRA r={recipe.lora.r}, alpha={recipe.lora.alpha})" if recipe.mode != "full" else ""),
             ),
             ("parameters", f"{total:,} total, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"),
-            ("data", f"{n_examples:,} examples, {n_tokens:,} tokens ({recipe.data.path}, {recipe.data.format})"),
+            (
+                "data",
+                f"{_examples_text(n_examples, documents, recipe)}, {n_tokens:,} tokens ({_source(recipe)})",
+            ),
             ("dropped", f"{len(dropped)} ({_dropped_text(dropped)})" if dropped else "none"),
+            *([("cut to fit", f"{len(truncated)} ({_dropped_text(truncated)})")] if truncated else []),
+            *[("note", note) for note in notes],
             ("evaluation", _eval_text(recipe, n_eval, n_cases)),
             ("max_seq_length", str(recipe.max_seq_length)),
             (
@@ -105,6 +118,9 @@ class Reporter:
             "parameters_trainable": trainable,
             "examples": n_examples,
             "tokens": n_tokens,
+            "mode": recipe.mode,
+            "flop_counts": m.flop_counts(model),
+            "planned_steps": self.planned_steps,
         }
 
     # ------------------------------------------------------------------ during training
@@ -275,10 +291,11 @@ class Reporter:
             device=choice.device,
         )
         gpu = choice.hardware
-        summary["train"]["mfu"] = (
-            m.mfu(header["parameters_total"], summary["train"]["tokens_per_s"], gpu.gpu_name)
-            if choice.device == "cuda"
-            else None
+        train = summary["train"]
+        seq_len = train["tokens"] / train["samples"] if train["samples"] else 0.0
+        train["flops_per_token"] = m.flops_per_token(header["flop_counts"], header["mode"], seq_len)
+        train["mfu"] = (
+            m.mfu(train["flops_per_token"], train["tokens_per_s"], gpu.gpu_name) if choice.device == "cuda" else None
         )
         summary["run_dir"] = str(run_dir)
         summary["backend"] = choice.to_dict()
@@ -350,9 +367,21 @@ class Reporter:
             )
 
 
+def _source(recipe) -> str:
+    return f"{recipe.data.path}, {recipe.data.format}"
+
+
+def _examples_text(n_rows: int, documents: int, recipe) -> str:
+    if documents:
+        return f"{documents:,} documents in {n_rows:,} windows of ≤ {recipe.max_seq_length} tokens"
+    return f"{n_rows:,} examples"
+
+
 def _dropped_text(dropped) -> str:
+    """'2 empty answer, 1 too long; first at data.jsonl:7': reasons grouped (numbers in a reason don't split it)."""
     reasons: dict[str, int] = {}
     for _, reason in dropped:
+        reason = re.sub(r" \(.*\)$|: .*$", "", reason)  # "too long (612 tokens > ...)" -> "too long"
         reasons[reason] = reasons.get(reason, 0) + 1
     first = dropped[0][0]
     return ", ".join(f"{n} {r}" for r, n in reasons.items()) + f"; first at {first}"
@@ -369,6 +398,14 @@ def _eval_text(recipe, n_eval: int, n_cases: int) -> str:
     if e.target:
         parts.append(f"stop at {e.target:.0%} of test cases")
     return ", ".join(parts)
+
+
+def _facts_text(facts: dict) -> str:
+    """The model as loaded, read from its parameters: 'weights float32, trainable float32, checkpointing off'."""
+    weights = ", ".join(facts["weight_dtypes"]) or "none"
+    four_bit = f", {facts['linear4bit_layers']} 4-bit layers" if facts["linear4bit_layers"] else ""
+    checkpointing = "on" if facts["gradient_checkpointing"] else "off"
+    return f"weights {weights}{four_bit}; trainable {facts['trainable_dtype']}; gradient checkpointing {checkpointing}"
 
 
 def _model_name(model) -> str:

@@ -9,21 +9,14 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from quickft import rundir
-from quickft.data import (
-    Example,
-    clean_examples,
-    encode,
-    make_cases,
-    read_data,
-    read_examples,
-    training_text,
-)
+from quickft.data import Example, clean_examples, read_data, read_examples
+from quickft.encode import CHAT_TEMPLATES, Prepared, make_cases, prepare, training_text
 from quickft.errors import RunInterrupted, UserError
-from quickft.hardware import Choice, choose, detect, unsloth_status
+from quickft.hardware import Choice
 from quickft.recipe import Recipe, Scratch, load_recipe, recipe_from_dict, recipe_to_dict
 from quickft.recovery import StopOnSignal, is_out_of_memory, recover_from_oom
 from quickft.report import Reporter
@@ -48,7 +41,7 @@ def run(
     model_ref, local = model_reference(recipe)
     run_dir = rundir.pick_run_dir(recipe.name, output_dir or recipe.output_dir)
     rundir.check_writable(run_dir)
-    from quickft.backends import private_by_default
+    from quickft.backends import choose_backend, private_by_default
 
     private_by_default(local)
     choice = choose_backend(recipe)
@@ -73,7 +66,7 @@ def _resume(recipe_path: str, overrides: list[str], resume: str, reporter: Repor
     rundir.truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[-1]))
     split = read_recipe_data(recipe)
     model_ref, local = model_reference(recipe)
-    from quickft.backends import private_by_default
+    from quickft.backends import choose_backend, private_by_default
 
     private_by_default(local)
     choice = choose_backend(recipe)
@@ -105,17 +98,45 @@ class Split:
     case_examples: list[Example]
     eval: list[Example]
     dropped: list[tuple[str, str]]
+    read: int = 0
+    """Examples (or documents) read from the file, before anything was dropped or held out."""
+    notes: list[str] = field(default_factory=list)
+    """What the split did differently from what the recipe asked, and why (shown in the header and `quickft data`)."""
+
+    def counts(self, prepared: Prepared) -> dict:
+        """The numbers `quickft data` and the run both report, from the file to the training rows."""
+        return {
+            "read": self.read,
+            "dropped_reading": len(self.dropped),
+            "held_out_test_cases": len(self.case_examples),
+            "held_out_eval": len(self.eval),
+            "kept_for_training": len(self.train),
+        } | prepared.counts()
+
+
+HOLDOUT_SHARE = 10  # test cases taken out of the training data: at most one example in ten
 
 
 def read_recipe_data(recipe: Recipe) -> Split:
     """Training examples (empty answers and duplicates dropped), test cases, and the eval-loss examples."""
     recipe.data.format, examples = read_data(recipe.data.path, recipe.data)  # saved resolved: chat needs it
+    read = len(examples)
     examples, dropped = clean_examples(examples)
     rng = random.Random(recipe.seed)
+    notes, holdout = [], recipe.data.holdout
     if recipe.data.test_path:
         cases = read_examples(recipe.data.test_path, recipe.data)
+    elif all(ex.document for ex in examples):
+        cases = []
+        if holdout:
+            notes.append("no test cases: text documents have no question to answer (give data.test_path for some)")
     else:
-        n = min(recipe.data.holdout, max(0, len(examples) - 1))
+        n = min(holdout, len(examples) // HOLDOUT_SHARE)
+        if n < holdout:
+            notes.append(
+                f"{n} test case(s) held out, not data.holdout={holdout}: at most one in {HOLDOUT_SHARE} of the "
+                f"{len(examples)} examples (give data.test_path for more)"
+            )
         examples, cases = _split(examples, n, rng)
     if recipe.eval.path:
         eval_examples = read_examples(recipe.eval.path, recipe.data)
@@ -123,7 +144,7 @@ def read_recipe_data(recipe: Recipe) -> Split:
         examples, eval_examples = _split(examples, int(len(examples) * recipe.eval.fraction), rng)
     if not examples:
         raise UserError(f"{recipe.data.path}: no training examples left after the held-out splits")
-    return Split(examples, [], cases[: recipe.data.max_test_examples], eval_examples, dropped)
+    return Split(examples, [], cases[: recipe.data.max_test_examples], eval_examples, dropped, read, notes)
 
 
 def _split(examples: list[Example], n: int, rng: random.Random) -> tuple[list[Example], list[Example]]:
@@ -151,30 +172,8 @@ def model_reference(recipe: Recipe) -> tuple[str | Scratch, bool]:
     return path, local
 
 
-def choose_backend(recipe: Recipe) -> Choice:
-    """Decide backend/precision/4-bit for this machine, importing unsloth (first) when it is chosen."""
-    hw = detect()
-    status = unsloth_status()
-    try:
-        choice = choose(hw, status, requested=recipe.backend, mode=recipe.mode, precision=recipe.precision)
-    except ValueError as e:
-        raise UserError(
-            str(e), hint="use --backend peft, or run on an NVIDIA GPU with compute capability ≥ 7.0"
-        ) from None
-    if choice.backend == "unsloth":
-        from quickft.backends import import_unsloth_first
-
-        error = import_unsloth_first()
-        if error:
-            status.import_error = error
-            if recipe.backend == "unsloth":
-                raise UserError(f"--backend unsloth: unsloth failed to import: {error}", hint="use --backend peft")
-            choice = choose(hw, status, requested="auto", mode=recipe.mode, precision=recipe.precision)
-    return choice
-
-
 def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir: Path, reporter, checkpoint) -> None:
-    from quickft.backends import load, quiet_libraries
+    from quickft.backends import load, model_facts, quiet_libraries
 
     quiet_libraries()
     model_path = materialize(recipe, model_ref, split.train)
@@ -182,8 +181,9 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     model, tokenizer, choice = loaded.model, loaded.tokenizer, loaded.choice  # PEFT, if Unsloth refused the model
     apply_chat_template(tokenizer, recipe, split.train)
     split.cases = make_cases(split.case_examples, recipe.data, recipe.eval.cases, tokenizer)
-    dataset, n_tokens = tokenize_examples(split.train, tokenizer, recipe)
-    eval_dataset = tokenize_examples(split.eval, tokenizer, recipe)[0] if split.eval else None
+    prepared = prepare(split.train, tokenizer, recipe)
+    dataset = to_dataset(prepared.rows)
+    eval_dataset = to_dataset(prepare(split.eval, tokenizer, recipe).rows) if split.eval else None
     if checkpoint is None:  # every input check has passed: only now does the run directory appear
         rundir.create_run_dir(run_dir)
         rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
@@ -191,20 +191,27 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     else:
         rundir.set_status(run_dir, "running", resumed_from=checkpoint.name)
     trainer = make_trainer(recipe, choice, model, tokenizer, dataset, run_dir, eval_dataset=eval_dataset)
+    facts = model_facts(trainer.model)  # read once the trainer is built: TRL (and Unsloth) may change the model
     header = reporter.header(
         recipe=recipe,
         choice=choice,
         model=model,
+        facts=facts,
         model_path=model_path,
         n_examples=len(dataset),
-        n_tokens=n_tokens,
+        n_sequences=len(trainer.train_dataset),  # fewer than examples when packed
+        n_tokens=prepared.tokens,
         run_dir=run_dir,
         max_steps=trainer.args.max_steps if trainer.args.max_steps > 0 else None,
-        dropped=split.dropped,
+        dropped=split.dropped + prepared.dropped,
+        truncated=prepared.truncated,
+        documents=prepared.documents,
+        notes=split.notes,
         n_eval=len(split.eval),
         n_cases=len(split.cases),
     )
-    rundir.write_json(run_dir / "backend.json", choice.to_dict() | {"model_path": model_path})
+    data_counts = split.counts(prepared)
+    rundir.write_json(run_dir / "backend.json", choice.to_dict() | {"model_path": model_path, "model": facts})
     callback = reporter.callback(run_dir / "metrics.jsonl", choice)
     if checkpoint is not None and (run_dir / "metrics.jsonl").is_file():
         # resuming: the report covers the whole run, not just the part after the checkpoint
@@ -247,7 +254,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
             header=header,
             match=recipe.eval.match,
         )
-        rundir.write_json(run_dir / "summary.json", summary | {"interrupted": True})
+        rundir.write_json(run_dir / "summary.json", summary | {"data": data_counts, "interrupted": True})
         raise RunInterrupted(run_dir, f"quickft run {recipe_path} --resume {run_dir}")
     trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model for full fine-tuning
     tokenizer.save_pretrained(run_dir)
@@ -264,7 +271,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         evaluation=evaluator.summary() if evaluator else ({"final_eval_loss": eval_loss} if eval_loss else None),
         match=recipe.eval.match,
     )
-    rundir.write_json(run_dir / "summary.json", summary)
+    rundir.write_json(run_dir / "summary.json", summary | {"data": data_counts})
     from quickft.plots import write_plots
 
     write_plots(callback.rows + callback.eval_rows, run_dir)
@@ -344,8 +351,6 @@ def materialize(recipe: Recipe, model_ref: str | Scratch, train_examples: list[E
 
 
 def apply_chat_template(tokenizer, recipe: Recipe, examples: list[Example]) -> None:
-    from quickft.data import CHAT_TEMPLATES
-
     if recipe.data.chat_template:
         tokenizer.chat_template = CHAT_TEMPLATES.get(recipe.data.chat_template, recipe.data.chat_template)
     if any(ex.messages is not None for ex in examples) and not tokenizer.chat_template:
@@ -355,25 +360,10 @@ def apply_chat_template(tokenizer, recipe: Recipe, examples: list[Example]) -> N
         )
 
 
-def tokenize_examples(examples: list[Example], tokenizer, recipe: Recipe):
+def to_dataset(rows: list[dict]):
     from datasets import Dataset
 
-    rows = [encode(ex, tokenizer, recipe.data) for ex in examples]
-    kept = [r for r in rows if any(r["completion_mask"][: recipe.max_seq_length])]
-    if not kept:
-        raise UserError(
-            f"{recipe.data.path}: every example's answer starts after max_seq_length={recipe.max_seq_length} tokens",
-            hint="raise max_seq_length or shorten the prompts",
-        )
-    if all(len(r["input_ids"]) > recipe.max_seq_length for r in kept):
-        shortest = min(len(r["input_ids"]) for r in kept)
-        raise UserError(
-            f"{recipe.data.path}: every example is longer than max_seq_length={recipe.max_seq_length} tokens "
-            f"(the shortest has {shortest}), so every one would be cut",
-            hint=f"raise max_seq_length to at least {shortest} (`quickft data` recommends a value)",
-        )
-    n_tokens = sum(min(len(r["input_ids"]), recipe.max_seq_length) for r in kept)
-    return Dataset.from_list(kept), n_tokens
+    return Dataset.from_list(rows)
 
 
 def make_trainer(recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_dir: Path, *, eval_dataset=None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import textwrap
 from pathlib import Path
@@ -9,6 +10,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The old-GPU install (make install-old-gpu) has no Unsloth; tests of Unsloth's own path skip there, saying so.
+# find_spec, not importorskip: importing unsloth would patch transformers, trl and peft for the whole test session.
+requires_unsloth = pytest.mark.skipif(
+    importlib.util.find_spec("unsloth") is None,
+    reason="unsloth is not installed (the old-GPU route installs none); `make test` runs this",
+)
 
 PROMPT = "Pregunta: {prompt}\nRespuesta: "
 SUMS = [(a, b) for a in range(0, 30) for b in range(0, 30, 3)]
@@ -38,7 +46,8 @@ def sums_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(sums_file) -> Path:
     """A tiny random Llama saved with save_pretrained, plus a tokenizer trained on the sums."""
-    from quickft.data import read_examples, training_text
+    from quickft.data import read_examples
+    from quickft.encode import training_text
     from quickft.recipe import Data, Scratch
     from quickft.scratch import build_scratch
 

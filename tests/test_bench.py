@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, requires_unsloth
 
 
 def bench(*args, env_extra=None) -> subprocess.CompletedProcess:
@@ -29,6 +29,7 @@ def bench_result(tmp_path_factory):
     return out, json.loads(result.stdout), result
 
 
+@requires_unsloth
 def test_both_backends_ran_in_their_own_processes(bench_result):
     out, data, proc = bench_result
     rows = {r["variant"]: r for r in data["rows"]}
@@ -48,6 +49,34 @@ def test_both_backends_ran_in_their_own_processes(bench_result):
     assert "| unsloth |" in md and "| peft |" in md and "about even" in md
 
 
+@requires_unsloth
+def test_like_for_like_rows_ran_the_same_settings(bench_result):
+    """Read back from each live trainer and model: the real Unsloth CPU path and the real PEFT path ran alike."""
+    _, data, proc = bench_result
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert data["mode"] == "like for like"
+    assert rows["unsloth"]["settings"] == rows["peft"]["settings"] and rows["unsloth"]["differs"] == {}
+    settings = rows["peft"]["settings"]
+    assert settings["optimizer"].startswith("AdamW") and settings["loss"] == "ForCausalLMLoss"
+    assert settings["compute_dtype"] == "fp32" and settings["linear4bit_layers"] == 0
+    assert rows["peft+gc"]["differs"] == {"gradient_checkpointing": [False, True]}
+
+
+@requires_unsloth
+def test_as_shipped_rows_differ_and_say_how(tmp_path):
+    result = bench("--steps", "2", "--warmup", "0", "--as-shipped", "--output-dir", str(tmp_path / "s"), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(result.stdout)
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert data["mode"] == "as shipped"
+    # Unsloth's CPU mode picks the fused AdamW and its chunked cross-entropy when left to itself
+    assert rows["unsloth"]["differs"]["optimizer"][1] == "AdamW (fused)"
+    assert rows["unsloth"]["differs"]["loss"] == ["ForCausalLMLoss", "Unsloth's chunked cross-entropy"]
+    md = (tmp_path / "s" / "bench.md").read_text()
+    assert "as shipped" in md and "optimizer: " in md and "Unsloth's chunked cross-entropy" in md
+
+
+@requires_unsloth
 def test_bench_arithmetic_reruns_from_json(bench_result):
     out, _, _ = bench_result
     data = json.loads((out / "bench.json").read_text())
@@ -75,6 +104,7 @@ def test_table_is_printed(tmp_path):
     assert "quickft bench" in result.stdout and "peft (baseline)" in result.stdout and "1.00×" in result.stdout
 
 
+@requires_unsloth
 def test_a_variant_that_cannot_run_is_a_reason_row(tmp_path):
     """Unsloth told not to fall back to its CPU mode fails to import here: a row that says why, not a crash."""
     result = bench(

@@ -140,3 +140,22 @@ def test_missing_base_model_is_a_clear_error(tmp_path, lora_recipe, capsys):
     assert main(["chat", str(run_dir), "--prompt", "hola"]) == 2
     err = capsys.readouterr().err
     assert "deleted-model" in err and "Traceback" not in err
+
+
+def test_system_prompt_for_chat_runs_only(chat_run, lora_recipe, tmp_path, capsys):
+    code = main(["chat", str(chat_run), "--system", "Responde solo con el número.", "--prompt", "2 + 3"])
+    assert code == 0, capsys.readouterr().err
+    session = load_session(chat_run)
+    session.system = "Responde solo con el número."
+    prompt = build_prompt(session, "2 + 3")
+    assert prompt.startswith("<|im_start|>system\nResponde solo con el número.<|im_end|>\n<|im_start|>user\n2 + 3")
+    from rich.console import Console
+
+    assert command(session, "/reset", Console(stderr=True)) is False
+    assert build_prompt(session, "1 + 1").startswith("<|im_start|>system")  # /reset keeps the system prompt
+    qa_run = tmp_path / "qa"
+    assert main(["run", str(lora_recipe), "max_steps=1", "--output-dir", str(qa_run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["chat", str(qa_run), "--system", "x", "--prompt", "1 + 1"]) == 2
+    err = capsys.readouterr().err
+    assert "--system" in err and "chat data" in err and "Traceback" not in err

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from quickft.data import CHATML, encode, guess_format, prompt_text, read_examples
+from quickft.data import guess_format, read_examples
+from quickft.encode import CHATML, encode, prompt_text
 from quickft.errors import UserError
 from quickft.recipe import Data
 

@@ -48,14 +48,15 @@ def test_early_stopping_keeps_the_best_adapter(tmp_path, tiny_model_dir, sums_fi
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from quickft.encode import prepare
     from quickft.hardware import Choice
     from quickft.recipe import load_recipe
-    from quickft.train import make_trainer, read_recipe_data, tokenize_examples
+    from quickft.train import make_trainer, read_recipe_data, to_dataset
 
     r = load_recipe(recipe)
     split = read_recipe_data(r)
     tok = AutoTokenizer.from_pretrained(run_dir)
-    eval_set, _ = tokenize_examples(split.eval, tok, r)
+    eval_set = to_dataset(prepare(split.eval, tok, r).rows)
     losses = {}
     for name, path in (("best", run_dir / "best"), ("last", run_dir)):
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), path)
@@ -126,27 +127,34 @@ def test_data_report_matches_independent_counts(tmp_path, tiny_model_dir, capsys
     )
     assert main(["data", str(recipe), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    answers = [len(tok(str(a + b), add_special_tokens=False)["input_ids"]) + 1 for a, b in pairs]
+    lengths_unsorted = [
+        len(tok(PROMPT.replace("{prompt}", f"¿Cuánto es {a} + {b}?"))["input_ids"]) + answer
+        for (a, b), answer in zip(pairs, answers, strict=True)
+    ]
+    lengths = sorted(lengths_unsorted)
+    longer = sum(n > 18 for n in lengths)
     assert report["counts"] == {
         "read": len(blocks),
-        "dropped": 3,
+        "dropped_reading": 3,
         "held_out_test_cases": 0,
         "held_out_eval": 0,
         "kept_for_training": len(pairs),
+        "rows": len(pairs),  # every answer fits in 18 tokens: long prompts are cut from the left, none dropped
+        "documents": 0,
+        "dropped_while_tokenizing": 0,
+        "truncated": longer,
+        "tokens": sum(min(n, 18) for n in lengths),
+        "trained_tokens": sum(answers),
     }
     assert sorted(d["reason"] for d in report["dropped"]) == ["duplicate of an earlier example"] * 2 + ["empty answer"]
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    lengths = sorted(
-        len(tok(PROMPT.replace("{prompt}", f"¿Cuánto es {a} + {b}?"))["input_ids"])
-        + len(tok(str(a + b), add_special_tokens=False)["input_ids"])
-        + 1
-        for a, b in pairs
-    )
     assert (report["tokens"]["min"], report["tokens"]["max"]) == (lengths[0], lengths[-1])
     assert report["tokens"]["p50"] == lengths[len(lengths) // 2 - 1 + (len(lengths) % 2)]
-    assert report["truncated"] == sum(n > 18 for n in lengths)
+    assert report["longer_than_max_seq_length"] == longer == len(report["truncated"])
+    assert report["model_max_length"] == 64  # the tiny model's position embeddings
     assert (
-        report["recommended_truncates"] <= 0.01 * len(lengths) + 1e-9
-        or report["recommended_max_seq_length"] >= lengths[-1]
+        report["recommended_cuts"] <= 0.01 * len(lengths) + 1e-9 or report["recommended_max_seq_length"] >= lengths[-1]
     )
     assert (
         report["padding_share"]["packed"] == 0
@@ -181,6 +189,8 @@ def test_batching_switch_really_lowers_measured_padding(tmp_path, tiny_model_dir
         )
         assert main(["run", str(recipe), "--output-dir", str(tmp_path / mode), "--quiet"]) == 0
         shares[mode] = summary(tmp_path / mode)["train"]
+        # the plan (and so the ETA) counts the sequences the trainer really has: fewer than examples when packed
+        assert summary(tmp_path / mode)["model"]["planned_steps"] == shares[mode]["steps"]
     assert shares["padded"]["padding_share"] > 0.2
     assert shares[batching]["padding_share"] < shares["padded"]["padding_share"] / 2
     if batching == "packed":

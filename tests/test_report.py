@@ -10,7 +10,8 @@ import pytest
 from rich.console import Console
 
 from quickft.cli import main
-from quickft.data import encode, read_examples
+from quickft.data import read_examples
+from quickft.encode import encode
 from quickft.recipe import load_recipe
 from quickft.report import Reporter
 from quickft.train import run as train_run
@@ -213,10 +214,11 @@ def test_compare_two_real_runs(tmp_path, lora_recipe, capsys):
     assert [r["steps"] for r in rows] == [4, 8]
     assert rows[1]["ratios"]["runtime_s"]["ratio"] == pytest.approx(sb["train"]["runtime_s"] / sa["train"]["runtime_s"])
     assert rows[1]["ratios"]["total_flos"]["ratio"] == pytest.approx(2.0, rel=0.2)
-    assert rows[1]["ratios"]["total_flos"]["text"].endswith("more FLOPs")
+    assert rows[1]["ratios"]["total_flos"]["text"].endswith("× as much")  # work done, neither better nor worse
+    assert not re.search("faster|slower", rows[1]["ratios"]["runtime_s"]["text"])  # a longer run is not slower
     assert main(["compare", str(a), str(b)]) == 0
     table = capsys.readouterr().out
-    assert "quickft compare" in table and "tokens/s" in table and "more FLOPs" in table
+    assert "quickft compare" in table and "tokens/s" in table and "as much" in table
 
 
 def test_compare_refuses_what_is_not_a_finished_run(tmp_path, capsys):
@@ -231,4 +233,22 @@ def test_mfu_uses_the_cards_peak_rate():
 
     assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_flops("NVIDIA GeForce GTX 1050 Ti") is None and mfu(10, 1.0, None) is None
-    assert mfu(1_000_000_000, 10_000, "NVIDIA A100-SXM4-80GB") == pytest.approx(6e13 / 312e12)
+    assert mfu(6_000_000_000, 10_000, "NVIDIA A100-SXM4-80GB") == pytest.approx(6e13 / 312e12)
+
+
+def test_flops_per_token_by_mode_match_a_hand_count(tiny_model_dir):
+    """The tiny Llama (hidden 64, 2 layers, MLP 128, vocab 320), counted by hand from its config."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from quickft.metrics import flop_counts, flops_per_token
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    vocab = model.config.vocab_size
+    per_layer = 4 * 64 * 64 + 3 * 64 * 128  # q, k, v, o projections + gate, up, down
+    n = 2 * per_layer + vocab * 64  # and the output head (tied to the embedding, but still a matmul)
+    attention = 12 * 2 * 64 * 32  # 12 x layers x width x T, for sequences of T = 32 tokens
+    assert flops_per_token(flop_counts(model), "full", 32) == 6 * n + attention
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    adapters = 2 * 2 * (64 * 4 + 4 * 64)  # A and B of q_proj and v_proj, in both layers
+    assert flops_per_token(flop_counts(lora), "lora", 32) == 4 * n + 6 * adapters + attention

@@ -142,7 +142,7 @@ CASES = {
     "chat with unknown role": (lambda w: [data_recipe(w, "badrole")], "badrole.jsonl:1: unknown role 'robot'"),
     "CSV without the columns": (lambda w: [data_recipe(w, "cols")], "CSV has no column 'question' or 'answer'"),
     "block without Respuesta": (lambda w: [data_recipe(w, "noanswer")], "noanswer.txt:4: block has no 'Respuesta:'"),
-    "every example too long": (lambda w: [data_recipe(w, "long")], "every example is longer than max_seq_length=32"),
+    "every example too long": (lambda w: [data_recipe(w, "long")], "no example fits max_seq_length=32"),
     "only empty answers": (lambda w: [data_recipe(w, "emptyanswers")], "every response is empty"),
     # models
     "model directory missing": (lambda w: [w["good"], "model=./no/such/model"], "model directory not found"),
@@ -381,3 +381,10 @@ def test_auto_batch_halves_the_micro_batch_and_carries_on(tmp_path, world, monke
     assert s["train"]["steps"] == 6 and s["train"]["samples"] == 6 * 8, "the same effective batch throughout"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize(("micro", "smaller"), [(8, 4), (6, 3), (3, 1), (5, 1), (9, 3), (2, 1)])
+def test_auto_batch_keeps_the_effective_batch_exactly(micro, smaller):
+    from quickft.recovery import smaller_micro_batch
+
+    assert smaller_micro_batch(micro) == smaller and micro % smaller == 0  # accumulation x (micro / smaller)

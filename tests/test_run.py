@@ -70,13 +70,14 @@ def test_lora_training_changes_adapter_but_not_base(tmp_path, lora_recipe):
     """The trainer quickft builds updates only LoRA weights (trl's own test, on our path)."""
     from quickft.backends import load
     from quickft.data import read_examples
+    from quickft.encode import prepare
     from quickft.hardware import Choice
     from quickft.recipe import load_recipe
-    from quickft.train import make_trainer, tokenize_examples
+    from quickft.train import make_trainer, to_dataset
 
     recipe = load_recipe(lora_recipe, ["max_steps=3"])
     loaded = load(recipe, Choice("peft", "test", "fp32", False, "cpu"), recipe.model, local=True)
-    dataset, _ = tokenize_examples(read_examples(recipe.data.path, recipe.data), loaded.tokenizer, recipe)
+    dataset = to_dataset(prepare(read_examples(recipe.data.path, recipe.data), loaded.tokenizer, recipe).rows)
     trainer = make_trainer(
         recipe, Choice("peft", "test", "fp32", False, "cpu"), loaded.model, loaded.tokenizer, dataset, tmp_path
     )
