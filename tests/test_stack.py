@@ -16,6 +16,7 @@ from quickft.cli import main
 from quickft.hardware import Hardware
 from quickft.stack import Stack, bnb_library, check, fatbin_archs, read_stack, runs_on
 from tests.conftest import ROOT
+from tests.test_hardware import A100, CPU, GTX1050TI, H100, MPS, P100, RTX3090, T4
 
 GiB = 2**30
 # Read on 2026-11-23 from the builds the two install routes resolve to (torch._C._cuda_getArchFlags() and the
@@ -33,15 +34,7 @@ OLD_GPU = Stack(
 )
 CPU_BUILD = Stack("2.13.0+cpu", None, [], "0.50.2", None, None, None, None)
 
-CPU = Hardware("cpu")
-MPS = Hardware("mps", "Apple GPU (MPS)")
-GTX1050TI = Hardware("cuda", "NVIDIA GeForce GTX 1050 Ti", (6, 1), 4 * GiB)
-P100 = Hardware("cuda", "Tesla P100-PCIE-16GB", (6, 0), 16 * GiB)
 V100 = Hardware("cuda", "Tesla V100-SXM2-16GB", (7, 0), 16 * GiB)
-T4 = Hardware("cuda", "Tesla T4", (7, 5), 15 * GiB)
-RTX3090 = Hardware("cuda", "NVIDIA GeForce RTX 3090", (8, 6), 24 * GiB)
-A100 = Hardware("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 40 * GiB)
-H100 = Hardware("cuda", "NVIDIA H100 80GB HBM3", (9, 0), 80 * GiB)
 RTX5090 = Hardware("cuda", "NVIDIA GeForce RTX 5090", (12, 0), 32 * GiB)
 
 
