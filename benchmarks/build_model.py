@@ -72,7 +72,8 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or ROOT / "benchmarks" / "models" / args.name
 
-    from quickft.data import read_examples, training_text
+    from quickft.data import read_examples
+    from quickft.encode import training_text
     from quickft.recipe import Data
     from quickft.scratch import train_tokenizer
 
