@@ -10,7 +10,6 @@ import os
 import sys
 from typing import Annotated
 
-import click
 import typer
 
 from quickft.errors import RunInterrupted, UserError
@@ -206,12 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: checkpoint, metrics and partial report saved in {e.run_dir}", file=sys.stderr)
         print(f"  resume with: {e.resume_command}", file=sys.stderr)
         return 130
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.ClickException as e:
-        e.show()
+    except typer.TyperException as e:  # usage: a missing argument, an unknown verb or option, a bad option value
+        e.show()  # the verb's usage line, "Try 'quickft VERB --help' for help." and the error
         return 2
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:

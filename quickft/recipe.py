@@ -6,6 +6,7 @@ A recipe file is plain Python that defines `recipe = Recipe(...)`. Everything he
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import runpy
 import types
@@ -269,7 +270,9 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> list[str]:
             if name not in {f.name for f in dataclasses.fields(cls)}:
                 raise AttributeError(name)
         except AttributeError:
-            problems.append(f"unknown key {key!r}; valid keys: {', '.join(field_paths())}")
+            close = difflib.get_close_matches(key, field_paths(), n=2, cutoff=0.6)
+            guess = f"; did you mean {' or '.join(close)}?" if close else ""
+            problems.append(f"unknown key {key!r}{guess} (valid keys: {', '.join(field_paths())})")
             continue
         hint = typing.get_type_hints(cls)[name]
         try:

@@ -150,3 +150,25 @@ def test_help_is_fast_and_imports_no_heavy_library():
 def test_every_verb_has_help(verb):
     result = subprocess.run([sys.executable, "-m", "quickft", verb, "--help"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and "Usage" in result.stdout and f"quickft {verb}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["run"], "Missing argument 'recipe'"),
+        (["foo"], "No such command 'foo'"),
+        (["run", "--bogus", "recipes/tiny_math.py"], "No such option: --bogus"),
+        (["chat"], "Missing argument 'run_dir'"),
+    ],
+)
+def test_usage_mistakes_exit_2_with_the_usage_line(argv, says):
+    result = subprocess.run([sys.executable, "-m", "quickft", *argv], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Usage: quickft" in result.stderr and "--help" in result.stderr
+    assert "crashed" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unknown_key_suggests_the_closest(lora_recipe, capsys):
+    assert main(["run", str(lora_recipe), "learning_rat=1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'learning_rat'; did you mean learning_rate?" in err
