@@ -18,8 +18,14 @@ def generate(
     top_p: float = 1.0,
     batch_size: int = 32,
 ) -> list[str]:
-    """Answers to `prompts` (prompt text already formatted), greedy when temperature == 0."""
+    """Answers to `prompts` (prompt text already formatted), greedy when temperature == 0.
+
+    Out of memory halves the generation batch and tries that batch again (down to one prompt at a time): answering
+    test cases must not cost a run whose training fits.
+    """
     import torch
+
+    from quickft.recovery import is_out_of_memory
 
     was_training = model.training
     model.eval()
@@ -27,13 +33,23 @@ def generate(
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the right end
     try:
-        for i in range(0, len(prompts), batch_size):
+        i = 0
+        while i < len(prompts):
             batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=True)
             batch = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-            with torch.no_grad():
-                out = model.generate(**batch, **_sampling(tokenizer, max_new_tokens, temperature, top_p))
+            try:
+                with torch.no_grad():
+                    out = model.generate(**batch, **_sampling(tokenizer, max_new_tokens, temperature, top_p))
+            except Exception as e:
+                if not is_out_of_memory(e) or batch_size == 1:
+                    raise
+                batch_size //= 2
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
             new_tokens = out[:, batch["input_ids"].shape[1] :]
             answers += [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            i += len(new_tokens)
     finally:
         tokenizer.padding_side = side
         model.train(was_training)

@@ -260,7 +260,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     tokenizer.save_pretrained(run_dir)
     samples = _answer_cases(model, tokenizer, recipe, split.cases, reporter)
     rundir.write_jsonl(run_dir / "samples.jsonl", samples)
-    eval_loss = trainer.evaluate()["eval_loss"] if eval_dataset is not None and not evaluator else None
+    final_eval_loss = eval_loss(trainer) if eval_dataset is not None and not evaluator else None
     summary = reporter.finish(
         trainer=trainer,
         callback=callback,
@@ -268,7 +268,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         run_dir=run_dir,
         choice=choice,
         header=header,
-        evaluation=evaluator.summary() if evaluator else ({"final_eval_loss": eval_loss} if eval_loss else None),
+        evaluation=evaluator.summary() if evaluator else ({"final_eval_loss": final_eval_loss} if final_eval_loss else None),
         match=recipe.eval.match,
     )
     rundir.write_json(run_dir / "summary.json", summary | {"data": data_counts})
@@ -298,7 +298,7 @@ def make_evaluator(recipe: Recipe, cases: list[tuple[str, str]], run_dir: Path, 
             row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 6)}
             trainer = self.trainer
             if trainer.eval_dataset is not None:
-                row["eval_loss"] = trainer.evaluate()["eval_loss"]
+                row["eval_loss"] = eval_loss(trainer)
             if cases:
                 scored = score_cases(
                     trainer.model,
@@ -338,6 +338,21 @@ def make_evaluator(recipe: Recipe, cases: list[tuple[str, str]], run_dir: Path, 
             }
 
     return Evaluator()
+
+
+def eval_loss(trainer) -> float:
+    """The trainer's eval loss; out of memory halves the *evaluation* batch and tries again (never the training one)."""
+    while True:
+        try:
+            return trainer.evaluate()["eval_loss"]
+        except Exception as e:
+            if not is_out_of_memory(e) or trainer.args.per_device_eval_batch_size == 1:
+                raise
+            trainer.args.per_device_eval_batch_size //= 2
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 def materialize(recipe: Recipe, model_ref: str | Scratch, train_examples: list[Example]) -> str:
@@ -428,4 +443,11 @@ def _answer_cases(model, tokenizer, recipe: Recipe, cases: list[tuple[str, str]]
     from quickft.generation import score_cases
 
     with reporter.status(f"answering {len(cases)} test cases"):
-        return score_cases(model, tokenizer, cases, how=recipe.eval.match, max_new_tokens=recipe.max_new_tokens)
+        try:
+            return score_cases(model, tokenizer, cases, how=recipe.eval.match, max_new_tokens=recipe.max_new_tokens)
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+    # training finished and is saved: running out of memory answering (even one case at a time) must not fail it
+    reporter.info("test cases not answered: out of memory even one at a time (quickft eval can score them later)")
+    return []

@@ -388,3 +388,50 @@ def test_auto_batch_keeps_the_effective_batch_exactly(micro, smaller):
     from quickft.recovery import smaller_micro_batch
 
     assert smaller_micro_batch(micro) == smaller and micro % smaller == 0  # accumulation x (micro / smaller)
+
+
+def test_out_of_memory_answering_halves_the_generation_batch_not_the_run(tiny_model_dir, monkeypatch):
+    """The one fake: generate() runs out of memory above 2 prompts at a time; the answers come out the same."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quickft.generation import generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    prompts = [f"Pregunta: ¿Cuánto es {a} + 3?\nRespuesta: " for a in range(7)]
+    expected = generate(model, tok, prompts, max_new_tokens=3, batch_size=8)
+    original, sizes = model.generate, []
+
+    def tight(**batch):
+        sizes.append(batch["input_ids"].shape[0])
+        if batch["input_ids"].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return original(**batch)
+
+    monkeypatch.setattr(model, "generate", tight)
+    assert generate(model, tok, prompts, max_new_tokens=3, batch_size=8) == expected
+    assert sizes[:3] == [7, 4, 2] and max(sizes[3:]) <= 2
+
+
+def test_out_of_memory_in_evaluation_halves_the_eval_batch_only(tmp_path, world, monkeypatch, capsys):
+    import torch
+    import transformers
+
+    original, seen = transformers.Trainer.evaluate, []
+
+    def evaluate(self, *args, **kwargs):
+        seen.append((self.args.per_device_eval_batch_size, self.args.per_device_train_batch_size))
+        if self.args.per_device_eval_batch_size > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "evaluate", evaluate)
+    run_dir = tmp_path / "evaloom"
+    args = ["run", str(world["good"]), "eval.every=2", "eval.fraction=0.2", "max_steps=4", "--output-dir", str(run_dir)]
+    assert main(args) == 0, capsys.readouterr().err
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    assert [s for s in seen[:3]] == [(8, 8), (4, 8), (2, 8)]  # the eval batch halves; the training batch stays
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [2, 4]
