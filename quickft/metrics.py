@@ -207,22 +207,41 @@ def loss_summary(rows: list[dict], total_steps: int) -> dict | None:
     }
 
 
-def summarize(*, rows, runtime_s, setup_s, tokens, padding, samples, steps, epochs, total_flos, device) -> dict:
-    """The end-of-run numbers. Rates are over runtime_s, the training loop (first step to last), not the setup."""
-    mem = memory(device)
+def summarize(
+    *,
+    rows,
+    runtime_s,
+    steps_time_s,
+    session_steps,
+    setup_s,
+    tokens,
+    padding,
+    samples,
+    steps,
+    epochs,
+    total_flos,
+    mem,
+) -> dict:
+    """The end-of-run numbers. Rates are over steps_time_s, the time inside this session's optimizer steps: not the
+    setup, nor the evaluation, checkpoints and logging between steps (other_s), nor a resumed run's earlier part.
+    `steps` is the whole run's; tokens, samples and session_steps are this session's. `mem` is memory() as training
+    ended: its peaks are training's (evaluation during training included), before any test case is answered."""
     return {
         "train": {
             "steps": steps,
+            "session_steps": session_steps,
             "epochs": epochs,
             "runtime_s": runtime_s,
+            "steps_time_s": steps_time_s,
+            "other_s": runtime_s - steps_time_s,
             "setup_s": setup_s,
             "tokens": tokens,
             "samples": samples,
             "padding_tokens": padding,
             "padding_share": padding / (padding + tokens) if tokens else 0.0,
-            "tokens_per_s": tokens / runtime_s,
-            "samples_per_s": samples / runtime_s,
-            "steps_per_s": steps / runtime_s,
+            "tokens_per_s": tokens / steps_time_s,
+            "samples_per_s": samples / steps_time_s,
+            "steps_per_s": session_steps / steps_time_s,
             "total_flos": total_flos,
         },
         "memory": mem,

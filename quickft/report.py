@@ -137,15 +137,30 @@ class Reporter:
                 self.eval_rows: list[dict] = []
                 self._last_eval: dict = {}
                 self.counter = None  # set by train.py: counts real tokens/samples in each training batch
-                self.started = self.ended = None
+                self.started = self.ended = self.memory = None
                 self._live = None
                 self._ema = None
                 self._last = (0, 0.0)
                 self._file = None
+                self.step_s = 0.0
+                """Wall time inside optimizer steps (first micro-batch to optimizer update): the time rates are over.
+                Evaluation, checkpoint saves and logging happen between steps and are not in it."""
+                self._step_started = None
+                self.start_step = None
+                """The step this session started at: 0, or a resumed run's checkpoint."""
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                self._step_started = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                # no device sync here (that would slow every step): on a GPU a step's queued kernels may finish in
+                # the next one, which evens out over the run
+                self.step_s += time.perf_counter() - self._step_started
 
             def on_train_begin(self, args, state, control, **kwargs):
                 if self.started is not None:  # trained on after an out-of-memory retry: one run, one clock
                     return
+                self.start_step = state.global_step
                 m.reset_peak_memory(choice.device)
                 self._file = open(metrics_path, "a", encoding="utf-8")
                 if reporter.live and not reporter.quiet:
@@ -210,6 +225,7 @@ class Reporter:
 
             def on_train_end(self, args, state, control, **kwargs):
                 self.ended = time.perf_counter()
+                self.memory = m.memory(choice.device)  # training's peak, before test cases are answered
                 self.close()
 
             def close(self):
@@ -281,6 +297,9 @@ class Reporter:
         summary = m.summarize(
             rows=callback.rows,
             runtime_s=callback.ended - callback.started,
+            steps_time_s=callback.step_s,
+            session_steps=state.global_step - callback.start_step,
+            mem=callback.memory,
             setup_s=callback.call_s - (callback.ended - callback.started),
             tokens=callback.counter.tokens,
             padding=callback.counter.padding,
@@ -288,7 +307,6 @@ class Reporter:
             steps=state.global_step,
             epochs=state.epoch,
             total_flos=state.total_flos,
-            device=choice.device,
         )
         gpu = choice.hardware
         train = summary["train"]
@@ -320,10 +338,18 @@ class Reporter:
         table.add_column(style="bold")
         table.add_column()
         table.add_row("steps / epochs", f"{t['steps']} / {t['epochs']:.2f}")
-        table.add_row("runtime", f"{_duration(t['runtime_s'])} training (+{t['setup_s']:.1f} s setup)")
+        table.add_row(
+            "runtime",
+            f"{_duration(t['steps_time_s'])} in training steps (+{t['other_s']:.1f} s evaluation, checkpoints and logging "
+            f"between steps; +{t['setup_s']:.1f} s setup)",
+        )
+        session = (
+            f" (this session: {t['session_steps']} steps from a checkpoint)" if t["session_steps"] != t["steps"] else ""
+        )
         table.add_row(
             "throughput",
-            f"{t['tokens_per_s']:,.0f} tokens/s · {t['samples_per_s']:,.2f} samples/s · {t['steps_per_s']:,.2f} steps/s",
+            f"{t['tokens_per_s']:,.0f} tokens/s · {t['samples_per_s']:,.2f} samples/s · {t['steps_per_s']:,.2f} steps/s"
+            f", over the training steps{session}",
         )
         table.add_row(
             "tokens / samples",
@@ -332,7 +358,11 @@ class Reporter:
         )
         table.add_row("total FLOPs", f"{t['total_flos']:.3e}")
         if t["mfu"] is not None:
-            table.add_row("MFU", f"{100 * t['mfu']:.1f}% (6 × parameters × tokens/s ÷ the card's peak 16-bit FLOP/s)")
+            table.add_row(
+                "MFU",
+                f"{100 * t['mfu']:.1f}% ({t['flops_per_token']:.3e} training FLOPs per token × tokens/s ÷ the card's "
+                "peak 16-bit FLOP/s)",
+            )
         table.add_row("memory", m.memory_summary_text(mem))
         if loss:
             thirds = (

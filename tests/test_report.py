@@ -39,7 +39,15 @@ def epoch_run(tmp_path_factory, tiny_model_dir, sums_file):
     timings = {}
     original_train, original_step = transformers.Trainer.train, transformers.Trainer.training_step
 
+    class StepSpy(transformers.TrainerCallback):  # a spy: its own clock around each optimizer step
+        def on_step_begin(self, args, state, control, **kwargs):
+            timings["step_began"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            timings["steps_s"] = timings.get("steps_s", 0.0) + time.perf_counter() - timings["step_began"]
+
     def timed_train(self, *args, **kwargs):  # a spy: times the whole call, changes nothing
+        self.add_callback(StepSpy())
         start = time.perf_counter()
         try:
             return original_train(self, *args, **kwargs)
@@ -67,6 +75,7 @@ def epoch_run(tmp_path_factory, tiny_model_dir, sums_file):
         "recipe": recipe,
         "console": console.export_text(),
         "train_s": timings["last"] - timings["first"],
+        "steps_s": timings["steps_s"],
         "call_s": timings["call_s"],
         "summary": json.loads((run_dir / "summary.json").read_text()),
         "rows": [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()],
@@ -85,9 +94,11 @@ def test_tokens_per_second_counts_real_tokens(epoch_run, tiny_model_dir):
     tokens = sum(min(len(encode(e, tok, recipe.data)["input_ids"]), recipe.max_seq_length) for e in train)
     assert s["train"]["tokens"] == tokens, "every non-padding token of one epoch, and nothing else"
     assert s["train"]["samples"] == len(train)
-    expected = tokens / epoch_run["train_s"]
-    assert s["train"]["tokens_per_s"] == pytest.approx(expected, rel=0.10)
-    assert s["train"]["samples_per_s"] == pytest.approx(len(train) / epoch_run["train_s"], rel=0.10)
+    # rates are over the time inside the training steps, by the spy's own clock
+    assert s["train"]["tokens_per_s"] == pytest.approx(tokens / epoch_run["steps_s"], rel=0.10)
+    assert s["train"]["samples_per_s"] == pytest.approx(len(train) / epoch_run["steps_s"], rel=0.10)
+    t = s["train"]
+    assert 0 < t["steps_time_s"] <= t["runtime_s"] and t["other_s"] == pytest.approx(t["runtime_s"] - t["steps_time_s"])
     # setup (optimizer, data loader) is reported apart from the loop, and both add up to the whole call
     assert s["train"]["runtime_s"] + s["train"]["setup_s"] == pytest.approx(epoch_run["call_s"], rel=0.05, abs=0.05)
     rows = epoch_run["rows"]
@@ -99,7 +110,8 @@ def test_steps_and_epochs_match_the_trainer(epoch_run):
     n_train = s["model"]["examples"]
     assert s["train"]["steps"] == math.ceil(n_train / recipe.micro_batch_size)
     assert s["train"]["epochs"] == pytest.approx(1.0)
-    assert s["train"]["steps_per_s"] == pytest.approx(s["train"]["steps"] / s["train"]["runtime_s"])
+    assert s["train"]["session_steps"] == s["train"]["steps"]  # not resumed: this session is the whole run
+    assert s["train"]["steps_per_s"] == pytest.approx(s["train"]["steps"] / s["train"]["steps_time_s"])
     assert [r["step"] for r in epoch_run["rows"]] == list(range(3, s["train"]["steps"] + 1, 3))
 
 

@@ -269,6 +269,9 @@ def test_sigint_saves_everything_and_resume_matches_an_uninterrupted_run(tmp_pat
     assert final["loss"]["initial"] == rows[0]["loss"] and final["train"]["steps"] == 400, (
         "the report spans the whole run"
     )
+    t = final["train"]  # rates are this session's: its steps over its own time, not the whole run's steps
+    assert t["session_steps"] == 400 - stopped_at
+    assert t["steps_per_s"] == pytest.approx(t["session_steps"] / t["steps_time_s"])
 
     assert main(["run", str(long_recipe), "--resume", str(run_dir)]) == 0  # completed: says so, changes nothing
 
