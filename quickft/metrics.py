@@ -168,11 +168,19 @@ def memory_text(row: dict) -> str:
 
 
 def memory_summary_text(mem: dict) -> str:
+    """The end report's memory line. On a GPU, the block Unsloth's notebooks print: the card, reserved before
+    training, peak reserved, the part of it training added, and the share of the card."""
     if "gpu_peak_allocated_mb" in mem:
+        start = mem.get("gpu_reserved_at_start_mb")
+        training = (
+            f" · training added {mem['gpu_peak_reserved_mb'] - start:,.2f} MB to the {start:,.2f} MB reserved at start"
+            if start is not None
+            else ""
+        )
+        share = 100 * mem["gpu_peak_reserved_mb"] / mem["gpu_total_mb"]
         return (
-            f"allocated {mem['gpu_allocated_mb']:,.2f} MB · reserved {mem['gpu_reserved_mb']:,.2f} MB · "
-            f"max allocated {mem['gpu_peak_allocated_mb']:,.2f} MB · max reserved {mem['gpu_peak_reserved_mb']:,.2f} MB "
-            f"of {mem['gpu_total_mb']:,.0f} MB"
+            f"peak reserved {mem['gpu_peak_reserved_mb']:,.2f} MB ({share:.1f}% of the card's "
+            f"{mem['gpu_total_mb']:,.0f} MB){training} · peak allocated {mem['gpu_peak_allocated_mb']:,.2f} MB"
         )
     return f"peak RSS {mem['peak_rss_mb']:,.1f} MB (process resident memory; no GPU)"
 

@@ -137,7 +137,7 @@ class Reporter:
                 self.eval_rows: list[dict] = []
                 self._last_eval: dict = {}
                 self.counter = None  # set by train.py: counts real tokens/samples in each training batch
-                self.started = self.ended = self.memory = None
+                self.started = self.ended = self.memory = self._reserved_at_start = None
                 self._live = None
                 self._ema = None
                 self._last = (0, 0.0)
@@ -161,6 +161,7 @@ class Reporter:
                 if self.started is not None:  # trained on after an out-of-memory retry: one run, one clock
                     return
                 self.start_step = state.global_step
+                self._reserved_at_start = m.memory(choice.device).get("gpu_reserved_mb")  # model, optimizer not yet
                 m.reset_peak_memory(choice.device)
                 self._file = open(metrics_path, "a", encoding="utf-8")
                 if reporter.live and not reporter.quiet:
@@ -226,6 +227,8 @@ class Reporter:
             def on_train_end(self, args, state, control, **kwargs):
                 self.ended = time.perf_counter()
                 self.memory = m.memory(choice.device)  # training's peak, before test cases are answered
+                if self._reserved_at_start is not None:
+                    self.memory["gpu_reserved_at_start_mb"] = self._reserved_at_start
                 self.close()
 
             def close(self):

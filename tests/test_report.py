@@ -264,3 +264,20 @@ def test_flops_per_token_by_mode_match_a_hand_count(tiny_model_dir):
     lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     adapters = 2 * 2 * (64 * 4 + 4 * 64)  # A and B of q_proj and v_proj, in both layers
     assert flops_per_token(flop_counts(lora), "lora", 32) == 4 * n + 6 * adapters + attention
+
+
+def test_gpu_memory_line_recomputes_the_notebook_block():
+    from quickft.metrics import memory_summary_text
+
+    mem = {  # torch's counters as a 4 GiB card would give them
+        "gpu_allocated_mb": 900.0,
+        "gpu_reserved_mb": 1000.0,
+        "gpu_peak_allocated_mb": 2500.0,
+        "gpu_peak_reserved_mb": 3024.57,
+        "gpu_total_mb": 4096.0,
+        "gpu_reserved_at_start_mb": 1200.0,
+    }
+    text = memory_summary_text(mem)
+    assert "peak reserved 3,024.57 MB (73.8% of the card's 4,096 MB)" in text  # 3024.57 / 4096 = 73.84%
+    assert "training added 1,824.57 MB to the 1,200.00 MB reserved at start" in text
+    assert "peak allocated 2,500.00 MB" in text
