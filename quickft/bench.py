@@ -387,6 +387,18 @@ def print_table(result: dict, console: Console) -> None:
             f"{'GC' if r['gradient_checkpointing'] else 'no GC'}; {r['reason']}",
         )
     console.print(table)
+    ran = [r for r in result["rows"] if "error" not in r]
+    if ran:
+        settings = Table(title="effective settings, read from each process's trainer and model after training")
+        settings.add_column("setting", style="bold")
+        for r in ran:
+            settings.add_column(r["variant"])
+        for key in ran[0]["settings"]:
+            values = [r["settings"].get(key) for r in ran]
+            cells = [f"{v:,.1f}" if isinstance(v, float) else str(v) for v in values]
+            differs = len({json.dumps(v) for v in values}) > 1
+            settings.add_row(f"[yellow]{key}[/yellow]" if differs else key, *cells)
+        console.print(settings)
     console.print(MODE_NOTES[result["mode"]], highlight=False)
     if result["note"]:
         console.print(result["note"], highlight=False)

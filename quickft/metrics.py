@@ -5,6 +5,7 @@ Every figure the report prints is computed here from measured values, so tests c
 
 from __future__ import annotations
 
+import contextlib
 import resource
 from dataclasses import dataclass
 
@@ -127,6 +128,48 @@ def describe_hardware(choice) -> str:
     return describe(choice.hardware) if choice.hardware else choice.device
 
 
+class PhasePeaks:
+    """Training's GPU memory peak apart from evaluation's and answering's. torch keeps one high-water mark per process,
+    so a phase reads it (it belongs to training so far), resets it, runs, reads its own peak and resets it again."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+        self.training = (0.0, 0.0)
+        self.phases: dict[str, tuple[float, float]] = {}
+
+    def _take(self) -> tuple[float, float]:
+        import torch
+
+        peaks = (torch.cuda.max_memory_allocated() / MB, torch.cuda.max_memory_reserved() / MB)
+        torch.cuda.reset_peak_memory_stats()
+        return peaks
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        if not self.cuda:
+            yield
+            return
+        self.training = _larger(self.training, self._take())
+        try:
+            yield
+        finally:
+            self.phases[name] = _larger(self.phases.get(name, (0.0, 0.0)), self._take())
+
+    def report(self) -> dict:
+        """Peak allocated / reserved of training (to now) and of each phase, in MB; {} on CPU."""
+        if not self.cuda:
+            return {}
+        self.training = _larger(self.training, self._take())
+        out = {"gpu_peak_allocated_mb": self.training[0], "gpu_peak_reserved_mb": self.training[1]}
+        for name, (allocated, reserved) in self.phases.items():
+            out[f"{name}_peak_allocated_mb"], out[f"{name}_peak_reserved_mb"] = allocated, reserved
+        return out
+
+
+def _larger(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    return max(a[0], b[0]), max(a[1], b[1])
+
+
 def reset_peak_memory(device: str) -> None:
     if device == "cuda":
         import torch
@@ -178,9 +221,14 @@ def memory_summary_text(mem: dict) -> str:
             else ""
         )
         share = 100 * mem["gpu_peak_reserved_mb"] / mem["gpu_total_mb"]
+        phases = "".join(
+            f" · {name} peak reserved {mem[f'{name}_peak_reserved_mb']:,.2f} MB"
+            for name in ("evaluation", "answering")
+            if f"{name}_peak_reserved_mb" in mem
+        )
         return (
-            f"peak reserved {mem['gpu_peak_reserved_mb']:,.2f} MB ({share:.1f}% of the card's "
-            f"{mem['gpu_total_mb']:,.0f} MB){training} · peak allocated {mem['gpu_peak_allocated_mb']:,.2f} MB"
+            f"training: peak reserved {mem['gpu_peak_reserved_mb']:,.2f} MB ({share:.1f}% of the card's "
+            f"{mem['gpu_total_mb']:,.0f} MB){training} · peak allocated {mem['gpu_peak_allocated_mb']:,.2f} MB{phases}"
         )
     return f"peak RSS {mem['peak_rss_mb']:,.1f} MB (process resident memory; no GPU)"
 

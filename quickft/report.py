@@ -148,6 +148,8 @@ class Reporter:
                 self._step_started = None
                 self.start_step = None
                 """The step this session started at: 0, or a resumed run's checkpoint."""
+                self.peaks = m.PhasePeaks(choice.device)
+                """GPU memory peaks of training, evaluation and answering, each its own."""
 
             def on_step_begin(self, args, state, control, **kwargs):
                 self._step_started = time.perf_counter()
@@ -226,7 +228,8 @@ class Reporter:
 
             def on_train_end(self, args, state, control, **kwargs):
                 self.ended = time.perf_counter()
-                self.memory = m.memory(choice.device)  # training's peak, before test cases are answered
+                # training's peaks, apart from evaluation's (and before test cases are answered)
+                self.memory = m.memory(choice.device) | self.peaks.report()
                 if self._reserved_at_start is not None:
                     self.memory["gpu_reserved_at_start_mb"] = self._reserved_at_start
                 self.close()
@@ -302,7 +305,7 @@ class Reporter:
             runtime_s=callback.ended - callback.started,
             steps_time_s=callback.step_s,
             session_steps=state.global_step - callback.start_step,
-            mem=callback.memory,
+            mem=callback.memory | {k: v for k, v in callback.peaks.report().items() if k.startswith(("answering", "evaluation"))},
             setup_s=callback.call_s - (callback.ended - callback.started),
             tokens=callback.counter.tokens,
             padding=callback.counter.padding,

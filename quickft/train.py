@@ -258,9 +258,11 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         raise RunInterrupted(run_dir, f"quickft run {recipe_path} --resume {run_dir}")
     trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model for full fine-tuning
     tokenizer.save_pretrained(run_dir)
-    samples = _answer_cases(model, tokenizer, recipe, split.cases, reporter)
+    with callback.peaks.phase("answering"):
+        samples = _answer_cases(model, tokenizer, recipe, split.cases, reporter)
     rundir.write_jsonl(run_dir / "samples.jsonl", samples)
-    final_eval_loss = eval_loss(trainer) if eval_dataset is not None and not evaluator else None
+    with callback.peaks.phase("evaluation"):
+        final_eval_loss = eval_loss(trainer) if eval_dataset is not None and not evaluator else None
     summary = reporter.finish(
         trainer=trainer,
         callback=callback,
@@ -297,17 +299,18 @@ def make_evaluator(recipe: Recipe, cases: list[tuple[str, str]], run_dir: Path, 
         def evaluate(self, state, control):
             row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 6)}
             trainer = self.trainer
-            if trainer.eval_dataset is not None:
-                row["eval_loss"] = eval_loss(trainer)
-            if cases:
-                scored = score_cases(
-                    trainer.model,
-                    trainer.processing_class,
-                    cases,
-                    how=recipe.eval.match,
-                    max_new_tokens=recipe.max_new_tokens,
-                )
-                row["case_score"] = sum(s["correct"] for s in scored) / len(scored)
+            with report_callback.peaks.phase("evaluation"):
+                if trainer.eval_dataset is not None:
+                    row["eval_loss"] = eval_loss(trainer)
+                if cases:
+                    scored = score_cases(
+                        trainer.model,
+                        trainer.processing_class,
+                        cases,
+                        how=recipe.eval.match,
+                        max_new_tokens=recipe.max_new_tokens,
+                    )
+                    row["case_score"] = sum(s["correct"] for s in scored) / len(scored)
             if "eval_loss" in row:
                 if self.best_loss is None or row["eval_loss"] < self.best_loss:
                     self.best_step, self.best_loss, self.bad = state.global_step, row["eval_loss"], 0

@@ -281,3 +281,37 @@ def test_gpu_memory_line_recomputes_the_notebook_block():
     assert "peak reserved 3,024.57 MB (73.8% of the card's 4,096 MB)" in text  # 3024.57 / 4096 = 73.84%
     assert "training added 1,824.57 MB to the 1,200.00 MB reserved at start" in text
     assert "peak allocated 2,500.00 MB" in text
+
+
+def test_memory_peaks_of_training_evaluation_and_answering_are_kept_apart(monkeypatch):
+    """The one fake: torch's CUDA memory counters (a GPU we don't have), driven like a real allocator's."""
+    import torch
+
+    from quickft.metrics import MB, PhasePeaks, memory_summary_text
+
+    now, peak = {"a": 0.0, "r": 0.0}, {"a": 0.0, "r": 0.0}
+
+    def use(allocated, reserved):
+        now.update(a=allocated, r=reserved)
+        peak.update(a=max(peak["a"], allocated), r=max(peak["r"], reserved))
+
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: peak["a"] * MB)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: peak["r"] * MB)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: peak.update(now))
+    peaks = PhasePeaks("cuda")
+    use(1000, 1200)  # training steps
+    use(800, 1200)
+    with peaks.phase("evaluation"):
+        use(1500, 1800)  # a big eval batch
+        use(800, 1800)  # its tensors freed as it ends
+    use(1100, 1800)  # training again: reserved stays where evaluation left it
+    use(900, 1800)
+    with peaks.phase("answering"):
+        use(700, 1800)
+    report = peaks.report()
+    assert (report["gpu_peak_allocated_mb"], report["evaluation_peak_allocated_mb"]) == (1100, 1500)
+    assert report["answering_peak_allocated_mb"] == 900  # the mark when answering began: allocated was 900
+    assert report["evaluation_peak_reserved_mb"] == 1800 and report["gpu_peak_reserved_mb"] == 1800
+    text = memory_summary_text(report | {"gpu_total_mb": 4096.0})
+    assert "training: peak reserved 1,800.00 MB" in text and "evaluation peak reserved 1,800.00 MB" in text
+    assert PhasePeaks("cpu").report() == {}
