@@ -273,9 +273,28 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_warning()
 
 
+def cap_gpu_memory() -> float | None:
+    """$QUICKFT_GPU_MEMORY_GB caps this process's GPU memory (torch's per-process fraction), so a big card can stand
+    in for a small one: QUICKFT_GPU_MEMORY_GB=4 behaves like a 4 GB GTX 1050 Ti. Returns the fraction set, if any."""
+    value = os.environ.get("QUICKFT_GPU_MEMORY_GB")
+    if not value:
+        return None
+    import torch
+
+    try:
+        cap = float(value) * 2**30
+    except ValueError:
+        raise UserError(f"QUICKFT_GPU_MEMORY_GB={value!r} is not a number", hint="e.g. QUICKFT_GPU_MEMORY_GB=4") from None
+    fraction = min(1.0, cap / torch.cuda.get_device_properties(0).total_memory)
+    torch.cuda.set_per_process_memory_fraction(fraction)
+    return fraction
+
+
 def load(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_training: bool = True) -> Loaded:
     """Load with the chosen backend; a model that can't be found becomes a UserError that says what to do."""
     quiet_libraries()
+    if choice.device == "cuda":
+        cap_gpu_memory()
     loader = load_unsloth if choice.backend == "unsloth" else load_peft
     try:
         return loader(recipe, choice, model_path, local=local, for_training=for_training)

@@ -207,3 +207,18 @@ def test_unsloth_full_finetune_trains_as_the_recipe_says(tmp_path, lora_recipe, 
     assert facts["weight_dtypes"] == {"float32": facts["weight_dtypes"]["float32"]}  # fp32 master weights
     assert facts["trainable_dtype"] == "float32" and facts["linear4bit_layers"] == 0
     assert f"gradient checkpointing {'on' if checkpointing else 'off'}" in result.stdout
+
+
+def test_gpu_memory_cap_stands_a_big_card_in_for_a_small_one(monkeypatch):
+    """The one fake: torch's CUDA calls (a GPU we don't have); the cap is the fraction of the card's memory."""
+    import types
+
+    from quickft.backends import cap_gpu_memory
+
+    set_to = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d=0: types.SimpleNamespace(total_memory=80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: set_to.append(f))
+    monkeypatch.delenv("QUICKFT_GPU_MEMORY_GB", raising=False)
+    assert cap_gpu_memory() is None and set_to == []
+    monkeypatch.setenv("QUICKFT_GPU_MEMORY_GB", "4")
+    assert cap_gpu_memory() == set_to[0] == 4 / 80
