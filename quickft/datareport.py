@@ -158,6 +158,12 @@ def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool
         f"{c['read']} read, {c['dropped_reading']} dropped reading, {c['held_out_test_cases']} held out as test "
         f"cases, {c['held_out_eval']} held out for eval loss, {c['kept_for_training']} kept for training",
     )
+    if c["test_cases_from_file"] or c["eval_from_file"]:
+        table.add_row(
+            "other files",
+            f"{c['test_cases_from_file']} test cases from data.test_path, {c['eval_from_file']} eval examples from "
+            "eval.path",
+        )
     rows = f"{c['rows']} training sequences"
     if c["documents"]:
         rows += f": the documents cut into windows of ≤ {report['max_seq_length']} tokens"

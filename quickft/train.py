@@ -102,15 +102,21 @@ class Split:
     """Examples (or documents) read from the file, before anything was dropped or held out."""
     notes: list[str] = field(default_factory=list)
     """What the split did differently from what the recipe asked, and why (shown in the header and `quickft data`)."""
+    separate_files: tuple[bool, bool] = (False, False)
+    """Whether the test cases and the eval examples came from files of their own (data.test_path, eval.path)."""
 
     def counts(self, prepared: Prepared) -> dict:
-        """The numbers `quickft data` and the run both report, from the file to the training rows."""
+        """The numbers `quickft data` and the run both report, from the file to the training rows:
+        read = dropped_reading + held_out_test_cases + held_out_eval + kept_for_training."""
+        cases_file, eval_file = self.separate_files
         return {
             "read": self.read,
             "dropped_reading": len(self.dropped),
-            "held_out_test_cases": len(self.case_examples),
-            "held_out_eval": len(self.eval),
+            "held_out_test_cases": 0 if cases_file else len(self.case_examples),
+            "held_out_eval": 0 if eval_file else len(self.eval),
             "kept_for_training": len(self.train),
+            "test_cases_from_file": len(self.case_examples) if cases_file else 0,
+            "eval_from_file": len(self.eval) if eval_file else 0,
         } | prepared.counts()
 
 
@@ -144,7 +150,9 @@ def read_recipe_data(recipe: Recipe) -> Split:
         examples, eval_examples = _split(examples, int(len(examples) * recipe.eval.fraction), rng)
     if not examples:
         raise UserError(f"{recipe.data.path}: no training examples left after the held-out splits")
-    return Split(examples, [], cases[: recipe.data.max_test_examples], eval_examples, dropped, read, notes)
+    cases = cases[: recipe.data.max_test_examples]
+    separate = (bool(recipe.data.test_path), bool(recipe.eval.path))
+    return Split(examples, [], cases, eval_examples, dropped, read, notes, separate)
 
 
 def _split(examples: list[Example], n: int, rng: random.Random) -> tuple[list[Example], list[Example]]:

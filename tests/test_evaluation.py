@@ -141,6 +141,8 @@ def test_data_report_matches_independent_counts(tmp_path, tiny_model_dir, capsys
         "held_out_test_cases": 0,
         "held_out_eval": 0,
         "kept_for_training": len(pairs),
+        "test_cases_from_file": 0,
+        "eval_from_file": 0,
         "rows": len(pairs),  # every answer fits in 18 tokens: long prompts are cut from the left, none dropped
         "documents": 0,
         "dropped_while_tokenizing": 0,

@@ -230,6 +230,7 @@ def fixture_recipe(tmp_path, name: str, max_seq_length: int = 48, **data) -> str
     ("name", "data"),
     [
         ("alpaca_zh.json", {}),
+        ("alpaca_zh.json", {"test_path": str(FIXTURES / "alpaca_zh.json")}),  # test cases from a file of their own
         ("sharegpt.json", {"chat_template": "chatml"}),
         ("openai_messages.jsonl", {"chat_template": "chatml"}),
         ("tool_calls.jsonl", {"chat_template": "chatml", "max_seq_length": 400}),
@@ -253,6 +254,7 @@ def test_data_report_and_run_count_the_same(tmp_path, capsys, name, data):
     assert c["read"] == c["dropped_reading"] + c["held_out_test_cases"] + c["held_out_eval"] + c["kept_for_training"]
     assert len(report["dropped"]) == c["dropped_reading"] + c["dropped_while_tokenizing"]
     assert c["rows"] >= 1 and report["tokens"]["total"] == c["tokens"]
+    assert c["test_cases_from_file"] == (4 if "test_path" in data else 0)
 
 
 def test_a_prompt_that_fills_max_seq_length_is_counted_not_lost(tmp_path, tiny_model_dir, capsys):
