@@ -5,7 +5,6 @@ Never imports unsloth in this process (importing it patches other libraries); it
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 import subprocess
 import sys
@@ -14,14 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from quickft.hardware import UnslothStatus, choose, describe, detect, unsloth_status
-from quickft.stack import check, read_stack
-
-
-def version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+from quickft.stack import check, read_stack, version
 
 
 def unsloth_import_check(timeout: float = 180) -> str | None:

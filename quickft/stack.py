@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from quickft.hardware import Hardware, UnslothStatus, why_not_unsloth
+from quickft.errors import UserError
+from quickft.hardware import Hardware, UnslothStatus, detect, why_not_unsloth
 
 OLD_GPU_INSTALL = "make install-old-gpu"
 OLD_GPU_PIP = "python -m venv .venv-old-gpu && .venv-old-gpu/bin/pip install -c constraints/old-gpu.txt -e ."
@@ -153,9 +154,6 @@ def _fix_for(hw: Hardware) -> str:
 def require_runnable(*, needs_4bit: bool) -> tuple[Hardware, Stack, Verdict]:
     """Read this machine and its stack; a stack that cannot run here is a UserError (exit 2) naming the GPU, what
     the installed torch supports and the command that installs a stack that runs. Call before loading anything."""
-    from quickft.errors import UserError
-    from quickft.hardware import detect
-
     hw, stack = detect(), read_stack()
     verdict = check(hw, stack, needs_4bit=needs_4bit)
     if verdict.status == "cannot-run":
