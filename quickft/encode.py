@@ -7,6 +7,7 @@ call it, so the counts they show are the same. Takes any Hugging Face (fast) tok
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from quickft.data import Example
@@ -116,9 +117,7 @@ def _render(tokenizer, messages, tools, *, generation_prompt: bool = False) -> s
 
 
 def _encode_with_generation_markers(example: Example, tokenizer) -> dict:
-    if "{% generation %}" not in (tokenizer.chat_template or "") and "{%- generation %}" not in (
-        tokenizer.chat_template or ""
-    ):
+    if not re.search(r"\{%-?\s*generation\s*-?%\}", tokenizer.chat_template or ""):
         raise UserError(
             f"{example.where}: the chat template renders earlier turns differently as the conversation grows "
             "(it changes or strips earlier assistant turns), so the assistant's tokens cannot be told apart",
