@@ -99,6 +99,12 @@ def test_tokens_per_second_counts_real_tokens(epoch_run, tiny_model_dir):
     assert s["train"]["samples_per_s"] == pytest.approx(len(train) / epoch_run["steps_s"], rel=0.10)
     t = s["train"]
     assert 0 < t["steps_time_s"] <= t["runtime_s"] and t["other_s"] == pytest.approx(t["runtime_s"] - t["steps_time_s"])
+    # FLOPs per token for this LoRA run, by hand: r=4 on every linear layer of the 2-layer, 64-wide tiny Llama
+    vocab = len(tok)
+    n = 2 * (4 * 64 * 64 + 3 * 64 * 128) + vocab * 64  # projections + MLP per layer, and the output head
+    adapters = 2 * (4 * (64 * 4 + 4 * 64) + 3 * (64 * 4 + 4 * 128))  # q k v o, and gate up down (64 <-> 128)
+    seq_len = t["tokens"] / t["samples"]
+    assert t["flops_per_token"] == pytest.approx(4 * n + 6 * adapters + 12 * 2 * 64 * seq_len)
     # setup (optimizer, data loader) is reported apart from the loop, and both add up to the whole call
     assert s["train"]["runtime_s"] + s["train"]["setup_s"] == pytest.approx(epoch_run["call_s"], rel=0.05, abs=0.05)
     rows = epoch_run["rows"]
