@@ -290,7 +290,7 @@ def _measure(spec: dict) -> dict:
         "device": choice.device,
         "precision": choice.precision,
         "load_in_4bit": choice.load_in_4bit,
-        "gradient_checkpointing": recipe.gradient_checkpointing,
+        "gradient_checkpointing": settings["gradient_checkpointing"],  # read from the model, not the recipe
         "reason": choice.reason,
         "load_time_s": load_time,
         "step_times_s": times,

@@ -41,6 +41,11 @@ class Session:
 # ---------------------------------------------------------------------------------------------- loading
 
 
+def chat_style(recipe: Recipe) -> str:
+    """chat (multi-turn, chat template), completion (continue the text) or qa (single-turn prompt template)."""
+    return {"chat": "chat", "sharegpt": "chat", "text": "completion"}.get(recipe.data.format, "qa")
+
+
 def load_session(run_dir: str | Path, *, with_base: bool = False) -> Session:
     """Load the run's base model + adapter (or its full model) with the same backend policy as training."""
     run = open_run(run_dir)
@@ -84,7 +89,7 @@ def load_session(run_dir: str | Path, *, with_base: bool = False) -> Session:
         tokenizer.pad_token = tokenizer.eos_token
     if recipe.data.chat_template and not tokenizer.chat_template:
         tokenizer.chat_template = CHAT_TEMPLATES.get(recipe.data.chat_template, recipe.data.chat_template)
-    style = {"chat": "chat", "sharegpt": "chat", "text": "completion"}.get(recipe.data.format, "qa")
+    style = chat_style(recipe)
     temperature = recipe.temperature if recipe.temperature is not None else (0.7 if style == "chat" else 0.0)
     params = {"temperature": temperature, "top_p": recipe.top_p, "max_new_tokens": recipe.max_new_tokens}
     description = f"loaded {what} on {describe(choice.hardware)} with {choice.summary()}"
@@ -268,15 +273,16 @@ def main(
     system: str | None = None,
 ) -> None:
     err = Console(stderr=True, soft_wrap=True)
-    with err.status("loading the model") if sys.stderr.isatty() else contextlib.nullcontext():
-        session = load_session(run_dir, with_base=compare_base)
-    if system is not None:
-        if session.style != "chat":
+    if system is not None:  # checked before the (slow) model load
+        recipe = recipe_from_dict(open_run(run_dir)["recipe"])
+        if chat_style(recipe) != "chat":
             raise UserError(
-                f"--system: {run_dir} was trained on {session.recipe.data.format} data, which has no system prompt",
+                f"--system: {run_dir} was trained on {recipe.data.format} data, which has no system prompt",
                 hint="--system is for runs trained on chat data (messages or ShareGPT conversations)",
             )
-        session.system = system
+    with err.status("loading the model") if sys.stderr.isatty() else contextlib.nullcontext():
+        session = load_session(run_dir, with_base=compare_base)
+    session.system = system
     for key, value in (("temperature", temperature), ("top_p", top_p), ("max_new_tokens", max_new_tokens)):
         if value is not None:
             session.params[key] = value

@@ -27,7 +27,8 @@ SHAREGPT_ROLES = {
     "tool": "tool",
 }
 RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".parquet"}
-RECORD_SHAPES = ("alpaca", "chat", "sharegpt", "pairs", "text")
+RECORD_SHAPES = ("alpaca", "chat", "sharegpt", "pairs")
+"""Shapes that exist only as records: named for a .txt file, it is read as JSON (a "text" .txt is prose)."""
 
 
 @dataclass
@@ -58,7 +59,7 @@ def read_data(path: str | Path, data: Data) -> tuple[str, list[Example]]:
     if not path.is_file():
         raise UserError(f"data file not found: {path}", hint="data paths are relative to the current directory")
     suffix = path.suffix.lower()
-    if suffix in RECORD_SUFFIXES or data.format in RECORD_SHAPES[:4] or data.format == "csv":
+    if suffix in RECORD_SUFFIXES or data.format in RECORD_SHAPES or data.format == "csv":
         fmt, examples = _read_records(path, suffix, data)
     else:
         text = _read_text_file(path)
