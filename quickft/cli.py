@@ -11,16 +11,46 @@ import sys
 from typing import Annotated
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from quickft.errors import RunInterrupted, UserError
 
+
+def _labelled(params: list) -> list:
+    """Help labels that say what a parameter takes: the argument's own name (RECIPE), a metavar (DIR, N), nothing for
+    a flag, instead of the type names typer prints (<str>, <bool>)."""
+    for param in params:
+        if isinstance(param, TyperArgument) or (param.metavar is None and getattr(param, "is_flag", False)):
+            param.display_type_rich = lambda ctx: None
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        return _labelled(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):
+        return _labelled(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
     help="Quick LoRA / QLoRA / full fine-tuning of causal language models, on the GPU you have (or none).",
+    epilog="Start with [bold]quickft run recipes/tiny_math.py[/bold] (offline demo, ~2 min on a CPU), then "
+    "[bold]quickft chat outputs/tiny_math[/bold]. [bold]quickft VERB --help[/bold] shows each verb's examples.",
 )
 _debug = False
+
+
+def _examples(*lines: str) -> str:
+    """A verb's help epilog: one example command per line (rich markup: each line its own paragraph)."""
+    return "[bold]Examples[/bold]\n\n" + "\n\n".join(f"  {line}" for line in lines)
 
 
 @app.callback()
@@ -33,21 +63,39 @@ def _options(
 
 Backend = Annotated[
     str | None,
-    typer.Option("--backend", help="auto (default: from the hardware), unsloth or peft.", show_default=False),
+    typer.Option(
+        "--backend", metavar="auto|unsloth|peft", help="Default auto: picked from the hardware.", show_default=False
+    ),
 ]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+Recipe = Annotated[str, typer.Argument(metavar="RECIPE", help="Recipe file, e.g. recipes/tiny_math.py")]
+Overrides = Annotated[
+    list[str] | None, typer.Argument(metavar="KEY=VALUE", help="Recipe overrides: max_steps=20 lora.r=8")
+]
+RunDir = Annotated[str, typer.Argument(metavar="RUN_DIR", help="A finished run, e.g. outputs/tiny_math")]
 
 
-@app.command()
+@app.command(
+    cls=_Command,
+    epilog=_examples(
+        "quickft run recipes/tiny_math.py",
+        "quickft run recipes/tiny_math.py max_steps=300 learning_rate=2e-3",
+        "quickft run recipes/tiny_math.py --resume outputs/tiny_math",
+    ),
+)
 def run(
-    recipe: Annotated[str, typer.Argument(help="Recipe file, e.g. recipes/tiny_math.py")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides: max_steps=20 lora.r=8")] = None,
+    recipe: Recipe,
+    overrides: Overrides = None,
     output_dir: Annotated[
-        str | None, typer.Option("--output-dir", help="Run directory (default outputs/<name>).")
+        str | None, typer.Option("--output-dir", metavar="DIR", help="Run directory (default outputs/<name>).")
     ] = None,
     backend: Backend = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print only the final report.")] = False,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run: --resume [RUN_DIR] (default: the newest).")
+        bool,
+        typer.Option(
+            "--resume", metavar="[RUN_DIR]", help="Continue an interrupted run (default: this recipe's newest)."
+        ),
     ] = False,
 ) -> None:
     """Fine-tune a model as a recipe says, and write a run directory."""
@@ -67,21 +115,30 @@ def run(
     )
 
 
-@app.command()
+@app.command(
+    cls=_Command,
+    epilog=_examples(
+        "quickft chat outputs/tiny_math",
+        "quickft chat outputs/tiny_math --prompt '12 + 34'",
+        "quickft chat outputs/tiny_math --compare-base --temperature 0.7 --seed 1",
+    ),
+)
 def chat(
-    run_dir: Annotated[str, typer.Argument(help="A finished run, e.g. outputs/tiny_math")],
+    run_dir: RunDir,
     prompt: Annotated[
-        str | None, typer.Option("--prompt", help="Answer this once and exit (answer only on stdout).")
+        str | None,
+        typer.Option("--prompt", metavar="TEXT", help="Answer this once and exit (answer only on stdout)."),
     ] = None,
     temperature: Annotated[
-        float | None, typer.Option(help="0 = greedy. Default: the recipe's, else greedy for Q&A.")
+        float | None, typer.Option(metavar="T", help="0 = greedy. Default: the recipe's, else greedy for Q&A.")
     ] = None,
-    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling threshold.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed, for reproducible sampling.")] = None,
+    top_p: Annotated[float | None, typer.Option(metavar="P", help="Nucleus sampling threshold, 0-1.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(metavar="N", help="Longest answer, in tokens.")] = None,
+    seed: Annotated[int | None, typer.Option(metavar="N", help="Random seed, for reproducible sampling.")] = None,
     compare_base: Annotated[bool, typer.Option("--compare-base", help="Answer with and without fine-tuning.")] = False,
     system: Annotated[
-        str | None, typer.Option("--system", help="A system prompt for every conversation (chat-format runs).")
+        str | None,
+        typer.Option("--system", metavar="TEXT", help="A system prompt for every conversation (chat-format runs)."),
     ] = None,
 ) -> None:
     """Talk to what a run produced: streaming, multi-turn for chat data, /reset /params /exit."""
@@ -99,21 +156,37 @@ def chat(
     )
 
 
-@app.command()
+@app.command(
+    cls=_Command,
+    epilog=_examples(
+        "quickft bench recipes/tiny_math.py",
+        "quickft bench recipes/phi2_math.py --isolate --steps 30",
+        "quickft bench recipes/tiny_math.py --backends unsloth,peft,peft+nogc --repeat 5 --json",
+    ),
+)
 def bench(
-    recipe: Annotated[str, typer.Argument(help="Recipe file, e.g. recipes/tiny_math.py")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, as for `run`")] = None,
+    recipe: Recipe,
+    overrides: Overrides = None,
     backends: Annotated[
-        str, typer.Option(help="Variants to compare: unsloth, peft, with switches +4bit +16bit +gc +nogc.")
+        str,
+        typer.Option(
+            metavar="VARIANT,...", help="Variants to compare: unsloth, peft, with switches +4bit +16bit +gc +nogc."
+        ),
     ] = "unsloth,peft",
-    steps: Annotated[int, typer.Option(help="Timed optimizer steps per variant.")] = 20,
-    warmup: Annotated[int, typer.Option(help="Untimed warm-up steps before them.")] = 3,
-    repeat: Annotated[int, typer.Option(help="Fresh processes per variant.")] = 1,
+    steps: Annotated[
+        int, typer.Option(metavar="N", help="Timed optimizer steps per variant (replaces the recipe's max_steps).")
+    ] = 20,
+    warmup: Annotated[int, typer.Option(metavar="N", help="Untimed warm-up steps before them.")] = 3,
+    repeat: Annotated[
+        int, typer.Option(metavar="N", help="Fresh processes per variant: 3 or more report a spread.")
+    ] = 3,
     isolate: Annotated[
         bool, typer.Option("--isolate", help="Add PEFT with/without 4-bit and with/without GC.")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Also print the JSON.")] = False,
-    output_dir: Annotated[str | None, typer.Option("--output-dir", help="Default outputs/bench-<name>.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON instead of the table.")] = False,
+    output_dir: Annotated[
+        str | None, typer.Option("--output-dir", metavar="DIR", help="Default outputs/bench-<name>.")
+    ] = None,
     as_shipped: Annotated[
         bool,
         typer.Option("--as-shipped", help="Each backend with its library's own defaults, not the same settings."),
@@ -136,13 +209,22 @@ def bench(
     )
 
 
-@app.command("eval")
+@app.command(
+    "eval",
+    cls=_Command,
+    epilog=_examples(
+        "quickft eval outputs/tiny_math",
+        "quickft eval outputs/tiny_math --cases data/sumas_test.txt",
+        "quickft eval outputs/tiny_math --json",
+    ),
+)
 def eval_(
-    run_dir: Annotated[str, typer.Argument(help="A finished run")],
+    run_dir: RunDir,
     cases: Annotated[
-        str | None, typer.Option("--cases", help="A prompt/response file to score (default: the run's cases).")
+        str | None,
+        typer.Option("--cases", metavar="FILE", help="A prompt/response file to score (default: the run's cases)."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Json = False,
 ) -> None:
     """Score a finished run on test cases (the same scoring as during training)."""
     from quickft.evaluate import main as eval_main
@@ -150,12 +232,19 @@ def eval_(
     eval_main(run_dir, cases_path=cases, as_json=as_json)
 
 
-@app.command()
+@app.command(
+    cls=_Command,
+    epilog=_examples(
+        "quickft data recipes/tiny_math.py",
+        "quickft data recipes/phi2_math.py max_seq_length=256 --show 5",
+        "quickft data recipes/tiny_math.py --json",
+    ),
+)
 def data(
-    recipe: Annotated[str, typer.Argument(help="Recipe file")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, as for `run`")] = None,
-    show: Annotated[int, typer.Option("--show", help="Examples to preview with their loss masking.")] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    recipe: Recipe,
+    overrides: Overrides = None,
+    show: Annotated[int, typer.Option("--show", metavar="N", help="Examples to preview with their loss masking.")] = 3,
+    as_json: Json = False,
 ) -> None:
     """Report what a recipe feeds the model: counts, token lengths, padding, masking; no training."""
     from quickft.datareport import main as data_main
@@ -163,10 +252,18 @@ def data(
     data_main(recipe, overrides or [], show=show, as_json=as_json)
 
 
-@app.command()
+@app.command(
+    cls=_Command,
+    epilog=_examples(
+        "quickft compare outputs/tiny_math outputs/tiny_math-2",
+        "quickft compare outputs/phi2_math outputs/phi2_math-2 outputs/phi2_math-3 --json",
+    ),
+)
 def compare(
-    runs: Annotated[list[str], typer.Argument(help="Two or more run directories; ratios are to the first.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    runs: Annotated[
+        list[str], typer.Argument(metavar="RUN_DIR", help="Two or more run directories; ratios are to the first.")
+    ],
+    as_json: Json = False,
 ) -> None:
     """Compare finished runs side by side: speed, FLOPs, loss and memory."""
     from quickft.compare import main as compare_main
@@ -174,9 +271,9 @@ def compare(
     compare_main(runs, as_json=as_json)
 
 
-@app.command()
+@app.command(cls=_Command, epilog=_examples("quickft doctor", "quickft doctor --fast", "quickft doctor --json"))
 def doctor(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Json = False,
     fast: Annotated[bool, typer.Option("--fast", help="Skip the (slow) unsloth import check.")] = False,
 ) -> None:
     """Show the software and hardware stack, layer by layer, and which backend `auto` picks here."""

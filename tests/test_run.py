@@ -1,6 +1,7 @@
 """`quickft run` end to end on a tiny real model, through the real CLI entry point."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -147,18 +148,28 @@ def test_help_is_fast_and_imports_no_heavy_library():
 
 
 @pytest.mark.parametrize("verb", ["run", "chat", "eval", "data", "bench", "compare", "doctor"])
-def test_every_verb_has_help(verb):
-    result = subprocess.run([sys.executable, "-m", "quickft", verb, "--help"], capture_output=True, text=True, cwd=ROOT)
+def test_every_verb_has_help_with_examples_and_labels_that_say_what_options_take(verb):
+    env = dict(os.environ, COLUMNS="120")
+    result = subprocess.run(
+        [sys.executable, "-m", "quickft", verb, "--help"], capture_output=True, text=True, cwd=ROOT, env=env
+    )
     assert result.returncode == 0 and "Usage" in result.stdout and f"quickft {verb}" in result.stdout
+    examples = result.stdout.split("Examples", 1)[1]
+    assert examples.count(f"quickft {verb} ") >= 2, "two or more example commands"
+    for label in ("<bool>", "<str>", "<int>", "<float>", "<list[str]>"):
+        assert label not in result.stdout, f"{label}: a type name, not what the option takes"
+    if verb == "run":
+        assert "--resume [RUN_DIR]" in " ".join(result.stdout.split()).replace(" │", "")
 
 
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["run"], "Missing argument 'recipe'"),
+        (["run"], "Missing argument 'RECIPE'"),
         (["foo"], "No such command 'foo'"),
         (["run", "--bogus", "recipes/tiny_math.py"], "No such option: --bogus"),
-        (["chat"], "Missing argument 'run_dir'"),
+        (["chat"], "Missing argument 'RUN_DIR'"),
+        (["bench", "recipes/tiny_math.py", "--steps", "many"], "Invalid value for '--steps'"),
     ],
 )
 def test_usage_mistakes_exit_2_with_the_usage_line(argv, says):
