@@ -284,7 +284,9 @@ def cap_gpu_memory() -> float | None:
     try:
         cap = float(value) * 2**30
     except ValueError:
-        raise UserError(f"QUICKFT_GPU_MEMORY_GB={value!r} is not a number", hint="e.g. QUICKFT_GPU_MEMORY_GB=4") from None
+        raise UserError(
+            f"QUICKFT_GPU_MEMORY_GB={value!r} is not a number", hint="e.g. QUICKFT_GPU_MEMORY_GB=4"
+        ) from None
     fraction = min(1.0, cap / torch.cuda.get_device_properties(0).total_memory)
     torch.cuda.set_per_process_memory_fraction(fraction)
     return fraction

@@ -95,9 +95,7 @@ def bench(
         runs = []
         for r in range(repeat):
             console.print(f"{spec['name']}: run {r + 1}/{repeat} in a fresh process ...", highlight=False)
-            runs.append(
-                _spawn(recipe_path, overrides + spec["overrides"], spec["backend"], steps, warmup, as_shipped)
-            )
+            runs.append(_spawn(recipe_path, overrides + spec["overrides"], spec["backend"], steps, warmup, as_shipped))
             if "error" in runs[-1]:
                 break  # a variant that cannot run here will not run on a second try either
         rows.append(combine(spec, runs))

@@ -92,7 +92,7 @@ def load_session(run_dir: str | Path, *, with_base: bool = False) -> Session:
     style = chat_style(recipe)
     temperature = recipe.temperature if recipe.temperature is not None else (0.7 if style == "chat" else 0.0)
     params = {"temperature": temperature, "top_p": recipe.top_p, "max_new_tokens": recipe.max_new_tokens}
-    description = f"loaded {what} on {describe(choice.hardware)} with {choice.summary()}"
+    description = f"loaded {what} on {describe(choice.hardware)} with {choice.summary(recipe.mode)}"
     return Session(model, tokenizer, recipe, style, params, base=base, description=description)
 
 

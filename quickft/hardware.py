@@ -56,9 +56,12 @@ class Choice:
     stack: dict | None = None
     """The installed stack and its verdict for this machine (quickft.stack), when it was checked."""
 
-    def summary(self) -> str:
+    def summary(self, mode: str | None = None) -> str:
         quant = "bitsandbytes 4-bit" if self.load_in_4bit else "16/32-bit weights"
-        name = "Unsloth" if self.backend == "unsloth" else "PEFT"
+        if self.backend == "unsloth":
+            name = "Unsloth"
+        else:  # a full fine-tune has no adapter: PEFT is not involved, transformers trains every weight
+            name = "transformers (full fine-tune, no adapter)" if mode == "full" else "PEFT"
         return f"{name} + {quant}, {self.precision} on {self.device}"
 
     def to_dict(self) -> dict:
@@ -140,9 +143,10 @@ def choose(
             "unsloth", f"Unsloth: {describe(hw)} is supported", resolved_precision, load_in_4bit, hw.device, hw
         )
     quant = "bitsandbytes 4-bit" if load_in_4bit else "16/32-bit weights"
+    plain = "transformers (full fine-tune)" if mode == "full" else "PEFT"
     return Choice(
         "peft",
-        f"Unsloth not used: {why_not} — using PEFT + {quant}, {resolved_precision}{four_bit_note}",
+        f"Unsloth not used: {why_not} — using {plain} + {quant}, {resolved_precision}{four_bit_note}",
         resolved_precision,
         load_in_4bit,
         hw.device,

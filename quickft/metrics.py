@@ -270,18 +270,24 @@ def summarize(
     steps_time_s,
     session_steps,
     setup_s,
-    tokens,
-    padding,
-    samples,
+    setup_phases,
+    session,
+    earlier,
     steps,
     epochs,
     total_flos,
     mem,
 ) -> dict:
-    """The end-of-run numbers. Rates are over steps_time_s, the time inside this session's optimizer steps: not the
-    setup, nor the evaluation, checkpoints and logging between steps (other_s), nor a resumed run's earlier part.
-    `steps` is the whole run's; tokens, samples and session_steps are this session's. `mem` is memory() as training
-    ended: its peaks are training's (evaluation during training included), before any test case is answered."""
+    """The end-of-run numbers, each with one definition.
+
+    Rates (tokens/s, samples/s, steps/s) are this session's counts over steps_time_s, the time inside this session's
+    optimizer steps: not the setup, nor the evaluation, checkpoints and logging between steps (other_s), nor a resumed
+    run's earlier sessions. Totals (steps, epochs, tokens, samples, padding) are the whole run's: `earlier` (what the
+    run counted before a resume; zeros otherwise) plus this `session`'s; session_* keep this session's apart. Setup
+    is from the verb's start to the first step (imports and model load included), broken down by setup_phases.
+    `mem` is memory() as training ended: its peaks are training's (evaluation during training included)."""
+    tokens, samples = earlier["tokens"] + session["tokens"], earlier["samples"] + session["samples"]
+    padding = earlier["padding"] + session["padding"]
     return {
         "train": {
             "steps": steps,
@@ -291,12 +297,15 @@ def summarize(
             "steps_time_s": steps_time_s,
             "other_s": runtime_s - steps_time_s,
             "setup_s": setup_s,
+            "setup_phases": setup_phases,
             "tokens": tokens,
             "samples": samples,
             "padding_tokens": padding,
             "padding_share": padding / (padding + tokens) if tokens else 0.0,
-            "tokens_per_s": tokens / steps_time_s,
-            "samples_per_s": samples / steps_time_s,
+            "session_tokens": session["tokens"],
+            "session_samples": session["samples"],
+            "tokens_per_s": session["tokens"] / steps_time_s,
+            "samples_per_s": session["samples"] / steps_time_s,
             "steps_per_s": session_steps / steps_time_s,
             "total_flos": total_flos,
         },

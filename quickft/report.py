@@ -31,6 +31,10 @@ class Reporter:
         self.quiet = quiet
         self.live = self.console.is_terminal if live is None else live
         self.planned_steps: int | None = None
+        self.started = time.perf_counter()
+        """When the verb started: setup (imports, model load, data) is measured from here to the first step."""
+        self.phases: dict[str, float] = {}
+        """Seconds spent in each named phase (reading data, importing, loading the model, ...), in order."""
 
     # ------------------------------------------------------------------ plain messages
 
@@ -39,15 +43,20 @@ class Reporter:
             self.console.print(text, highlight=False)
 
     @contextlib.contextmanager
-    def status(self, text: str):
+    def phase(self, text: str):
+        """A step that takes a while, shown from its first second: a spinner that becomes "✓ text  1.2 s" on a
+        terminal, a "text ..." line in a log. Its time is recorded in `phases` (the report's setup breakdown)."""
+        started = time.perf_counter()
         if self.quiet:
             yield
         elif self.live:
-            with self.console.status(text):
+            with self.console.status(f"{text} ..."):
                 yield
+            self.console.print(f"[green]✓[/green] {text} [dim]{time.perf_counter() - started:.1f} s[/dim]")
         else:
             self.console.print(f"{text} ...", highlight=False)
             yield
+        self.phases[text] = self.phases.get(text, 0.0) + time.perf_counter() - started
 
     # ------------------------------------------------------------------ before training
 
@@ -80,7 +89,7 @@ class Reporter:
         rows = [
             ("run", str(run_dir)),
             ("hardware", m.describe_hardware(choice)),
-            ("backend", f"{choice.summary()}\n[dim]{choice.reason}[/dim]"),
+            ("backend", f"{choice.summary(recipe.mode)}\n[dim]{choice.reason}[/dim]"),
             ("precision", choice.precision),
             ("quantization", "4-bit NF4 (double quant)" if choice.load_in_4bit else "none"),
             *([("loaded", _facts_text(facts))] if facts else []),
@@ -135,21 +144,29 @@ class Reporter:
             def __init__(self):
                 self.rows: list[dict] = []
                 self.eval_rows: list[dict] = []
-                self._last_eval: dict = {}
+                self.last_eval: dict = {}
                 self.counter = None  # set by train.py: counts real tokens/samples in each training batch
                 self.started = self.ended = self.memory = self._reserved_at_start = None
                 self._live = None
                 self._ema = None
-                self._last = (0, 0.0)
                 self._file = None
                 self.step_s = 0.0
-                """Wall time inside optimizer steps (first micro-batch to optimizer update): the time rates are over.
-                Evaluation, checkpoint saves and logging happen between steps and are not in it."""
+                """Wall time inside this session's optimizer steps (first micro-batch to optimizer update): the time
+                every rate is over. Evaluation, checkpoint saves and logging happen between steps and are not in it."""
                 self._step_started = None
                 self.start_step = None
                 """The step this session started at: 0, or a resumed run's checkpoint."""
+                self.step = 0
+                """The last finished optimizer step (the display's clock: it moves between logging steps)."""
+                self.earlier = {"tokens": 0, "samples": 0, "padding": 0, "elapsed_s": 0.0}
+                """What the run counted before this session (a resumed run's rows): the counters go on from there."""
+                self._window = (0, 0.0, 0, 0)  # (step, step_s, tokens, samples) at the previous logging step
                 self.peaks = m.PhasePeaks(choice.device)
                 """GPU memory peaks of training, evaluation and answering, each its own."""
+                self.setup_phases: dict[str, float] = {}
+                """The reporter's phases up to the first step (the report's setup breakdown)."""
+                self.target: float | None = None
+                """The recipe's test-case target (eval.target), drawn on the test-case plot."""
 
             def on_step_begin(self, args, state, control, **kwargs):
                 self._step_started = time.perf_counter()
@@ -158,70 +175,93 @@ class Reporter:
                 # no device sync here (that would slow every step): on a GPU a step's queued kernels may finish in
                 # the next one, which evens out over the run
                 self.step_s += time.perf_counter() - self._step_started
+                self.step = state.global_step
 
             def on_train_begin(self, args, state, control, **kwargs):
                 if self.started is not None:  # trained on after an out-of-memory retry: one run, one clock
                     return
-                self.start_step = state.global_step
+                self.start_step = self.step = state.global_step
+                self._window = (state.global_step, 0.0, 0, 0)  # a resumed run's first window starts at its checkpoint
                 self._reserved_at_start = m.memory(choice.device).get("gpu_reserved_mb")  # model, optimizer not yet
                 m.reset_peak_memory(choice.device)
                 self._file = open(metrics_path, "a", encoding="utf-8")
-                if reporter.live and not reporter.quiet:
-                    self._live = Live(reporter._panel(None), console=reporter.console, refresh_per_second=4)
-                    self._live.start()
                 self.started = time.perf_counter()
-                self._last = (state.global_step, 0.0)  # a resumed run starts counting at its checkpoint
+                self.setup_phases = dict(reporter.phases)
+                if reporter.live and not reporter.quiet:
+                    # redrawn 4 times a second from the callback's state: the clock and ETA move between logging steps
+                    self._live = Live(_LiveView(reporter, self), console=reporter.console, refresh_per_second=4)
+                    self._live.start()
+
+            def eta_s(self) -> float | None:
+                """Seconds left, from this session's pace so far (wall time per step, evaluations included)."""
+                done = self.step - self.start_step
+                if not done or self.started is None:
+                    return None
+                return (time.perf_counter() - self.started) / done * ((reporter.planned_steps or self.step) - self.step)
 
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if not logs or "loss" not in logs:
                     return
-                now = time.perf_counter()
-                elapsed = now - self.started
+                session_elapsed = time.perf_counter() - self.started
                 loss = float(logs["loss"])
-                last_step, last_time = self._last
+                step = state.global_step
+                last_step, last_step_s, last_tokens, last_samples = self._window
                 # an exponential moving average over about 20 steps, however often we log
-                beta = 0.95 ** (state.global_step - last_step)
+                beta = 0.95 ** (step - (self.rows[-1]["step"] if self.rows else 0))
                 self._ema = loss if self._ema is None else beta * self._ema + (1 - beta) * loss
-                step_time = (elapsed - last_time) / max(state.global_step - last_step, 1)
-                self._last = (state.global_step, elapsed)
+                # speed over this window (the steps since the previous logging step), all three figures over the
+                # same time: the time inside those optimizer steps
+                window_s = self.step_s - last_step_s
+                window_tokens = self.counter.tokens - last_tokens
+                window_samples = self.counter.samples - last_samples
+                self._window = (step, self.step_s, self.counter.tokens, self.counter.samples)
                 row = {
-                    "step": state.global_step,
+                    "step": step,
                     "epoch": round(state.epoch or 0.0, 6),
                     "loss": loss,
                     "loss_smoothed": self._ema,
                     "learning_rate": float(logs.get("learning_rate", 0.0)),
                     "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
-                    "elapsed_s": elapsed,
-                    "step_time_s": step_time,
-                    "tokens": self.counter.tokens,
-                    "samples": self.counter.samples,
-                    "padding_tokens": self.counter.padding,
-                    "tokens_per_s": self.counter.tokens / elapsed,
-                    "samples_per_s": self.counter.samples / elapsed,
+                    "elapsed_s": self.earlier["elapsed_s"] + session_elapsed,
+                    "session_elapsed_s": session_elapsed,
+                    "session_start_step": self.start_step,
+                    "tokens": self.earlier["tokens"] + self.counter.tokens,
+                    "samples": self.earlier["samples"] + self.counter.samples,
+                    "padding_tokens": self.earlier["padding"] + self.counter.padding,
+                    "window_steps": step - last_step,
+                    "window_s": window_s,
+                    "tokens_per_s": window_tokens / window_s if window_s else 0.0,
+                    "samples_per_s": window_samples / window_s if window_s else 0.0,
+                    "step_time_s": window_s / max(step - last_step, 1),
                 } | m.memory(choice.device)
                 self.rows.append(row)
                 self._file.write(json.dumps(row) + "\n")
                 self._file.flush()
-                if self._live is not None:
-                    self._live.update(reporter._panel(row, self._last_eval))
-                elif not reporter.quiet:
+                if self._live is None and not reporter.quiet:
                     reporter.console.print(reporter._line(row), highlight=False, soft_wrap=True)
 
             def resume_from(self, rows: list[dict]):
-                """Carry on the smoothed loss of the rows logged before a resumed run's checkpoint."""
+                """Carry on from the rows logged before a resumed run's checkpoint: the smoothed loss, and the
+                token, sample and time counters (tokens between the last logged step and the checkpoint are not
+                in them: log at the steps you save at)."""
                 if rows:
-                    self._ema = rows[-1]["loss_smoothed"]
+                    last = rows[-1]
+                    self._ema = last["loss_smoothed"]
+                    self.earlier = {
+                        "tokens": last["tokens"],
+                        "samples": last["samples"],
+                        "padding": last.get("padding_tokens", 0),
+                        "elapsed_s": last["elapsed_s"],
+                    }
 
             def record_eval(self, row: dict, stopped: str | None):
                 """An evaluation's results (eval loss, test-case score): metrics file, display."""
                 self.eval_rows.append(row)
-                self._last_eval = row
+                self.last_eval = row
                 if self._file is not None:
                     self._file.write(json.dumps(row) + "\n")
                     self._file.flush()
-                if self._live is not None:
-                    self._live.update(reporter._panel(self.rows[-1] if self.rows else None, row))
-                elif not reporter.quiet:
+                if self._live is None and not reporter.quiet:
                     reporter.console.print(reporter._eval_line(row), highlight=False)
                 if stopped and not reporter.quiet:
                     reporter.console.print(stopped, highlight=False)
@@ -250,8 +290,7 @@ class Reporter:
         return (
             f"step {row['step']:>6}/{total} | epoch {row['epoch']:6.2f} | loss {row['loss']:.4f} "
             f"(smoothed {row['loss_smoothed']:.4f}) | lr {row['learning_rate']:.2e} | grad {grad} | "
-            f"{row['tokens_per_s']:,.0f} tok/s | {row['samples_per_s']:,.1f} samples/s | "
-            f"{row['step_time_s']:.3f} s/step | {m.memory_text(row)}"
+            f"{_speed_text(row)} | {m.memory_text(row)}"
         )
 
     def _eval_line(self, row: dict) -> str:
@@ -262,26 +301,35 @@ class Reporter:
             parts.append(f"test cases {row['case_score']:.1%}")
         return " | ".join(parts)
 
-    def _panel(self, row: dict | None, last_eval: dict | None = None):
-        total = self.planned_steps or 1
-        if row is None:
-            return Panel("starting ...", title="training")
-        eta = (row["elapsed_s"] / max(row["step"], 1)) * (total - row["step"])
+    def _panel(self, cb) -> Panel:
+        """The live panel, from the callback's state as it is now (called by rich's refresh, 4 times a second)."""
+        total = self.planned_steps or max(cb.step, 1)
+        elapsed = time.perf_counter() - cb.started
+        eta = cb.eta_s()
+        resumed = f" (resumed at step {cb.start_step})" if cb.start_step else ""
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
-        grad = f"{row['grad_norm']:.3f}" if row["grad_norm"] is not None else "-"
-        table.add_row("progress", ProgressBar(total=total, completed=row["step"], width=40))
-        table.add_row("step", f"{row['step']}/{total}   epoch {row['epoch']:.2f}   ETA {_duration(eta)}")
-        table.add_row("loss", f"{row['loss']:.4f}   smoothed {row['loss_smoothed']:.4f}")
-        table.add_row("lr / grad", f"{row['learning_rate']:.2e}   grad norm {grad}")
+        table.add_row("progress", ProgressBar(total=total, completed=cb.step, width=40))
         table.add_row(
-            "speed",
-            f"{row['tokens_per_s']:,.0f} tok/s   {row['samples_per_s']:,.1f} samples/s   {row['step_time_s']:.3f} s/step",
+            "step",
+            f"{cb.step}/{total}   elapsed {_duration(elapsed)}{resumed}   "
+            + (f"ETA {_duration(eta)} (this session's pace)" if eta is not None else "ETA after the first step"),
         )
-        table.add_row("memory", m.memory_text(row))
-        if last_eval:
-            table.add_row("eval", self._eval_line(last_eval).split(" | ", 1)[-1])
+        row = cb.rows[-1] if cb.rows else None
+        if row is None or row["step"] <= cb.start_step:  # nothing logged in this session yet
+            table.add_row("loss", "shown from the first logging step (logging_steps in the recipe)")
+        else:
+            grad = f"{row['grad_norm']:.3f}" if row["grad_norm"] is not None else "-"
+            table.add_row(
+                "loss",
+                f"{row['loss']:.4f}   smoothed {row['loss_smoothed']:.4f}   (step {row['step']}, epoch {row['epoch']:.2f})",
+            )
+            table.add_row("lr / grad", f"{row['learning_rate']:.2e}   grad norm {grad}")
+            table.add_row("speed", _speed_text(row, "   "))
+            table.add_row("memory", m.memory_text(row))
+        if cb.last_eval:
+            table.add_row("eval", self._eval_line(cb.last_eval).split(" | ", 1)[-1])
         return Panel(table, title="training", expand=False)
 
     # ------------------------------------------------------------------ after training
@@ -300,16 +348,22 @@ class Reporter:
     ) -> dict:
         """Build summary.json's content from the measured rows and the trainer's state, and print the report."""
         state = trainer.state
+        before = callback.earlier
         summary = m.summarize(
             rows=callback.rows,
             runtime_s=callback.ended - callback.started,
             steps_time_s=callback.step_s,
             session_steps=state.global_step - callback.start_step,
-            mem=callback.memory | {k: v for k, v in callback.peaks.report().items() if k.startswith(("answering", "evaluation"))},
-            setup_s=callback.call_s - (callback.ended - callback.started),
-            tokens=callback.counter.tokens,
-            padding=callback.counter.padding,
-            samples=callback.counter.samples,
+            mem=callback.memory
+            | {k: v for k, v in callback.peaks.report().items() if k.startswith(("answering", "evaluation"))},
+            setup_s=callback.started - self.started,
+            setup_phases=callback.setup_phases,
+            session={
+                "tokens": callback.counter.tokens,
+                "samples": callback.counter.samples,
+                "padding": callback.counter.padding,
+            },
+            earlier=before,
             steps=state.global_step,
             epochs=state.epoch,
             total_flos=state.total_flos,
@@ -343,24 +397,31 @@ class Reporter:
         table = Table(title="quickft report", show_header=False, expand=False)
         table.add_column(style="bold")
         table.add_column()
-        table.add_row("steps / epochs", f"{t['steps']} / {t['epochs']:.2f}")
+        resumed = t["session_steps"] != t["steps"]
+        this = "this session's " if resumed else ""
+        table.add_row(
+            "steps / epochs",
+            f"{t['steps']} / {t['epochs']:.2f}"
+            + (
+                f" (this session: steps {t['steps'] - t['session_steps'] + 1}-{t['steps']}, resumed)" if resumed else ""
+            ),
+        )
         table.add_row(
             "runtime",
-            f"{_duration(t['steps_time_s'])} in training steps (+{t['other_s']:.1f} s evaluation, checkpoints and logging "
-            f"between steps; +{t['setup_s']:.1f} s setup)",
+            f"{_duration(t['steps_time_s'])} in {this}training steps (+{t['other_s']:.1f} s evaluation, checkpoints and "
+            f"logging between steps)",
         )
-        session = (
-            f" (this session: {t['session_steps']} steps from a checkpoint)" if t["session_steps"] != t["steps"] else ""
-        )
+        table.add_row("setup", _setup_text(t))
         table.add_row(
             "throughput",
             f"{t['tokens_per_s']:,.0f} tokens/s · {t['samples_per_s']:,.2f} samples/s · {t['steps_per_s']:,.2f} steps/s"
-            f", over the training steps{session}",
+            f", over {this}{t['session_steps']} training steps",
         )
         table.add_row(
             "tokens / samples",
-            f"{t['tokens']:,} non-padding tokens · {t['samples']:,} samples · {100 * t['padding_share']:.1f}% of batch "
-            "tokens were padding",
+            f"{t['tokens']:,} non-padding tokens · {t['samples']:,} samples"
+            + (f" (this session: {t['session_tokens']:,} · {t['session_samples']:,})" if resumed else "")
+            + f" · {100 * t['padding_share']:.1f}% of batch tokens were padding",
         )
         table.add_row("total FLOPs", f"{t['total_flos']:.3e}")
         if t["mfu"] is not None:
@@ -396,11 +457,65 @@ class Reporter:
             table.add_row(f"test cases ({h['match']})", f"{h['score']:.1%} ({h['correct']}/{h['n']})")
         table.add_row("run directory", s["run_dir"])
         self.console.print(table)
-        for sample in samples[:3]:
-            answer = sample["answer"] if len(sample["answer"]) <= 200 else sample["answer"][:200] + "…"
-            self.console.print(
-                f"[bold]prompt[/bold] {sample['prompt']!r}\n[bold]answer[/bold] {answer!r}", highlight=False
-            )
+        if samples:
+            self.console.print(_samples_text(samples, s.get("test_cases", {}).get("match", "exact")), highlight=False)
+
+    def closing(self, run_dir: Path, commands: list[str]) -> None:
+        """After every file is written: what is in the run directory, and what to run next (printed even quiet)."""
+        files = sorted(p for p in Path(run_dir).iterdir() if not p.name.startswith("."))
+        listing = "  ".join(f"{p.name}/" if p.is_dir() else p.name for p in files)
+        self.console.print(f"[bold]written[/bold] {run_dir}/: {listing}", highlight=False, soft_wrap=True)
+        self.console.print("[bold]next[/bold]", highlight=False)
+        for command in commands:
+            self.console.print(f"  {command}", highlight=False, soft_wrap=True)
+
+
+def _samples_text(samples: list[dict], match: str, show: int = 5) -> str:
+    """A few test-case answers, each marked ✓ or ✗ (with the expected answer when wrong): the wrong ones first,
+    since they are what to look at, then right ones, up to `show`."""
+    wrong = [s for s in samples if not s["correct"]]
+    right = [s for s in samples if s["correct"]]
+    picked = wrong[: max(show - min(len(right), 2), 3)]
+    picked += right[: show - len(picked)]
+    lines = [f"[bold]test-case answers[/bold] ({len(picked)} of {len(samples)}, {match} match)"]
+    for sample in picked:
+        prompt = sample["prompt"] if len(sample["prompt"]) <= 120 else "…" + sample["prompt"][-120:]
+        answer = sample["answer"] if len(sample["answer"]) <= 200 else sample["answer"][:200] + "…"
+        if sample["correct"]:
+            lines.append(f"[green]✓[/green] {prompt!r} → {answer!r}")
+        else:
+            lines.append(f"[red]✗[/red] {prompt!r} → {answer!r} (expected {sample['reference']!r})")
+    return "\n".join(lines)
+
+
+def _setup_text(t: dict) -> str:
+    """'41.2 s before the first step: importing 12.1 s · loading the model 20.3 s · ...'."""
+    phases = t.get("setup_phases") or {}
+    parts = [f"{name} {seconds:.1f} s" for name, seconds in phases.items()]
+    rest = t["setup_s"] - sum(phases.values())
+    if phases and rest >= 0.05:
+        parts.append(f"the trainer's own start and the header {rest:.1f} s")
+    return f"{t['setup_s']:.1f} s before the first step" + (f": {' · '.join(parts)}" if parts else "")
+
+
+class _LiveView:
+    """What rich's Live redraws: the panel, rebuilt from the callback's state at each refresh."""
+
+    def __init__(self, reporter: Reporter, callback):
+        self.reporter, self.callback = reporter, callback
+
+    def __rich__(self):
+        return self.reporter._panel(self.callback)
+
+
+def _speed_text(row: dict, sep: str = ", ") -> str:
+    """The three speed figures of one logged window, over the same time (inside the window's optimizer steps)."""
+    first = row["step"] - row["window_steps"] + 1
+    steps = f"step {row['step']}" if row["window_steps"] == 1 else f"steps {first}-{row['step']}"
+    return (
+        f"{row['tokens_per_s']:,.0f} tok/s{sep}{row['samples_per_s']:,.1f} samples/s{sep}"
+        f"{row['step_time_s']:.3f} s/step ({steps})"
+    )
 
 
 def _source(recipe) -> str:

@@ -34,17 +34,15 @@ def run(
     """Train as the recipe says (or continue an interrupted run with `resume`); return the run directory."""
     if resume is not None:
         return _resume(recipe_path, overrides, resume, reporter)
-    recipe = load_recipe(recipe_path, overrides)
-    if backend:
-        recipe.backend = backend
-    split = read_recipe_data(recipe)
-    model_ref, local = model_reference(recipe)
-    run_dir = rundir.pick_run_dir(recipe.name, output_dir or recipe.output_dir)
-    rundir.check_writable(run_dir)
-    from quickft.backends import choose_backend, private_by_default
-
-    private_by_default(local)
-    choice = choose_backend(recipe)
+    with reporter.phase("reading the recipe and data"):
+        recipe = load_recipe(recipe_path, overrides)
+        if backend:
+            recipe.backend = backend
+        split = read_recipe_data(recipe)
+        model_ref, local = model_reference(recipe)
+        run_dir = rundir.pick_run_dir(recipe.name, output_dir or recipe.output_dir)
+        rundir.check_writable(run_dir)
+    choice = _choose_backend(recipe, local, reporter)
     return _guarded(recipe, recipe_path, choice, split, model_ref, local, run_dir, reporter, checkpoint=None)
 
 
@@ -64,14 +62,21 @@ def _resume(recipe_path: str, overrides: list[str], resume: str, reporter: Repor
         )
     recipe = recipe_from_dict(run["recipe"])
     rundir.truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[-1]))
-    split = read_recipe_data(recipe)
-    model_ref, local = model_reference(recipe)
+    reporter.info(f"resuming {run_dir} from {checkpoint.name}")
+    with reporter.phase("reading the recipe and data"):
+        split = read_recipe_data(recipe)
+        model_ref, local = model_reference(recipe)
+    choice = _choose_backend(recipe, local, reporter)
+    return _guarded(recipe, recipe_path, choice, split, model_ref, local, run_dir, reporter, checkpoint=checkpoint)
+
+
+def _choose_backend(recipe: Recipe, local: bool, reporter: Reporter) -> Choice:
     from quickft.backends import choose_backend, private_by_default
 
     private_by_default(local)
-    choice = choose_backend(recipe)
-    reporter.info(f"resuming {run_dir} from {checkpoint.name}")
-    return _guarded(recipe, recipe_path, choice, split, model_ref, local, run_dir, reporter, checkpoint=checkpoint)
+    # torch's import and the GPU check, and Unsloth's import (which patches transformers, trl and peft) when chosen
+    with reporter.phase("importing torch and choosing the backend"):
+        return choose_backend(recipe)
 
 
 def _guarded(recipe, recipe_path, choice, split, model_ref, local, run_dir: Path, reporter, *, checkpoint) -> Path:
@@ -184,21 +189,28 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     from quickft.backends import load, model_facts, quiet_libraries
 
     quiet_libraries()
-    model_path = materialize(recipe, model_ref, split.train)
-    loaded = load(recipe, choice, model_path, local=local)
+    if isinstance(model_ref, Scratch):
+        with reporter.phase("building the model from its config (cached after the first run)"):
+            model_path = materialize(recipe, model_ref, split.train)
+    else:
+        model_path = model_ref
+    with reporter.phase("loading the model" + (" with Unsloth" if choice.backend == "unsloth" else "")):
+        loaded = load(recipe, choice, model_path, local=local)
     model, tokenizer, choice = loaded.model, loaded.tokenizer, loaded.choice  # PEFT, if Unsloth refused the model
-    apply_chat_template(tokenizer, recipe, split.train)
-    split.cases = make_cases(split.case_examples, recipe.data, recipe.eval.cases, tokenizer)
-    prepared = prepare(split.train, tokenizer, recipe)
-    dataset = to_dataset(prepared.rows)
-    eval_dataset = to_dataset(prepare(split.eval, tokenizer, recipe).rows) if split.eval else None
+    with reporter.phase("tokenizing the data"):
+        apply_chat_template(tokenizer, recipe, split.train)
+        split.cases = make_cases(split.case_examples, recipe.data, recipe.eval.cases, tokenizer)
+        prepared = prepare(split.train, tokenizer, recipe)
+        dataset = to_dataset(prepared.rows)
+        eval_dataset = to_dataset(prepare(split.eval, tokenizer, recipe).rows) if split.eval else None
     if checkpoint is None:  # every input check has passed: only now does the run directory appear
         rundir.create_run_dir(run_dir)
         rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
         rundir.set_status(run_dir, "running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), recipe_file=str(recipe_path))
     else:
         rundir.set_status(run_dir, "running", resumed_from=checkpoint.name)
-    trainer = make_trainer(recipe, choice, model, tokenizer, dataset, run_dir, eval_dataset=eval_dataset)
+    with reporter.phase("building the trainer"):
+        trainer = make_trainer(recipe, choice, model, tokenizer, dataset, run_dir, eval_dataset=eval_dataset)
     facts = model_facts(trainer.model)  # read once the trainer is built: TRL (and Unsloth) may change the model
     header = reporter.header(
         recipe=recipe,
@@ -221,6 +233,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     data_counts = split.counts(prepared)
     rundir.write_json(run_dir / "backend.json", choice.to_dict() | {"model_path": model_path, "model": facts})
     callback = reporter.callback(run_dir / "metrics.jsonl", choice)
+    callback.target = recipe.eval.target
     if checkpoint is not None and (run_dir / "metrics.jsonl").is_file():
         # resuming: the report covers the whole run, not just the part after the checkpoint
         earlier = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -230,7 +243,6 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     evaluator = make_evaluator(recipe, split.cases, run_dir, callback) if recipe.eval.every else None
     stopper = StopOnSignal()
     counter = trainer.counter
-    started = time.perf_counter()
     try:
         while True:
             trainer.counter = callback.counter = counter
@@ -250,7 +262,6 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
                 trainer = make_trainer(recipe, choice, model, tokenizer, dataset, run_dir, eval_dataset=eval_dataset)
     finally:
         callback.close()
-    callback.call_s = time.perf_counter() - started
 
     if stopper.requested:  # save what there is, then tell the user how to go on
         summary = reporter.finish(
@@ -263,6 +274,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
             match=recipe.eval.match,
         )
         rundir.write_json(run_dir / "summary.json", summary | {"data": data_counts, "interrupted": True})
+        write_metric_files(callback, run_dir)
         raise RunInterrupted(run_dir, f"quickft run {recipe_path} --resume {run_dir}")
     trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model for full fine-tuning
     tokenizer.save_pretrained(run_dir)
@@ -278,14 +290,32 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         run_dir=run_dir,
         choice=choice,
         header=header,
-        evaluation=evaluator.summary() if evaluator else ({"final_eval_loss": final_eval_loss} if final_eval_loss else None),
+        evaluation=evaluator.summary()
+        if evaluator
+        else ({"final_eval_loss": final_eval_loss} if final_eval_loss else None),
         match=recipe.eval.match,
     )
     rundir.write_json(run_dir / "summary.json", summary | {"data": data_counts})
+    write_metric_files(callback, run_dir)
+    reporter.closing(run_dir, next_commands(run_dir, split))
+
+
+def write_metric_files(callback, run_dir: Path) -> None:
+    """metrics.csv and the plots, from every row of the run (a resumed run's earlier rows included)."""
     from quickft.plots import write_plots
 
-    write_plots(callback.rows + callback.eval_rows, run_dir)
-    rundir.write_csv(run_dir / "metrics.csv", sorted(callback.rows + callback.eval_rows, key=lambda r: r["step"]))
+    rows = sorted(callback.rows + callback.eval_rows, key=lambda r: r["step"])
+    write_plots(rows, run_dir, name=run_dir.name, target=callback.target)
+    rundir.write_csv(run_dir / "metrics.csv", rows)
+
+
+def next_commands(run_dir: Path, split: Split) -> list[str]:
+    """What a user runs next with this run directory."""
+    commands = [f"quickft chat {run_dir}    # talk to it"]
+    if split.case_examples:
+        commands.append(f"quickft eval {run_dir}    # score the test cases again (--cases FILE for others)")
+    commands.append(f"quickft compare {run_dir} OTHER_RUN    # side by side with another run")
+    return commands
 
 
 def make_evaluator(recipe: Recipe, cases: list[tuple[str, str]], run_dir: Path, report_callback):
@@ -453,7 +483,7 @@ def _answer_cases(model, tokenizer, recipe: Recipe, cases: list[tuple[str, str]]
         return []
     from quickft.generation import score_cases
 
-    with reporter.status(f"answering {len(cases)} test cases"):
+    with reporter.phase(f"answering {len(cases)} test cases"):
         try:
             return score_cases(model, tokenizer, cases, how=recipe.eval.match, max_new_tokens=recipe.max_new_tokens)
         except Exception as e:

@@ -1,4 +1,5 @@
-# The offline demo: a 0.9M-parameter Llama built here from a config, trained from scratch on two-digit sums.
+# The offline demo: a 1.1M-parameter Llama (1,086,976 weights) built here from a config, trained from scratch on
+# two-digit sums.
 #
 #   quickft run recipes/tiny_math.py
 #   quickft run recipes/tiny_math.py max_steps=300 learning_rate=2e-3     # an example override

@@ -102,7 +102,11 @@ def test_table_is_printed(tmp_path):
     result = bench("--backends", "peft", "--steps", "2", "--warmup", "0", "--output-dir", str(tmp_path / "t"))
     assert result.returncode == 0, result.stderr
     assert "quickft bench" in result.stdout and "peft (baseline)" in result.stdout and "1.00×" in result.stdout
-    assert "effective settings" in result.stdout and "ForCausalLMLoss" in result.stdout and "like for like" in result.stdout
+    assert (
+        "effective settings" in result.stdout
+        and "ForCausalLMLoss" in result.stdout
+        and "like for like" in result.stdout
+    )
 
 
 @requires_unsloth

@@ -78,3 +78,11 @@ def test_precision_and_4bit_rules():
     mps_qlora = choose(MPS, UNSLOTH, mode="qlora")
     assert not mps_qlora.load_in_4bit and "16/32-bit" in mps_qlora.reason
     assert not choose(A100, UNSLOTH, mode="lora").load_in_4bit
+
+
+def test_a_full_fine_tune_is_not_called_peft():
+    """No adapter: transformers trains every weight, and the header and reason say so."""
+    full = choose(GTX1050TI, UNSLOTH, mode="full")
+    assert "using transformers (full fine-tune)" in full.reason and "PEFT" not in full.reason
+    assert full.summary("full").startswith("transformers (full fine-tune, no adapter) + 16/32-bit weights")
+    assert choose(GTX1050TI, UNSLOTH, mode="lora").summary("lora").startswith("PEFT + ")

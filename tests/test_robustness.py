@@ -257,6 +257,7 @@ def test_sigint_saves_everything_and_resume_matches_an_uninterrupted_run(tmp_pat
     partial = json.loads((run_dir / "summary.json").read_text())
     assert partial["interrupted"] and partial["train"]["steps"] == stopped_at
     assert "quickft report" in out
+    assert (run_dir / "metrics.csv").is_file() and (run_dir / "loss.png").is_file(), "an interrupted run has them too"
 
     assert main(["run", str(long_recipe), "--resume", str(run_dir), "--quiet"]) == 0
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
@@ -272,6 +273,18 @@ def test_sigint_saves_everything_and_resume_matches_an_uninterrupted_run(tmp_pat
     t = final["train"]  # rates are this session's: its steps over its own time, not the whole run's steps
     assert t["session_steps"] == 400 - stopped_at
     assert t["steps_per_s"] == pytest.approx(t["session_steps"] / t["steps_time_s"])
+    assert t["tokens_per_s"] == pytest.approx(t["session_tokens"] / t["steps_time_s"])
+    # counters go on across the resume: the whole run counted the same tokens as the uninterrupted one
+    reference_summary = json.loads((reference / "summary.json").read_text())["train"]
+    assert [r["tokens"] for r in rows] == [r["tokens"] for r in ref_rows]
+    assert (t["tokens"], t["samples"]) == (reference_summary["tokens"], reference_summary["samples"])
+    assert t["session_tokens"] == t["tokens"] - rows[stopped_at - 1]["tokens"]
+    elapsed = [r["elapsed_s"] for r in rows]
+    assert elapsed == sorted(elapsed), "the run's clock goes on from the checkpoint"
+    from quickft.plots import figures
+
+    marks = [line.get_label() for line in figures(rows)["loss.png"].axes[0].get_lines()]
+    assert f"resumed at step {stopped_at}" in marks
 
     assert main(["run", str(long_recipe), "--resume", str(run_dir)]) == 0  # completed: says so, changes nothing
 

@@ -51,6 +51,48 @@ def test_run_writes_a_complete_run_directory(finished_run, tiny_model_dir):
     assert "test cases (exact)" in out and str(run_dir) in out
 
 
+def test_end_report_marks_answers_lists_files_and_says_what_to_run_next(finished_run):
+    run_dir, out = finished_run
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    marked = [line for line in out.splitlines() if line.startswith(("✓ ", "✗ "))]
+    assert marked, out
+    for line in marked:
+        sample = next(s for s in samples if repr(s["prompt"]) in line)
+        assert line.startswith("✓ " if sample["correct"] else "✗ ") and repr(sample["answer"]) in line
+        assert (f"(expected {sample['reference']!r})" in line) == (not sample["correct"])
+    written = next(line for line in out.splitlines() if line.startswith("written "))
+    for name in ("summary.json", "metrics.csv", "loss.png", "adapter_model.safetensors", "samples.jsonl"):
+        assert f" {name}" in written and (run_dir / name).is_file(), name
+    assert f"quickft chat {run_dir}" in out and f"quickft eval {run_dir}" in out
+
+
+def test_a_status_line_for_each_phase_comes_before_the_model_loads(lora_recipe, tmp_path):
+    """Feedback from the first second: the first lines name what quickft is doing, and the first one is printed
+    before torch is even imported (a spy on Reporter.phase records whether it was)."""
+    spy = (
+        "import sys; import quickft.report as r; phase = r.Reporter.phase\n"
+        "def spied(self, text):\n"
+        "    print(f'[torch imported: {\"torch\" in sys.modules}]', flush=True)\n"
+        "    return phase(self, text)\n"
+        "r.Reporter.phase = spied\n"
+        "from quickft.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", spy, "run", str(lora_recipe), "--output-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["[torch imported: False]", "reading the recipe and data ..."]
+    order = [line for line in lines if line.endswith(" ...")]
+    assert order[:2] == ["reading the recipe and data ...", "importing torch and choosing the backend ..."]
+    loading = lines.index("loading the model ...")
+    assert lines.index("tokenizing the data ...") > loading
+    assert lines.index("building the trainer ...") < next(i for i, line in enumerate(lines) if "quickft run" in line)
+
+
 def test_adapter_loads_with_plain_peft(finished_run, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
