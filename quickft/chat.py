@@ -12,14 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from quickft.encode import CHAT_TEMPLATES, chat_prompt, format_prompt
 from quickft.errors import UserError
-from quickft.recipe import Recipe, recipe_from_dict
+from quickft.recipe import Recipe, Scratch, recipe_from_dict
 from quickft.rundir import open_run
 
-HELP = "commands: /reset (forget the conversation), /params [temperature=0.7 top_p=0.9 max_new_tokens=128], /exit"
+HELP = (
+    "commands: /help (this, and how the model expects messages), /reset (forget the conversation), "
+    "/params [temperature=0.7 top_p=0.9 max_new_tokens=128], /exit"
+)
 
 
 @dataclass
@@ -36,6 +40,9 @@ class Session:
     description: str = ""
     system: str | None = None
     """A system prompt put before every conversation (chat-format runs only; /reset keeps it)."""
+    example: str | None = None
+    """A message as the model saw them in training (the user's part of a test case), to show the framing."""
+    base_label: str = "base model"
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -93,7 +100,42 @@ def load_session(run_dir: str | Path, *, with_base: bool = False) -> Session:
     temperature = recipe.temperature if recipe.temperature is not None else (0.7 if style == "chat" else 0.0)
     params = {"temperature": temperature, "top_p": recipe.top_p, "max_new_tokens": recipe.max_new_tokens}
     description = f"loaded {what} on {describe(choice.hardware)} with {choice.summary(recipe.mode)}"
-    return Session(model, tokenizer, recipe, style, params, base=base, description=description)
+    session = Session(model, tokenizer, recipe, style, params, base=base, description=description)
+    session.example = training_example(run_dir, recipe, style)
+    if isinstance(recipe.model, Scratch):
+        session.base_label = "base model (random weights: this run trained from scratch)"
+    return session
+
+
+def training_example(run_dir: Path, recipe: Recipe, style: str) -> str | None:
+    """The user's part of the run's first test case: what a message looked like in training ('¿Cuánto es 3 + 4?')."""
+    samples = run_dir / "samples.jsonl"
+    if style != "qa" or not samples.is_file():
+        return None
+    import json
+
+    first = next((line for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()), None)
+    if first is None:
+        return None
+    prompt = json.loads(first)["prompt"]
+    before, _, after = recipe.data.prompt_template.partition("{prompt}")
+    if prompt.startswith(before) and prompt.endswith(after):
+        return prompt[len(before) : len(prompt) - len(after)]
+    return None
+
+
+def framing(session: Session) -> str:
+    """How the model expects messages, said when the chat starts and with /help."""
+    if session.style == "chat":
+        template = session.recipe.data.chat_template or "the tokenizer's own"
+        return f"multi-turn: messages go through the {template} chat template; the conversation is remembered"
+    if session.style == "completion":
+        return "text completion: the model continues the text you type (trained on plain text, not questions)"
+    example = f"; trained on messages like {session.example!r}" if session.example else ""
+    return (
+        f"single-turn: each message is put in the training template {session.recipe.data.prompt_template!r} and "
+        f"answered on its own{example}"
+    )
 
 
 def _separate_base(recipe: Recipe, choice, model_path: str, local: bool):
@@ -151,8 +193,16 @@ def turn(session: Session, user_text: str, *, out=None, err: Console | None = No
     answer = "".join(pieces).strip()
     if session.style == "chat":
         session.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]
-    err.print(f"[dim]{timing_text(stats)}[/dim]", highlight=False)
+    err.print(f"[dim]{escape(timing_text(stats))}[/dim]", highlight=False)
+    if not answer:
+        err.print(f"[yellow]empty answer[/yellow]: {escape(empty_hint(session))}", highlight=False)
     return answer
+
+
+def empty_hint(session: Session) -> str:
+    if session.example:
+        return f"the model ended at once; it was trained on messages like {session.example!r}: try that wording"
+    return "the model ended at once; try wording like its training data's, or /params temperature=0.7"
 
 
 def timing_text(stats: dict) -> str:
@@ -160,7 +210,9 @@ def timing_text(stats: dict) -> str:
     first = stats.get("first_token_s")
     rate = tokens / total if total else 0.0
     first_text = f"{first * 1000:.0f} ms" if first is not None else "-"
-    return f"time to first token {first_text} · {tokens} tokens in {total:.4f} s · {rate:.1f} tokens/s"
+    invalid = stats.get("invalid_utf8", 0)
+    left_out = f" · {invalid} piece(s) of invalid UTF-8 left out" if invalid else ""
+    return f"time to first token {first_text} · {tokens} tokens in {total:.4f} s · {rate:.1f} tokens/s{left_out}"
 
 
 def answer_both(session: Session, user_text: str) -> tuple[str, str]:
@@ -193,12 +245,7 @@ def loop(session: Session, *, read=input, out=None, err: Console | None = None, 
     """The interactive chat: read a message, answer it, handle /reset, /params, /exit; Ctrl-D exits."""
     err = err or Console(stderr=True, soft_wrap=True)
     out = out or sys.stdout
-    mode = (
-        "multi-turn: the conversation is remembered"
-        if session.style == "chat"
-        else ("single-turn: each message is answered on its own, as in training")
-    )
-    err.print(f"[dim]{session.description}\n{mode}\n{HELP}[/dim]", highlight=False)
+    err.print(f"[dim]{escape(session.description)}\n{escape(framing(session))}\n{escape(HELP)}[/dim]", highlight=False)
     while True:
         try:
             text = read(">>> ")
@@ -216,7 +263,7 @@ def loop(session: Session, *, read=input, out=None, err: Console | None = None, 
                 return
             continue
         if compare_base:
-            print_comparison(user_text=text, answers=answer_both(session, text), out=out)
+            print_comparison(user_text=text, answers=answer_both(session, text), out=out, base_label=session.base_label)
         else:
             turn(session, text, out=out, err=err)
 
@@ -226,7 +273,9 @@ def command(session: Session, text: str, err: Console) -> bool:
     name, *args = text.split()
     if name in ("/exit", "/quit"):
         return True
-    if name == "/reset":
+    if name == "/help":
+        err.print(f"{escape(framing(session))}\n{escape(HELP)}", highlight=False)
+    elif name == "/reset":
         session.history.clear()
         err.print("[dim]conversation cleared[/dim]")
     elif name == "/params":
@@ -241,17 +290,17 @@ def command(session: Session, text: str, err: Console) -> bool:
                 err.print(f"{key}={value!r}: expected a number")
         err.print(" ".join(f"{k}={v}" for k, v in session.params.items()), highlight=False)
     else:
-        err.print(f"unknown command {name}; {HELP}")
+        err.print(f"unknown command {escape(name)}; {escape(HELP)}", highlight=False)
     return False
 
 
-def print_comparison(*, user_text: str, answers: tuple[str, str], out) -> None:
+def print_comparison(*, user_text: str, answers: tuple[str, str], out, base_label: str = "base model") -> None:
     tuned, base = answers
     if getattr(out, "isatty", lambda: False)():
-        table = Table(title=user_text, show_lines=True)
-        table.add_column("base model")
+        table = Table(title=escape(user_text), show_lines=True)
+        table.add_column(escape(base_label))
         table.add_column("fine-tuned")
-        table.add_row(base, tuned)
+        table.add_row(escape(base), escape(tuned))
         Console(file=out).print(table)
     else:
         out.write(f"base: {base}\nfine-tuned: {tuned}\n")
@@ -280,7 +329,11 @@ def main(
                 f"--system: {run_dir} was trained on {recipe.data.format} data, which has no system prompt",
                 hint="--system is for runs trained on chat data (messages or ShareGPT conversations)",
             )
-    with err.status("loading the model") if sys.stderr.isatty() else contextlib.nullcontext():
+    if sys.stderr.isatty():
+        with err.status("loading the model ..."):
+            session = load_session(run_dir, with_base=compare_base)
+    else:
+        err.print("[dim]loading the model ...[/dim]", highlight=False)
         session = load_session(run_dir, with_base=compare_base)
     session.system = system
     for key, value in (("temperature", temperature), ("top_p", top_p), ("max_new_tokens", max_new_tokens)):
@@ -291,11 +344,15 @@ def main(
 
         torch.manual_seed(seed)
     if prompt is not None or not sys.stdin.isatty():
-        err.print(f"[dim]{session.description}[/dim]", highlight=False)
+        err.print(f"[dim]{escape(session.description)}\n{escape(framing(session))}[/dim]", highlight=False)
+        if compare_base:
+            err.print(f"[dim]base: the {escape(session.base_label)}[/dim]", highlight=False)
         prompts = [prompt] if prompt is not None else [line.strip() for line in sys.stdin if line.strip()]
         for text in prompts:
             if compare_base:
-                print_comparison(user_text=text, answers=answer_both(session, text), out=sys.stdout)
+                print_comparison(
+                    user_text=text, answers=answer_both(session, text), out=sys.stdout, base_label=session.base_label
+                )
             else:
                 turn(session, text, err=err)
         return

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from quickft.errors import UserError
@@ -22,6 +23,8 @@ METRICS = [
     ("total_flos", "total FLOPs", "neutral"),
     ("final_loss", "final loss", "lower"),
     ("min_loss", "min loss", "lower"),
+    ("eval_loss", "eval loss", "lower"),
+    ("case_score", "test cases right", "higher"),
     ("peak_memory_mb", "peak memory (MB)", "lower"),
 ]
 
@@ -46,9 +49,40 @@ def run_row(run: dict) -> dict:
         "total_flos": s["train"]["total_flos"],
         "final_loss": s["loss"]["final"] if s["loss"] else None,
         "min_loss": s["loss"]["min"] if s["loss"] else None,
+        "eval_loss": _eval_loss(s.get("evaluation")),
+        "case_score": s["test_cases"]["score"] if s.get("test_cases") else None,
+        "case_match": s["test_cases"]["match"] if s.get("test_cases") else None,
         "peak_memory_mb": mem["gpu_peak_allocated_mb"] if gpu else mem["peak_rss_mb"],
         "memory_kind": "GPU max allocated" if gpu else "peak RSS",
     }
+
+
+def _eval_loss(evaluation: dict | None) -> float | None:
+    """The run's last eval loss: after training, or the last evaluation during it."""
+    if not evaluation:
+        return None
+    if evaluation.get("final_eval_loss") is not None:
+        return evaluation["final_eval_loss"]
+    losses = [r["eval_loss"] for r in evaluation.get("history", []) if "eval_loss" in r]
+    return losses[-1] if losses else None
+
+
+def flatten(recipe: dict, prefix: str = "") -> dict:
+    """{"lora.r": 8, "data.path": ...}: a recipe's settings as the key=value names overrides use."""
+    flat = {}
+    for key, value in recipe.items():
+        if isinstance(value, dict) and key != "cases":
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def settings_that_differ(recipes: list[dict]) -> dict[str, list]:
+    """The recipe settings whose values are not the same in every run: {key: [value per run]}."""
+    flats = [flatten(r) for r in recipes]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    return {k: [f.get(k) for f in flats] for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1}
 
 
 def ratio_text(key: str, better: str, first: float | None, value: float | None) -> tuple[float | None, str]:
@@ -71,7 +105,11 @@ def ratio_text(key: str, better: str, first: float | None, value: float | None) 
 def compare(run_dirs: list[str]) -> list[dict]:
     if len(run_dirs) < 2:
         raise UserError("compare needs at least two run directories", hint="quickft compare outputs/a outputs/b")
-    rows = [run_row(open_run(d)) for d in run_dirs]
+    runs = [open_run(d) for d in run_dirs]
+    rows = [run_row(run) for run in runs]
+    differ = settings_that_differ([run["recipe"] for run in runs])
+    for i, row in enumerate(rows):
+        row["settings"] = {k: values[i] for k, values in differ.items()}
     first = rows[0]
     for row in rows:
         row["ratios"] = {}
@@ -99,6 +137,8 @@ def print_table(rows: list[dict], console: Console) -> None:
         "total_flos": lambda v: f"{v:.3e}",
         "final_loss": lambda v: f"{v:.4f}",
         "min_loss": lambda v: f"{v:.4f}",
+        "eval_loss": lambda v: f"{v:.4f}",
+        "case_score": lambda v: f"{v:.1%}",
         "peak_memory_mb": lambda v: f"{v:,.1f}",
     }
     for key, label, _ in METRICS:
@@ -108,8 +148,25 @@ def print_table(rows: list[dict], console: Console) -> None:
             if key == "peak_memory_mb":
                 value += f" ({r['memory_kind']})"
             cells.append(value if i == 0 else f"{value}  [dim]{r['ratios'][key]['text']}[/dim]")
-        table.add_row(label, *cells)
+        if any(r[key] is not None for r in rows):
+            table.add_row(label, *cells)
     console.print(table)
+    if rows[0]["settings"]:
+        settings = Table(title="recipe settings that differ")
+        settings.add_column("setting", style="bold")
+        for i in range(len(rows)):
+            settings.add_column(chr(ord("A") + i))
+        for key in rows[0]["settings"]:
+            settings.add_row(key, *[escape(json.dumps(r["settings"][key], default=str)) for r in rows])
+        console.print(settings)
+    else:
+        console.print("recipe settings: the same in every run", highlight=False)
+    if len({r["steps"] for r in rows}) > 1:
+        console.print(
+            "the runs trained for different numbers of steps: compare the rates (tokens/s, samples/s) and the "
+            "losses; runtime and total FLOPs measure how much work each did, not how fast",
+            highlight=False,
+        )
 
 
 def main(run_dirs: list[str], *, as_json: bool = False, console: Console | None = None) -> list[dict]:

@@ -67,26 +67,19 @@ def stream(
     stop=None,
     stats: dict | None = None,
 ) -> Iterator[str]:
-    """Yield the answer to one prompt piece by piece as it is generated.
+    """Yield the answer to one prompt piece by piece as it is generated, on whole characters (see Utf8Streamer).
 
     `stop` (a threading.Event) ends generation early; `stats` receives "tokens" (generated, end-of-sequence
-    included), "first_token_s" and "total_s".
+    included), "first_token_s", "total_s" and "invalid_utf8" (pieces of invalid UTF-8 left out).
     """
     import threading
     import time
 
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+    from transformers import StoppingCriteria, StoppingCriteriaList
 
     stop = stop or threading.Event()
     stats = stats if stats is not None else {}
-
-    class Counting(TextIteratorStreamer):
-        def put(self, value):
-            if not (self.skip_prompt and self.next_tokens_are_prompt):
-                stats.setdefault("first_token_s", time.perf_counter() - started)
-                stats["tokens"] = stats.get("tokens", 0) + value.numel()
-            super().put(value)
 
     class Stop(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
@@ -95,7 +88,8 @@ def stream(
     model.eval()
     batch = tokenizer(prompt, return_tensors="pt")
     batch = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-    streamer = Counting(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    started = time.perf_counter()
+    streamer = Utf8Streamer(tokenizer, stats, started)
     errors = []
 
     def work():
@@ -111,7 +105,6 @@ def stream(
             errors.append(e)
             streamer.end()
 
-    started = time.perf_counter()
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
     try:
@@ -122,6 +115,55 @@ def stream(
         stats["total_s"] = time.perf_counter() - started
     if errors:
         raise errors[0]
+
+
+class Utf8Streamer:
+    """A generate() streamer that hands out text on whole UTF-8 characters.
+
+    Byte-level tokenizers split a character (Chinese, emoji, often accented letters) over several tokens: decoding
+    after each one shows U+FFFD until the last byte arrives. This streamer decodes everything generated so far at
+    each token, holds back a trailing U+FFFD (a character still arriving) and leaves out the ones in the middle (bytes
+    that never formed a character: sampled garbage at high temperature), counting them in stats["invalid_utf8"].
+    """
+
+    def __init__(self, tokenizer, stats: dict, started: float):
+        import queue
+
+        self.tokenizer, self.stats, self.started = tokenizer, stats, started
+        self.ids: list[int] = []
+        self.sent = 0
+        self.prompt_seen = False
+        self.queue = queue.Queue()
+
+    def put(self, value) -> None:
+        import time
+
+        if not self.prompt_seen:  # generate() puts the prompt first
+            self.prompt_seen = True
+            return
+        self.stats.setdefault("first_token_s", time.perf_counter() - self.started)
+        self.stats["tokens"] = self.stats.get("tokens", 0) + value.numel()
+        self.ids += value.reshape(-1).tolist()
+        self._emit(final=False)
+
+    def end(self) -> None:
+        self._emit(final=True)
+        self.queue.put(None)
+
+    def _emit(self, *, final: bool) -> None:
+        # no clean-up of tokenization spaces: it may rewrite text already handed out
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if not final:
+            text = text.rstrip("\ufffd")
+        self.stats["invalid_utf8"] = text.count("\ufffd")
+        text = text.replace("\ufffd", "")
+        if len(text) > self.sent:
+            self.queue.put(text[self.sent :])
+            self.sent = len(text)
+
+    def __iter__(self):
+        while (piece := self.queue.get()) is not None:
+            yield piece
 
 
 def _sampling(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:

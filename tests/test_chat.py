@@ -63,6 +63,7 @@ def test_compare_base_shows_two_different_answers(tiny_math_run):
     base = re.search(r"^base: (.*)$", result.stdout, re.M)[1]
     tuned = re.search(r"^fine-tuned: (.*)$", result.stdout, re.M)[1]
     assert tuned == "68" and base != tuned
+    assert "base: the base model (random weights: this run trained from scratch)" in result.stderr
 
 
 def test_interactive_chat_in_a_terminal(tiny_math_run):
@@ -75,6 +76,11 @@ def test_interactive_chat_in_a_terminal(tiny_math_run):
         timeout=120,
         env=os.environ | {"TERM": "dumb"},
     )
+    child.expect_exact("trained on messages like '¿Cuánto es")  # the framing, before the first message
+    child.expect_exact("/params [temperature=0.7 top_p=0.9 max_new_tokens=128], /exit")
+    child.expect_exact(">>> ")
+    child.sendline("/help")
+    child.expect_exact("single-turn: each message is put in the training template 'Pregunta: {prompt}")
     child.expect_exact(">>> ")
     child.sendline("¿Cuánto es 23 + 45?")
     child.expect(r"\r\n68\r\n")
@@ -96,6 +102,53 @@ def test_prompt_is_framed_exactly_as_in_training(tiny_math_run):
     assert build_prompt(session, "¿Cuánto es 23 + 45?") == "Pregunta: ¿Cuánto es 23 + 45?\nRespuesta: "
     samples = [json.loads(line) for line in (tiny_math_run / "samples.jsonl").read_text().splitlines()]
     assert samples[0]["prompt"] == build_prompt(session, samples[0]["prompt"].split("\n")[0].removeprefix("Pregunta: "))
+
+
+def test_an_empty_answer_is_flagged_with_the_training_framing(tiny_math_run):
+    """A model that ends at once (forced here: every token but end-of-sequence suppressed) gets a warning that
+    shows how its training data was worded."""
+    import io
+
+    from rich.console import Console
+
+    session = load_session(tiny_math_run)
+    eos = session.tokenizer.eos_token_id
+    session.model.generation_config.suppress_tokens = [i for i in range(len(session.tokenizer)) if i != eos]
+    err = io.StringIO()
+    out = io.StringIO()
+    assert turn(session, "12+34", out=out, err=Console(file=err, width=200)) == ""
+    assert "empty answer: the model ended at once; it was trained on messages like '¿Cuánto es" in err.getvalue()
+
+
+def test_streaming_hands_out_whole_characters(tiny_model_dir):
+    """A byte-level tokenizer splits 你好 and ñ into byte tokens; the streamer never shows half a character, and
+    bytes that never form one are left out and counted."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from quickft.generation import Utf8Streamer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "你好, señor 🙂 12"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > len(text), "some characters take several tokens"
+    stats: dict = {}
+    streamer = Utf8Streamer(tok, stats, 0.0)
+    streamer.put(torch.tensor([[1, 2]]))  # the prompt: skipped
+    for i in ids:
+        streamer.put(torch.tensor([i]))
+    streamer.end()
+    pieces = list(streamer)
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+    assert len(pieces) > 1 and stats["tokens"] == len(ids) and stats["invalid_utf8"] == 0
+    # a lone first byte of a 3-byte character, then plain text: never a character, left out
+    lead = tok.convert_tokens_to_ids(tok.convert_ids_to_tokens(tok("你", add_special_tokens=False)["input_ids"])[:1])
+    streamer = Utf8Streamer(tok, stats, 0.0)
+    streamer.put(torch.tensor([[1]]))
+    for i in lead + tok(" hola", add_special_tokens=False)["input_ids"]:
+        streamer.put(torch.tensor([i]))
+    streamer.end()
+    assert "".join(streamer) == " hola" and stats["invalid_utf8"] == 1
 
 
 def test_chat_format_is_multi_turn_and_reset_forgets(chat_run, capsys):

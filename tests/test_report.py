@@ -257,9 +257,17 @@ def test_compare_two_real_runs(tmp_path, lora_recipe, capsys):
     assert rows[1]["ratios"]["total_flos"]["ratio"] == pytest.approx(2.0, rel=0.2)
     assert rows[1]["ratios"]["total_flos"]["text"].endswith("× as much")  # work done, neither better nor worse
     assert not re.search("faster|slower", rows[1]["ratios"]["runtime_s"]["text"])  # a longer run is not slower
+    assert rows[1]["settings"] == {"max_steps": 8} and rows[0]["settings"] == {"max_steps": 4}
+    for row, summary in zip(rows, (sa, sb), strict=True):  # the test-case score and eval loss of each run
+        assert row["case_score"] == summary["test_cases"]["score"]
+        assert row["eval_loss"] == (summary["evaluation"] or {}).get("final_eval_loss")
     assert main(["compare", str(a), str(b)]) == 0
     table = capsys.readouterr().out
     assert "quickft compare" in table and "tokens/s" in table and "as much" in table
+    assert "test cases right" in table and f"{sa['test_cases']['score']:.1%}" in table
+    assert re.search(r"differ.*max_steps\s*│\s*4\s*│\s*8", table, re.S)
+    assert "different numbers of steps: compare the rates" in table
+    assert not re.search("faster|slower", table)
 
 
 def test_compare_refuses_what_is_not_a_finished_run(tmp_path, capsys):
