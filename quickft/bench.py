@@ -88,14 +88,33 @@ def bench(
 
     # a GPU this stack cannot run on stops here (exit 2), not in every worker after minutes of loading
     require_runnable(needs_4bit=recipe.mode == "qlora" or any("mode=qlora" in s["overrides"] for s in specs))
+    replaced = replaced_settings(recipe, steps, warmup)
+    if replaced:
+        console.print(
+            f"bench times {warmup} warm-up + {steps} steps per run, so it replaces the recipe's "
+            + ", ".join(f"{k}={old} with {new}" for k, (old, new) in replaced.items())
+            + " (--steps and --warmup set them)",
+            highlight=False,
+        )
     out_dir = rundir.pick_run_dir(f"bench-{recipe.name}", output_dir)
     rundir.create_run_dir(out_dir)
     rows = []
     for spec in specs:
         runs = []
         for r in range(repeat):
-            console.print(f"{spec['name']}: run {r + 1}/{repeat} in a fresh process ...", highlight=False)
-            runs.append(_spawn(recipe_path, overrides + spec["overrides"], spec["backend"], steps, warmup, as_shipped))
+            label = f"{spec['name']}: run {r + 1}/{repeat} in a fresh process"
+            runs.append(
+                _spawn(
+                    recipe_path,
+                    overrides + spec["overrides"],
+                    spec["backend"],
+                    steps,
+                    warmup,
+                    as_shipped,
+                    label=label,
+                    console=console,
+                )
+            )
             if "error" in runs[-1]:
                 break  # a variant that cannot run here will not run on a second try either
         rows.append(combine(spec, runs))
@@ -106,6 +125,7 @@ def bench(
         "warmup": warmup,
         "repeat": repeat,
         "mode": "as shipped" if as_shipped else "like for like",
+        "replaced": replaced,
         "parent_pid": os.getpid(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "rows": rows,
@@ -117,7 +137,32 @@ def bench(
     return result
 
 
-def _spawn(recipe_path: str, overrides: list[str], backend: str, steps: int, warmup: int, as_shipped: bool) -> dict:
+def replaced_settings(recipe, steps: int, warmup: int) -> dict[str, list]:
+    """{setting: [the recipe's value, the one bench runs with]} for the settings a timed run overrides."""
+    replaced = {}
+    if recipe.max_steps and recipe.max_steps != warmup + steps:
+        replaced["max_steps"] = [recipe.max_steps, warmup + steps]
+    elif not recipe.max_steps:
+        replaced["epochs"] = [recipe.epochs, f"max_steps={warmup + steps}"]
+    if recipe.logging_steps != 1:
+        replaced["logging_steps"] = [recipe.logging_steps, 1]
+    if recipe.eval.every:
+        replaced["eval.every"] = [recipe.eval.every, "off"]
+    return replaced
+
+
+def _spawn(
+    recipe_path: str,
+    overrides: list[str],
+    backend: str,
+    steps: int,
+    warmup: int,
+    as_shipped: bool,
+    *,
+    label: str,
+    console: Console,
+) -> dict:
+    """Run one variant in a fresh worker process; while it works, show what it is doing (its progress file)."""
     with tempfile.TemporaryDirectory(prefix="quickft-bench-") as tmp:
         spec = {
             "recipe": str(Path(recipe_path).resolve()),
@@ -127,19 +172,45 @@ def _spawn(recipe_path: str, overrides: list[str], backend: str, steps: int, war
             "warmup": warmup,
             "as_shipped": as_shipped,
             "run_dir": str(Path(tmp) / "run"),
+            "progress": str(Path(tmp) / "progress"),
         }
         out = Path(tmp) / "result.json"
         env = dict(os.environ)
         if not as_shipped:
             env.update(LIKE_FOR_LIKE_ENV)
         code = "import sys; from quickft.bench import worker; worker(sys.argv[1], sys.argv[2])"
-        proc = subprocess.run(
-            [sys.executable, "-c", code, json.dumps(spec), str(out)], capture_output=True, text=True, env=env
-        )
+        log = Path(tmp) / "worker.log"
+        started = time.perf_counter()
+        with open(log, "w") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code, json.dumps(spec), str(out)], stdout=log_file, stderr=log_file, env=env
+            )
+            if console.is_terminal:
+                with console.status(f"{label} ...") as status:
+                    while proc.poll() is None:
+                        time.sleep(0.25)
+                        doing = _read(Path(spec["progress"])) or "starting"
+                        status.update(f"{label}: {doing} ({time.perf_counter() - started:.0f} s)")
+            else:
+                console.print(f"{label} ...", highlight=False)
+                proc.wait()
+        console.print(f"{label}: done in {time.perf_counter() - started:.1f} s", highlight=False)
         if out.is_file():
             return json.loads(out.read_text())
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
         return {"error": f"the worker crashed: {tail[0]}", "pid": None}
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def _progress(spec: dict, text: str) -> None:
+    """The worker's current phase or step, for the parent's status line (a file: the worker's output is a log)."""
+    Path(spec["progress"]).write_text(text, encoding="utf-8")
 
 
 def combine(spec: dict, runs: list[dict]) -> dict:
@@ -150,6 +221,7 @@ def combine(spec: dict, runs: list[dict]) -> dict:
     steps = [t for r in runs for t in r["step_times_s"]]
     tokens = sum(t for r in runs for t in r["step_tokens"])
     samples = sum(s for r in runs for s in r["step_samples"])
+    per_repeat = [sum(r["step_tokens"]) / sum(r["step_times_s"]) for r in runs]
     first = runs[0]
     return row | {
         "pids": [r["pid"] for r in runs],
@@ -160,6 +232,7 @@ def combine(spec: dict, runs: list[dict]) -> dict:
         "load_in_4bit": first["load_in_4bit"],
         "gradient_checkpointing": first["gradient_checkpointing"],
         "settings": first["settings"],
+        "step_time_mean_s": sum(steps) / len(steps),
         "step_time_median_s": statistics.median(steps),
         "step_time_min_s": min(steps),
         "step_time_max_s": max(steps),
@@ -169,6 +242,8 @@ def combine(spec: dict, runs: list[dict]) -> dict:
         "samples": samples,
         "tokens_per_s": tokens / sum(steps),
         "samples_per_s": samples / sum(steps),
+        "repeat_tokens_per_s": per_repeat,
+        "spread": (max(per_repeat) - min(per_repeat)) / (tokens / sum(steps)) if len(runs) > 1 else None,
         "load_time_s": statistics.median(r["load_time_s"] for r in runs),
         "memory": first["memory"],
         "peak_memory_mb": first["memory"].get("gpu_peak_allocated_mb", first["memory"].get("peak_rss_mb")),
@@ -190,6 +265,31 @@ def add_comparisons(result: dict) -> None:
         r["differs"] = {k: [base["settings"][k], v] for k, v in r["settings"].items() if v != base["settings"].get(k)}
     devices = {r["device"] for r in rows}
     result["note"] = CPU_NOTE if devices == {"cpu"} else None
+    result["warnings"] = noise_warnings(rows, result["repeat"])
+
+
+NOISY = 0.10
+"""Repeats whose tokens/s differ by more than this share of their mean make a speedup of that size meaningless."""
+
+
+def noise_warnings(rows: list[dict], repeat: int) -> list[str]:
+    """What makes the ratios less certain than they look: one repeat, repeats that disagree, erratic steps."""
+    warnings = []
+    if repeat < 2:
+        warnings.append("one repeat: no spread measured, so a speedup cannot be told from noise (--repeat 3)")
+    for r in rows:
+        if r["spread"] is not None and r["spread"] > NOISY:
+            low, high = min(r["repeat_tokens_per_s"]), max(r["repeat_tokens_per_s"])
+            warnings.append(
+                f"{r['variant']}: its repeats ran at {low:,.0f}-{high:,.0f} tokens/s ({100 * r['spread']:.0f}% apart); "
+                f"speedups within that are noise (another load on the machine?)"
+            )
+        if r["step_time_max_s"] > 3 * r["step_time_median_s"]:
+            warnings.append(
+                f"{r['variant']}: step times ranged {r['step_time_min_s'] * 1000:,.0f}-{r['step_time_max_s'] * 1000:,.0f}"
+                f" ms (median {r['step_time_median_s'] * 1000:,.0f} ms): more warm-up, or a quieter machine"
+            )
+    return warnings
 
 
 # ---------------------------------------------------------------------------------------------- the worker
@@ -223,11 +323,13 @@ def _measure(spec: dict) -> dict:
     )
 
     total_steps = spec["warmup"] + spec["steps"]
+    _progress(spec, "reading the recipe and data")
     recipe = load_recipe(spec["recipe"], spec["overrides"] + [f"max_steps={total_steps}", "logging_steps=1"])
     recipe.backend = spec["backend"]
     train_examples = read_recipe_data(recipe).train
     model_ref, local = model_reference(recipe)
     private_by_default(local)
+    _progress(spec, "importing torch" + (" and Unsloth" if spec["backend"] == "unsloth" else ""))
     choice = choose_backend(recipe)  # imports unsloth first, and only, in an Unsloth worker
     if choice.backend != spec["backend"]:
         raise UserError(f"{spec['backend']} is not usable here: {choice.reason}")
@@ -240,6 +342,7 @@ def _measure(spec: dict) -> dict:
     from quickft import metrics
 
     cuda = choice.device == "cuda"
+    _progress(spec, "loading the model")
     load_started = time.perf_counter()
     loaded = load(recipe, choice, model_path, local=local)
     if loaded.choice.backend != spec["backend"]:
@@ -247,6 +350,7 @@ def _measure(spec: dict) -> dict:
     if cuda:
         torch.cuda.synchronize()
     load_time = time.perf_counter() - load_started
+    _progress(spec, "tokenizing and building the trainer")
     apply_chat_template(loaded.tokenizer, recipe, train_examples)
     dataset = to_dataset(prepare(train_examples, loaded.tokenizer, recipe).rows)
     trainer = make_trainer(recipe, choice, loaded.model, loaded.tokenizer, dataset, Path(spec["run_dir"]))
@@ -268,6 +372,7 @@ def _measure(spec: dict) -> dict:
             if cuda:
                 torch.cuda.synchronize()
             timing["times"].append(time.perf_counter() - self.start)
+            _progress(spec, f"step {state.global_step}/{total_steps} ({spec['warmup']} warm-up)")
             timing["tokens"].append(trainer.counter.tokens - self.tokens)
             timing["samples"].append(trainer.counter.samples - self.samples)
 
@@ -339,6 +444,11 @@ MODE_NOTES = {
 }
 
 
+def _spread_text(row: dict) -> str:
+    per = row["repeat_tokens_per_s"]
+    return f" ({min(per):,.0f}-{max(per):,.0f})" if len(per) > 1 else ""
+
+
 def differs_text(differs: dict) -> str:
     """'optimizer: AdamW (foreach) → AdamW (fused)' for each setting that differs from the baseline row."""
     return "; ".join(f"{k}: {base} → {mine}" for k, (base, mine) in differs.items())
@@ -351,7 +461,7 @@ def print_table(result: dict, console: Console) -> None:
     )
     for col in (
         "variant",
-        "step time (median, min-max)",
+        "step time (mean, min-max)",
         "tokens/s",
         "samples/s",
         "peak memory",
@@ -371,8 +481,8 @@ def print_table(result: dict, console: Console) -> None:
         mem_kind = "GPU max alloc" if "gpu_peak_allocated_mb" in r["memory"] else "peak RSS"
         table.add_row(
             r["variant"] + (" (baseline)" if r["variant"] == result["baseline"] else ""),
-            f"{r['step_time_median_s'] * 1000:.1f} ms ({r['step_time_min_s'] * 1000:.1f}-{r['step_time_max_s'] * 1000:.1f})",
-            f"{r['tokens_per_s']:,.0f}",
+            f"{r['step_time_mean_s'] * 1000:.1f} ms ({r['step_time_min_s'] * 1000:.1f}-{r['step_time_max_s'] * 1000:.1f})",
+            f"{r['tokens_per_s']:,.0f}" + _spread_text(r),
             f"{r['samples_per_s']:,.2f}",
             f"{r['peak_memory_mb']:,.0f} MB {mem_kind}",
             f"{r['load_time_s']:.1f} s",
@@ -400,9 +510,13 @@ def print_table(result: dict, console: Console) -> None:
     console.print(MODE_NOTES[result["mode"]], highlight=False)
     if result["note"]:
         console.print(result["note"], highlight=False)
+    for warning in result["warnings"]:
+        console.print(f"[yellow]noise:[/yellow] {warning}", highlight=False)
     console.print(
-        "speedup = tokens/s ÷ baseline tokens/s; memory saving = 1 − peak ÷ baseline peak; max loss diff = largest "
-        "|loss − baseline loss| over the timed steps (same data order and seed)",
+        "tokens/s = every timed step's real tokens ÷ their total time, over all repeats (range: each repeat's own); "
+        "step time is the mean of the same steps; speedup = tokens/s ÷ baseline tokens/s; memory saving = "
+        "1 − peak ÷ baseline peak; max loss diff = largest |loss − baseline loss| over the timed steps (same data "
+        "order and seed)",
         highlight=False,
     )
 
@@ -414,7 +528,7 @@ def markdown(result: dict) -> str:
         f"{result['date']} · {result['mode']} · {result['steps']} timed steps after {result['warmup']} warm-up · "
         f"{result['repeat']} repeat(s) · baseline `{result['baseline']}`",
         "",
-        "| variant | step time median (ms) | tokens/s | samples/s | peak memory (MB) | load (s) | speedup | "
+        "| variant | step time mean (ms) | tokens/s | samples/s | peak memory (MB) | load (s) | speedup | "
         "memory saving | max loss diff | MFU | settings that differ | notes |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -425,7 +539,7 @@ def markdown(result: dict) -> str:
         loss_diff = "-" if r["max_loss_diff"] is None else f"{r['max_loss_diff']:.4f}"
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         lines.append(
-            f"| {r['variant']} | {r['step_time_median_s'] * 1000:.1f} | {r['tokens_per_s']:,.0f} | "
+            f"| {r['variant']} | {r['step_time_mean_s'] * 1000:.1f} | {r['tokens_per_s']:,.0f}{_spread_text(r)} | "
             f"{r['samples_per_s']:,.2f} | {r['peak_memory_mb']:,.0f} | {r['load_time_s']:.1f} | {r['speedup']:.2f}× | "
             f"{100 * r['memory_saving']:+.0f}% | {loss_diff} | {mfu} | {differs_text(r['differs']) or 'none'} | "
             f"{r['device']}, {r['precision']} |"
@@ -433,6 +547,10 @@ def markdown(result: dict) -> str:
     lines += ["", MODE_NOTES[result["mode"]]]
     if result["note"]:
         lines += ["", result["note"]]
+    if result["warnings"]:
+        lines += ["", *[f"- noise: {w}" for w in result["warnings"]]]
+    if result["replaced"]:
+        lines += ["", "replaced: " + ", ".join(f"{k}={old} → {new}" for k, (old, new) in result["replaced"].items())]
     return "\n".join(lines) + "\n"
 
 

@@ -43,13 +43,18 @@ def four_bit_check(device: str) -> str | None:
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-def collect(*, check_unsloth_import: bool = True) -> dict:
-    import torch
+def collect(*, check_unsloth_import: bool = True, reporter=None) -> dict:
+    from quickft.report import Reporter
 
-    hw = detect()
+    reporter = reporter or Reporter(quiet=True)
+    with reporter.phase("importing torch and reading the GPU"):
+        import torch
+
+        hw = detect()
     status = unsloth_status()
     if status.installed and check_unsloth_import:
-        status.import_error = unsloth_import_check()
+        with reporter.phase("importing unsloth in a fresh process (--fast skips this)"):
+            status.import_error = unsloth_import_check()
     gpus = []
     if hw.device == "cuda":
         for i in range(torch.cuda.device_count()):
@@ -59,7 +64,10 @@ def collect(*, check_unsloth_import: bool = True) -> dict:
             )
     stack = read_stack()
     runnable = check(hw, stack, needs_4bit=True)
-    bnb_error = four_bit_check("cuda" if hw.device == "cuda" else "cpu") if _can_try_4bit(runnable) else "not tried"
+    bnb_error = "not tried"
+    if _can_try_4bit(runnable):
+        with reporter.phase("trying a bitsandbytes 4-bit round trip"):
+            bnb_error = four_bit_check("cuda" if hw.device == "cuda" else "cpu")
     verdict = choose(hw, status)
     return {
         "python": {"version": platform.python_version(), "platform": platform.platform()},
@@ -134,8 +142,11 @@ def print_report(info: dict, console: Console) -> None:
 
 
 def main(*, as_json: bool = False, check_unsloth_import: bool = True, console: Console | None = None) -> dict:
+    from quickft.report import Reporter
+
     console = console or Console()
-    info = collect(check_unsloth_import=check_unsloth_import)
+    # what it is doing, while it does it: on stderr, so --json keeps stdout to the JSON
+    info = collect(check_unsloth_import=check_unsloth_import, reporter=Reporter(Console(stderr=True)))
     if as_json:
         import json
 

@@ -19,8 +19,12 @@ from quickft.errors import UserError
 from quickft.generation import score_cases
 
 
-def evaluate(run_dir: str, cases_path: str | None = None) -> dict:
-    session = load_session(run_dir)
+def evaluate(run_dir: str, cases_path: str | None = None, reporter=None) -> dict:
+    from quickft.report import Reporter
+
+    reporter = reporter or Reporter(quiet=True)
+    with reporter.phase("loading the model"):
+        session = load_session(run_dir)
     recipe = session.recipe
     if cases_path:
         data = replace(recipe.data, path=cases_path, format="auto")  # the cases file may be in any format
@@ -35,9 +39,10 @@ def evaluate(run_dir: str, cases_path: str | None = None) -> dict:
             raise UserError(
                 f"{run_dir}: the run has no test cases", hint="pass --cases FILE (any prompt/response format)"
             )
-    scored = score_cases(
-        session.model, session.tokenizer, cases, how=recipe.eval.match, max_new_tokens=recipe.max_new_tokens
-    )
+    with reporter.phase(f"answering {len(cases)} test cases"):
+        scored = score_cases(
+            session.model, session.tokenizer, cases, how=recipe.eval.match, max_new_tokens=recipe.max_new_tokens
+        )
     correct = sum(s["correct"] for s in scored)
     return {
         "run": str(run_dir),
@@ -51,7 +56,10 @@ def evaluate(run_dir: str, cases_path: str | None = None) -> dict:
 
 
 def main(run_dir: str, *, cases_path: str | None = None, as_json: bool = False, show: int = 5) -> dict:
-    result = evaluate(run_dir, cases_path)
+    from quickft.report import Reporter
+
+    # what it is doing, while it does it: on stderr, so --json keeps stdout to the JSON
+    result = evaluate(run_dir, cases_path, reporter=Reporter(Console(stderr=True)))
     if as_json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return result

@@ -110,6 +110,10 @@ def test_doctor_names_the_backend_it_would_pick(as_json):
         assert info["numeric core"]["torch"] == torch.__version__
     else:
         assert "auto picks: peft in fp32" in result.stdout and "numeric core" in result.stdout
+    # what it is doing, while it does it, on stderr (stdout stays the JSON)
+    assert result.stderr.startswith("importing torch and reading the GPU ...\n")
+    if importlib.util.find_spec("unsloth") is not None:
+        assert "importing unsloth in a fresh process (--fast skips this) ..." in result.stderr
 
 
 FAKE_T4 = """

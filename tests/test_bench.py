@@ -64,7 +64,9 @@ def test_like_for_like_rows_ran_the_same_settings(bench_result):
 
 @requires_unsloth
 def test_as_shipped_rows_differ_and_say_how(tmp_path):
-    result = bench("--steps", "2", "--warmup", "0", "--as-shipped", "--output-dir", str(tmp_path / "s"), "--json")
+    result = bench(
+        "--steps", "2", "--warmup", "0", "--repeat", "1", "--as-shipped", "--output-dir", str(tmp_path / "s"), "--json"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(result.stdout)
     rows = {r["variant"]: r for r in data["rows"]}
@@ -89,6 +91,13 @@ def test_bench_arithmetic_reruns_from_json(bench_result):
         assert r["samples_per_s"] == pytest.approx(r["samples"] / r["measured_time_s"])
         assert r["samples"] == 2 * 4 * 64  # micro-batch 64, no partial batch in the first steps
         assert r["step_time_min_s"] <= r["step_time_median_s"] <= r["step_time_max_s"]
+        assert r["step_time_mean_s"] == pytest.approx(r["measured_time_s"] / r["measured_steps"])
+        # the spread is the repeats' own tokens/s, each over its own steps
+        assert len(r["repeat_tokens_per_s"]) == 2
+        assert min(r["repeat_tokens_per_s"]) <= r["tokens_per_s"] <= max(r["repeat_tokens_per_s"])
+        spread = (max(r["repeat_tokens_per_s"]) - min(r["repeat_tokens_per_s"])) / r["tokens_per_s"]
+        assert r["spread"] == pytest.approx(spread)
+        assert any(w.startswith(f"{r['variant']}: its repeats ran at") for w in data["warnings"]) == (spread > 0.10)
         assert r["speedup"] == pytest.approx(r["tokens_per_s"] / base["tokens_per_s"])
         assert r["memory_saving"] == pytest.approx(1 - r["peak_memory_mb"] / base["peak_memory_mb"])
         assert r["peak_memory_mb"] == r["memory"]["peak_rss_mb"]
@@ -99,9 +108,25 @@ def test_bench_arithmetic_reruns_from_json(bench_result):
 
 
 def test_table_is_printed(tmp_path):
-    result = bench("--backends", "peft", "--steps", "2", "--warmup", "0", "--output-dir", str(tmp_path / "t"))
+    result = bench(
+        "max_steps=100",
+        "--backends",
+        "peft",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--repeat",
+        "1",
+        "--output-dir",
+        str(tmp_path / "t"),
+    )
     assert result.returncode == 0, result.stderr
     assert "quickft bench" in result.stdout and "peft (baseline)" in result.stdout and "1.00×" in result.stdout
+    out = " ".join(result.stdout.split())
+    assert "replaces the recipe's max_steps=100 with 2, logging_steps=50 with 1, eval.every=300 with off" in out
+    assert "noise: one repeat: no spread measured" in out
+    assert "peft: run 1/1 in a fresh process: done in" in out
     assert (
         "effective settings" in result.stdout
         and "ForCausalLMLoss" in result.stdout
@@ -117,6 +142,8 @@ def test_a_variant_that_cannot_run_is_a_reason_row(tmp_path):
         "2",
         "--warmup",
         "0",
+        "--repeat",
+        "1",
         "--output-dir",
         str(tmp_path / "r"),
         "--json",

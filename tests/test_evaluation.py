@@ -83,6 +83,7 @@ def test_demo_stops_at_its_target_and_eval_agrees(tiny_math_run):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[:2] == ["loading the model ...", "answering 1000 test cases ..."]
     recomputed = json.loads(result.stdout)
     assert recomputed["n"] == 1000 and recomputed["score"] == pytest.approx(s["test_cases"]["score"])
 
