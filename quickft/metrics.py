@@ -7,31 +7,55 @@ from __future__ import annotations
 
 import contextlib
 import resource
-from dataclasses import dataclass
 
 MB = 2**20
 
 
-@dataclass
 class TokenCounter:
-    """Counts what the training steps really consumed (filled in by the trainer's training_step)."""
+    """Counts what the training steps really consumed (filled in by the trainer's training_step).
 
-    tokens: int = 0
-    """Non-padding tokens."""
-    samples: int = 0
-    padding: int = 0
-    """Padding tokens in the padded batches (the share of compute spent on nothing)."""
+    On a GPU the batch's counts are device tensors: reading one waits for the GPU, so `add` only keeps them and the
+    totals are settled when read (at logging steps and at the end), never inside every step.
+    """
+
+    def __init__(self):
+        self._tokens = self._samples = self._padding = 0
+        self._pending: list = []
 
     def add(self, inputs: dict) -> None:
         ids = inputs["input_ids"]
         if "attention_mask" in inputs:
-            real = int(inputs["attention_mask"].sum())
-            self.samples += ids.shape[0]
+            real = inputs["attention_mask"].sum()
+            samples = ids.shape[0]
         else:  # padding-free batch: examples concatenated in one row, each starting at position 0
             real = ids.numel()
-            self.samples += int((inputs["position_ids"] == 0).sum())
-        self.tokens += real
-        self.padding += ids.numel() - real
+            samples = (inputs["position_ids"] == 0).sum()
+        self._pending.append((real, samples, ids.numel()))
+
+    def _settle(self) -> None:
+        for real, samples, total in self._pending:
+            real, samples = int(real), int(samples)
+            self._tokens += real
+            self._samples += samples
+            self._padding += total - real
+        self._pending.clear()
+
+    @property
+    def tokens(self) -> int:
+        """Non-padding tokens."""
+        self._settle()
+        return self._tokens
+
+    @property
+    def samples(self) -> int:
+        self._settle()
+        return self._samples
+
+    @property
+    def padding(self) -> int:
+        """Padding tokens in the padded batches (the share of compute spent on nothing)."""
+        self._settle()
+        return self._padding
 
 
 # Peak dense tensor-core throughput for 16-bit training (bf16, or fp16 where the card has no bf16), FLOP/s, from

@@ -167,6 +167,8 @@ class Reporter:
                 """The reporter's phases up to the first step (the report's setup breakdown)."""
                 self.target: float | None = None
                 """The recipe's test-case target (eval.target), drawn on the test-case plot."""
+                self.activity: str | None = None
+                """What is happening between steps, when it takes a while (set by the evaluator): shown on the panel."""
 
             def on_step_begin(self, args, state, control, **kwargs):
                 self._step_started = time.perf_counter()
@@ -330,6 +332,8 @@ class Reporter:
             table.add_row("memory", m.memory_text(row))
         if cb.last_eval:
             table.add_row("eval", self._eval_line(cb.last_eval).split(" | ", 1)[-1])
+        if cb.activity:
+            table.add_row("now", f"{cb.activity} ...")
         return Panel(table, title="training", expand=False)
 
     # ------------------------------------------------------------------ after training
@@ -370,6 +374,8 @@ class Reporter:
         )
         gpu = choice.hardware
         train = summary["train"]
+        # every second after training, by phase (answering test cases, plots): the report accounts for them too
+        train["after_phases"] = {k: v for k, v in self.phases.items() if k not in callback.setup_phases}
         seq_len = train["tokens"] / train["samples"] if train["samples"] else 0.0
         train["flops_per_token"] = m.flops_per_token(header["flop_counts"], header["mode"], seq_len)
         train["mfu"] = (
@@ -412,6 +418,10 @@ class Reporter:
             f"logging between steps)",
         )
         table.add_row("setup", _setup_text(t))
+        if t["after_phases"]:
+            table.add_row(
+                "after training", " · ".join(f"{name} {seconds:.1f} s" for name, seconds in t["after_phases"].items())
+            )
         table.add_row(
             "throughput",
             f"{t['tokens_per_s']:,.0f} tokens/s · {t['samples_per_s']:,.2f} samples/s · {t['steps_per_s']:,.2f} steps/s"

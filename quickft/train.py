@@ -264,6 +264,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         callback.close()
 
     if stopper.requested:  # save what there is, then tell the user how to go on
+        write_metric_files(callback, run_dir)
         summary = reporter.finish(
             trainer=trainer,
             callback=callback,
@@ -274,15 +275,17 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
             match=recipe.eval.match,
         )
         rundir.write_json(run_dir / "summary.json", summary | {"data": data_counts, "interrupted": True})
-        write_metric_files(callback, run_dir)
         raise RunInterrupted(run_dir, f"quickft run {recipe_path} --resume {run_dir}")
-    trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model for full fine-tuning
-    tokenizer.save_pretrained(run_dir)
+    with reporter.phase("saving the model"):
+        trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model for full fine-tuning
+        tokenizer.save_pretrained(run_dir)
     with callback.peaks.phase("answering"):
         samples = _answer_cases(model, tokenizer, recipe, split.cases, reporter)
     rundir.write_jsonl(run_dir / "samples.jsonl", samples)
     with callback.peaks.phase("evaluation"):
         final_eval_loss = eval_loss(trainer) if eval_dataset is not None and not evaluator else None
+    with reporter.phase("writing plots and metrics.csv"):
+        write_metric_files(callback, run_dir)
     summary = reporter.finish(
         trainer=trainer,
         callback=callback,
@@ -296,7 +299,6 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         match=recipe.eval.match,
     )
     rundir.write_json(run_dir / "summary.json", summary | {"data": data_counts})
-    write_metric_files(callback, run_dir)
     reporter.closing(run_dir, next_commands(run_dir, split))
 
 
@@ -337,6 +339,9 @@ def make_evaluator(recipe: Recipe, cases: list[tuple[str, str]], run_dir: Path, 
         def evaluate(self, state, control):
             row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 6)}
             trainer = self.trainer
+            report_callback.activity = f"evaluating at step {state.global_step}" + (
+                f": answering {len(cases)} test cases" if cases else ""
+            )
             with report_callback.peaks.phase("evaluation"):
                 if trainer.eval_dataset is not None:
                     row["eval_loss"] = eval_loss(trainer)
@@ -366,6 +371,7 @@ def make_evaluator(recipe: Recipe, cases: list[tuple[str, str]], run_dir: Path, 
                     f"target reached at step {state.global_step}: test-case score "
                     f"{row['case_score']:.1%} ≥ {recipe.eval.target:.1%}"
                 )
+            report_callback.activity = None
             report_callback.record_eval(row, self.stopped)
             if self.stopped:
                 control.should_training_stop = True
