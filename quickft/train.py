@@ -282,8 +282,10 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     with callback.peaks.phase("answering"):
         samples = _answer_cases(model, tokenizer, recipe, split.cases, reporter)
     rundir.write_jsonl(run_dir / "samples.jsonl", samples)
-    with callback.peaks.phase("evaluation"):
-        final_eval_loss = eval_loss(trainer) if eval_dataset is not None and not evaluator else None
+    final_eval_loss = None
+    if eval_dataset is not None and not evaluator:
+        with callback.peaks.phase("evaluation"), reporter.phase(f"eval loss on {len(eval_dataset)} examples"):
+            final_eval_loss = eval_loss(trainer)
     with reporter.phase("writing plots and metrics.csv"):
         write_metric_files(callback, run_dir)
     summary = reporter.finish(
