@@ -45,13 +45,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 model_dir, data, out, steps, batch, max_len, lr = sys.argv[1:8]
+trl_defaults = sys.argv[8:] == ["trl-defaults"]  # leave bf16, gradient checkpointing and the optimizer to TRL
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 model = AutoModelForCausalLM.from_pretrained(model_dir)
 dataset = Dataset.from_list([json.loads(line) for line in open(data, encoding="utf-8")])
+ours = {} if trl_defaults else {"bf16": False, "gradient_checkpointing": False, "optim": "adamw_torch"}
 args = SFTConfig(output_dir=out, max_steps=int(steps), per_device_train_batch_size=int(batch), max_length=int(max_len),
-                 learning_rate=float(lr), logging_steps=10, bf16=False, gradient_checkpointing=False, optim="adamw_torch",
-                 warmup_steps=0.0, weight_decay=0.0, completion_only_loss=True, save_strategy="no", report_to="none",
-                 use_cpu=True, seed=42, data_seed=42, dataloader_num_workers=0, disable_tqdm=True)
+                 learning_rate=float(lr), logging_steps=10, **ours, warmup_steps=0.0, weight_decay=0.0,
+                 completion_only_loss=True, save_strategy="no", report_to="none", use_cpu=True, seed=42, data_seed=42,
+                 dataloader_num_workers=0, disable_tqdm=True)
 lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
 trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
 clock = {}
@@ -193,7 +195,7 @@ def run_quickft(setup: dict, out: Path) -> dict:
     }
 
 
-def run_plain(setup: dict, out: Path) -> dict:
+def run_plain(setup: dict, out: Path, *, steps: int = STEPS, trl_defaults: bool = False) -> dict:
     out.mkdir(parents=True)
     cmd = [
         sys.executable,
@@ -201,11 +203,11 @@ def run_plain(setup: dict, out: Path) -> dict:
         str(setup["model"]),
         str(setup["plain_data"]),
         str(out),
-        str(STEPS),
+        str(steps),
         str(BATCH),
         str(MAX_LEN),
         str(LR),
-    ]
+    ] + (["trl-defaults"] if trl_defaults else [])
     wall = timed(cmd)
     plain = json.loads((out / "plain.json").read_text())
     return {"wall_s": wall, "runtime_s": plain["runtime_s"], "tokens": plain["dataset_tokens"]}
@@ -240,6 +242,13 @@ def help_seconds(n: int = 5) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument(
+        "--trl-defaults-steps",
+        type=int,
+        default=10,
+        help="also time the plain script with TRL's own defaults (bf16, "
+        "gradient checkpointing, fused AdamW) for this many steps; 0 skips it",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="quickft-vs-trl-") as tmp:
         work = Path(tmp)
@@ -274,6 +283,15 @@ def main() -> None:
                 flush=True,
             )
         report(pairs)
+        if args.trl_defaults_steps:
+            steps = args.trl_defaults_steps
+            plain = run_plain(setup, work / "trl-defaults", steps=steps, trl_defaults=True)
+            ours = statistics.median(p["quickft"]["runtime_s"] for p in pairs) / STEPS
+            print(
+                f"  plain TRL with its own defaults (bf16=True, gradient_checkpointing=True, adamw_torch_fused), "
+                f"{steps} steps: {plain['runtime_s'] / steps:.3f} s/step, against quickft's {ours:.3f} s/step "
+                f"({plain['runtime_s'] / steps / ours:.0f}× slower)"
+            )
         helps = help_seconds()
         print(
             f"  quickft --help: median {statistics.median(helps):.2f} s of {len(helps)} ({min(helps):.2f}-{max(helps):.2f})"
