@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -474,10 +475,10 @@ class Reporter:
         """After every file is written: what is in the run directory, and what to run next (printed even quiet)."""
         files = sorted(p for p in Path(run_dir).iterdir() if not p.name.startswith("."))
         listing = "  ".join(f"{p.name}/" if p.is_dir() else p.name for p in files)
-        self.console.print(f"[bold]written[/bold] {run_dir}/: {listing}", highlight=False, soft_wrap=True)
+        self.console.print(f"[bold]written[/bold] {escape(f'{run_dir}/: {listing}')}", highlight=False, soft_wrap=True)
         self.console.print("[bold]next[/bold]", highlight=False)
         for command in commands:
-            self.console.print(f"  {command}", highlight=False, soft_wrap=True)
+            self.console.print(f"  {escape(command)}", highlight=False, soft_wrap=True)
 
 
 def _samples_text(samples: list[dict], match: str, show: int = 5) -> str:
@@ -491,10 +492,14 @@ def _samples_text(samples: list[dict], match: str, show: int = 5) -> str:
     for sample in picked:
         prompt = sample["prompt"] if len(sample["prompt"]) <= 120 else "…" + sample["prompt"][-120:]
         answer = sample["answer"] if len(sample["answer"]) <= 200 else sample["answer"][:200] + "…"
+        # escaped: a prompt like "[INST] ..." is text, not rich markup
         if sample["correct"]:
-            lines.append(f"[green]✓[/green] {prompt!r} → {answer!r}")
+            lines.append(f"[green]✓[/green] {escape(repr(prompt))} → {escape(repr(answer))}")
         else:
-            lines.append(f"[red]✗[/red] {prompt!r} → {answer!r} (expected {sample['reference']!r})")
+            lines.append(
+                f"[red]✗[/red] {escape(repr(prompt))} → {escape(repr(answer))} "
+                f"(expected {escape(repr(sample['reference']))})"
+            )
     return "\n".join(lines)
 
 

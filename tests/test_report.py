@@ -438,3 +438,13 @@ def test_the_demo_parameter_count_agrees_everywhere(tiny_math_run):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert f"a {total / 1e6:.1f}M-parameter Llama ({total:,} weights)" in recipe
     assert f"{total / 1e6:.1f}M-parameter Llama" in readme
+
+
+def test_answers_in_the_report_are_text_not_markup():
+    """A Llama-2 style prompt ("[INST] ... [/INST]") prints as written, with its mark."""
+    from quickft.report import _samples_text
+
+    console = Console(record=True, file=io.StringIO(), width=200)
+    sample = {"prompt": "[INST] ¿2 + 2? [/INST]", "answer": "[b]5", "reference": "4", "correct": False}
+    console.print(_samples_text([sample], "exact"), highlight=False)
+    assert "✗ '[INST] ¿2 + 2? [/INST]' → '[b]5' (expected '4')" in console.export_text()
