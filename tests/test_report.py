@@ -359,20 +359,27 @@ def test_live_panel_redraws_between_logging_steps(tmp_path, lora_recipe):
     sleep inside the real training step; logging only after the last one)."""
     import transformers
 
-    original = transformers.Trainer.training_step
+    import quickft.generation
+
+    original, answer = transformers.Trainer.training_step, quickft.generation.score_cases
 
     def slow_step(self, *args, **kwargs):
         time.sleep(0.8)
         return original(self, *args, **kwargs)
 
+    def slow_answers(*args, **kwargs):  # an evaluation that takes a while: the panel says so while it runs
+        time.sleep(0.6)
+        return answer(*args, **kwargs)
+
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=120, color_system=None)
     mp = pytest.MonkeyPatch()
     mp.setattr(transformers.Trainer, "training_step", slow_step)
+    mp.setattr(quickft.generation, "score_cases", slow_answers)
     try:
         run_dir = train_run(
             str(lora_recipe),
-            ["max_steps=4", "logging_steps=4"],
+            ["max_steps=4", "logging_steps=4", "eval.every=2"],
             output_dir=str(tmp_path / "run"),
             reporter=Reporter(console, live=True),
         )
@@ -384,6 +391,7 @@ def test_live_panel_redraws_between_logging_steps(tmp_path, lora_recipe):
     assert {"1", "2"} <= elapsed, "the clock moved between logging steps"
     assert re.search(r"step\s+[123]/4\s+elapsed \S+\s+ETA 0m0\ds \(this session's pace\)", before_log)
     assert "ETA after the first step" in before_log
+    assert "now       evaluating at step 2: answering 4 test cases ..." in before_log
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [4], "only the last step logged"
     for phase in ("✓ reading the recipe and data", "✓ loading the model", "✓ building the trainer"):
