@@ -166,8 +166,6 @@ class Reporter:
                 """GPU memory peaks of training, evaluation and answering, each its own."""
                 self.setup_phases: dict[str, float] = {}
                 """The reporter's phases up to the first step (the report's setup breakdown)."""
-                self.target: float | None = None
-                """The recipe's test-case target (eval.target), drawn on the test-case plot."""
                 self.activity: str | None = None
                 """What is happening between steps, when it takes a while (set by the evaluator): shown on the panel."""
 

@@ -233,7 +233,6 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     data_counts = split.counts(prepared)
     rundir.write_json(run_dir / "backend.json", choice.to_dict() | {"model_path": model_path, "model": facts})
     callback = reporter.callback(run_dir / "metrics.jsonl", choice)
-    callback.target = recipe.eval.target
     if checkpoint is not None and (run_dir / "metrics.jsonl").is_file():
         # resuming: the report covers the whole run, not just the part after the checkpoint
         earlier = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -264,7 +263,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         callback.close()
 
     if stopper.requested:  # save what there is, then tell the user how to go on
-        write_metric_files(callback, run_dir)
+        write_metric_files(callback, run_dir, recipe)
         summary = reporter.finish(
             trainer=trainer,
             callback=callback,
@@ -287,7 +286,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         with callback.peaks.phase("evaluation"), reporter.phase(f"eval loss on {len(eval_dataset)} examples"):
             final_eval_loss = eval_loss(trainer)
     with reporter.phase("writing plots and metrics.csv"):
-        write_metric_files(callback, run_dir)
+        write_metric_files(callback, run_dir, recipe)
     summary = reporter.finish(
         trainer=trainer,
         callback=callback,
@@ -304,12 +303,12 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     reporter.closing(run_dir, next_commands(run_dir, split))
 
 
-def write_metric_files(callback, run_dir: Path) -> None:
+def write_metric_files(callback, run_dir: Path, recipe: Recipe) -> None:
     """metrics.csv and the plots, from every row of the run (a resumed run's earlier rows included)."""
     from quickft.plots import write_plots
 
     rows = sorted(callback.rows + callback.eval_rows, key=lambda r: r["step"])
-    write_plots(rows, run_dir, name=run_dir.name, target=callback.target)
+    write_plots(rows, run_dir, name=run_dir.name, target=recipe.eval.target)
     rundir.write_csv(run_dir / "metrics.csv", rows)
 
 

@@ -116,6 +116,9 @@ def test_tokens_per_second_counts_real_tokens(epoch_run, tiny_model_dir):
     assert list(phases)[:2] == ["reading the recipe and data", "importing torch and choosing the backend"]
     assert any(p.startswith("loading the model") for p in phases) and "building the trainer" in phases
     assert 0 < sum(phases.values()) <= t["setup_s"]
+    # and after training, every phase timed: saving, answering the 5 held-out cases, plots and metrics.csv
+    assert list(t["after_phases"]) == ["saving the model", "answering 5 test cases", "writing plots and metrics.csv"]
+    assert all(seconds > 0 for seconds in t["after_phases"].values())
     rows = epoch_run["rows"]
     assert all(r["padding_tokens"] >= 0 for r in rows) and rows[-1]["tokens"] == tokens
 
