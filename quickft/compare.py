@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from quickft.errors import UserError
+from quickft.recipe import field_paths, recipe_from_dict
 from quickft.rundir import open_run
 
 # (key, label, better): "lower", "higher", or "neutral" for totals that measure how much work was done, not how
@@ -51,7 +52,6 @@ def run_row(run: dict) -> dict:
         "min_loss": s["loss"]["min"] if s["loss"] else None,
         "eval_loss": _eval_loss(s.get("evaluation")),
         "case_score": s["test_cases"]["score"] if s.get("test_cases") else None,
-        "case_match": s["test_cases"]["match"] if s.get("test_cases") else None,
         "peak_memory_mb": mem["gpu_peak_allocated_mb"] if gpu else mem["peak_rss_mb"],
         "memory_kind": "GPU max allocated" if gpu else "peak RSS",
     }
@@ -67,22 +67,18 @@ def _eval_loss(evaluation: dict | None) -> float | None:
     return losses[-1] if losses else None
 
 
-def flatten(recipe: dict, prefix: str = "") -> dict:
-    """{"lora.r": 8, "data.path": ...}: a recipe's settings as the key=value names overrides use."""
-    flat = {}
-    for key, value in recipe.items():
-        if isinstance(value, dict) and key != "cases":
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def settings_that_differ(recipes: list[dict]) -> dict[str, list]:
-    """The recipe settings whose values are not the same in every run: {key: [value per run]}."""
-    flats = [flatten(r) for r in recipes]
-    keys = list(dict.fromkeys(k for f in flats for k in f))
-    return {k: [f.get(k) for f in flats] for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1}
+    """The recipe settings (the key=value names overrides use) whose values are not the same in every run:
+    {key: [value per run]}."""
+    loaded = [recipe_from_dict(r) for r in recipes]
+
+    def value(recipe, key: str):
+        for part in key.split("."):
+            recipe = getattr(recipe, part)
+        return recipe
+
+    table = {key: [value(r, key) for r in loaded] for key in field_paths()}
+    return {k: v for k, v in table.items() if len({json.dumps(x, default=str) for x in v}) > 1}
 
 
 def ratio_text(key: str, better: str, first: float | None, value: float | None) -> tuple[float | None, str]:
