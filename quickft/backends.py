@@ -91,6 +91,19 @@ def resolve_model_path(model: str) -> tuple[str, bool]:
     return model, False
 
 
+def run_base_model(run: dict) -> tuple[str, bool]:
+    """(path or hub id, is_local) of the base model a run trained on (backend.json's model_path, else the recipe's);
+    UserError when that model is no longer where the run found it."""
+    model_path = (run["backend"] or {}).get("model_path") or run["recipe"]["model"]
+    try:
+        return resolve_model_path(model_path)
+    except UserError as e:
+        raise UserError(
+            f"{run['dir']}: the run's base model is not available: {e.message}",
+            hint="restore that model directory, or set model_path in backend.json to where it is now",
+        ) from None
+
+
 def check_hub_model(model_id: str, timeout: float = 3.0) -> None:
     """A hub id must be in the local cache or the hub reachable: say so at once instead of hanging on retries."""
     import socket
@@ -322,6 +335,17 @@ def load(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_tr
         )
         fallback.stack = choice.stack
         return load_peft(recipe, fallback, model_path, local=local, for_training=for_training)  # .choice says why
+
+
+def prepare_tokenizer(tokenizer, recipe: Recipe) -> None:
+    """A saved run's tokenizer as training used it: a pad token, and the recipe's chat template where the tokenizer
+    has none (chat, eval and export all load a run this way)."""
+    from quickft.encode import CHAT_TEMPLATES
+
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if recipe.data.chat_template and not tokenizer.chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATES.get(recipe.data.chat_template, recipe.data.chat_template)
 
 
 def _fix_pad_token(model, tokenizer) -> None:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from quickft.encode import CHAT_TEMPLATES, chat_prompt, format_prompt
+from quickft.encode import chat_prompt, format_prompt
 from quickft.errors import UserError
 from quickft.recipe import Recipe, Scratch, recipe_from_dict
 from quickft.rundir import open_run
@@ -53,27 +53,22 @@ def chat_style(recipe: Recipe) -> str:
     return {"chat": "chat", "sharegpt": "chat", "text": "completion"}.get(recipe.data.format, "qa")
 
 
-def load_session(run_dir: str | Path, *, with_base: bool = False) -> Session:
-    """Load the run's base model + adapter (or its full model) with the same backend policy as training."""
+def load_session(run_dir: str | Path, *, with_base: bool = False, backend: str | None = None) -> Session:
+    """Load the run's base model + adapter (or its full model) with the same backend policy as training, or with
+    `backend` ("peft") when given."""
     run = open_run(run_dir)
     recipe = recipe_from_dict(run["recipe"])
-    backend = run["backend"] or {}
-    model_path = backend.get("model_path") or recipe.model
+    if backend:
+        recipe.backend = backend
     run_dir = Path(run_dir)
 
-    from quickft.backends import choose_backend, load, private_by_default, resolve_model_path
+    from quickft.backends import choose_backend, load, prepare_tokenizer, private_by_default, run_base_model
     from quickft.hardware import describe
 
     if recipe.mode != "full" or with_base:
-        try:
-            model_path, local = resolve_model_path(model_path)
-        except UserError as e:
-            raise UserError(
-                f"{run_dir}: the run's base model is not available: {e.message}",
-                hint="restore that model directory, or set model_path in backend.json to where it is now",
-            ) from None
+        model_path, local = run_base_model(run)
     else:
-        local = True
+        model_path, local = None, True
     private_by_default(local)
     choice = choose_backend(recipe, strict=False)  # trained where Unsloth ran, chatting where it can't: PEFT
     if recipe.mode == "full":
@@ -92,10 +87,7 @@ def load_session(run_dir: str | Path, *, with_base: bool = False) -> Session:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if recipe.data.chat_template and not tokenizer.chat_template:
-        tokenizer.chat_template = CHAT_TEMPLATES.get(recipe.data.chat_template, recipe.data.chat_template)
+    prepare_tokenizer(tokenizer, recipe)
     style = chat_style(recipe)
     temperature = recipe.temperature if recipe.temperature is not None else (0.7 if style == "chat" else 0.0)
     params = {"temperature": temperature, "top_p": recipe.top_p, "max_new_tokens": recipe.max_new_tokens}
