@@ -1,6 +1,7 @@
 # Entry points for a fresh machine (Python 3.11, no GPU needed):
 #   make demo            create .venv, install quickft with Unsloth, train the offline demo (recipes/tiny_math.py)
-#   make test            create .venv, install quickft with Unsloth + test tools, run the tests
+#   make test            create .venv, install quickft with Unsloth + test tools + the GGUF tools, run the tests
+#   make install-gguf    add the GGUF tools to .venv (quickft export --to gguf|ollama): builds llama-cpp-python
 # For Pascal / Volta GPUs (GTX 10xx, P100, P40, V100), whose kernels the default torch no longer ships:
 #   make install-old-gpu create .venv-old-gpu: torch 2.7.1+cu126, bitsandbytes' CUDA 12.6 library, no Unsloth
 #   make test-old-gpu    the same tests in that environment (tests that need Unsloth skip, saying so)
@@ -10,8 +11,9 @@ OLD_VENV ?= .venv-old-gpu
 PY := $(VENV)/bin/python
 OLD_PY := $(OLD_VENV)/bin/python
 
-.PHONY: install install-old-gpu demo demo-old-gpu test test-old-gpu lint
+.PHONY: install install-old-gpu install-gguf demo demo-old-gpu test test-old-gpu lint
 install: $(VENV)/.installed
+install-gguf: $(VENV)/.gguf
 install-old-gpu: $(OLD_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -31,13 +33,19 @@ $(OLD_VENV)/.installed: pyproject.toml constraints/old-gpu.txt
 	$(OLD_PY) -m quickft.stack --require sm_60,sm_61,sm_70
 	touch $@
 
+# llama.cpp's converter (kept from the llama-cpp-python source distribution) and llama-cpp-python itself, built for
+# this CPU family: a few minutes on 2 cores (see README, "Use your model elsewhere")
+$(VENV)/.gguf: $(VENV)/.installed
+	$(PY) -m quickft.llamacpp install
+	touch $@
+
 demo: install
 	$(VENV)/bin/quickft run recipes/tiny_math.py
 
 demo-old-gpu: install-old-gpu
 	$(OLD_VENV)/bin/quickft run recipes/tiny_math.py
 
-test: install
+test: install install-gguf
 	$(PY) -m pytest
 
 test-old-gpu: install-old-gpu

@@ -271,6 +271,48 @@ def compare(
     compare_main(runs, as_json=as_json)
 
 
+@app.command(
+    cls=_Command,
+    epilog=_examples(
+        "quickft export outputs/tiny_math    # a merged Hugging Face model in outputs/tiny_math/merged",
+        "quickft export outputs/tiny_math --to gguf --quant q8_0    # for llama.cpp and LM Studio",
+        "quickft export outputs/tiny_math --to ollama    # GGUF + Modelfile; then ollama create",
+    ),
+)
+def export(
+    run_dir: RunDir,
+    to: Annotated[
+        str, typer.Option("--to", metavar="merged|gguf|ollama", help="What to write.", show_default=True)
+    ] = "merged",
+    quant: Annotated[
+        str | None,
+        typer.Option(
+            "--quant",
+            metavar="f32|f16|q8_0|q4_k_m",
+            help="GGUF weights (default f16 for gguf, q8_0 for ollama; q4_k_m needs llama.cpp's quantizer).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", metavar="DIR", help="Where to write (default RUN_DIR/<form>).")
+    ] = None,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            "--dtype", metavar="auto|float16|bfloat16|float32", help="Merged weights (auto: the base's own dtype)."
+        ),
+    ] = "auto",
+    no_check: Annotated[
+        bool, typer.Option("--no-check", help="Do not load the export back to compare its answers.")
+    ] = False,
+    as_json: Json = False,
+) -> int:
+    """Take the model out: merged Hugging Face weights, GGUF, or GGUF + an Ollama Modelfile, checked by loading back."""
+    from quickft.export import main as export_main
+
+    return export_main(run_dir, to=to, quant=quant, out=out, dtype=dtype, check=not no_check, as_json=as_json)
+
+
 @app.command(cls=_Command, epilog=_examples("quickft doctor", "quickft doctor --fast", "quickft doctor --json"))
 def doctor(
     as_json: Json = False,

@@ -56,6 +56,21 @@ def generate(
     return answers
 
 
+def greedy_ids(model, tokenizer, prompt: str, *, max_new_tokens: int) -> dict:
+    """One prompt answered greedily, as `quickft chat` answers it (the same tokenization and generate arguments):
+    its prompt ids, the generated ids (end-of-sequence included when reached) and the answer's text."""
+    import torch
+
+    model.eval()
+    batch = tokenizer(prompt, return_tensors="pt")
+    batch = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        out = model.generate(**batch, **_sampling(tokenizer, max_new_tokens, 0.0, 1.0))
+    ids = out[0, batch["input_ids"].shape[1] :].tolist()
+    text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    return {"prompt": prompt, "prompt_ids": batch["input_ids"][0].tolist(), "ids": ids, "text": text}
+
+
 def stream(
     model,
     tokenizer,

@@ -189,7 +189,7 @@ def test_help_is_fast_and_imports_no_heavy_library():
     assert out.strip().endswith("[]")
 
 
-@pytest.mark.parametrize("verb", ["run", "chat", "eval", "data", "bench", "compare", "doctor"])
+@pytest.mark.parametrize("verb", ["run", "chat", "eval", "data", "bench", "compare", "export", "doctor"])
 def test_every_verb_has_help_with_examples_and_labels_that_say_what_options_take(verb):
     env = dict(os.environ, COLUMNS="120")
     result = subprocess.run(

@@ -1,0 +1,585 @@
+"""`quickft export RUN_DIR`: the fine-tuned model out of quickft, proven by loading it back.
+
+  --to merged   base + adapter merged into a plain Hugging Face directory (no PEFT, no quickft needed to load it)
+  --to gguf     that merged model converted by llama.cpp's converter, for llama.cpp / LM Studio
+  --to ollama   the GGUF plus a Modelfile whose template and stop tokens are the run's own framing
+
+Steps: check everything cheap (run, form, quant, converter, room on disk), answer the run's held-out prompts with
+the adapter exactly as `quickft chat` does, merge, answer them again with the merged model loaded fresh from disk,
+then convert and answer them once more through llama.cpp. export.json records what was done, sizes, and the check.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from quickft import rundir
+from quickft.errors import UserError
+from quickft.recipe import Recipe, recipe_from_dict
+
+FORMS = ("merged", "gguf", "ollama")
+QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
+DEFAULT_QUANT = {"gguf": "f16", "ollama": "q8_0"}
+BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_k_m": 0.6}  # q8_0: 32 weights + a 16-bit scale
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+CHECK_PROMPTS = 20
+"""Held-out prompts answered by each form (the first ones of samples.jsonl)."""
+
+
+def main(
+    run_dir: str,
+    *,
+    to: str = "merged",
+    quant: str | None = None,
+    out: str | None = None,
+    dtype: str = "auto",
+    check: bool = True,
+    as_json: bool = False,
+) -> int:
+    """Export a finished run; returns 0, or 1 when the loaded-back model does not answer as the run does."""
+    err = Console(stderr=True, soft_wrap=True)
+    plan = make_plan(run_dir, to=to, quant=quant, out=out, dtype=dtype)
+    err.print(
+        f"[dim]{escape(plan['say'])}[/dim]",
+        highlight=False,
+    )
+    record = export(plan, check=check, err=err)
+    if as_json:
+        print(json.dumps(record, indent=2, ensure_ascii=False))
+    else:
+        print_record(record, Console(soft_wrap=True))
+    return 0 if record["check"].get("ok", True) else 1
+
+
+# ---------------------------------------------------------------------------------------------- the plan
+
+
+def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtype: str) -> dict:
+    """Everything checked before any slow work: the run, the form, the quant, the converter, memory and disk."""
+    if to not in FORMS:
+        raise UserError(f"--to {to}: unknown form", hint=f"use one of {', '.join(FORMS)}")
+    if quant is not None and to == "merged":
+        raise UserError("--quant is for --to gguf or --to ollama; a merged model keeps 16-bit weights")
+    quant = quant or DEFAULT_QUANT.get(to)
+    if quant is not None and quant not in QUANTS:
+        raise UserError(f"--quant {quant}: unknown quantization", hint=f"use one of {', '.join(QUANTS)}")
+    if dtype not in ("auto", *DTYPE_BYTES):
+        raise UserError(f"--dtype {dtype}: unknown", hint="use auto, float16, bfloat16 or float32")
+    run = rundir.open_run(run_dir)  # not a run, or not finished: exit 2 with the reason
+    recipe = recipe_from_dict(run["recipe"])
+    run_path = Path(run_dir)
+    converter = None
+    if to != "merged":
+        from quickft.llamacpp import find_converter, find_quantizer, install_command
+
+        converter = find_converter()
+        if quant == "q4_k_m" and find_quantizer() is None:
+            raise UserError(
+                "--quant q4_k_m needs llama.cpp's quantizer, which is not installed (f16 and q8_0 do not)",
+                hint=f"install it: {install_command()}",
+            )
+    out_dir = Path(out) if out else run_path / to
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(
+            f"{out_dir} is not empty: an export is never overwritten",
+            hint="choose another --out DIR, or delete that directory yourself",
+        )
+    base = None if recipe.mode == "full" else _base_path(run)
+    source = run_path if recipe.mode == "full" else Path(base)
+    n_weights = count_weights(source)
+    dtype = _output_dtype(source) if dtype == "auto" else dtype
+    merged_bytes = n_weights * DTYPE_BYTES[dtype]
+    gguf_bytes = int(n_weights * BYTES_PER_WEIGHT[quant]) if quant else 0
+    if quant == "q4_k_m":
+        gguf_bytes += n_weights * 2  # quantized from a 16-bit GGUF, removed afterwards
+    disk = merged_bytes + gguf_bytes
+    free = shutil.disk_usage(_existing_parent(out_dir)).free
+    if free < disk * 1.05 + 2**20:
+        raise UserError(
+            f"not enough disk for the export: it needs about {_size(disk)} in {_existing_parent(out_dir)}, "
+            f"{_size(free)} free",
+            hint="free some space, or choose --out on another disk",
+        )
+    what = {
+        "full": "the fully fine-tuned weights",
+        "lora": f"{base} + the LoRA adapter",
+        "qlora": f"{base} de-quantized from 4-bit (the weights the adapter trained against) + the LoRA adapter",
+    }[recipe.mode]
+    say = (
+        f"export {run_path} to {to}{f' ({quant})' if quant else ''}: {what}, {n_weights:,} weights in {dtype}; "
+        f"needs about {_size(merged_bytes)} of memory (one {dtype} copy of the model, merged layer by layer) "
+        f"and {_size(disk)} of disk"
+    )
+    return {
+        "run_dir": run_path,
+        "recipe": recipe,
+        "to": to,
+        "quant": quant,
+        "out_dir": out_dir,
+        "base": base,
+        "dtype": dtype,
+        "weights": n_weights,
+        "memory_bytes": merged_bytes,
+        "disk_bytes": disk,
+        "converter": converter,
+        "say": say,
+    }
+
+
+def _base_path(run: dict) -> str:
+    """The run's base model as a local directory (a hub id only from the local cache: the export reads its files)."""
+    from quickft.backends import run_base_model
+
+    path, local = run_base_model(run)
+    if local:
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(path, local_files_only=True)
+    except Exception:
+        raise UserError(
+            f"{run['dir']}: the base model {path!r} is not on this machine",
+            hint="download it and set model_path in backend.json to its local directory",
+        ) from None
+
+
+def count_weights(model_dir: Path) -> int:
+    """Number of weights in a model directory, from the safetensors headers (no tensor is loaded)."""
+    total = 0
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    for f in files:
+        with open(f, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        for name, info in header.items():
+            if name != "__metadata__":
+                n = 1
+                for d in info["shape"]:
+                    n *= d
+                total += n
+    if not files:  # pytorch_model.bin only: estimate from its size, as 16-bit or 32-bit by the config
+        size = sum(f.stat().st_size for f in Path(model_dir).glob("*.bin"))
+        total = size // DTYPE_BYTES.get(_output_dtype(model_dir), 2)
+    return total
+
+
+def _output_dtype(model_dir: Path) -> str:
+    """The dtype the model was published in (config.json), float16 where it does not say."""
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    value = config.get("dtype") or config.get("torch_dtype") or "float16"
+    return value if value in DTYPE_BYTES else "float16"
+
+
+def _existing_parent(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+# ---------------------------------------------------------------------------------------------- exporting
+
+
+def export(plan: dict, *, check: bool, err: Console) -> dict:
+    from quickft.report import Reporter
+
+    reporter = Reporter(console=err, live=err.is_terminal)
+    recipe: Recipe = plan["recipe"]
+    out_dir: Path = plan["out_dir"]
+    prompts = held_out_prompts(plan["run_dir"]) if check else []
+    started = time.perf_counter()
+    result: dict = {"check": {"prompts": len(prompts)}}
+    if prompts:
+        with reporter.phase(f"answering {len(prompts)} held-out prompts with the run, as quickft chat does"):
+            reference = answers_of_run(plan["run_dir"], prompts, recipe.max_new_tokens)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keep_merged = plan["to"] == "merged"
+    merged_dir = out_dir if keep_merged else Path(tempfile.mkdtemp(prefix=".merged-", dir=out_dir))
+    try:
+        with reporter.phase("merging" if recipe.mode != "full" else "writing the weights"):
+            merge(plan, merged_dir)
+        result["merged"] = {"dtype": plan["dtype"], "bytes": _dir_bytes(merged_dir)}
+        if prompts:
+            with reporter.phase("loading the merged model back with transformers alone, answering the prompts"):
+                merged_answers = answers_of_dir(merged_dir, prompts, recipe.max_new_tokens)
+            result["check"]["merged"] = compare(reference, merged_answers)
+        if plan["to"] != "merged":
+            gguf = out_dir / f"{plan['run_dir'].name}-{plan['quant']}.gguf"
+            with reporter.phase(f"converting to GGUF ({plan['quant']}) with llama.cpp's converter"):
+                to_gguf(merged_dir, gguf, plan["quant"], plan["converter"], name=plan["run_dir"].name)
+            result["gguf"] = {"file": gguf.name, "bytes": gguf.stat().st_size, "quant": plan["quant"]}
+            result["check"]["metadata"] = check_metadata(gguf, merged_dir)
+            if prompts:
+                from quickft.llamacpp import has_llama_cpp_python, install_command
+
+                if has_llama_cpp_python():
+                    with reporter.phase("loading the GGUF back with llama-cpp-python, answering the prompts"):
+                        result["check"]["gguf"] = check_gguf(gguf, merged_dir, prompts, merged_answers, plan)
+                else:
+                    result["check"]["gguf"] = {"skipped": f"llama-cpp-python is not installed: {install_command()}"}
+            if plan["to"] == "ollama":
+                modelfile = out_dir / "Modelfile"
+                modelfile.write_text(make_modelfile(recipe, merged_dir, gguf.name), encoding="utf-8")
+                result["ollama"] = {"modelfile": modelfile.name, "create": ollama_command(plan)}
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)  # a half export is no export (the plan found the folder empty)
+        raise
+    finally:
+        if not keep_merged:
+            shutil.rmtree(merged_dir, ignore_errors=True)
+    checks = [c for k, c in result["check"].items() if isinstance(c, dict) and "ok" in c]
+    if checks:
+        result["check"]["ok"] = all(c["ok"] for c in checks)
+    record = {
+        "to": plan["to"],
+        "quant": plan["quant"],
+        "run_dir": str(plan["run_dir"]),
+        "out_dir": str(out_dir),
+        "mode": recipe.mode,
+        "base": plan["base"],
+        "weights": plan["weights"],
+        "dtype": plan["dtype"],
+        "dequantized_from_4bit": recipe.mode == "qlora",
+        "prompting": prompting(recipe),
+        "seconds": round(time.perf_counter() - started, 2),
+        "files": sorted(p.name for p in out_dir.iterdir() if p.is_file()),
+        **result,
+    }
+    rundir.write_json(out_dir / "export.json", record)
+    record["files"] = sorted(p.name for p in out_dir.iterdir() if p.is_file())
+    return record
+
+
+def merge(plan: dict, target: Path) -> None:
+    """Write the merged model (weights, config, generation config, tokenizer with its chat template) to `target`.
+
+    One copy of the model in memory: the base is loaded in the output dtype and each LoRA layer is merged into it in
+    place (PEFT's merge_and_unload); a QLoRA base is loaded in 4-bit as in training and de-quantized layer by layer
+    (transformers' dequantize), so the merge adds the adapter to the weights it was trained against. Shards of one
+    layer bound what saving copies at once."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quickft.backends import prepare_tokenizer, quiet_libraries
+
+    quiet_libraries()
+    recipe: Recipe = plan["recipe"]
+    run_dir: Path = plan["run_dir"]
+    dtype = getattr(torch, plan["dtype"])
+    local = {"local_files_only": True, "trust_remote_code": recipe.trust_remote_code}
+    if recipe.mode == "full":
+        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=dtype, **local)
+    else:
+        kwargs = {"dtype": dtype}
+        if recipe.mode == "qlora":
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(  # as backends.load_peft quantized it for training
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype,
+            )
+            # on the CPU even where a GPU is: the de-quantized model is the 16-bit size a small card lacks
+            # (NF4 rounding is the same arithmetic on either)
+            kwargs["device_map"] = {"": "cpu"}
+        model = AutoModelForCausalLM.from_pretrained(plan["base"], **kwargs, **local)
+        if recipe.mode == "qlora":
+            model = model.dequantize()
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, run_dir).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    prepare_tokenizer(tokenizer, recipe)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id  # where generation stops: what training taught
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.config.eos_token_id, model.config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    model.save_pretrained(target, max_shard_size=largest_layer_bytes(model))
+    tokenizer.save_pretrained(target)
+    del model
+    gc.collect()
+
+
+def largest_layer_bytes(model) -> int:
+    """The bytes of the model's largest layer (`...layers.N.`, or a tensor outside the layers): saving writes shards
+    of at most this size, and safetensors holds one shard's bytes at a time, so saving adds at most one layer."""
+    import re
+    from collections import Counter
+
+    layers = Counter()
+    for name, tensor in model.state_dict().items():
+        match = re.match(r"(.*?\.\d+)\.", name)
+        layers[match.group(1) if match else name] += tensor.numel() * tensor.element_size()
+    return max(layers.values())
+
+
+def to_gguf(merged_dir: Path, gguf: Path, quant: str, converter: Path, *, name: str) -> None:
+    """The converter writes f32, f16 and q8_0 itself; k-quants are quantized from its f16."""
+    from quickft.llamacpp import convert, quantize
+
+    if quant != "q4_k_m":
+        convert(merged_dir, gguf, quant, converter=converter, name=name)
+        return
+    f16 = gguf.with_name(gguf.stem + ".f16-tmp.gguf")
+    try:
+        convert(merged_dir, f16, "f16", converter=converter, name=name)
+        quantize(f16, gguf, quant)
+    finally:
+        f16.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------- the check
+
+
+def held_out_prompts(run_dir: Path) -> list[str]:
+    """The run's held-out prompts (as the model sees them), from samples.jsonl."""
+    samples = Path(run_dir) / "samples.jsonl"
+    if not samples.is_file():
+        return []
+    rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r["prompt"] for r in rows[:CHECK_PROMPTS]]
+
+
+def answers_of_run(run_dir: Path, prompts: list[str], max_new_tokens: int) -> list[dict]:
+    """The adapter's (or full run's) greedy answers, loaded as `quickft chat` loads the run, with PEFT: Unsloth is
+    not imported into this process, since it patches the transformers and PEFT that merge and load back."""
+    from quickft.chat import load_session
+    from quickft.generation import greedy_ids
+
+    session = load_session(run_dir, backend="peft")
+    answers = [greedy_ids(session.model, session.tokenizer, p, max_new_tokens=max_new_tokens) for p in prompts]
+    del session
+    gc.collect()
+    return answers
+
+
+def answers_of_dir(model_dir: Path, prompts: list[str], max_new_tokens: int) -> list[dict]:
+    """Greedy answers of a plain Hugging Face directory, loaded with transformers alone, in its saved dtype."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quickft.generation import greedy_ids
+
+    dtype = _output_dtype(model_dir)
+    if dtype != "float32" and not torch.cuda.is_available():
+        dtype = "float32"  # 16-bit matmuls on CPU are slow and unlike any GPU's; compare in float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), local_files_only=True)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    answers = [greedy_ids(model, tokenizer, p, max_new_tokens=max_new_tokens) for p in prompts]
+    del model
+    gc.collect()
+    return answers
+
+
+def compare(reference: list[dict], candidate: list[dict]) -> dict:
+    """How many answers are token-for-token the same (prompt ids included)."""
+    same = sum(
+        r["ids"] == c["ids"] and r["prompt_ids"] == c["prompt_ids"] for r, c in zip(reference, candidate, strict=True)
+    )
+    same_prompt = sum(r["prompt_ids"] == c["prompt_ids"] for r, c in zip(reference, candidate, strict=True))
+    first_diff = next(
+        (
+            {"prompt": r.get("prompt"), "expected": r["text"], "got": c["text"]}
+            for r, c in zip(reference, candidate, strict=True)
+            if r["ids"] != c["ids"] or r["prompt_ids"] != c["prompt_ids"]
+        ),
+        None,
+    )
+    return {
+        "identical": same,
+        "of": len(reference),
+        "prompt_tokens_identical": same_prompt,
+        "ok": same == len(reference),
+        "first_difference": first_diff,
+    }
+
+
+def check_gguf(gguf: Path, merged_dir: Path, prompts: list[str], merged_answers: list[dict], plan: dict) -> dict:
+    """llama.cpp's tokens and greedy answers for each prompt against the merged model's (transformers').
+
+    f32 and f16 must agree token for token; q8_0 and q4_k_m round the weights, so their answers may differ: the
+    count is reported and `ok` asks only that llama.cpp tokenizes every prompt exactly as the tokenizer does."""
+    from transformers import AutoTokenizer
+
+    from quickft.llamacpp import greedy_answers
+
+    recipe: Recipe = plan["recipe"]
+    n_ctx = max(len(a["prompt_ids"]) for a in merged_answers) + recipe.max_new_tokens + 8
+    got = greedy_answers(gguf, prompts, max_new_tokens=recipe.max_new_tokens, n_ctx=n_ctx)
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    candidate = [a | {"text": tokenizer.decode(a["ids"], skip_special_tokens=True).strip()} for a in got]
+    result = compare(merged_answers, candidate)
+    exact = plan["quant"] in ("f32", "f16")
+    result["rule"] = (
+        "every answer token-for-token the same as the merged model's"
+        if exact
+        else f"{plan['quant']} rounds the weights: answers may differ; every prompt must tokenize the same"
+    )
+    if not exact:
+        result["ok"] = result["prompt_tokens_identical"] == result["of"]
+    return result
+
+
+def check_metadata(gguf: Path, merged_dir: Path) -> dict:
+    """The GGUF's special tokens and chat template against the tokenizer's: a wrong EOS never stops."""
+    from transformers import AutoTokenizer
+
+    from quickft.llamacpp import metadata
+
+    meta = metadata(gguf)
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    problems = []
+    if meta["eos_token_id"] != tokenizer.eos_token_id:
+        problems.append(f"EOS is token {meta['eos_token_id']}, the tokenizer's is {tokenizer.eos_token_id}")
+    if tokenizer.bos_token_id is not None and meta["bos_token_id"] not in (None, tokenizer.bos_token_id):
+        problems.append(f"BOS is token {meta['bos_token_id']}, the tokenizer's is {tokenizer.bos_token_id}")
+    if meta["padding_token_id"] not in (None, tokenizer.pad_token_id):
+        problems.append(f"padding is token {meta['padding_token_id']}, the tokenizer's is {tokenizer.pad_token_id}")
+    if (tokenizer.chat_template or None) != (meta["chat_template"] or None):
+        problems.append("the chat template differs from the tokenizer's")
+    rows = json.loads((merged_dir / "config.json").read_text(encoding="utf-8")).get("vocab_size") or len(tokenizer)
+    if meta["n_tokens"] != max(rows, len(tokenizer)):  # the converter pads the vocabulary to the embedding's rows
+        problems.append(f"{meta['n_tokens']} tokens in the GGUF, {len(tokenizer)} in the tokenizer, {rows} rows")
+    meta = {k: v for k, v in meta.items() if k != "chat_template"} | {"has_chat_template": bool(meta["chat_template"])}
+    return {"ok": not problems, "problems": problems, **meta}
+
+
+# ---------------------------------------------------------------------------------------------- ollama
+
+
+def prompting(recipe: Recipe) -> dict:
+    """How the exported model expects its input: the run's framing, for people and for the Modelfile."""
+    from quickft.chat import chat_style
+
+    style = chat_style(recipe)
+    if style == "qa":
+        return {"style": "qa", "prompt_template": recipe.data.prompt_template}
+    return {"style": style}
+
+
+def make_modelfile(recipe: Recipe, merged_dir: Path, gguf_name: str) -> str:
+    """An Ollama Modelfile: FROM the GGUF, the run's framing as TEMPLATE, its end tokens as stops."""
+    from transformers import AutoTokenizer
+
+    from quickft.chat import chat_style
+
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    style = chat_style(recipe)
+    stops = [tokenizer.eos_token]
+    lines = [f"# Made by quickft from {recipe.name}: ollama create {recipe.name} -f Modelfile", f"FROM ./{gguf_name}"]
+    if style == "qa":
+        before, _, after = recipe.data.prompt_template.partition("{prompt}")
+        template = _go_literal(before) + "{{ .Prompt }}" + _go_literal(after)
+    elif style == "completion":
+        template = "{{ .Prompt }}"
+    elif "<|im_start|>" in (tokenizer.chat_template or ""):
+        template = CHATML_GO
+        stops.append("<|im_end|>")
+    else:
+        template = None  # Ollama reads the chat template the GGUF carries
+        lines.append("# chat template: the one in the GGUF (tokenizer.chat_template)")
+    if template is not None:
+        lines.append(f'TEMPLATE """{template}"""')
+    for stop in dict.fromkeys(s for s in stops if s):
+        lines.append(f"PARAMETER stop {json.dumps(stop)}")
+    temperature = recipe.temperature if recipe.temperature is not None else (0.7 if style == "chat" else 0.0)
+    lines.append(f"PARAMETER temperature {temperature}")
+    if temperature:
+        lines.append(f"PARAMETER top_p {recipe.top_p}")
+    lines.append(f"PARAMETER num_predict {recipe.max_new_tokens}")
+    return "\n".join(lines) + "\n"
+
+
+CHATML_GO = (
+    "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+)
+"""quickft's ChatML (encode.CHATML) as an Ollama (Go) template."""
+
+
+def _go_literal(text: str) -> str:
+    """Text as it must appear in a Go template: `{{` would start an action."""
+    if '"""' in text:
+        raise UserError(f'the prompt template {text!r} contains """, which a Modelfile cannot quote')
+    return text.replace("{{", '{{ "{{" }}')
+
+
+def ollama_command(plan: dict) -> str:
+    return (
+        f"cd {plan['out_dir']} && ollama create {plan['recipe'].name} -f Modelfile && ollama run {plan['recipe'].name}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- printing
+
+
+def print_record(record: dict, console: Console) -> None:
+    console.print(f"[bold]exported[/bold] {escape(record['run_dir'])} → {escape(record['out_dir'])} ({record['to']})")
+    merged = record.get("merged", {})
+    if record["to"] == "merged":
+        console.print(f"  merged model: {record['weights']:,} weights in {record['dtype']}, {_size(merged['bytes'])}")
+    if "gguf" in record:
+        g = record["gguf"]
+        console.print(f"  GGUF: {escape(g['file'])} ({g['quant']}, {_size(g['bytes'])})")
+    if record["dequantized_from_4bit"]:
+        console.print("  QLoRA: merged into the base de-quantized from 4-bit, never into 4-bit weights")
+    check = record["check"]
+    for name, label in (("merged", "merged model vs the run"), ("gguf", "GGUF (llama.cpp) vs merged model")):
+        c = check.get(name)
+        if not c:
+            continue
+        if "skipped" in c:
+            console.print(f"  check, {label}: skipped ({escape(c['skipped'])})")
+            continue
+        mark = "[green]✓[/green]" if c["ok"] else "[red]✗[/red]"
+        console.print(
+            f"  {mark} check, {label}: {c['identical']}/{c['of']} greedy answers token-for-token identical"
+            + (f", prompts tokenized identically {c['prompt_tokens_identical']}/{c['of']}" if name == "gguf" else "")
+        )
+        if c.get("first_difference") and not c["ok"]:
+            console.print(f"    first difference: {escape(json.dumps(c['first_difference'], ensure_ascii=False))}")
+    if "metadata" in check:
+        m = check["metadata"]
+        mark = "[green]✓[/green]" if m["ok"] else "[red]✗[/red]"
+        console.print(
+            f"  {mark} GGUF metadata: EOS {m['eos_token_id']}, BOS {m['bos_token_id']}, pad {m['padding_token_id']}, "
+            f"pre-tokenizer {m['pre_tokenizer']}, chat template {'yes' if m['has_chat_template'] else 'none'}"
+        )
+        for problem in m["problems"]:
+            console.print(f"    [red]{escape(problem)}[/red]")
+    if not check.get("prompts"):
+        console.print("  check: no held-out prompts in the run (samples.jsonl), or --no-check: not loaded back")
+    p = record["prompting"]
+    if p["style"] == "qa":
+        console.print(f"  prompt it as in training: {escape(repr(p['prompt_template']))}")
+    if "ollama" in record:
+        console.print(f"  next: {escape(record['ollama']['create'])}")
+    elif record["to"] == "merged":
+        console.print(
+            f"  next: AutoModelForCausalLM.from_pretrained({escape(repr(record['out_dir']))}) — no PEFT, no quickft"
+        )
+    console.print(f"  files: {escape(', '.join(record['files']))}")
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

@@ -1,0 +1,304 @@
+"""llama.cpp for `quickft export`: its converter (HF directory -> GGUF), its quantizer, and loading a GGUF back.
+
+Nothing here is llama.cpp code: the converter is llama.cpp's own `convert_hf_to_gguf.py`, found in this order:
+  1. $QUICKFT_LLAMA_CPP: a llama.cpp checkout (or any folder holding convert_hf_to_gguf.py and its gguf-py/);
+  2. the copy `python -m quickft.llamacpp install` keeps under <venv>/share/quickft/llama.cpp, taken from the
+     llama-cpp-python source distribution (which vendors llama.cpp) that it also builds and installs;
+  3. convert_hf_to_gguf.py on PATH (some llama.cpp packages install it there).
+Quantizing to k-quants (q4_k_m) needs llama.cpp's C library: llama-cpp-python's binding of `llama_model_quantize`,
+or a `llama-quantize` on PATH. Loading back for the check uses llama-cpp-python.
+
+Run as a module it is also the converter's launcher (`python -m quickft.llamacpp convert ...`), so that a
+tokenizer llama.cpp has no fingerprint for can be named (see `pre_tokenizer_name`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from quickft.errors import UserError
+
+LLAMA_CPP_PYTHON = "0.3.36"
+"""The llama-cpp-python release `install` builds, and whose vendored llama.cpp converter it keeps (tested here)."""
+CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion", "gguf-py", "LICENSE")
+
+
+def install_command() -> str:
+    return f"{sys.executable} -m quickft.llamacpp install"
+
+
+def kept_copy() -> Path:
+    """Where `install` keeps llama.cpp's converter, inside this Python environment."""
+    return Path(sys.prefix) / "share" / "quickft" / "llama.cpp"
+
+
+def find_converter() -> Path:
+    """The folder holding llama.cpp's convert_hf_to_gguf.py; UserError with the install command if there is none."""
+    explicit = os.environ.get("QUICKFT_LLAMA_CPP")
+    if explicit:
+        if (Path(explicit) / "convert_hf_to_gguf.py").is_file():
+            return Path(explicit)
+        raise UserError(
+            f"QUICKFT_LLAMA_CPP={explicit}: no convert_hf_to_gguf.py there",
+            hint=f"point it at a llama.cpp checkout, or unset it and run: {install_command()}",
+        )
+    if (kept_copy() / "convert_hf_to_gguf.py").is_file():
+        return kept_copy()
+    if on_path := shutil.which("convert_hf_to_gguf.py"):
+        return Path(on_path).resolve().parent
+    raise UserError(
+        "no GGUF converter found: GGUF export uses llama.cpp's convert_hf_to_gguf.py, which is not installed",
+        hint=f"install it (builds llama-cpp-python {LLAMA_CPP_PYTHON}, a few minutes): {install_command()}   "
+        "(or set QUICKFT_LLAMA_CPP to a llama.cpp checkout)",
+    )
+
+
+def find_quantizer() -> str | None:
+    """'binding' (llama-cpp-python's llama_model_quantize), a llama-quantize path, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is not None:
+        return "binding"
+    return shutil.which("llama-quantize")
+
+
+def has_llama_cpp_python() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer
+
+
+def pre_tokenizer_name(tokenizer_json: Path) -> str | None:
+    """llama.cpp's name for a pre-tokenizer with the same rules as this tokenizer's, or None.
+
+    llama.cpp's converter recognises a tokenizer by a hash of how it splits a test text, so it knows only published
+    tokenizers: any tokenizer trained anew (quickft's Scratch models) is refused, even when its pre-tokenizer is one
+    llama.cpp implements. These are the ones whose rules give the same tokens (the export then checks it: llama.cpp's
+    token ids against the Hugging Face tokenizer's, prompt by prompt):
+    - GPT-2's byte-level regex alone: "gpt-2";
+    - digits one by one, then GPT-2's byte-level regex (StarCoder's): "starcoder";
+    - digits one by one, then byte-level with no word regex, so merges cross spaces (quickft's Scratch tokenizer):
+      "superbpe", which splits off runs of digits and nothing else. The same tokens as long as the vocabulary has no
+      token of two or more digits, which such a tokenizer never learns (checked here).
+    """
+    data = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or data.get("normalizer"):
+        return None
+    pre = data.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+
+    def byte_level(step: dict, regex: bool) -> bool:
+        return (
+            step.get("type") == "ByteLevel"
+            and bool(step.get("use_regex", True)) is regex
+            and not step.get("add_prefix_space")
+        )
+
+    digits_first = len(steps) == 2 and steps[0].get("type") == "Digits" and steps[0].get("individual_digits")
+    if len(steps) == 1 and byte_level(steps[0], regex=True):
+        return "gpt-2"
+    if digits_first and byte_level(steps[1], regex=True):
+        return "starcoder"
+    if digits_first and byte_level(steps[1], regex=False):
+        tokens = list(model.get("vocab") or {}) + [t["content"] for t in data.get("added_tokens", [])]
+        if not any(len(t) > 1 and any(c.isdigit() for c in t) for t in tokens):
+            return "superbpe"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- converting
+
+
+def convert(model_dir: Path, outfile: Path, outtype: str, *, converter: Path, name: str) -> None:
+    """llama.cpp's converter on a Hugging Face directory, in its own process (it puts its own gguf-py first)."""
+    command = [sys.executable, "-m", "quickft.llamacpp", "convert", str(converter), str(model_dir)]
+    command += ["--outfile", str(outfile), "--outtype", outtype, "--model-name", name]
+    tokenizer_json = model_dir / "tokenizer.json"
+    name = pre_tokenizer_name(tokenizer_json) if tokenizer_json.is_file() else None
+    if name is not None:
+        command += ["--quickft-pre", name]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0 or not outfile.is_file():
+        lines = [line for line in (result.stderr or result.stdout).strip().splitlines() if line.strip()]
+        last = lines[-1] if lines else f"exit code {result.returncode}"
+        if "pre-tokenizer was not recognized" in (result.stderr or ""):
+            raise UserError(
+                f"llama.cpp's converter does not know this model's tokenizer ({last})",
+                hint="GGUF needs a tokenizer llama.cpp supports; `--to merged` still works for Hugging Face tools",
+            )
+        if "not supported" in last.lower() or "NotImplementedError" in last:
+            raise UserError(f"llama.cpp's converter cannot convert this model: {last}", hint="use --to merged")
+        raise RuntimeError(f"llama.cpp's converter failed: {last}\n{result.stderr[-4000:]}")
+
+
+def _convert_main(argv: list[str]) -> None:
+    """`python -m quickft.llamacpp convert CONVERTER_DIR ARGS... [--quickft-pre NAME]`: run llama.cpp's converter,
+    naming the pre-tokenizer (NAME) only where its own fingerprint table has no entry for this tokenizer."""
+    converter, *args = argv
+    pre = None
+    if "--quickft-pre" in args:
+        i = args.index("--quickft-pre")
+        pre = args[i + 1]
+        del args[i : i + 2]
+    sys.path.insert(0, converter)
+    sys.argv = [str(Path(converter) / "convert_hf_to_gguf.py"), *args]
+    import convert_hf_to_gguf  # noqa: I001  (llama.cpp's, from the converter folder)
+
+    if pre is not None:
+        try:
+            from conversion.base import TextModel  # llama.cpp since 2026: the converter split into a package
+        except ImportError:
+            TextModel = getattr(convert_hf_to_gguf, "TextModel", None) or convert_hf_to_gguf.Model  # noqa: N806
+        known = TextModel.get_vocab_base_pre
+
+        def get_vocab_base_pre(self, tokenizer) -> str:
+            try:
+                return known(self, tokenizer)
+            except NotImplementedError:  # no fingerprint: a tokenizer trained anew, with `pre`'s exact rules
+                return pre
+
+        TextModel.get_vocab_base_pre = get_vocab_base_pre
+    convert_hf_to_gguf.main()
+
+
+def quantize(infile: Path, outfile: Path, quant: str) -> None:
+    """A k-quant (q4_k_m) from a 16-bit GGUF, with llama.cpp's quantizer, in its own process (it logs every tensor)."""
+    tool = find_quantizer()
+    if tool is None:
+        raise UserError(
+            f"--quant {quant} needs llama.cpp's quantizer, which is not installed (f16 and q8_0 do not)",
+            hint=f"install it: {install_command()}   (or put llama.cpp's llama-quantize on PATH)",
+        )
+    if tool == "binding":
+        command = [sys.executable, "-m", "quickft.llamacpp", "quantize", str(infile), str(outfile), quant]
+    else:
+        command = [tool, str(infile), str(outfile), quant.upper()]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0 or not outfile.is_file():
+        raise RuntimeError(f"llama.cpp's quantizer failed: {(result.stderr or result.stdout)[-2000:]}")
+
+
+def _quantize_main(infile: str, outfile: str, quant: str) -> None:
+    """`python -m quickft.llamacpp quantize IN OUT QUANT`: llama-cpp-python's binding of llama_model_quantize."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}")
+    params.nthread = os.cpu_count() or 1
+    status = llama_cpp.llama_model_quantize(infile.encode(), outfile.encode(), params)
+    sys.exit(1 if status != 0 else 0)
+
+
+# ---------------------------------------------------------------------------------------------- reading back
+
+
+def metadata(path: Path) -> dict:
+    """The GGUF's tokenizer metadata that decides how it is prompted and when it stops (read with `gguf`)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+
+    def value(key: str):
+        field = reader.fields.get(key)
+        return None if field is None else field.contents()
+
+    return {
+        "architecture": value("general.architecture"),
+        "file_type": value("general.file_type"),
+        "pre_tokenizer": value("tokenizer.ggml.pre"),
+        "bos_token_id": value("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": value("tokenizer.ggml.eos_token_id"),
+        "padding_token_id": value("tokenizer.ggml.padding_token_id"),
+        "add_bos_token": value("tokenizer.ggml.add_bos_token"),
+        "chat_template": value("tokenizer.chat_template"),
+        "n_tokens": len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else 0,
+    }
+
+
+def greedy_answers(path: Path, prompts: list[str], *, max_new_tokens: int, n_ctx: int) -> list[dict]:
+    """Load a GGUF with llama-cpp-python and answer each prompt greedily: its prompt ids and generated ids
+    (up to and including the end-of-generation token, as transformers' generate returns them)."""
+    from llama_cpp import Llama
+
+    # llama.cpp allocates at least 256 positions anyway; more than the prompts need costs only KV-cache memory
+    llm = Llama(model_path=str(path), n_ctx=max(n_ctx, 256), n_threads=os.cpu_count() or 1, verbose=False, seed=0)
+    eos = llm.token_eos()
+    results = []
+    for prompt in prompts:
+        # add_bos=True: llama.cpp adds BOS where the GGUF says the model wants one, as llama.cpp and Ollama do
+        ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        generated = []
+        if len(ids) + max_new_tokens > llm.n_ctx():  # tokenized unlike the tokenizer: that difference is the result
+            results.append({"prompt_ids": list(ids), "ids": generated})
+            continue
+        for token in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
+            generated.append(token)
+            if token == eos or len(generated) >= max_new_tokens:  # where transformers' generate stops
+                break
+        results.append({"prompt_ids": list(ids), "ids": generated})
+    llm.close()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- installing
+
+
+def install() -> Path:
+    """Download llama-cpp-python's source distribution once, build and install it (the quantizer and loader), and
+    keep its vendored llama.cpp converter under kept_copy()."""
+    import tarfile
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="quickft-llama-cpp-") as tmp:
+        pip = [sys.executable, "-m", "pip"]
+        spec = f"llama-cpp-python=={LLAMA_CPP_PYTHON}"
+        subprocess.run([*pip, "download", "--no-deps", "--no-binary", ":all:", spec, "-d", tmp], check=True)
+        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        # a CPU build for any x86-64 (no -march=native: what is built here may run on another machine), without the
+        # multimodal library (about a fifth of the build; export never loads it). CMAKE_ARGS from the environment
+        # wins, e.g. CMAKE_ARGS="-DGGML_CUDA=on" for a CUDA build.
+        env = os.environ | {"CMAKE_ARGS": os.environ.get("CMAKE_ARGS", "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF")}
+        subprocess.run([*pip, "install", str(sdist), "gguf>=0.17"], check=True, env=env)
+        target = kept_copy()
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+        with tarfile.open(sdist) as archive:
+            members = [
+                m
+                for m in archive.getmembers()
+                if m.name.startswith(prefix)
+                and m.name[len(prefix) :].split("/")[0] in CONVERTER_FILES
+                and (m.isfile() or m.isdir())
+            ]
+            for member in members:
+                member.name = member.name[len(prefix) :]
+            archive.extractall(target, members=members, filter="data")
+    if not (target / "convert_hf_to_gguf.py").is_file():
+        raise RuntimeError(f"llama-cpp-python {LLAMA_CPP_PYTHON}'s source has no convert_hf_to_gguf.py")
+    print(f"llama.cpp's converter kept in {target}; llama-cpp-python {LLAMA_CPP_PYTHON} installed")
+    return target
+
+
+if __name__ == "__main__":
+    verb, *rest = sys.argv[1:] or ["help"]
+    if verb == "convert":
+        _convert_main(rest)
+    elif verb == "quantize":
+        _quantize_main(*rest)
+    elif verb == "install":
+        install()
+    else:
+        print(
+            "usage: python -m quickft.llamacpp install | convert DIR ARGS... | quantize IN OUT QUANT", file=sys.stderr
+        )
+        sys.exit(2)
