@@ -219,7 +219,7 @@ def export(plan: dict, *, check: bool, err: Console) -> dict:
         if prompts:
             with reporter.phase("loading the merged model back with transformers alone, answering the prompts"):
                 merged_answers = answers_of_dir(merged_dir, prompts, recipe.max_new_tokens)
-            result["check"]["merged"] = compare(reference, merged_answers)
+            result["check"]["merged"] = compare(reference, merged_answers, rounded=merge_rounding(plan))
         if plan["to"] != "merged":
             gguf = out_dir / f"{plan['run_dir'].name}-{plan['quant']}.gguf"
             with reporter.phase(f"converting to GGUF ({plan['quant']}) with llama.cpp's converter"):
@@ -349,6 +349,18 @@ def to_gguf(merged_dir: Path, gguf: Path, quant: str, converter: Path, *, name: 
 # ---------------------------------------------------------------------------------------------- the check
 
 
+def merge_rounding(plan: dict) -> str | None:
+    """Why the merged model cannot answer exactly as the run (None: it can): 16-bit weights, or a GPU's 16-bit
+    arithmetic on the run's side."""
+    import torch
+
+    if plan["dtype"] != "float32":
+        return f"the merged weights are rounded to {plan['dtype']}"
+    if torch.cuda.is_available():
+        return "the run answers in 16-bit on this GPU"
+    return None
+
+
 def held_out_prompts(run_dir: Path) -> list[str]:
     """The run's held-out prompts (as the model sees them), from samples.jsonl."""
     samples = Path(run_dir) / "samples.jsonl"
@@ -391,34 +403,40 @@ def answers_of_dir(model_dir: Path, prompts: list[str], max_new_tokens: int) -> 
     return answers
 
 
-def compare(reference: list[dict], candidate: list[dict]) -> dict:
-    """How many answers are token-for-token the same (prompt ids included)."""
-    same = sum(
-        r["ids"] == c["ids"] and r["prompt_ids"] == c["prompt_ids"] for r, c in zip(reference, candidate, strict=True)
-    )
-    same_prompt = sum(r["prompt_ids"] == c["prompt_ids"] for r, c in zip(reference, candidate, strict=True))
+def compare(reference: list[dict], candidate: list[dict], *, rounded: str | None = None) -> dict:
+    """How many answers are token-for-token the same (prompt ids included), and whether that is enough.
+
+    Exact forms (float32 weights compared with a float32 run) must agree on every answer. Where `rounded` says why
+    the weights were rounded (16-bit, q8_0, q4_k_m), an answer may change: every prompt must still tokenize the same
+    and at least half the answers must agree (fewer is a broken export, not rounding)."""
+    pairs = list(zip(reference, candidate, strict=True))
+    same = sum(r["ids"] == c["ids"] and r["prompt_ids"] == c["prompt_ids"] for r, c in pairs)
+    same_prompt = sum(r["prompt_ids"] == c["prompt_ids"] for r, c in pairs)
     first_diff = next(
         (
             {"prompt": r.get("prompt"), "expected": r["text"], "got": c["text"]}
-            for r, c in zip(reference, candidate, strict=True)
+            for r, c in pairs
             if r["ids"] != c["ids"] or r["prompt_ids"] != c["prompt_ids"]
         ),
         None,
     )
+    if rounded is None:
+        rule, ok = "every answer token-for-token the same", same == len(pairs)
+    else:
+        rule = f"{rounded}: every prompt tokenized the same, at least half the answers the same"
+        ok = same_prompt == len(pairs) and 2 * same >= len(pairs)
     return {
         "identical": same,
-        "of": len(reference),
+        "of": len(pairs),
         "prompt_tokens_identical": same_prompt,
-        "ok": same == len(reference),
+        "rule": rule,
+        "ok": ok,
         "first_difference": first_diff,
     }
 
 
 def check_gguf(gguf: Path, merged_dir: Path, prompts: list[str], merged_answers: list[dict], plan: dict) -> dict:
-    """llama.cpp's tokens and greedy answers for each prompt against the merged model's (transformers').
-
-    f32 and f16 must agree token for token; q8_0 and q4_k_m round the weights, so their answers may differ: the
-    count is reported and `ok` asks only that llama.cpp tokenizes every prompt exactly as the tokenizer does."""
+    """llama.cpp's tokens and greedy answers for each prompt against the merged model's (transformers')."""
     from transformers import AutoTokenizer
 
     from quickft.llamacpp import greedy_answers
@@ -428,16 +446,8 @@ def check_gguf(gguf: Path, merged_dir: Path, prompts: list[str], merged_answers:
     got = greedy_answers(gguf, prompts, max_new_tokens=recipe.max_new_tokens, n_ctx=n_ctx)
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     candidate = [a | {"text": tokenizer.decode(a["ids"], skip_special_tokens=True).strip()} for a in got]
-    result = compare(merged_answers, candidate)
-    exact = plan["quant"] in ("f32", "f16")
-    result["rule"] = (
-        "every answer token-for-token the same as the merged model's"
-        if exact
-        else f"{plan['quant']} rounds the weights: answers may differ; every prompt must tokenize the same"
-    )
-    if not exact:
-        result["ok"] = result["prompt_tokens_identical"] == result["of"]
-    return result
+    rounded = None if plan["quant"] == "f32" else f"{plan['quant']} rounds the weights"
+    return compare(merged_answers, candidate, rounded=rounded)
 
 
 def check_metadata(gguf: Path, merged_dir: Path) -> dict:
@@ -555,6 +565,11 @@ def print_record(record: dict, console: Console) -> None:
         console.print(
             f"  {mark} check, {label}: {c['identical']}/{c['of']} greedy answers token-for-token identical"
             + (f", prompts tokenized identically {c['prompt_tokens_identical']}/{c['of']}" if name == "gguf" else "")
+            + (
+                f" [dim](asked: {escape(c['rule'])})[/dim]"
+                if c["rule"] != "every answer token-for-token the same"
+                else ""
+            )
         )
         if c.get("first_difference") and not c["ok"]:
             console.print(f"    first difference: {escape(json.dumps(c['first_difference'], ensure_ascii=False))}")

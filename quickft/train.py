@@ -318,6 +318,7 @@ def next_commands(run_dir: Path, split: Split) -> list[str]:
     if split.case_examples:
         commands.append(f"quickft eval {run_dir}    # score the test cases again (--cases FILE for others)")
     commands.append(f"quickft compare {run_dir} OTHER_RUN    # side by side with another run")
+    commands.append(f"quickft export {run_dir} --to ollama    # use it elsewhere: --to merged (transformers), gguf")
     return commands
 
 

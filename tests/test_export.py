@@ -365,3 +365,18 @@ def test_a_wrong_pre_tokenizer_fails_the_check(tiny_math_run, tmp_path, monkeypa
     check = record["check"]["gguf"]
     assert not check["ok"] and check["prompt_tokens_identical"] < check["of"]
     assert "✗ check, GGUF (llama.cpp) vs merged model" in capsys.readouterr().out
+
+
+def test_rounded_weights_may_change_answers_but_not_tokens():
+    from quickft.export import compare
+
+    ref = [{"prompt_ids": [1, 2], "ids": [5, 0], "text": "5"} for _ in range(4)]
+    one_off = ref[:3] + [{"prompt_ids": [1, 2], "ids": [6, 0], "text": "6"}]
+    retokenized = ref[:3] + [{"prompt_ids": [1, 3], "ids": [5, 0], "text": "5"}]
+    garbage = ref[:1] + [{"prompt_ids": [1, 2], "ids": [9], "text": "9"}] * 3
+    assert compare(ref, ref)["ok"] and not compare(ref, one_off)["ok"]  # exact: every answer
+    rounded = "q8_0 rounds the weights"
+    assert compare(ref, one_off, rounded=rounded)["ok"]
+    assert not compare(ref, retokenized, rounded=rounded)["ok"]  # a tokenizer difference is never rounding
+    assert not compare(ref, garbage, rounded=rounded)["ok"]  # 1 of 4: broken, not rounded
+    assert compare(ref, one_off, rounded=rounded)["first_difference"] == {"prompt": None, "expected": "5", "got": "6"}

@@ -64,6 +64,7 @@ def test_end_report_marks_answers_lists_files_and_says_what_to_run_next(finished
     for name in ("summary.json", "metrics.csv", "loss.png", "adapter_model.safetensors", "samples.jsonl"):
         assert f" {name}" in written and (run_dir / name).is_file(), name
     assert f"quickft chat {run_dir}" in out and f"quickft eval {run_dir}" in out
+    assert f"quickft export {run_dir} --to ollama" in out
 
 
 def test_a_status_line_for_each_phase_comes_before_the_model_loads(lora_recipe, tmp_path):
