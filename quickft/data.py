@@ -1,6 +1,7 @@
 """Data: a reader per file type and record shape -> one internal example shape (Example), with every drop counted.
 
-Pure Python (parquet goes through `datasets`). Turning examples into tokens is quickft/encode.py.
+Pure Python, except what `datasets` reads: parquet and arrow files, `save_to_disk` folders and hub dataset ids.
+Turning examples into tokens is quickft/encode.py.
 """
 
 from __future__ import annotations
@@ -55,11 +56,13 @@ def read_examples(path: str | Path, data: Data) -> list[Example]:
 
 def read_data(path: str | Path, data: Data) -> tuple[str, list[Example]]:
     """(the format actually used, the examples): `auto` is resolved so a run can save what it trained on."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file not found: {path}", hint="data paths are relative to the current directory")
+    text_path, path = str(path), Path(path)
     suffix = path.suffix.lower()
-    if suffix in RECORD_SUFFIXES or data.format in RECORD_SHAPES or data.format == "csv":
+    if path.is_dir() or (suffix == ".arrow" and path.is_file()) or (not path.exists() and is_hub_id(text_path)):
+        fmt, examples = _read_dataset(text_path, data)
+    elif not path.is_file():
+        raise UserError(f"data file not found: {path}", hint="data paths are relative to the current directory")
+    elif suffix in RECORD_SUFFIXES or data.format in RECORD_SHAPES or data.format == "csv":
         fmt, examples = _read_records(path, suffix, data)
     else:
         text = _read_text_file(path)
@@ -210,6 +213,90 @@ def _csv_records(path: Path, text: str, *, delimiter: str) -> list[tuple[str, di
     if not reader.fieldnames:
         raise UserError(f"{path}: CSV without a header line", hint="the first line must name the columns")
     return records
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether a data path that is not on disk reads as a hub dataset id ("tatsu-lab/alpaca", "org/name")."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text)) and not Path(text).suffix
+
+
+def _read_dataset(path: str, data: Data) -> tuple[str, list[Example]]:
+    """A `datasets` dataset: a save_to_disk folder (a Dataset, or a DatasetDict's data.split), an .arrow file, or a
+    hub id (loaded with load_dataset, split data.split). Its rows are records, read like JSON Lines records."""
+    where = Path(path)
+    is_file_or_folder = where.is_dir() or where.suffix.lower() == ".arrow"
+    if not is_file_or_folder:
+        _require_hub(path)  # before `datasets` is even imported
+    import datasets
+
+    if where.is_dir():
+        if (where / "dataset_dict.json").is_file():
+            splits = datasets.load_from_disk(path)
+            if data.split not in splits:
+                raise UserError(
+                    f"{path}: no split {data.split!r} in this dataset (splits: {', '.join(splits)})",
+                    hint=f"set data.split to one of {', '.join(splits)}",
+                )
+            table = splits[data.split]
+        elif (where / "state.json").is_file():
+            table = datasets.load_from_disk(path)
+        else:
+            raise UserError(
+                f"{path} is a folder, not a data file or a dataset saved with save_to_disk",
+                hint="point data.path at a file (JSON Lines, CSV, parquet, ...) or a save_to_disk folder",
+            )
+    elif where.suffix.lower() == ".arrow":
+        try:
+            table = datasets.Dataset.from_file(path)
+        except Exception as e:  # pyarrow raises several types for a file that is not arrow
+            raise UserError(f"{path}: cannot read it as a datasets arrow file: {e}", hint="check the file") from None
+    else:
+        try:
+            table = datasets.load_dataset(path, split=data.split)
+        except ValueError as e:  # an unknown split: the message lists the ones there are
+            raise UserError(f"data.path {path!r}: {e}", hint="set data.split to one of the dataset's splits") from None
+    if isinstance(table, datasets.IterableDataset) or not hasattr(table, "__len__"):
+        raise UserError(f"{path}: a streaming dataset", hint="save it with save_to_disk and point data.path there")
+    records = [(f"{path} (row {i})", row) for i, row in enumerate(table, 1)]
+    if not records:
+        raise UserError(f"{path}: the dataset has no rows", hint="check the split (data.split)")
+    fmt = data.format
+    if fmt in ("blocks", "csv"):
+        raise UserError(
+            f"{path}: data.format={fmt} reads a text file, but this is a dataset of records",
+            hint="set data.format=auto (or the shape of its records: alpaca, chat, sharegpt, pairs, text)",
+        )
+    shape = guess_shape(Path(path), records, data) if fmt == "auto" else fmt
+    return shape, [_record_example(Path(path), w, record, shape, data) for w, record in records]
+
+
+def _require_hub(dataset_id: str) -> None:
+    """A hub dataset needs the hub: say so at once, before anything loads, when it is switched off or unreachable."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    hint = (
+        "download it where there is internet and save it to disk: "
+        f"datasets.load_dataset({dataset_id!r}, split=...).save_to_disk(DIR), then set data.path=DIR"
+    )
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        raise UserError(
+            f"data.path {dataset_id!r}: no such file here, and as a hub dataset id it needs the hub, which is switched "
+            "off (HF_HUB_OFFLINE)",
+            hint=hint,
+        )
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3.0).close()
+    except OSError:
+        raise UserError(
+            f"data.path {dataset_id!r}: no such file here, and as a hub dataset id it needs {host}, which is "
+            "unreachable (offline?)",
+            hint=hint,
+        ) from None
 
 
 def _parquet_records(path: Path) -> list[tuple[str, dict]]:

@@ -54,7 +54,8 @@ class Scratch:
 @dataclass
 class Data:
     path: str
-    """Training data file, relative to the current directory."""
+    """Training data: a file relative to the current directory, a `datasets` save_to_disk folder or .arrow file, or
+    a hub dataset id ("org/name", loaded with datasets.load_dataset; needs the hub)."""
     format: DataFormat = "auto"
     """The shape of the examples: blocks (### with Pregunta:/Respuesta:), alpaca (instruction/input/output),
     chat (OpenAI-style messages, tool turns included), sharegpt (conversations), pairs (prompt/completion, or the
@@ -71,6 +72,8 @@ class Data:
     """The record key or column holding the response, for pairs; "completion" is found too."""
     text_column: str = "text"
     """The record key or column holding a document, for text records ({"text": ...} JSON Lines)."""
+    split: str = "train"
+    """For a hub dataset id ("tatsu-lab/alpaca") or a save_to_disk folder of several splits: the split to read."""
     documents: Literal["auto", "paragraphs", "lines", "file"] = "auto"
     """How a plain-text file splits into documents: at blank lines, one per line, or the whole file as one.
     auto: paragraphs if the file has blank lines, else one per line if the lines are long (200+ characters on
