@@ -23,6 +23,16 @@ from rich.markup import escape
 
 from quickft import rundir
 from quickft.errors import UserError
+from quickft.loadback import (
+    answers_of_dir,
+    answers_of_run,
+    check_gguf,
+    check_metadata,
+    compare,
+    held_out_prompts,
+    merge_rounding,
+    saved_dtype,
+)
 from quickft.recipe import Recipe, recipe_from_dict
 
 FORMS = ("merged", "gguf", "ollama")
@@ -30,8 +40,6 @@ QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 DEFAULT_QUANT = {"gguf": "f16", "ollama": "q8_0"}
 BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_k_m": 0.6}  # q8_0: 32 weights + a 16-bit scale
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-CHECK_PROMPTS = 20
-"""Held-out prompts answered by each form (the first ones of samples.jsonl)."""
 
 
 def main(
@@ -95,7 +103,7 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
     base = None if recipe.mode == "full" else _base_path(run)
     source = run_path if recipe.mode == "full" else Path(base)
     n_weights = count_weights(source)
-    dtype = _output_dtype(source) if dtype == "auto" else dtype
+    dtype = saved_dtype(source) if dtype == "auto" else dtype
     merged_bytes = n_weights * DTYPE_BYTES[dtype]
     gguf_bytes = int(n_weights * BYTES_PER_WEIGHT[quant]) if quant else 0
     if quant == "q4_k_m":
@@ -168,15 +176,8 @@ def count_weights(model_dir: Path) -> int:
                 total += n
     if not files:  # pytorch_model.bin only: estimate from its size, as 16-bit or 32-bit by the config
         size = sum(f.stat().st_size for f in Path(model_dir).glob("*.bin"))
-        total = size // DTYPE_BYTES.get(_output_dtype(model_dir), 2)
+        total = size // DTYPE_BYTES.get(saved_dtype(model_dir), 2)
     return total
-
-
-def _output_dtype(model_dir: Path) -> str:
-    """The dtype the model was published in (config.json), float16 where it does not say."""
-    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    value = config.get("dtype") or config.get("torch_dtype") or "float16"
-    return value if value in DTYPE_BYTES else "float16"
 
 
 def _existing_parent(path: Path) -> Path:
@@ -344,134 +345,6 @@ def to_gguf(merged_dir: Path, gguf: Path, quant: str, converter: Path, *, name: 
         quantize(f16, gguf, quant)
     finally:
         f16.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------------- the check
-
-
-def merge_rounding(plan: dict) -> str | None:
-    """Why the merged model cannot answer exactly as the run (None: it can): 16-bit weights, or a GPU's 16-bit
-    arithmetic on the run's side."""
-    import torch
-
-    if plan["dtype"] != "float32":
-        return f"the merged weights are rounded to {plan['dtype']}"
-    if torch.cuda.is_available():
-        return "the run answers in 16-bit on this GPU"
-    return None
-
-
-def held_out_prompts(run_dir: Path) -> list[str]:
-    """The run's held-out prompts (as the model sees them), from samples.jsonl."""
-    samples = Path(run_dir) / "samples.jsonl"
-    if not samples.is_file():
-        return []
-    rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r["prompt"] for r in rows[:CHECK_PROMPTS]]
-
-
-def answers_of_run(run_dir: Path, prompts: list[str], max_new_tokens: int) -> list[dict]:
-    """The adapter's (or full run's) greedy answers, loaded as `quickft chat` loads the run, with PEFT: Unsloth is
-    not imported into this process, since it patches the transformers and PEFT that merge and load back."""
-    from quickft.chat import load_session
-    from quickft.generation import greedy_ids
-
-    session = load_session(run_dir, backend="peft")
-    answers = [greedy_ids(session.model, session.tokenizer, p, max_new_tokens=max_new_tokens) for p in prompts]
-    del session
-    gc.collect()
-    return answers
-
-
-def answers_of_dir(model_dir: Path, prompts: list[str], max_new_tokens: int) -> list[dict]:
-    """Greedy answers of a plain Hugging Face directory, loaded with transformers alone, in its saved dtype."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from quickft.generation import greedy_ids
-
-    dtype = _output_dtype(model_dir)
-    if dtype != "float32" and not torch.cuda.is_available():
-        dtype = "float32"  # 16-bit matmuls on CPU are slow and unlike any GPU's; compare in float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), local_files_only=True)
-    if torch.cuda.is_available():
-        model.to("cuda")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    answers = [greedy_ids(model, tokenizer, p, max_new_tokens=max_new_tokens) for p in prompts]
-    del model
-    gc.collect()
-    return answers
-
-
-def compare(reference: list[dict], candidate: list[dict], *, rounded: str | None = None) -> dict:
-    """How many answers are token-for-token the same (prompt ids included), and whether that is enough.
-
-    Exact forms (float32 weights compared with a float32 run) must agree on every answer. Where `rounded` says why
-    the weights were rounded (16-bit, q8_0, q4_k_m), an answer may change: every prompt must still tokenize the same
-    and at least half the answers must agree (fewer is a broken export, not rounding)."""
-    pairs = list(zip(reference, candidate, strict=True))
-    same = sum(r["ids"] == c["ids"] and r["prompt_ids"] == c["prompt_ids"] for r, c in pairs)
-    same_prompt = sum(r["prompt_ids"] == c["prompt_ids"] for r, c in pairs)
-    first_diff = next(
-        (
-            {"prompt": r.get("prompt"), "expected": r["text"], "got": c["text"]}
-            for r, c in pairs
-            if r["ids"] != c["ids"] or r["prompt_ids"] != c["prompt_ids"]
-        ),
-        None,
-    )
-    if rounded is None:
-        rule, ok = "every answer token-for-token the same", same == len(pairs)
-    else:
-        rule = f"{rounded}: every prompt tokenized the same, at least half the answers the same"
-        ok = same_prompt == len(pairs) and 2 * same >= len(pairs)
-    return {
-        "identical": same,
-        "of": len(pairs),
-        "prompt_tokens_identical": same_prompt,
-        "rule": rule,
-        "ok": ok,
-        "first_difference": first_diff,
-    }
-
-
-def check_gguf(gguf: Path, merged_dir: Path, prompts: list[str], merged_answers: list[dict], plan: dict) -> dict:
-    """llama.cpp's tokens and greedy answers for each prompt against the merged model's (transformers')."""
-    from transformers import AutoTokenizer
-
-    from quickft.llamacpp import greedy_answers
-
-    recipe: Recipe = plan["recipe"]
-    n_ctx = max(len(a["prompt_ids"]) for a in merged_answers) + recipe.max_new_tokens + 8
-    got = greedy_answers(gguf, prompts, max_new_tokens=recipe.max_new_tokens, n_ctx=n_ctx)
-    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
-    candidate = [a | {"text": tokenizer.decode(a["ids"], skip_special_tokens=True).strip()} for a in got]
-    rounded = None if plan["quant"] == "f32" else f"{plan['quant']} rounds the weights"
-    return compare(merged_answers, candidate, rounded=rounded)
-
-
-def check_metadata(gguf: Path, merged_dir: Path) -> dict:
-    """The GGUF's special tokens and chat template against the tokenizer's: a wrong EOS never stops."""
-    from transformers import AutoTokenizer
-
-    from quickft.llamacpp import metadata
-
-    meta = metadata(gguf)
-    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
-    problems = []
-    if meta["eos_token_id"] != tokenizer.eos_token_id:
-        problems.append(f"EOS is token {meta['eos_token_id']}, the tokenizer's is {tokenizer.eos_token_id}")
-    if tokenizer.bos_token_id is not None and meta["bos_token_id"] not in (None, tokenizer.bos_token_id):
-        problems.append(f"BOS is token {meta['bos_token_id']}, the tokenizer's is {tokenizer.bos_token_id}")
-    if meta["padding_token_id"] not in (None, tokenizer.pad_token_id):
-        problems.append(f"padding is token {meta['padding_token_id']}, the tokenizer's is {tokenizer.pad_token_id}")
-    if (tokenizer.chat_template or None) != (meta["chat_template"] or None):
-        problems.append("the chat template differs from the tokenizer's")
-    rows = json.loads((merged_dir / "config.json").read_text(encoding="utf-8")).get("vocab_size") or len(tokenizer)
-    if meta["n_tokens"] != max(rows, len(tokenizer)):  # the converter pads the vocabulary to the embedding's rows
-        problems.append(f"{meta['n_tokens']} tokens in the GGUF, {len(tokenizer)} in the tokenizer, {rows} rows")
-    meta = {k: v for k, v in meta.items() if k != "chat_template"} | {"has_chat_template": bool(meta["chat_template"])}
-    return {"ok": not problems, "problems": problems, **meta}
 
 
 # ---------------------------------------------------------------------------------------------- ollama

@@ -368,7 +368,7 @@ def test_a_wrong_pre_tokenizer_fails_the_check(tiny_math_run, tmp_path, monkeypa
 
 
 def test_rounded_weights_may_change_answers_but_not_tokens():
-    from quickft.export import compare
+    from quickft.loadback import compare
 
     ref = [{"prompt_ids": [1, 2], "ids": [5, 0], "text": "5"} for _ in range(4)]
     one_off = ref[:3] + [{"prompt_ids": [1, 2], "ids": [6, 0], "text": "6"}]
