@@ -175,6 +175,10 @@ class Recipe:
     continue from where it was."""
     trust_remote_code: bool = False
     """Run code shipped with a hub model. Off unless you trust the model's authors."""
+    track: Literal["none", "tensorboard", "trackio", "wandb", "mlflow"] = "none"
+    """Also send the metrics to an experiment tracker (transformers' report_to), under the names metrics.jsonl uses,
+    prefixed train/ (eval/ for evaluations). TensorBoard writes to <run>/tensorboard; trackio keeps a local
+    project named after the recipe. metrics.jsonl stays the record."""
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -236,6 +236,9 @@ class Reporter:
                     "step_time_s": window_s / max(step - last_step, 1),
                 } | m.memory(choice.device)
                 self.rows.append(row)
+                # the same figures for an experiment tracker (recipe.track), whose callback runs after this one and
+                # sends these logs; transformers' own copy (state.log_history) was taken before the callbacks ran
+                logs.update({k: v for k, v in row.items() if k not in logs and k != "step" and v is not None})
                 self._file.write(json.dumps(row) + "\n")
                 self._file.flush()
                 if self._live is None and not reporter.quiet:

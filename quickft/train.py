@@ -40,6 +40,7 @@ def run(
             recipe.backend = backend
         split = read_recipe_data(recipe)
         model_ref, local = model_reference(recipe)
+        check_tracker(recipe.track)
         run_dir = rundir.pick_run_dir(recipe.name, output_dir or recipe.output_dir)
         rundir.check_writable(run_dir)
     choice = _choose_backend(recipe, local, reporter)
@@ -66,6 +67,7 @@ def _resume(recipe_path: str, overrides: list[str], resume: str, reporter: Repor
     with reporter.phase("reading the recipe and data"):
         split = read_recipe_data(recipe)
         model_ref, local = model_reference(recipe)
+        check_tracker(recipe.track)
     choice = _choose_backend(recipe, local, reporter)
     return _guarded(recipe, recipe_path, choice, split, model_ref, local, run_dir, reporter, checkpoint=checkpoint)
 
@@ -248,6 +250,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
             for cb in (callback, evaluator, stopper.callback()):
                 if cb is not None:
                     trainer.add_callback(cb)
+            tracker_callbacks_last(trainer)
             if evaluator:
                 evaluator.trainer = trainer
             try:
@@ -301,6 +304,42 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     )
     rundir.write_json(run_dir / "summary.json", summary | {"data": data_counts})
     reporter.closing(run_dir, next_commands(run_dir, split))
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def check_tracker(track: str) -> None:
+    """The tracker's package must be installed: say so before anything loads, with the install command."""
+    import importlib.util
+
+    package = TRACKER_PACKAGES.get(track)
+    if package and importlib.util.find_spec(package) is None:
+        raise UserError(
+            f"track={track}: the {package} package is not installed", hint=f"pip install {package}, or set track=none"
+        )
+
+
+def tracker_settings(recipe: Recipe, run_dir: Path) -> dict:
+    """SFTConfig's report_to and its companions for the recipe's tracker (transformers' own integrations)."""
+    import os
+
+    if recipe.track == "none":
+        return {"report_to": "none"}
+    if recipe.track == "tensorboard":  # transformers' TensorBoard callback reads its folder from the environment
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    return {"report_to": [recipe.track], "run_name": run_dir.name, "project": recipe.name}
+
+
+def tracker_callbacks_last(trainer) -> None:
+    """Move the tracker's callback after quickft's: quickft's on_log adds its measured figures (tokens/s, memory,
+    smoothed loss) to the logs the tracker then sends, so the tracker shows what metrics.jsonl says."""
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    for cls in get_reporting_integration_callbacks(trainer.args.report_to):
+        callback = trainer.pop_callback(cls)
+        if callback is not None:
+            trainer.add_callback(callback)
 
 
 def write_metric_files(callback, run_dir: Path, recipe: Recipe) -> None:
@@ -457,7 +496,7 @@ def make_trainer(recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_
         save_strategy="steps" if recipe.save_every else "no",
         save_steps=recipe.save_every or 500,
         save_total_limit=recipe.keep_checkpoints,
-        report_to="none",
+        **tracker_settings(recipe, run_dir),
         disable_tqdm=True,
         dataset_num_proc=None,
         dataloader_num_workers=0,
