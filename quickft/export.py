@@ -103,7 +103,8 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
     base = None if recipe.mode == "full" else _base_path(run)
     source = run_path if recipe.mode == "full" else Path(base)
     n_weights = count_weights(source)
-    dtype = saved_dtype(source) if dtype == "auto" else dtype
+    if dtype == "auto":  # the dtype the base was published in; a full fine-tune saved fp32 master weights
+        dtype = saved_dtype(Path(base) if base else _published_base(run) or source)
     merged_bytes = n_weights * DTYPE_BYTES[dtype]
     gguf_bytes = int(n_weights * BYTES_PER_WEIGHT[quant]) if quant else 0
     if quant == "q4_k_m":
@@ -158,6 +159,17 @@ def _base_path(run: dict) -> str:
             f"{run['dir']}: the base model {path!r} is not on this machine",
             hint="download it and set model_path in backend.json to its local directory",
         ) from None
+
+
+def _published_base(run: dict) -> Path | None:
+    """A full fine-tune's base model directory, if it is still on this machine (only its dtype is read)."""
+    from quickft.backends import run_base_model
+
+    try:
+        path, local = run_base_model(run)
+    except UserError:
+        return None
+    return Path(path) if local else None
 
 
 def count_weights(model_dir: Path) -> int:

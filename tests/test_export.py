@@ -380,3 +380,29 @@ def test_rounded_weights_may_change_answers_but_not_tokens():
     assert not compare(ref, retokenized, rounded=rounded)["ok"]  # a tokenizer difference is never rounding
     assert not compare(ref, garbage, rounded=rounded)["ok"]  # 1 of 4: broken, not rounded
     assert compare(ref, one_off, rounded=rounded)["first_difference"] == {"prompt": None, "expected": "5", "got": "6"}
+
+
+def test_a_full_fine_tune_exports_in_the_dtype_its_base_was_published_in(tmp_path, tiny_model_dir, sums_file):
+    """Training keeps float32 master weights; the export goes back to the base's bfloat16, and says so."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = tmp_path / "base-bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(base)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(base)
+    recipe = write_recipe(
+        tmp_path / "full.py",
+        f"""
+        recipe = Recipe(
+            model={str(base)!r}, data=Data(path={str(sums_file)!r}, prompt_template={PROMPT!r}, holdout=4),
+            mode="full", max_seq_length=32, micro_batch_size=8, max_steps=4, logging_steps=2, max_new_tokens=3,
+        )
+        """,
+    )
+    assert main(["run", str(recipe), "--output-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dtype"] == "float32"
+    code, record = export(tmp_path / "run", "--out", tmp_path / "m")
+    assert code == 0 and record["dtype"] == "bfloat16"
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["dtype"] == "bfloat16"
+    check = record["check"]["merged"]
+    assert check["rule"].startswith("the merged weights are rounded to bfloat16") and check["ok"]
