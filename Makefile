@@ -34,7 +34,7 @@ $(OLD_VENV)/.installed: pyproject.toml constraints/old-gpu.txt
 	touch $@
 
 # llama.cpp's converter (kept from the llama-cpp-python source distribution) and llama-cpp-python itself, built for
-# this CPU family: about 8 minutes on 2 cores (see README, "Use your model elsewhere"). Order-only: a change to
+# this CPU family: 8 to 13 minutes on 2 cores (see README, "Use your model elsewhere"). Order-only: a change to
 # pyproject.toml reinstalls quickft's dependencies, not this build.
 $(VENV)/.gguf: | $(VENV)/.installed
 	$(PY) -m quickft.llamacpp install
