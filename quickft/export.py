@@ -136,8 +136,6 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
         "base": base,
         "dtype": dtype,
         "weights": n_weights,
-        "memory_bytes": merged_bytes,
-        "disk_bytes": disk,
         "converter": converter,
         "say": say,
     }

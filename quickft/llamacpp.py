@@ -60,9 +60,7 @@ def find_converter() -> Path:
 
 def find_quantizer() -> str | None:
     """'binding' (llama-cpp-python's llama_model_quantize), a llama-quantize path, or None."""
-    import importlib.util
-
-    if importlib.util.find_spec("llama_cpp") is not None:
+    if has_llama_cpp_python():
         return "binding"
     return shutil.which("llama-quantize")
 
