@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from quickft import distributed
 from quickft.errors import UserError
 from quickft.hardware import Choice
 from quickft.recipe import Recipe
@@ -59,7 +60,7 @@ def choose_backend(recipe: Recipe, *, strict: bool = True) -> Choice:
 
     hw, stack, verdict = require_runnable(needs_4bit=recipe.mode == "qlora")
     status = unsloth_status()
-    options = {"mode": recipe.mode, "precision": recipe.precision}
+    options = {"mode": recipe.mode, "precision": recipe.precision, "processes": distributed.world_size()}
     try:
         choice = choose(hw, status, requested=recipe.backend, **options)
     except ValueError as e:
@@ -178,7 +179,8 @@ def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, f
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-        kwargs["device_map"] = {"": 0} if choice.device == "cuda" else {"": choice.device}
+        # each process's own GPU under torchrun (LOCAL_RANK), the only one otherwise
+        kwargs["device_map"] = {"": distributed.local_rank()} if choice.device == "cuda" else {"": choice.device}
     # full fine-tuning keeps fp32 master weights and lets mixed precision cast; LoRA loads the frozen base in the
     # compute dtype (PEFT keeps the small adapters in fp32)
     kwargs["dtype"] = torch.float32 if recipe.mode == "full" else dtype

@@ -81,6 +81,8 @@ RunDir = Annotated[str, typer.Argument(metavar="RUN_DIR", help="A finished run, 
         "quickft run recipes/tiny_math.py",
         "quickft run recipes/tiny_math.py max_steps=300 learning_rate=2e-3",
         "quickft run recipes/tiny_math.py --resume outputs/tiny_math",
+        "quickft run recipes/phi2_math.py --gpus 2    # data-parallel: torchrun, one process per GPU",
+        "torchrun --nproc-per-node 2 -m quickft run recipes/tiny_math.py    # the same, started by hand (CPU: gloo)",
     ),
 )
 def run(
@@ -97,10 +99,21 @@ def run(
             "--resume", metavar="[RUN_DIR]", help="Continue an interrupted run (default: this recipe's newest)."
         ),
     ] = False,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            "--gpus", metavar="N", help="Train on N GPUs of this machine (starts torchrun: one process per GPU)."
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune a model as a recipe says, and write a run directory."""
     if backend not in (None, "auto", "unsloth", "peft"):
         raise UserError(f"--backend {backend}: unknown backend", hint="use auto, unsloth or peft")
+    if gpus is not None:  # N > 1: torchrun starts N of these (without --gpus) and this one waits for them
+        from quickft.distributed import launch
+
+        if (code := launch(gpus, sys.argv[1:] if _argv is None else _argv)) is not None:
+            raise typer.Exit(code)
     overrides = overrides or []
     resume_dir = None
     if resume:  # `--resume RUN_DIR`: the run directory arrives among the key=value arguments
@@ -110,8 +123,14 @@ def run(
     from quickft.report import Reporter
     from quickft.train import run as train_run
 
+    speaks = os.environ.get("RANK", "0") == "0"  # under torchrun, the first process shows the run for all
     train_run(
-        recipe, overrides, output_dir=output_dir, backend=backend, resume=resume_dir, reporter=Reporter(quiet=quiet)
+        recipe,
+        overrides,
+        output_dir=output_dir,
+        backend=backend,
+        resume=resume_dir,
+        reporter=Reporter(quiet=quiet or not speaks, live=None if speaks else False),
     )
 
 
@@ -324,10 +343,16 @@ def doctor(
     doctor_main(as_json=as_json, check_unsloth_import=not fast)
 
 
+_argv: list[str] | None = None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code instead of exiting (tests call this)."""
-    global _debug
+    global _debug, _argv
     _debug = bool(os.environ.get("QUICKFT_DEBUG")) or "--debug" in (argv if argv is not None else sys.argv[1:])
+    _argv = argv
+    # under torchrun every process runs this; the first one speaks for all (they read the same inputs)
+    speaks = os.environ.get("RANK", "0") == "0"
     try:
         result = app(args=argv, prog_name="quickft", standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -336,13 +361,15 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"  fix: {e.hint}", file=sys.stderr)
+        if speaks:
+            print(f"error: {e.message}", file=sys.stderr)
+            if e.hint:
+                print(f"  fix: {e.hint}", file=sys.stderr)
         return 2
     except RunInterrupted as e:
-        print(f"interrupted: checkpoint, metrics and partial report saved in {e.run_dir}", file=sys.stderr)
-        print(f"  resume with: {e.resume_command}", file=sys.stderr)
+        if speaks:
+            print(f"interrupted: checkpoint, metrics and partial report saved in {e.run_dir}", file=sys.stderr)
+            print(f"  resume with: {e.resume_command}", file=sys.stderr)
         return 130
     except typer.Exit as e:
         return e.exit_code
@@ -350,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         e.show()  # the verb's usage line, "Try 'quickft VERB --help' for help." and the error
         return 2
     except (KeyboardInterrupt, typer.Abort):
-        print("interrupted", file=sys.stderr)
+        if speaks:
+            print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:
         if _debug:

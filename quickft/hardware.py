@@ -111,10 +111,12 @@ def choose(
     mode: Literal["lora", "qlora", "full"] = "lora",
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto",
     unsloth_refuses: str | None = None,
+    processes: int = 1,
 ) -> Choice:
     """Pick backend, precision and quantization for this machine. Raises ValueError when a request can't work here.
 
-    `unsloth_refuses` is Unsloth's reason for not taking this architecture, when it is already known.
+    `unsloth_refuses` is Unsloth's reason for not taking this architecture, when it is already known. `processes` > 1
+    (started by torchrun or accelerate launch): data-parallel training, which quickft runs on the PEFT path only.
     """
     resolved_precision = _precision(hw, precision)
     load_in_4bit = mode == "qlora"
@@ -125,13 +127,15 @@ def choose(
     elif load_in_4bit and hw.device == "cpu":
         four_bit_note = "; 4-bit on CPU runs through bitsandbytes' CPU backend (works, but slowly)"
 
-    why_not = why_not_unsloth(hw, unsloth, unsloth_refuses)
+    why_not = why_not_unsloth(hw, unsloth, unsloth_refuses, processes)
     if requested == "peft":
         return Choice(
             "peft", "PEFT requested (--backend peft)" + four_bit_note, resolved_precision, load_in_4bit, hw.device, hw
         )
     if requested == "unsloth":
-        cpu_mode_ok = hw.device == "cpu" and unsloth.installed and unsloth.has_cpu_mode and not unsloth.import_error
+        cpu_mode_ok = (
+            hw.device == "cpu" and unsloth.installed and unsloth.has_cpu_mode and not unsloth.import_error
+        ) and processes == 1
         if why_not and not cpu_mode_ok:
             raise ValueError(f"Unsloth cannot run here: {why_not}")
         reason = "Unsloth requested (--backend unsloth)"
@@ -154,8 +158,13 @@ def choose(
     )
 
 
-def why_not_unsloth(hw: Hardware, unsloth: UnslothStatus, refuses: str | None = None) -> str | None:
+def why_not_unsloth(hw: Hardware, unsloth: UnslothStatus, refuses: str | None = None, processes: int = 1) -> str | None:
     """Why Unsloth's GPU path cannot run here, or None if nothing stops it."""
+    if processes > 1:
+        return (
+            f"{processes} processes (torchrun / accelerate launch): quickft trains data-parallel (DDP) on the "
+            "PEFT path only"
+        )
     if hw.device == "cpu":
         return "no GPU found (on CPU Unsloth brings no speedup)"
     if hw.device == "mps":

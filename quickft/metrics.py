@@ -212,7 +212,7 @@ def memory(device: str) -> dict:
             "gpu_peak_allocated_mb": torch.cuda.max_memory_allocated() / MB,
             # reserved (allocated + the caching allocator's free blocks) is what runs a 4 GB card out of memory
             "gpu_peak_reserved_mb": torch.cuda.max_memory_reserved() / MB,
-            "gpu_total_mb": torch.cuda.get_device_properties(0).total_memory / MB,
+            "gpu_total_mb": torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / MB,
         }
     import psutil
 

@@ -7,17 +7,25 @@ import sys
 import threading
 from pathlib import Path
 
-from quickft import rundir
+from quickft import distributed, rundir
 from quickft.errors import UserError
 from quickft.hardware import Choice
 from quickft.recipe import Recipe, recipe_to_dict
 
 
 class StopOnSignal:
-    """First Ctrl-C (SIGINT) or SIGTERM: finish the step, save a checkpoint, stop cleanly. Second: stop at once."""
+    """First Ctrl-C (SIGINT) or SIGTERM: finish the step, save a checkpoint, stop cleanly. Second: stop at once.
+
+    Under torchrun every process gets Ctrl-C twice, from the terminal and forwarded by torchrun a moment later, so a
+    repeat within a second is the same request. The processes stop after the same step: each step ends by asking
+    them all whether any was asked to stop (torchrun kills them `--shutdown-timeout` seconds after forwarding it,
+    30 by default: the step and the checkpoint must fit in that)."""
+
+    REPEAT_S = 1.0
 
     def __init__(self):
         self.requested: str | None = None
+        self._at = 0.0
         self._previous: dict = {}
 
     def __enter__(self):
@@ -38,15 +46,19 @@ class StopOnSignal:
 
     def _handle(self, signum, frame):
         import signal
+        import time
 
         if self.requested:
+            if distributed.world_size() > 1 and time.monotonic() - self._at < self.REPEAT_S:
+                return  # the same Ctrl-C, forwarded by torchrun
             raise KeyboardInterrupt  # the second one: files are written atomically, so stopping here is safe
-        self.requested = signal.Signals(signum).name
-        print(
-            f"\n{self.requested}: saving a checkpoint after this step, then stopping (again to quit at once)",
-            file=sys.stderr,
-            flush=True,
-        )
+        self.requested, self._at = signal.Signals(signum).name, time.monotonic()
+        if distributed.is_main():
+            print(
+                f"\n{self.requested}: saving a checkpoint after this step, then stopping (again to quit at once)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def callback(self):
         from transformers import TrainerCallback
@@ -55,7 +67,8 @@ class StopOnSignal:
 
         class Stop(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
-                if stopper.requested:
+                if distributed.any_process(bool(stopper.requested)):
+                    stopper.requested = stopper.requested or "a signal to another process"
                     control.should_save = True
                     control.should_training_stop = True
 

@@ -19,6 +19,7 @@ from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from quickft import distributed
 from quickft import metrics as m
 
 
@@ -82,7 +83,8 @@ class Reporter:
         n_cases=0,
     ) -> dict:
         total, trainable = m.parameter_counts(model)
-        eff = recipe.micro_batch_size * recipe.gradient_accumulation
+        processes = distributed.world_size()
+        eff = recipe.micro_batch_size * recipe.gradient_accumulation * processes
         # packing joins examples into fewer sequences: an epoch is as many steps as the trainer has sequences for
         steps_per_epoch = -(-(n_sequences or n_examples) // eff)
         self.planned_steps = max_steps or int(round(steps_per_epoch * recipe.epochs))
@@ -112,7 +114,9 @@ class Reporter:
             ("max_seq_length", str(recipe.max_seq_length)),
             (
                 "batch",
-                f"{recipe.micro_batch_size} micro-batch × {recipe.gradient_accumulation} accumulation = {eff} effective",
+                f"{recipe.micro_batch_size} micro-batch × {recipe.gradient_accumulation} accumulation"
+                + (f" × {processes} processes ({distributed.backend_name()})" if processes > 1 else "")
+                + f" = {eff} effective",
             ),
             ("plan", f"{self.planned_steps:,} steps ({epochs:.2f} epochs, {steps_per_epoch:,} steps per epoch)"),
         ]
@@ -131,6 +135,7 @@ class Reporter:
             "mode": recipe.mode,
             "flop_counts": m.flop_counts(model),
             "planned_steps": self.planned_steps,
+            "processes": processes,
         }
 
     # ------------------------------------------------------------------ during training
@@ -147,6 +152,9 @@ class Reporter:
                 self.eval_rows: list[dict] = []
                 self.last_eval: dict = {}
                 self.counter = None  # set by train.py: counts real tokens/samples in each training batch
+                self.per_process: list[dict] = []
+                """What each process counted and peaked at in this session (one entry without torchrun)."""
+                self.totals: dict | None = None
                 self.started = self.ended = self.memory = self._reserved_at_start = None
                 self._live = None
                 self._ema = None
@@ -185,7 +193,8 @@ class Reporter:
                 self._window = (state.global_step, 0.0, 0, 0)  # a resumed run's first window starts at its checkpoint
                 self._reserved_at_start = m.memory(choice.device).get("gpu_reserved_mb")  # model, optimizer not yet
                 m.reset_peak_memory(choice.device)
-                self._file = open(metrics_path, "a", encoding="utf-8")
+                if distributed.is_main():
+                    self._file = open(metrics_path, "a", encoding="utf-8")
                 self.started = time.perf_counter()
                 self.setup_phases = dict(reporter.phases)
                 if reporter.live and not reporter.quiet:
@@ -213,9 +222,16 @@ class Reporter:
                 # speed over this window (the steps since the previous logging step), all three figures over the
                 # same time: the time inside those optimizer steps
                 window_s = self.step_s - last_step_s
-                window_tokens = self.counter.tokens - last_tokens
-                window_samples = self.counter.samples - last_samples
+                own = {
+                    "tokens": self.counter.tokens,
+                    "samples": self.counter.samples,
+                    "padding": self.counter.padding,
+                    "window_tokens": self.counter.tokens - last_tokens,
+                    "window_samples": self.counter.samples - last_samples,
+                } | m.memory(choice.device)
                 self._window = (step, self.step_s, self.counter.tokens, self.counter.samples)
+                # with several processes (torchrun): every process's counts summed, memory the largest process's
+                figures = distributed.combine(distributed.gather(own))
                 row = {
                     "step": step,
                     "epoch": round(state.epoch or 0.0, 6),
@@ -226,19 +242,21 @@ class Reporter:
                     "elapsed_s": self.earlier["elapsed_s"] + session_elapsed,
                     "session_elapsed_s": session_elapsed,
                     "session_start_step": self.start_step,
-                    "tokens": self.earlier["tokens"] + self.counter.tokens,
-                    "samples": self.earlier["samples"] + self.counter.samples,
-                    "padding_tokens": self.earlier["padding"] + self.counter.padding,
+                    "tokens": self.earlier["tokens"] + figures["tokens"],
+                    "samples": self.earlier["samples"] + figures["samples"],
+                    "padding_tokens": self.earlier["padding"] + figures["padding"],
                     "window_steps": step - last_step,
                     "window_s": window_s,
-                    "tokens_per_s": window_tokens / window_s if window_s else 0.0,
-                    "samples_per_s": window_samples / window_s if window_s else 0.0,
+                    "tokens_per_s": figures["window_tokens"] / window_s if window_s else 0.0,
+                    "samples_per_s": figures["window_samples"] / window_s if window_s else 0.0,
                     "step_time_s": window_s / max(step - last_step, 1),
-                } | m.memory(choice.device)
+                } | {k: v for k, v in figures.items() if k.endswith("_mb")}
                 self.rows.append(row)
                 # the same figures for an experiment tracker (recipe.track), whose callback runs after this one and
                 # sends these logs; transformers' own copy (state.log_history) was taken before the callbacks ran
                 logs.update({k: v for k, v in row.items() if k not in logs and k != "step" and v is not None})
+                if self._file is None:  # not the first process: it counts, the first one writes
+                    return
                 self._file.write(json.dumps(row) + "\n")
                 self._file.flush()
                 if self._live is None and not reporter.quiet:
@@ -273,9 +291,22 @@ class Reporter:
             def on_train_end(self, args, state, control, **kwargs):
                 self.ended = time.perf_counter()
                 # training's peaks, apart from evaluation's (and before test cases are answered)
-                self.memory = m.memory(choice.device) | self.peaks.report()
+                own = (
+                    {
+                        "tokens": self.counter.tokens,
+                        "samples": self.counter.samples,
+                        "padding": self.counter.padding,
+                    }
+                    | m.memory(choice.device)
+                    | self.peaks.report()
+                )
                 if self._reserved_at_start is not None:
-                    self.memory["gpu_reserved_at_start_mb"] = self._reserved_at_start
+                    own["gpu_reserved_at_start_mb"] = self._reserved_at_start
+                self.per_process = distributed.gather(own)
+                combined = distributed.combine(self.per_process)
+                self.totals = {k: combined[k] for k in ("tokens", "samples", "padding")}
+                """This session's counts, every process's summed."""
+                self.memory = {k: v for k, v in combined.items() if k not in distributed.COUNTS}
                 self.close()
 
             def close(self):
@@ -364,11 +395,7 @@ class Reporter:
             | {k: v for k, v in callback.peaks.report().items() if k.startswith(("answering", "evaluation"))},
             setup_s=callback.started - self.started,
             setup_phases=callback.setup_phases,
-            session={
-                "tokens": callback.counter.tokens,
-                "samples": callback.counter.samples,
-                "padding": callback.counter.padding,
-            },
+            session=callback.totals,
             earlier=before,
             steps=state.global_step,
             epochs=state.epoch,
@@ -383,6 +410,9 @@ class Reporter:
         train["mfu"] = (
             m.mfu(train["flops_per_token"], train["tokens_per_s"], gpu.gpu_name) if choice.device == "cuda" else None
         )
+        train["processes"] = len(callback.per_process)
+        if len(callback.per_process) > 1:  # what each process counted and peaked at; the report shows sum and max
+            summary["processes"] = {"backend": distributed.backend_name(), "per_process": callback.per_process}
         summary["run_dir"] = str(run_dir)
         summary["backend"] = choice.to_dict()
         summary["model"] = header
@@ -427,7 +457,8 @@ class Reporter:
         table.add_row(
             "throughput",
             f"{t['tokens_per_s']:,.0f} tokens/s · {t['samples_per_s']:,.2f} samples/s · {t['steps_per_s']:,.2f} steps/s"
-            f", over {this}{t['session_steps']} training steps",
+            f", over {this}{t['session_steps']} training steps"
+            + (f" (the sum of {t['processes']} processes)" if t.get("processes", 1) > 1 else ""),
         )
         table.add_row(
             "tokens / samples",
@@ -442,7 +473,11 @@ class Reporter:
                 f"{100 * t['mfu']:.1f}% ({t['flops_per_token']:.3e} training FLOPs per token × tokens/s ÷ the card's "
                 "peak 16-bit FLOP/s)",
             )
-        table.add_row("memory", m.memory_summary_text(mem))
+        table.add_row(
+            "memory",
+            (f"the largest of {t['processes']} processes: " if t.get("processes", 1) > 1 else "")
+            + m.memory_summary_text(mem),
+        )
         if loss:
             thirds = (
                 " / ".join(f"{p:.0f}%" for p in loss["improvement_by_third_pct"])

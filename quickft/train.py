@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quickft import rundir
+from quickft import distributed, rundir
 from quickft.data import Example, clean_examples, read_data, read_examples
 from quickft.encode import CHAT_TEMPLATES, Prepared, make_cases, prepare, training_text
 from quickft.errors import RunInterrupted, UserError
@@ -44,6 +44,7 @@ def run(
         run_dir = rundir.pick_run_dir(recipe.name, output_dir or recipe.output_dir)
         rundir.check_writable(run_dir)
     choice = _choose_backend(recipe, local, reporter)
+    run_dir = Path(distributed.broadcast(str(run_dir)))  # under torchrun: rank 0's pick, for every process
     return _guarded(recipe, recipe_path, choice, split, model_ref, local, run_dir, reporter, checkpoint=None)
 
 
@@ -62,7 +63,8 @@ def _resume(recipe_path: str, overrides: list[str], resume: str, reporter: Repor
             hint="start the run again; set save_every=N in the recipe to write checkpoints as it trains",
         )
     recipe = recipe_from_dict(run["recipe"])
-    rundir.truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[-1]))
+    if distributed.is_main():
+        rundir.truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[-1]))
     reporter.info(f"resuming {run_dir} from {checkpoint.name}")
     with reporter.phase("reading the recipe and data"):
         split = read_recipe_data(recipe)
@@ -78,22 +80,27 @@ def _choose_backend(recipe: Recipe, local: bool, reporter: Reporter) -> Choice:
     private_by_default(local)
     # torch's import and the GPU check, and Unsloth's import (which patches transformers, trl and peft) when chosen
     with reporter.phase("importing torch and choosing the backend"):
-        return choose_backend(recipe)
+        choice = choose_backend(recipe)
+        distributed.start(choice.device)  # under torchrun / accelerate launch: join the other processes
+        return choice
 
 
 def _guarded(recipe, recipe_path, choice, split, model_ref, local, run_dir: Path, reporter, *, checkpoint) -> Path:
-    """Train, keeping status.json true whatever happens (running, completed, interrupted, failed)."""
+    """Train, keeping status.json true whatever happens (running, completed, interrupted, failed); with several
+    processes, the first one keeps it."""
+    main = distributed.is_main()
     try:
         _train(recipe, recipe_path, choice, split, model_ref, local, run_dir, reporter, checkpoint)
     except (KeyboardInterrupt, RunInterrupted):
-        if (run_dir / "status.json").is_file():
+        if main and (run_dir / "status.json").is_file():
             rundir.set_status(run_dir, "interrupted")
         raise
     except BaseException as e:
-        if (run_dir / "status.json").is_file():
+        if main and (run_dir / "status.json").is_file():
             rundir.set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
         raise
-    rundir.set_status(run_dir, "completed", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if main:
+        rundir.set_status(run_dir, "completed", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return run_dir
 
 
@@ -191,8 +198,12 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     from quickft.backends import load, model_facts, quiet_libraries
 
     quiet_libraries()
+    main = distributed.is_main()
     if isinstance(model_ref, Scratch):
-        with reporter.phase("building the model from its config (cached after the first run)"):
+        with (
+            reporter.phase("building the model from its config (cached after the first run)"),
+            distributed.main_first(),
+        ):
             model_path = materialize(recipe, model_ref, split.train)
     else:
         model_path = model_ref
@@ -205,7 +216,9 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         prepared = prepare(split.train, tokenizer, recipe)
         dataset = to_dataset(prepared.rows)
         eval_dataset = to_dataset(prepare(split.eval, tokenizer, recipe).rows) if split.eval else None
-    if checkpoint is None:  # every input check has passed: only now does the run directory appear
+    if not main:
+        pass  # the first process writes the run directory; the others train their share and count
+    elif checkpoint is None:  # every input check has passed: only now does the run directory appear
         rundir.create_run_dir(run_dir)
         rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
         rundir.set_status(run_dir, "running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), recipe_file=str(recipe_path))
@@ -233,9 +246,10 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         n_cases=len(split.cases),
     )
     data_counts = split.counts(prepared)
-    rundir.write_json(run_dir / "backend.json", choice.to_dict() | {"model_path": model_path, "model": facts})
+    if main:
+        rundir.write_json(run_dir / "backend.json", choice.to_dict() | {"model_path": model_path, "model": facts})
     callback = reporter.callback(run_dir / "metrics.jsonl", choice)
-    if checkpoint is not None and (run_dir / "metrics.jsonl").is_file():
+    if main and checkpoint is not None and (run_dir / "metrics.jsonl").is_file():
         # resuming: the report covers the whole run, not just the part after the checkpoint
         earlier = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
         callback.rows = [r for r in earlier if "loss" in r]
@@ -258,13 +272,15 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
                     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
                 break
             except Exception as e:
-                if not is_out_of_memory(e):
+                if not is_out_of_memory(e) or distributed.world_size() > 1:  # one process alone cannot retry
                     raise
                 checkpoint = recover_from_oom(e, trainer, recipe, choice, run_dir)
                 trainer = make_trainer(recipe, choice, model, tokenizer, dataset, run_dir, eval_dataset=eval_dataset)
     finally:
         callback.close()
 
+    if stopper.requested and not main:
+        raise RunInterrupted(run_dir, "")
     if stopper.requested:  # save what there is, then tell the user how to go on
         write_metric_files(callback, run_dir, recipe)
         summary = reporter.finish(
@@ -277,17 +293,22 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
             match=recipe.eval.match,
         )
         rundir.write_json(run_dir / "summary.json", summary | {"data": data_counts, "interrupted": True})
-        raise RunInterrupted(run_dir, f"quickft run {recipe_path} --resume {run_dir}")
+        raise RunInterrupted(
+            run_dir, distributed.same_launcher(f"quickft run {recipe_path} --resume {run_dir}", choice.device)
+        )
     with reporter.phase("saving the model"):
-        trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model for full fine-tuning
-        tokenizer.save_pretrained(run_dir)
+        trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model; by the first process only
+        if main:
+            tokenizer.save_pretrained(run_dir)
+    final_eval_loss = None
+    if eval_dataset is not None and not evaluator:  # every process evaluates its share
+        with callback.peaks.phase("evaluation"), reporter.phase(f"eval loss on {len(eval_dataset)} examples"):
+            final_eval_loss = eval_loss(trainer)
+    if not main:
+        return
     with callback.peaks.phase("answering"):
         samples = _answer_cases(model, tokenizer, recipe, split.cases, reporter)
     rundir.write_jsonl(run_dir / "samples.jsonl", samples)
-    final_eval_loss = None
-    if eval_dataset is not None and not evaluator:
-        with callback.peaks.phase("evaluation"), reporter.phase(f"eval loss on {len(eval_dataset)} examples"):
-            final_eval_loss = eval_loss(trainer)
     with reporter.phase("writing plots and metrics.csv"):
         write_metric_files(callback, run_dir, recipe)
     summary = reporter.finish(
@@ -384,9 +405,9 @@ def make_evaluator(recipe: Recipe, cases: list[tuple[str, str]], run_dir: Path, 
                 f": answering {len(cases)} test cases" if cases else ""
             )
             with report_callback.peaks.phase("evaluation"):
-                if trainer.eval_dataset is not None:
+                if trainer.eval_dataset is not None:  # every process evaluates its share
                     row["eval_loss"] = eval_loss(trainer)
-                if cases:
+                if cases and distributed.is_main():  # the first process answers; the others wait for its score
                     scored = score_cases(
                         trainer.model,
                         trainer.processing_class,
@@ -395,6 +416,7 @@ def make_evaluator(recipe: Recipe, cases: list[tuple[str, str]], run_dir: Path, 
                         max_new_tokens=recipe.max_new_tokens,
                     )
                     row["case_score"] = sum(s["correct"] for s in scored) / len(scored)
+            row = distributed.broadcast(row)  # every process takes the same early-stopping decision
             if "eval_loss" in row:
                 if self.best_loss is None or row["eval_loss"] < self.best_loss:
                     self.best_step, self.best_loss, self.bad = state.global_step, row["eval_loss"], 0
@@ -503,6 +525,9 @@ def make_trainer(recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_
         train_sampling_strategy="group_by_length" if recipe.data.batching == "grouped" else "random",
         packing=recipe.data.batching == "packed",
         per_device_eval_batch_size=recipe.micro_batch_size,
+        # under torchrun: every trainable weight (LoRA's, or all of a full fine-tune's) gets a gradient each step, so
+        # DDP need not search the graph for unused ones (transformers would, for a PEFT model)
+        ddp_find_unused_parameters=False if distributed.world_size() > 1 else None,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
