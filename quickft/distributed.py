@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 
 COUNTS = ("tokens", "samples", "padding", "window_tokens", "window_samples")
@@ -181,6 +182,9 @@ def launch(gpus: int, argv: list[str]) -> int | None:
 
     arguments = torchrun_arguments(gpus, argv)
     print("torchrun " + " ".join(arguments), file=sys.stderr, flush=True)
+    # torchrun sets OMP_NUM_THREADS=1 here (for its processes) and installs its own signal handlers, and leaves both
+    threads = os.environ.get("OMP_NUM_THREADS")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
     try:
         torchrun(get_args_parser().parse_args(arguments))
     except SignalException:  # Ctrl-C: torchrun passed it on, and the processes stopped after a checkpoint
@@ -188,4 +192,11 @@ def launch(gpus: int, argv: list[str]) -> int | None:
     except ChildFailedError as e:
         codes = [failure.exitcode for failure in e.failures.values()]
         return next((code for code in codes if code in (2, 130)), codes[0] if codes else 1)
+    finally:  # put both back
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return 0

@@ -164,10 +164,13 @@ def test_gpus_starts_torchrun_with_the_same_command(dp_recipe, monkeypatch, capf
     ]
     assert torchrun_arguments(4, ["run", "r.py", "--gpus=4"])[-2:] == ["run", "r.py"]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    threads, on_term = os.environ.get("OMP_NUM_THREADS"), signal.getsignal(signal.SIGTERM)
     capfd.readouterr()
     assert main(["run", str(dp_recipe), "learning_rat=1e-3", "--gpus", "2"]) == 2
     err = capfd.readouterr().err
     assert err.count("error: ") == 1 and "learning_rat" in err
+    # torchrun's setting for its processes and its signal handlers are not left behind in this process
+    assert os.environ.get("OMP_NUM_THREADS") == threads and signal.getsignal(signal.SIGTERM) == on_term
 
 
 def test_gpus_on_a_machine_without_them_says_how_to_use_cpu_processes(dp_recipe, capsys):
