@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from quickft import distributed
@@ -69,12 +69,11 @@ def choose_backend(recipe: Recipe, *, strict: bool = True) -> Choice:
             raise UserError(str(e), hint=hint) from None
         choice = choose(hw, status, requested="auto", **options)
     if choice.backend == "unsloth" and (error := import_unsloth_first()):
-        status.import_error = error
+        status = replace(status, import_error=error)
         if recipe.backend == "unsloth" and strict:
             raise UserError(f"--backend unsloth: unsloth failed to import: {error}", hint="use --backend peft")
         choice = choose(hw, status, requested="auto", **options)
-    choice.stack = asdict(stack) | {"verdict": verdict.status, "why": verdict.reason}
-    return choice
+    return replace(choice, stack=asdict(stack) | {"verdict": verdict.status, "why": verdict.reason})
 
 
 def resolve_model_path(model: str) -> tuple[str, bool]:
@@ -150,18 +149,6 @@ def check_model_dir(path: Path) -> None:
         raise UserError(f"{path}: no tokenizer files", hint="save the tokenizer into the same directory")
 
 
-def lora_targets(model, wanted: list[str] | str) -> list[str] | str:
-    """LoRA target module names; "all-linear" expands to every linear layer except the output head."""
-    if wanted != "all-linear":
-        return wanted
-    import torch
-
-    names = {name.split(".")[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
-    # GPT-2 uses Conv1D for its projections
-    names |= {name.split(".")[-1] for name, module in model.named_modules() if type(module).__name__ == "Conv1D"}
-    return sorted(names - {"lm_head", "score", "embed_out"})
-
-
 def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_training: bool = True) -> Loaded:
     """transformers + (bitsandbytes 4-bit) + PEFT LoRA, or the full model for mode='full'."""
     import torch
@@ -205,7 +192,7 @@ def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, f
         r=recipe.lora.r,
         lora_alpha=recipe.lora.alpha,
         lora_dropout=recipe.lora.dropout,
-        target_modules=lora_targets(model, recipe.lora.target_modules),
+        target_modules=recipe.lora.target_modules,  # "all-linear": PEFT's (and Unsloth's) own
         task_type="CAUSAL_LM",
     )
     return Loaded(get_peft_model(model, config), tokenizer, choice)
@@ -244,7 +231,7 @@ def load_unsloth(recipe: Recipe, choice: Choice, model_path: str, *, local: bool
             r=recipe.lora.r,
             lora_alpha=recipe.lora.alpha,
             lora_dropout=recipe.lora.dropout,
-            target_modules=lora_targets(model, recipe.lora.target_modules),
+            target_modules=recipe.lora.target_modules,  # "all-linear": PEFT's (and Unsloth's) own
             bias="none",
             use_gradient_checkpointing=checkpointing,
             random_state=recipe.seed,
@@ -335,18 +322,20 @@ def load(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_tr
         fallback = choose(
             choice.hardware, unsloth_status(), mode=recipe.mode, precision=recipe.precision, unsloth_refuses=why
         )
-        fallback.stack = choice.stack
+        fallback = replace(fallback, stack=choice.stack)
         return load_peft(recipe, fallback, model_path, local=local, for_training=for_training)  # .choice says why
 
 
-def prepare_tokenizer(tokenizer, recipe: Recipe) -> None:
-    """A saved run's tokenizer as training used it: a pad token, and the recipe's chat template where the tokenizer
-    has none (chat, eval and export all load a run this way)."""
+def prepare_tokenizer(tokenizer, recipe: Recipe, *, training: bool = False) -> None:
+    """The tokenizer as training uses it: a pad token (padding is masked out of attention and loss, so any id works;
+    eos is the usual choice), and the recipe's chat template. Training sets the recipe's template over the
+    tokenizer's own; chat, eval and export load a saved run's tokenizer, which has it already, and set it only
+    where there is none."""
     from quickft.encode import CHAT_TEMPLATES
 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if recipe.data.chat_template and not tokenizer.chat_template:
+    if recipe.data.chat_template and (training or not tokenizer.chat_template):
         tokenizer.chat_template = CHAT_TEMPLATES.get(recipe.data.chat_template, recipe.data.chat_template)
 
 

@@ -8,6 +8,7 @@ The parent process never imports unsloth, and torch only to check that the stack
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -313,19 +314,20 @@ def worker(spec_json: str, out_path: str) -> None:
 def _measure(spec: dict) -> dict:
     from quickft.backends import choose_backend, load, private_by_default, quiet_libraries
     from quickft.encode import prepare
+    from quickft.metrics import TokenCounter
     from quickft.train import (
-        apply_chat_template,
         make_trainer,
         materialize,
         model_reference,
         read_recipe_data,
         to_dataset,
+        training_tokenizer,
     )
 
     total_steps = spec["warmup"] + spec["steps"]
     _progress(spec, "reading the recipe and data")
     recipe = load_recipe(spec["recipe"], spec["overrides"] + [f"max_steps={total_steps}", "logging_steps=1"])
-    recipe.backend = spec["backend"]
+    recipe = dataclasses.replace(recipe, backend=spec["backend"])
     train_examples = read_recipe_data(recipe).train
     model_ref, local = model_reference(recipe)
     private_by_default(local)
@@ -337,7 +339,6 @@ def _measure(spec: dict) -> dict:
     model_path = materialize(recipe, model_ref, train_examples)
 
     import torch
-    from transformers import TrainerCallback
 
     from quickft import metrics
 
@@ -351,36 +352,24 @@ def _measure(spec: dict) -> dict:
         torch.cuda.synchronize()
     load_time = time.perf_counter() - load_started
     _progress(spec, "tokenizing and building the trainer")
-    apply_chat_template(loaded.tokenizer, recipe, train_examples)
+    training_tokenizer(loaded.tokenizer, recipe, train_examples)
     dataset = to_dataset(prepare(train_examples, loaded.tokenizer, recipe).rows)
-    trainer = make_trainer(recipe, choice, loaded.model, loaded.tokenizer, dataset, Path(spec["run_dir"]))
+    counter = TokenCounter()
+    trainer = make_trainer(
+        recipe, choice, loaded.model, loaded.tokenizer, dataset, Path(spec["run_dir"]), counter=counter
+    )
     if not spec.get("as_shipped"):
         # Unsloth rewrites the optimizer in SFTConfig as it is built (adamw_torch -> adamw_torch_fused on CPU); the
         # optimizer is only created in train(), so the recipe's choice still applies when set back here
         trainer.args.optim = recipe.optimizer
 
-    timing = {"times": [], "tokens": [], "samples": [], "losses": []}
+    from quickft.trainer import StepTimer
 
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if cuda:
-                torch.cuda.synchronize()  # note: a CPU-GPU sync point, so the step's kernels are inside the timing
-            self.start = time.perf_counter()
-            self.tokens, self.samples = trainer.counter.tokens, trainer.counter.samples
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if cuda:
-                torch.cuda.synchronize()
-            timing["times"].append(time.perf_counter() - self.start)
-            _progress(spec, f"step {state.global_step}/{total_steps} ({spec['warmup']} warm-up)")
-            timing["tokens"].append(trainer.counter.tokens - self.tokens)
-            timing["samples"].append(trainer.counter.samples - self.samples)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                timing["losses"].append(float(logs["loss"]))
-
-    trainer.add_callback(StepTimer())
+    timer = StepTimer(
+        counter, cuda, progress=lambda step: _progress(spec, f"step {step}/{total_steps} ({spec['warmup']} warm-up)")
+    )
+    timing = timer.timing
+    trainer.add_callback(timer)
     metrics.reset_peak_memory(choice.device)
     trainer.train()
     w = spec["warmup"]  # warm-up steps (allocator, kernel autotuning, lazy init) are not timed

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -59,7 +59,7 @@ def load_session(run_dir: str | Path, *, with_base: bool = False, backend: str |
     run = open_run(run_dir)
     recipe = recipe_from_dict(run["recipe"])
     if backend:
-        recipe.backend = backend
+        recipe = replace(recipe, backend=backend)
     run_dir = Path(run_dir)
 
     from quickft.backends import choose_backend, load, prepare_tokenizer, private_by_default, run_base_model

@@ -48,7 +48,7 @@ def build_report(recipe_path: str, overrides: list[str]) -> tuple[dict, object, 
     """The data report, through the same pipeline as `quickft run` (read_recipe_data, then encode.prepare)."""
     recipe = load_recipe(recipe_path, overrides)
     from quickft.backends import private_by_default, quiet_libraries
-    from quickft.train import apply_chat_template, materialize, model_reference, read_recipe_data
+    from quickft.train import materialize, model_reference, read_recipe_data, training_tokenizer
 
     split = read_recipe_data(recipe)
     model_ref, local = model_reference(recipe)
@@ -58,9 +58,7 @@ def build_report(recipe_path: str, overrides: list[str]) -> tuple[dict, object, 
 
     model_path = materialize(recipe, model_ref, split.train)
     tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=local)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    apply_chat_template(tokenizer, recipe, split.train)
+    training_tokenizer(tokenizer, recipe, split.train)
     prepared = prepare(split.train, tokenizer, recipe)
     lengths = sorted(prepared.lengths)
     msl = recipe.max_seq_length

@@ -8,6 +8,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
+from dataclasses import replace
 
 from rich.console import Console
 from rich.table import Table
@@ -54,7 +55,7 @@ def collect(*, check_unsloth_import: bool = True, reporter=None) -> dict:
     status = unsloth_status()
     if status.installed and check_unsloth_import:
         with reporter.phase("importing unsloth in a fresh process (--fast skips this)"):
-            status.import_error = unsloth_import_check()
+            status = replace(status, import_error=unsloth_import_check())
     gpus = []
     if hw.device == "cuda":
         for i in range(torch.cuda.device_count()):

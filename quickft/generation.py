@@ -91,15 +91,10 @@ def stream(
     import time
 
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers import StoppingCriteriaList
 
     stop = stop or threading.Event()
     stats = stats if stats is not None else {}
-
-    class Stop(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return stop.is_set()
-
     model.eval()
     batch = tokenizer(prompt, return_tensors="pt")
     batch = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
@@ -113,7 +108,7 @@ def stream(
                 model.generate(
                     **batch,
                     streamer=streamer,
-                    stopping_criteria=StoppingCriteriaList([Stop()]),
+                    stopping_criteria=StoppingCriteriaList([StopWhenSet(stop)]),
                     **_sampling(tokenizer, max_new_tokens, temperature, top_p),
                 )
         except Exception as e:  # re-raised in the caller's thread
@@ -130,6 +125,16 @@ def stream(
         stats["total_s"] = time.perf_counter() - started
     if errors:
         raise errors[0]
+
+
+class StopWhenSet:
+    """A stopping criterion for `generate` (transformers calls each with the ids so far): stop once `event` is set."""
+
+    def __init__(self, event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> bool:
+        return self.event.is_set()
 
 
 class Utf8Streamer:

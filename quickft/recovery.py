@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from quickft import distributed, rundir
@@ -60,19 +61,9 @@ class StopOnSignal:
                 flush=True,
             )
 
-    def callback(self):
-        from transformers import TrainerCallback
-
-        stopper = self
-
-        class Stop(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if distributed.any_process(bool(stopper.requested)):
-                    stopper.requested = stopper.requested or "a signal to another process"
-                    control.should_save = True
-                    control.should_training_stop = True
-
-        return Stop()
+    def request(self, why: str) -> None:
+        """Stop after this step for `why` (another process's signal), unless already asked to."""
+        self.requested = self.requested or why
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -89,9 +80,9 @@ def smaller_micro_batch(micro_batch: int) -> int:
     return max(d for d in range(1, micro_batch // 2 + 1) if micro_batch % d == 0)
 
 
-def recover_from_oom(error, trainer, recipe: Recipe, choice: Choice, run_dir: Path) -> Path:
-    """Either a clear message (UserError) or, with auto_batch, a checkpoint to continue from with a smaller
-    micro-batch and more accumulation (the effective batch stays exactly the same)."""
+def recover_from_oom(error, trainer, recipe: Recipe, choice: Choice, run_dir: Path) -> tuple[Path, Recipe]:
+    """Either a clear message (UserError) or, with auto_batch, a checkpoint to continue from and the recipe to
+    continue with: a smaller micro-batch and more accumulation (the effective batch stays exactly the same)."""
     import torch
 
     step = trainer.state.global_step
@@ -116,8 +107,8 @@ def recover_from_oom(error, trainer, recipe: Recipe, choice: Choice, run_dir: Pa
         torch.cuda.empty_cache()
     trainer._save_checkpoint(trainer.model, trial=None)  # the state after the last completed step
     before = (recipe.micro_batch_size, recipe.gradient_accumulation)
-    recipe.micro_batch_size = smaller_micro_batch(before[0])
-    recipe.gradient_accumulation = before[1] * before[0] // recipe.micro_batch_size
+    micro_batch = smaller_micro_batch(before[0])
+    recipe = replace(recipe, micro_batch_size=micro_batch, gradient_accumulation=before[1] * before[0] // micro_batch)
     status = rundir.read_json(run_dir / "status.json")
     retries = status.get("retries", []) + [
         {
@@ -135,4 +126,4 @@ def recover_from_oom(error, trainer, recipe: Recipe, choice: Choice, run_dir: Pa
         file=sys.stderr,
         flush=True,
     )
-    return rundir.latest_checkpoint(run_dir)
+    return rundir.latest_checkpoint(run_dir), recipe

@@ -1,13 +1,14 @@
-"""The one owner of the console: header, live display (or plain lines), end report, metrics files.
+"""The console: the header, the live display (or plain lines), the end report. It only renders what it is given.
 
-On a terminal the live display is a rich panel refreshed a few times a second; otherwise (CI, a pipe, a log file)
-each logging step is one fixed-format plain line. Every number printed also goes to metrics.jsonl / summary.json.
+quickft.recorder measures training and calls `training_began`, `logged`, `evaluated` and `training_ended`;
+quickft.metrics computes the figures; train.py builds summary.json and hands it to `report`. On a terminal the live
+display is a rich panel refreshed a few times a second; otherwise (CI, a pipe, a log file) each logging step is one
+fixed-format plain line. Every number printed is also in metrics.jsonl / summary.json.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import time
 from pathlib import Path
@@ -37,6 +38,10 @@ class Reporter:
         """When the verb started: setup (imports, model load, data) is measured from here to the first step."""
         self.phases: dict[str, float] = {}
         """Seconds spent in each named phase (reading data, importing, loading the model, ...), in order."""
+        self.setup_phases: dict[str, float] = {}
+        """The phases up to the first step (the report's setup breakdown), and their total time below."""
+        self.setup_s = 0.0
+        self._live = None
 
     # ------------------------------------------------------------------ plain messages
 
@@ -138,186 +143,32 @@ class Reporter:
             "processes": processes,
         }
 
-    # ------------------------------------------------------------------ during training
+    # ------------------------------------------------------------------ during training (quickft.recorder calls these)
 
-    def callback(self, metrics_path: Path, choice):
-        """A transformers TrainerCallback that measures, writes metrics.jsonl and drives the display."""
-        from transformers import TrainerCallback
+    def training_began(self, recorder) -> None:
+        """The first step is about to run: what came before it is the setup. On a terminal the live panel starts,
+        redrawn 4 times a second from the recorder's state (the clock and ETA move between logging steps)."""
+        self.setup_phases = dict(self.phases)
+        self.setup_s = recorder.started - self.started
+        if self.live and not self.quiet:
+            self._live = Live(_LiveView(self, recorder), console=self.console, refresh_per_second=4)
+            self._live.start()
 
-        reporter = self
+    def logged(self, row: dict) -> None:
+        """A logging step's row: a plain line when there is no live panel (which shows it by itself)."""
+        if self._live is None and not self.quiet:
+            self.console.print(self._line(row), highlight=False, soft_wrap=True)
 
-        class ReportCallback(TrainerCallback):
-            def __init__(self):
-                self.rows: list[dict] = []
-                self.eval_rows: list[dict] = []
-                self.last_eval: dict = {}
-                self.counter = None  # set by train.py: counts real tokens/samples in each training batch
-                self.per_process: list[dict] = []
-                """What each process counted and peaked at in this session (one entry without torchrun)."""
-                self.totals: dict | None = None
-                self.started = self.ended = self.memory = self._reserved_at_start = None
-                self._live = None
-                self._ema = None
-                self._file = None
-                self.step_s = 0.0
-                """Wall time inside this session's optimizer steps (first micro-batch to optimizer update): the time
-                every rate is over. Evaluation, checkpoint saves and logging happen between steps and are not in it."""
-                self._step_started = None
-                self.start_step = None
-                """The step this session started at: 0, or a resumed run's checkpoint."""
-                self.step = 0
-                """The last finished optimizer step (the display's clock: it moves between logging steps)."""
-                self.earlier = {"tokens": 0, "samples": 0, "padding": 0, "elapsed_s": 0.0}
-                """What the run counted before this session (a resumed run's rows): the counters go on from there."""
-                self._window = (0, 0.0, 0, 0)  # (step, step_s, tokens, samples) at the previous logging step
-                self.peaks = m.PhasePeaks(choice.device)
-                """GPU memory peaks of training, evaluation and answering, each its own."""
-                self.setup_phases: dict[str, float] = {}
-                """The reporter's phases up to the first step (the report's setup breakdown)."""
-                self.activity: str | None = None
-                """What is happening between steps, when it takes a while (set by the evaluator): shown on the panel."""
+    def evaluated(self, row: dict, stopped: str | None) -> None:
+        if self._live is None and not self.quiet:
+            self.console.print(self._eval_line(row), highlight=False)
+        if stopped and not self.quiet:
+            self.console.print(stopped, highlight=False)
 
-            def on_step_begin(self, args, state, control, **kwargs):
-                self._step_started = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                # no device sync here (that would slow every step): on a GPU a step's queued kernels may finish in
-                # the next one, which evens out over the run
-                self.step_s += time.perf_counter() - self._step_started
-                self.step = state.global_step
-
-            def on_train_begin(self, args, state, control, **kwargs):
-                if self.started is not None:  # trained on after an out-of-memory retry: one run, one clock
-                    return
-                self.start_step = self.step = state.global_step
-                self._window = (state.global_step, 0.0, 0, 0)  # a resumed run's first window starts at its checkpoint
-                self._reserved_at_start = m.memory(choice.device).get("gpu_reserved_mb")  # model, optimizer not yet
-                m.reset_peak_memory(choice.device)
-                if distributed.is_main():
-                    self._file = open(metrics_path, "a", encoding="utf-8")
-                self.started = time.perf_counter()
-                self.setup_phases = dict(reporter.phases)
-                if reporter.live and not reporter.quiet:
-                    # redrawn 4 times a second from the callback's state: the clock and ETA move between logging steps
-                    self._live = Live(_LiveView(reporter, self), console=reporter.console, refresh_per_second=4)
-                    self._live.start()
-
-            def eta_s(self) -> float | None:
-                """Seconds left, from this session's pace so far (wall time per step, evaluations included)."""
-                done = self.step - self.start_step
-                if not done or self.started is None:
-                    return None
-                return (time.perf_counter() - self.started) / done * ((reporter.planned_steps or self.step) - self.step)
-
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if not logs or "loss" not in logs:
-                    return
-                session_elapsed = time.perf_counter() - self.started
-                loss = float(logs["loss"])
-                step = state.global_step
-                last_step, last_step_s, last_tokens, last_samples = self._window
-                # an exponential moving average over about 20 steps, however often we log
-                beta = 0.95 ** (step - (self.rows[-1]["step"] if self.rows else 0))
-                self._ema = loss if self._ema is None else beta * self._ema + (1 - beta) * loss
-                # speed over this window (the steps since the previous logging step), all three figures over the
-                # same time: the time inside those optimizer steps
-                window_s = self.step_s - last_step_s
-                own = {
-                    "tokens": self.counter.tokens,
-                    "samples": self.counter.samples,
-                    "padding": self.counter.padding,
-                    "window_tokens": self.counter.tokens - last_tokens,
-                    "window_samples": self.counter.samples - last_samples,
-                } | m.memory(choice.device)
-                self._window = (step, self.step_s, self.counter.tokens, self.counter.samples)
-                # with several processes (torchrun): every process's counts summed, memory the largest process's
-                figures = distributed.combine(distributed.gather(own))
-                row = {
-                    "step": step,
-                    "epoch": round(state.epoch or 0.0, 6),
-                    "loss": loss,
-                    "loss_smoothed": self._ema,
-                    "learning_rate": float(logs.get("learning_rate", 0.0)),
-                    "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
-                    "elapsed_s": self.earlier["elapsed_s"] + session_elapsed,
-                    "session_elapsed_s": session_elapsed,
-                    "session_start_step": self.start_step,
-                    "tokens": self.earlier["tokens"] + figures["tokens"],
-                    "samples": self.earlier["samples"] + figures["samples"],
-                    "padding_tokens": self.earlier["padding"] + figures["padding"],
-                    "window_steps": step - last_step,
-                    "window_s": window_s,
-                    "tokens_per_s": figures["window_tokens"] / window_s if window_s else 0.0,
-                    "samples_per_s": figures["window_samples"] / window_s if window_s else 0.0,
-                    "step_time_s": window_s / max(step - last_step, 1),
-                } | {k: v for k, v in figures.items() if k.endswith("_mb")}
-                self.rows.append(row)
-                # the same figures for an experiment tracker (recipe.track), whose callback runs after this one and
-                # sends these logs; transformers' own copy (state.log_history) was taken before the callbacks ran
-                logs.update({k: v for k, v in row.items() if k not in logs and k != "step" and v is not None})
-                if self._file is None:  # not the first process: it counts, the first one writes
-                    return
-                self._file.write(json.dumps(row) + "\n")
-                self._file.flush()
-                if self._live is None and not reporter.quiet:
-                    reporter.console.print(reporter._line(row), highlight=False, soft_wrap=True)
-
-            def resume_from(self, rows: list[dict]):
-                """Carry on from the rows logged before a resumed run's checkpoint: the smoothed loss, and the
-                token, sample and time counters (tokens between the last logged step and the checkpoint are not
-                in them: log at the steps you save at)."""
-                if rows:
-                    last = rows[-1]
-                    self._ema = last["loss_smoothed"]
-                    self.earlier = {
-                        "tokens": last["tokens"],
-                        "samples": last["samples"],
-                        "padding": last.get("padding_tokens", 0),
-                        "elapsed_s": last["elapsed_s"],
-                    }
-
-            def record_eval(self, row: dict, stopped: str | None):
-                """An evaluation's results (eval loss, test-case score): metrics file, display."""
-                self.eval_rows.append(row)
-                self.last_eval = row
-                if self._file is not None:
-                    self._file.write(json.dumps(row) + "\n")
-                    self._file.flush()
-                if self._live is None and not reporter.quiet:
-                    reporter.console.print(reporter._eval_line(row), highlight=False)
-                if stopped and not reporter.quiet:
-                    reporter.console.print(stopped, highlight=False)
-
-            def on_train_end(self, args, state, control, **kwargs):
-                self.ended = time.perf_counter()
-                # training's peaks, apart from evaluation's (and before test cases are answered)
-                own = (
-                    {
-                        "tokens": self.counter.tokens,
-                        "samples": self.counter.samples,
-                        "padding": self.counter.padding,
-                    }
-                    | m.memory(choice.device)
-                    | self.peaks.report()
-                )
-                if self._reserved_at_start is not None:
-                    own["gpu_reserved_at_start_mb"] = self._reserved_at_start
-                self.per_process = distributed.gather(own)
-                combined = distributed.combine(self.per_process)
-                self.totals = {k: combined[k] for k in ("tokens", "samples", "padding")}
-                """This session's counts, every process's summed."""
-                self.memory = {k: v for k, v in combined.items() if k not in distributed.COUNTS}
-                self.close()
-
-            def close(self):
-                if self._live is not None:
-                    self._live.stop()
-                    self._live = None
-                if self._file is not None:
-                    self._file.close()
-                    self._file = None
-
-        return ReportCallback()
+    def training_ended(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
     def _line(self, row: dict) -> str:
         total = self.planned_steps or row["step"]
@@ -340,7 +191,7 @@ class Reporter:
         """The live panel, from the callback's state as it is now (called by rich's refresh, 4 times a second)."""
         total = self.planned_steps or max(cb.step, 1)
         elapsed = time.perf_counter() - cb.started
-        eta = cb.eta_s()
+        eta = cb.eta_s(self.planned_steps)
         resumed = f" (resumed at step {cb.start_step})" if cb.start_step else ""
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
@@ -371,66 +222,8 @@ class Reporter:
 
     # ------------------------------------------------------------------ after training
 
-    def finish(
-        self,
-        *,
-        trainer,
-        callback,
-        samples: list[dict],
-        run_dir: Path,
-        choice,
-        header: dict,
-        evaluation=None,
-        match="exact",
-    ) -> dict:
-        """Build summary.json's content from the measured rows and the trainer's state, and print the report."""
-        state = trainer.state
-        before = callback.earlier
-        summary = m.summarize(
-            rows=callback.rows,
-            runtime_s=callback.ended - callback.started,
-            steps_time_s=callback.step_s,
-            session_steps=state.global_step - callback.start_step,
-            mem=callback.memory
-            | {k: v for k, v in callback.peaks.report().items() if k.startswith(("answering", "evaluation"))},
-            setup_s=callback.started - self.started,
-            setup_phases=callback.setup_phases,
-            session=callback.totals,
-            earlier=before,
-            steps=state.global_step,
-            epochs=state.epoch,
-            total_flos=state.total_flos,
-        )
-        gpu = choice.hardware
-        train = summary["train"]
-        # every second after training, by phase (answering test cases, plots): the report accounts for them too
-        train["after_phases"] = {k: v for k, v in self.phases.items() if k not in callback.setup_phases}
-        seq_len = train["tokens"] / train["samples"] if train["samples"] else 0.0
-        train["flops_per_token"] = m.flops_per_token(header["flop_counts"], header["mode"], seq_len)
-        train["mfu"] = (
-            m.mfu(train["flops_per_token"], train["tokens_per_s"], gpu.gpu_name) if choice.device == "cuda" else None
-        )
-        train["processes"] = len(callback.per_process)
-        if len(callback.per_process) > 1:  # what each process counted and peaked at; the report shows sum and max
-            summary["processes"] = {"backend": distributed.backend_name(), "per_process": callback.per_process}
-        summary["run_dir"] = str(run_dir)
-        summary["backend"] = choice.to_dict()
-        summary["model"] = header
-        if samples:
-            correct = sum(s["correct"] for s in samples)
-            summary["test_cases"] = {
-                "n": len(samples),
-                "score": correct / len(samples),
-                "correct": correct,
-                "match": match,
-            }
-        summary["evaluation"] = evaluation
-        if callback.eval_rows:
-            summary["evaluation"] = (evaluation or {}) | {"history": callback.eval_rows}
-        self._print_report(summary, samples)  # printed even with --quiet
-        return summary
-
-    def _print_report(self, s: dict, samples: list[dict]) -> None:
+    def report(self, s: dict, samples: list[dict]) -> None:
+        """The end report (printed even with --quiet): summary.json's figures, and a few test-case answers."""
         t, mem, loss = s["train"], s["memory"], s["loss"]
         table = Table(title="quickft report", show_header=False, expand=False)
         table.add_column(style="bold")

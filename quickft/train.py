@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from quickft import distributed, rundir
 from quickft.data import Example, clean_examples, read_data, read_examples
-from quickft.encode import CHAT_TEMPLATES, Prepared, make_cases, prepare, training_text
+from quickft.encode import Prepared, make_cases, prepare, training_text
 from quickft.errors import RunInterrupted, UserError
 from quickft.hardware import Choice
 from quickft.recipe import Recipe, Scratch, load_recipe, recipe_from_dict, recipe_to_dict
@@ -37,7 +37,7 @@ def run(
     with reporter.phase("reading the recipe and data"):
         recipe = load_recipe(recipe_path, overrides)
         if backend:
-            recipe.backend = backend
+            recipe = replace(recipe, backend=backend)
         split = read_recipe_data(recipe)
         model_ref, local = model_reference(recipe)
         check_tracker(recipe.track)
@@ -195,136 +195,224 @@ def model_reference(recipe: Recipe) -> tuple[str | Scratch, bool]:
 
 
 def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir: Path, reporter, checkpoint) -> None:
-    from quickft.backends import load, model_facts, quiet_libraries
+    """The run, step by step: load the model, prepare the data, open the run directory, build the trainer, train
+    (recovering from out-of-memory), save, answer the test cases, report. Under torchrun every process trains its
+    share; only the first one writes."""
+    from quickft.metrics import TokenCounter
+
+    model_path, loaded = load_model(recipe, choice, model_ref, split, local, reporter)
+    choice, tokenizer = loaded.choice, loaded.tokenizer  # PEFT, if Unsloth refused the model
+    data = prepare_data(recipe, split, tokenizer, reporter)
+    open_run_dir(run_dir, recipe, recipe_path, checkpoint)
+    counter = TokenCounter()  # every trainer of this run (a new one after an out-of-memory retry) counts into it
+
+    def build(recipe: Recipe):  # again after an out-of-memory retry, with a smaller micro-batch
+        return make_trainer(recipe, choice, loaded.model, tokenizer, data.train, run_dir, data.eval, counter=counter)
+
+    with reporter.phase("building the trainer"):
+        trainer = build(recipe)
+    header = show_header(recipe, choice, trainer, loaded.model, model_path, split, data, run_dir, reporter)
+    recorder = make_recorder(run_dir, choice, counter, reporter, checkpoint)
+    trainer, evaluator, stopper = train_with_recovery(
+        trainer, build, recipe, choice, split, run_dir, recorder, checkpoint
+    )
+    main = distributed.is_main()
+    if stopper.requested:  # save what there is, then tell the user how to go on
+        resume = distributed.same_launcher(f"quickft run {recipe_path} --resume {run_dir}", choice.device)
+        if main:
+            write_metric_files(recorder, run_dir, recipe)
+            summary = summarize_run(recorder, trainer, reporter, choice, header, run_dir, [], None, recipe.eval.match)
+            reporter.report(summary, [])
+            rundir.write_json(run_dir / "summary.json", summary | {"data": data.counts, "interrupted": True})
+        raise RunInterrupted(run_dir, resume)
+    with reporter.phase("saving the model"):
+        trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model; by the first process only
+        if main:
+            tokenizer.save_pretrained(run_dir)
+    evaluation = evaluator.summary() if evaluator else final_evaluation(trainer, recorder, reporter)
+    if not main:  # the others' share is done
+        return
+    with recorder.peaks.phase("answering"):
+        samples = _answer_cases(loaded.model, tokenizer, recipe, split.cases, reporter)
+    rundir.write_jsonl(run_dir / "samples.jsonl", samples)
+    with reporter.phase("writing plots and metrics.csv"):
+        write_metric_files(recorder, run_dir, recipe)
+    summary = summarize_run(
+        recorder, trainer, reporter, choice, header, run_dir, samples, evaluation, recipe.eval.match
+    )
+    reporter.report(summary, samples)
+    rundir.write_json(run_dir / "summary.json", summary | {"data": data.counts})
+    reporter.closing(run_dir, next_commands(run_dir, split))
+
+
+def load_model(recipe: Recipe, choice: Choice, model_ref, split: Split, local: bool, reporter: Reporter):
+    """(model path, Loaded): a Scratch model is built first (once, by the first process, then cached)."""
+    from quickft.backends import load, quiet_libraries
 
     quiet_libraries()
-    main = distributed.is_main()
+    model_path = model_ref
     if isinstance(model_ref, Scratch):
         with (
             reporter.phase("building the model from its config (cached after the first run)"),
             distributed.main_first(),
         ):
             model_path = materialize(recipe, model_ref, split.train)
-    else:
-        model_path = model_ref
     with reporter.phase("loading the model" + (" with Unsloth" if choice.backend == "unsloth" else "")):
-        loaded = load(recipe, choice, model_path, local=local)
-    model, tokenizer, choice = loaded.model, loaded.tokenizer, loaded.choice  # PEFT, if Unsloth refused the model
+        return model_path, load(recipe, choice, model_path, local=local)
+
+
+@dataclass
+class Data:
+    """The tokenized training and eval datasets, and the counts `quickft data` and summary.json report."""
+
+    train: object
+    eval: object | None
+    prepared: Prepared
+    counts: dict
+
+
+def prepare_data(recipe: Recipe, split: Split, tokenizer, reporter: Reporter) -> Data:
+    """Examples into token ids, as the trainer will see them; the test cases framed as the model will see them."""
     with reporter.phase("tokenizing the data"):
-        apply_chat_template(tokenizer, recipe, split.train)
+        training_tokenizer(tokenizer, recipe, split.train)
         split.cases = make_cases(split.case_examples, recipe.data, recipe.eval.cases, tokenizer)
         prepared = prepare(split.train, tokenizer, recipe)
-        dataset = to_dataset(prepared.rows)
+        train = to_dataset(prepared.rows)
         eval_dataset = to_dataset(prepare(split.eval, tokenizer, recipe).rows) if split.eval else None
-    if not main:
-        pass  # the first process writes the run directory; the others train their share and count
-    elif checkpoint is None:  # every input check has passed: only now does the run directory appear
+    return Data(train, eval_dataset, prepared, split.counts(prepared))
+
+
+def open_run_dir(run_dir: Path, recipe: Recipe, recipe_path: str, checkpoint: Path | None) -> None:
+    """Every input check has passed: only now does the run directory appear (written by the first process only)."""
+    if not distributed.is_main():
+        return
+    if checkpoint is None:
         rundir.create_run_dir(run_dir)
         rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
         rundir.set_status(run_dir, "running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), recipe_file=str(recipe_path))
     else:
         rundir.set_status(run_dir, "running", resumed_from=checkpoint.name)
-    with reporter.phase("building the trainer"):
-        trainer = make_trainer(recipe, choice, model, tokenizer, dataset, run_dir, eval_dataset=eval_dataset)
-    facts = model_facts(trainer.model)  # read once the trainer is built: TRL (and Unsloth) may change the model
-    header = reporter.header(
+
+
+def show_header(recipe, choice, trainer, model, model_path, split: Split, data: Data, run_dir, reporter) -> dict:
+    """The header, and backend.json: the model as the trainer holds it (TRL and Unsloth may have changed it)."""
+    from quickft.backends import model_facts
+
+    facts = model_facts(trainer.model)
+    if distributed.is_main():
+        rundir.write_json(run_dir / "backend.json", choice.to_dict() | {"model_path": model_path, "model": facts})
+    return reporter.header(
         recipe=recipe,
         choice=choice,
         model=model,
         facts=facts,
         model_path=model_path,
-        n_examples=len(dataset),
+        n_examples=len(data.train),
         n_sequences=len(trainer.train_dataset),  # fewer than examples when packed
-        n_tokens=prepared.tokens,
+        n_tokens=data.prepared.tokens,
         run_dir=run_dir,
         max_steps=trainer.args.max_steps if trainer.args.max_steps > 0 else None,
-        dropped=split.dropped + prepared.dropped,
-        truncated=prepared.truncated,
-        documents=prepared.documents,
+        dropped=split.dropped + data.prepared.dropped,
+        truncated=data.prepared.truncated,
+        documents=data.prepared.documents,
         notes=split.notes,
         n_eval=len(split.eval),
         n_cases=len(split.cases),
     )
-    data_counts = split.counts(prepared)
-    if main:
-        rundir.write_json(run_dir / "backend.json", choice.to_dict() | {"model_path": model_path, "model": facts})
-    callback = reporter.callback(run_dir / "metrics.jsonl", choice)
-    if main and checkpoint is not None and (run_dir / "metrics.jsonl").is_file():
-        # resuming: the report covers the whole run, not just the part after the checkpoint
-        earlier = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-        callback.rows = [r for r in earlier if "loss" in r]
-        callback.eval_rows = [r for r in earlier if "loss" not in r]
-        callback.resume_from(callback.rows)
-    evaluator = make_evaluator(recipe, split.cases, run_dir, callback) if recipe.eval.every else None
+
+
+def make_recorder(run_dir: Path, choice: Choice, counter, reporter: Reporter, checkpoint: Path | None):
+    """The callback that records metrics.jsonl; a resumed run's report covers the whole run, so its earlier rows
+    (the first process reads them) carry on."""
+    from quickft.recorder import Recorder
+
+    metrics = run_dir / "metrics.jsonl"
+    earlier = []
+    if distributed.is_main() and checkpoint is not None and metrics.is_file():
+        earlier = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines()]
+    return Recorder(metrics, choice.device, counter, reporter, earlier_rows=earlier)
+
+
+def train_with_recovery(
+    trainer, build, recipe: Recipe, choice: Choice, split: Split, run_dir: Path, recorder, checkpoint
+):
+    """trainer.train() with quickft's callbacks; out of memory with auto_batch goes on from a checkpoint with a
+    smaller micro-batch (`build` makes the new trainer). Returns (the trainer that finished, evaluator, stopper)."""
+    from quickft.trainer import Evaluator, StopCallback
+
+    evaluator = Evaluator(recipe, split.cases, run_dir, recorder) if recipe.eval.every else None
     stopper = StopOnSignal()
-    counter = trainer.counter
     try:
         while True:
-            trainer.counter = callback.counter = counter
-            for cb in (callback, evaluator, stopper.callback()):
-                if cb is not None:
-                    trainer.add_callback(cb)
+            for callback in (recorder, evaluator, StopCallback(stopper)):
+                if callback is not None:
+                    trainer.add_callback(callback)
             tracker_callbacks_last(trainer)
             if evaluator:
-                evaluator.trainer = trainer
+                evaluator.attach(trainer)
             try:
                 with stopper:
                     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-                break
+                return trainer, evaluator, stopper
             except Exception as e:
                 if not is_out_of_memory(e) or distributed.world_size() > 1:  # one process alone cannot retry
                     raise
-                checkpoint = recover_from_oom(e, trainer, recipe, choice, run_dir)
-                trainer = make_trainer(recipe, choice, model, tokenizer, dataset, run_dir, eval_dataset=eval_dataset)
+                checkpoint, recipe = recover_from_oom(e, trainer, recipe, choice, run_dir)
+                trainer = build(recipe)
     finally:
-        callback.close()
+        recorder.close()
 
-    if stopper.requested and not main:
-        raise RunInterrupted(run_dir, "")
-    if stopper.requested:  # save what there is, then tell the user how to go on
-        write_metric_files(callback, run_dir, recipe)
-        summary = reporter.finish(
-            trainer=trainer,
-            callback=callback,
-            samples=[],
-            run_dir=run_dir,
-            choice=choice,
-            header=header,
-            match=recipe.eval.match,
-        )
-        rundir.write_json(run_dir / "summary.json", summary | {"data": data_counts, "interrupted": True})
-        raise RunInterrupted(
-            run_dir, distributed.same_launcher(f"quickft run {recipe_path} --resume {run_dir}", choice.device)
-        )
-    with reporter.phase("saving the model"):
-        trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model; by the first process only
-        if main:
-            tokenizer.save_pretrained(run_dir)
-    final_eval_loss = None
-    if eval_dataset is not None and not evaluator:  # every process evaluates its share
-        with callback.peaks.phase("evaluation"), reporter.phase(f"eval loss on {len(eval_dataset)} examples"):
-            final_eval_loss = eval_loss(trainer)
-    if not main:
-        return
-    with callback.peaks.phase("answering"):
-        samples = _answer_cases(model, tokenizer, recipe, split.cases, reporter)
-    rundir.write_jsonl(run_dir / "samples.jsonl", samples)
-    with reporter.phase("writing plots and metrics.csv"):
-        write_metric_files(callback, run_dir, recipe)
-    summary = reporter.finish(
-        trainer=trainer,
-        callback=callback,
-        samples=samples,
-        run_dir=run_dir,
-        choice=choice,
-        header=header,
-        evaluation=evaluator.summary()
-        if evaluator
-        else ({"final_eval_loss": final_eval_loss} if final_eval_loss else None),
-        match=recipe.eval.match,
+
+def final_evaluation(trainer, recorder, reporter: Reporter) -> dict | None:
+    """The eval loss after training, when there was no evaluation during it (every process evaluates its share)."""
+    from quickft.trainer import eval_loss
+
+    if trainer.eval_dataset is None:
+        return None
+    with recorder.peaks.phase("evaluation"), reporter.phase(f"eval loss on {len(trainer.eval_dataset)} examples"):
+        return {"final_eval_loss": eval_loss(trainer)}
+
+
+def summarize_run(recorder, trainer, reporter, choice, header, run_dir, samples, evaluation, match) -> dict:
+    """summary.json: the recorder's measurements and the trainer's state, through quickft.metrics' arithmetic."""
+    from quickft import metrics as m
+
+    state = trainer.state
+    after = {k: v for k, v in reporter.phases.items() if k not in reporter.setup_phases}
+    summary = m.summarize(
+        rows=recorder.rows,
+        runtime_s=recorder.ended - recorder.started,
+        steps_time_s=recorder.step_s,
+        session_steps=state.global_step - recorder.start_step,
+        mem=recorder.memory
+        | {k: v for k, v in recorder.peaks.report().items() if k.startswith(("answering", "evaluation"))},
+        setup_s=reporter.setup_s,
+        setup_phases=reporter.setup_phases,
+        session=recorder.totals,
+        earlier=recorder.earlier,
+        steps=state.global_step,
+        epochs=state.epoch,
+        total_flos=state.total_flos,
     )
-    rundir.write_json(run_dir / "summary.json", summary | {"data": data_counts})
-    reporter.closing(run_dir, next_commands(run_dir, split))
+    train = summary["train"]
+    train["after_phases"] = after  # every second after training, by phase (saving, answering, plots)
+    seq_len = train["tokens"] / train["samples"] if train["samples"] else 0.0
+    train["flops_per_token"] = m.flops_per_token(header["flop_counts"], header["mode"], seq_len)
+    gpu_name = choice.hardware.gpu_name
+    train["mfu"] = m.mfu(train["flops_per_token"], train["tokens_per_s"], gpu_name) if choice.device == "cuda" else None
+    train["processes"] = len(recorder.per_process)
+    if len(recorder.per_process) > 1:  # what each process counted and peaked at; the report shows sum and max
+        summary["processes"] = {"backend": distributed.backend_name(), "per_process": recorder.per_process}
+    summary["run_dir"] = str(run_dir)
+    summary["backend"] = choice.to_dict()
+    summary["model"] = header
+    if samples:
+        correct = sum(s["correct"] for s in samples)
+        summary["test_cases"] = {"n": len(samples), "score": correct / len(samples), "correct": correct, "match": match}
+    summary["evaluation"] = evaluation
+    if recorder.eval_rows:
+        summary["evaluation"] = (evaluation or {}) | {"history": recorder.eval_rows}
+    return summary
 
 
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
@@ -382,89 +470,6 @@ def next_commands(run_dir: Path, split: Split) -> list[str]:
     return commands
 
 
-def make_evaluator(recipe: Recipe, cases: list[tuple[str, str]], run_dir: Path, report_callback):
-    """A callback that evaluates every `eval.every` steps: eval loss, test-case score, early stopping, target."""
-    from transformers import TrainerCallback
-
-    from quickft.generation import score_cases
-
-    class Evaluator(TrainerCallback):
-        def __init__(self):
-            self.best_step = self.best_loss = self.stopped = None
-            self.bad = 0
-            self.trainer = None  # set by _train (a new trainer after an out-of-memory retry)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step % recipe.eval.every == 0 or state.global_step >= state.max_steps:
-                self.evaluate(state, control)
-
-        def evaluate(self, state, control):
-            row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 6)}
-            trainer = self.trainer
-            report_callback.activity = f"evaluating at step {state.global_step}" + (
-                f": answering {len(cases)} test cases" if cases else ""
-            )
-            with report_callback.peaks.phase("evaluation"):
-                if trainer.eval_dataset is not None:  # every process evaluates its share
-                    row["eval_loss"] = eval_loss(trainer)
-                if cases and distributed.is_main():  # the first process answers; the others wait for its score
-                    scored = score_cases(
-                        trainer.model,
-                        trainer.processing_class,
-                        cases,
-                        how=recipe.eval.match,
-                        max_new_tokens=recipe.max_new_tokens,
-                    )
-                    row["case_score"] = sum(s["correct"] for s in scored) / len(scored)
-            row = distributed.broadcast(row)  # every process takes the same early-stopping decision
-            if "eval_loss" in row:
-                if self.best_loss is None or row["eval_loss"] < self.best_loss:
-                    self.best_step, self.best_loss, self.bad = state.global_step, row["eval_loss"], 0
-                    if recipe.eval.patience:
-                        trainer.save_model(str(run_dir / "best"))
-                else:
-                    self.bad += 1
-                    if recipe.eval.patience and self.bad >= recipe.eval.patience:
-                        self.stopped = (
-                            f"early stop at step {state.global_step}: eval loss did not improve for "
-                            f"{self.bad} evaluations (best {self.best_loss:.4f} at step {self.best_step})"
-                        )
-            if recipe.eval.target and row.get("case_score", 0.0) >= recipe.eval.target and not self.stopped:
-                self.stopped = (
-                    f"target reached at step {state.global_step}: test-case score "
-                    f"{row['case_score']:.1%} ≥ {recipe.eval.target:.1%}"
-                )
-            report_callback.activity = None
-            report_callback.record_eval(row, self.stopped)
-            if self.stopped:
-                control.should_training_stop = True
-
-        def summary(self) -> dict:
-            return {
-                "best_step": self.best_step,
-                "best_eval_loss": self.best_loss,
-                "stopped": self.stopped,
-                "best_dir": str(run_dir / "best") if recipe.eval.patience and self.best_step else None,
-            }
-
-    return Evaluator()
-
-
-def eval_loss(trainer) -> float:
-    """The trainer's eval loss; out of memory halves the *evaluation* batch and tries again (never the training one)."""
-    while True:
-        try:
-            return trainer.evaluate()["eval_loss"]
-        except Exception as e:
-            if not is_out_of_memory(e) or trainer.args.per_device_eval_batch_size == 1:
-                raise
-            trainer.args.per_device_eval_batch_size //= 2
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-
-
 def materialize(recipe: Recipe, model_ref: str | Scratch, train_examples: list[Example]) -> str:
     """The model's path or hub id; a Scratch model is built (or found in the cache) first."""
     if not isinstance(model_ref, Scratch):
@@ -475,9 +480,11 @@ def materialize(recipe: Recipe, model_ref: str | Scratch, train_examples: list[E
     return str(build_scratch(model_ref, corpus, seed=recipe.seed))
 
 
-def apply_chat_template(tokenizer, recipe: Recipe, examples: list[Example]) -> None:
-    if recipe.data.chat_template:
-        tokenizer.chat_template = CHAT_TEMPLATES.get(recipe.data.chat_template, recipe.data.chat_template)
+def training_tokenizer(tokenizer, recipe: Recipe, examples: list[Example]) -> None:
+    """The tokenizer as training uses it (pad token, the recipe's chat template), and chat data needs a template."""
+    from quickft.backends import prepare_tokenizer
+
+    prepare_tokenizer(tokenizer, recipe, training=True)
     if any(ex.messages is not None for ex in examples) and not tokenizer.chat_template:
         raise UserError(
             f"{recipe.data.path}: chat data, but the tokenizer of {recipe.model} has no chat template",
@@ -491,8 +498,15 @@ def to_dataset(rows: list[dict]):
     return Dataset.from_list(rows)
 
 
-def make_trainer(recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_dir: Path, *, eval_dataset=None):
-    from trl import SFTConfig, SFTTrainer
+def make_trainer(
+    recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_dir: Path, eval_dataset=None, *, counter=None
+):
+    """TRL's SFTTrainer (as quickft.trainer.CountingTrainer, counting into `counter`, a new one by default) with
+    the recipe's settings."""
+    from trl import SFTConfig
+
+    from quickft.metrics import TokenCounter
+    from quickft.trainer import CountingTrainer
 
     args = SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
@@ -531,20 +545,14 @@ def make_trainer(recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from quickft.metrics import TokenCounter
-
-    class CountingTrainer(SFTTrainer):  # SFTTrainer is Unsloth's patched class when Unsloth was imported
-        """Counts the real (non-padding) tokens and samples of every training batch, exactly as trained."""
-
-        def training_step(self, model, inputs, *args, **kwargs):
-            loss = super().training_step(model, inputs, *args, **kwargs)
-            self.counter.add(inputs)  # after the step: a batch that failed (out of memory) was not trained
-            return loss
-
     trainer = CountingTrainer(
-        model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        counter=counter or TokenCounter(),
     )
-    trainer.counter = TokenCounter()
     trainer.remove_callback(PrinterCallback)  # quickft's reporter owns the console
     trainer.remove_callback(ProgressCallback)
     return trainer

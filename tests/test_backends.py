@@ -226,3 +226,38 @@ def test_gpu_memory_cap_stands_a_big_card_in_for_a_small_one(monkeypatch):
     assert cap_gpu_memory() is None and set_to == []
     monkeypatch.setenv("QUICKFT_GPU_MEMORY_GB", "4")
     assert cap_gpu_memory() == set_to[0] == 4 / 80
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_all_linear_adapts_every_projection_and_never_the_head(architecture, tiny_model_dir, tmp_path):
+    """lora.target_modules="all-linear" goes to PEFT as it is: every Linear (GPT-2: Conv1D) layer gets an adapter,
+    the output head does not, counted here from the modules themselves."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from quickft.backends import load_peft
+    from quickft.hardware import Hardware, UnslothStatus, choose
+    from quickft.recipe import Data, Recipe
+
+    model_dir = tiny_model_dir
+    if architecture == "gpt2":
+        model_dir = tmp_path / "gpt2"
+        config = GPT2Config(vocab_size=320, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+        AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(tiny_model_dir / name, model_dir / name)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    projections = {
+        name
+        for name, module in base.named_modules()
+        if type(module).__name__ in ("Linear", "Conv1D") and module is not base.get_output_embeddings()
+    }
+    recipe = Recipe(model=str(model_dir), data=Data(path="unused.jsonl"), backend="peft")
+    choice = choose(Hardware("cpu"), UnslothStatus(False), requested="peft", mode="lora")
+    model = load_peft(recipe, choice, str(model_dir), local=True).model
+    adapted = {
+        name.removeprefix("base_model.model.") for name, module in model.named_modules() if hasattr(module, "lora_A")
+    }
+    assert adapted == projections and len(projections) >= 8
+    assert not any("lm_head" in name for name in adapted)

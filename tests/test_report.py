@@ -459,3 +459,15 @@ def test_answers_in_the_report_are_text_not_markup():
     sample = {"prompt": "[INST] ¿2 + 2? [/INST]", "answer": "[b]5", "reference": "4", "correct": False}
     console.print(_samples_text([sample], "exact"), highlight=False)
     assert "✗ '[INST] ¿2 + 2? [/INST]' → '[b]5' (expected '4')" in console.export_text()
+
+
+def test_token_counts_agree_with_trls_own(tmp_path, lora_recipe):
+    """TRL counts tokens too (num_tokens in its logs: attention-mask sums at the forward pass); quickft's counter also
+    counts samples and padding, after each step. On a run with no failed step the two token counts are the same."""
+    run_dir = train_run(
+        str(lora_recipe), ["save_every=12"], output_dir=str(tmp_path / "run"), reporter=Reporter(quiet=True)
+    )
+    state = json.loads((run_dir / "checkpoints" / "checkpoint-12" / "trainer_state.json").read_text())
+    trl = {e["step"]: e["num_tokens"] for e in state["log_history"] if "num_tokens" in e and "loss" in e}
+    ours = {r["step"]: r["tokens"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    assert trl and trl == {step: ours[step] for step in trl}

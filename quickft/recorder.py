@@ -1,0 +1,176 @@
+"""The trainer callback that measures training and writes metrics.jsonl; it owns every figure it records.
+
+Imported only by the verbs that train (transformers comes with it). It shows nothing itself: it hands each row to a
+display (quickft.report.Reporter) that renders it. Under torchrun every process records; each logged row combines
+all processes' counts (quickft.distributed), and only the first process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from quickft import distributed
+from quickft import metrics as m
+
+
+class Recorder(TrainerCallback):
+    """Each logging step: loss (and its smoothed curve), learning rate, grad norm, real tokens and samples, speed over
+    the window since the previous logging step, memory; one row in metrics.jsonl, the same figures added to the logs
+    an experiment tracker sends. At the end: this session's totals and memory peaks.
+
+    `earlier_rows` are a resumed run's rows before its checkpoint: the counters and the smoothed loss go on from them.
+    """
+
+    def __init__(self, metrics_path: Path, device: str, counter: m.TokenCounter, display, earlier_rows=()):
+        self.metrics_path, self.device, self.counter, self.display = metrics_path, device, counter, display
+        self.rows: list[dict] = [r for r in earlier_rows if "loss" in r]
+        self.eval_rows: list[dict] = [r for r in earlier_rows if "loss" not in r]
+        self.last_eval: dict = {}
+        self.per_process: list[dict] = []
+        """What each process counted and peaked at in this session (one entry without torchrun)."""
+        self.totals: dict | None = None
+        """This session's tokens, samples and padding, every process's summed (set when training ends)."""
+        self.started = self.ended = self.memory = self._reserved_at_start = None
+        self._ema = self.rows[-1]["loss_smoothed"] if self.rows else None
+        self._file = None
+        self.step_s = 0.0
+        """Wall time inside this session's optimizer steps (first micro-batch to optimizer update): the time every
+        rate is over. Evaluation, checkpoint saves and logging happen between steps and are not in it."""
+        self._step_started = None
+        self.start_step = None
+        """The step this session started at: 0, or a resumed run's checkpoint."""
+        self.step = 0
+        """The last finished optimizer step (the display's clock: it moves between logging steps)."""
+        last = self.rows[-1] if self.rows else {}
+        self.earlier = {
+            "tokens": last.get("tokens", 0),
+            "samples": last.get("samples", 0),
+            "padding": last.get("padding_tokens", 0),
+            "elapsed_s": last.get("elapsed_s", 0.0),
+        }
+        """What the run counted before this session (tokens between the last logged step and the checkpoint are not
+        in it: log at the steps you save at)."""
+        self._window = (0, 0.0, 0, 0)  # (step, step_s, tokens, samples) at the previous logging step
+        self.peaks = m.PhasePeaks(device)
+        """GPU memory peaks of training, evaluation and answering, each its own."""
+        self.activity: str | None = None
+        """What is happening between steps, when it takes a while (an evaluation): shown on the live panel."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # no device sync here (that would slow every step): on a GPU a step's queued kernels may finish in the next
+        # one, which evens out over the run
+        self.step_s += time.perf_counter() - self._step_started
+        self.step = state.global_step
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.started is not None:  # trained on after an out-of-memory retry: one run, one clock
+            return
+        self.start_step = self.step = state.global_step
+        self._window = (state.global_step, 0.0, 0, 0)  # a resumed run's first window starts at its checkpoint
+        self._reserved_at_start = m.memory(self.device).get("gpu_reserved_mb")  # the model, no optimizer yet
+        m.reset_peak_memory(self.device)
+        if distributed.is_main():
+            self._file = open(self.metrics_path, "a", encoding="utf-8")
+        self.started = time.perf_counter()
+        self.display.training_began(self)
+
+    def eta_s(self, planned_steps: int | None) -> float | None:
+        """Seconds left, from this session's pace so far (wall time per step, evaluations included)."""
+        done = self.step - self.start_step if self.start_step is not None else 0
+        if not done or self.started is None:
+            return None
+        return (time.perf_counter() - self.started) / done * ((planned_steps or self.step) - self.step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        session_elapsed = time.perf_counter() - self.started
+        loss = float(logs["loss"])
+        step = state.global_step
+        last_step, last_step_s, last_tokens, last_samples = self._window
+        # an exponential moving average over about 20 steps, however often we log
+        beta = 0.95 ** (step - (self.rows[-1]["step"] if self.rows else 0))
+        self._ema = loss if self._ema is None else beta * self._ema + (1 - beta) * loss
+        # speed over this window (the steps since the previous logging step), all three figures over the same time:
+        # the time inside those optimizer steps
+        window_s = self.step_s - last_step_s
+        own = {
+            "tokens": self.counter.tokens,
+            "samples": self.counter.samples,
+            "padding": self.counter.padding,
+            "window_tokens": self.counter.tokens - last_tokens,
+            "window_samples": self.counter.samples - last_samples,
+        } | m.memory(self.device)
+        self._window = (step, self.step_s, self.counter.tokens, self.counter.samples)
+        # with several processes (torchrun): every process's counts summed, memory the largest process's
+        figures = distributed.combine(distributed.gather(own))
+        row = {
+            "step": step,
+            "epoch": round(state.epoch or 0.0, 6),
+            "loss": loss,
+            "loss_smoothed": self._ema,
+            "learning_rate": float(logs.get("learning_rate", 0.0)),
+            "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
+            "elapsed_s": self.earlier["elapsed_s"] + session_elapsed,
+            "session_elapsed_s": session_elapsed,
+            "session_start_step": self.start_step,
+            "tokens": self.earlier["tokens"] + figures["tokens"],
+            "samples": self.earlier["samples"] + figures["samples"],
+            "padding_tokens": self.earlier["padding"] + figures["padding"],
+            "window_steps": step - last_step,
+            "window_s": window_s,
+            "tokens_per_s": figures["window_tokens"] / window_s if window_s else 0.0,
+            "samples_per_s": figures["window_samples"] / window_s if window_s else 0.0,
+            "step_time_s": window_s / max(step - last_step, 1),
+        } | {k: v for k, v in figures.items() if k.endswith("_mb")}
+        self.rows.append(row)
+        # the same figures for an experiment tracker (recipe.track), whose callback runs after this one and sends
+        # these logs; transformers' own copy (state.log_history) was taken before the callbacks ran
+        logs.update({k: v for k, v in row.items() if k not in logs and k != "step" and v is not None})
+        if self._file is None:  # not the first process: it counts, the first one writes
+            return
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        self.display.logged(row)
+
+    def set_activity(self, text: str | None) -> None:
+        """Say what is happening between steps (an evaluation), or None when it is over."""
+        self.activity = text
+
+    def record_eval(self, row: dict, stopped: str | None) -> None:
+        """An evaluation's results (eval loss, test-case score): metrics file, display."""
+        self.eval_rows.append(row)
+        self.last_eval = row
+        if self._file is not None:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+        self.display.evaluated(row, stopped)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.ended = time.perf_counter()
+        # training's peaks, apart from evaluation's (and before test cases are answered)
+        own = (
+            {"tokens": self.counter.tokens, "samples": self.counter.samples, "padding": self.counter.padding}
+            | m.memory(self.device)
+            | self.peaks.report()
+        )
+        if self._reserved_at_start is not None:
+            own["gpu_reserved_at_start_mb"] = self._reserved_at_start
+        self.per_process = distributed.gather(own)
+        combined = distributed.combine(self.per_process)
+        self.totals = {k: combined[k] for k in ("tokens", "samples", "padding")}
+        self.memory = {k: v for k, v in combined.items() if k not in distributed.COUNTS}
+        self.close()
+
+    def close(self) -> None:
+        self.display.training_ended()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
