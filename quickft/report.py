@@ -35,6 +35,8 @@ class Reporter:
         self.live = self.console.is_terminal if live is None else live
         self.planned_steps: int | None = None
         self.started = time.perf_counter()
+        self.process_start_s = _since_process_start()
+        """Seconds from this process's start to the verb's (Python, and importing quickft's command line)."""
         """When the verb started: setup (imports, model load, data) is measured from here to the first step."""
         self.phases: dict[str, float] = {}
         """Seconds spent in each named phase (reading data, importing, loading the model, ...), in order."""
@@ -339,7 +341,14 @@ def _setup_text(t: dict) -> str:
     rest = t["setup_s"] - sum(phases.values())
     if phases and rest >= 0.05:
         parts.append(f"the trainer's own start and the header {rest:.1f} s")
-    return f"{t['setup_s']:.1f} s before the first step" + (f": {' · '.join(parts)}" if parts else "")
+    started = f" (and {t['process_start_s']:.1f} s starting Python and quickft)" if "process_start_s" in t else ""
+    return f"{t['setup_s']:.1f} s before the first step" + (f": {' · '.join(parts)}" if parts else "") + started
+
+
+def _since_process_start() -> float:
+    import psutil
+
+    return max(0.0, time.time() - psutil.Process().create_time())
 
 
 class _LiveView:

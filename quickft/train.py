@@ -396,6 +396,7 @@ def summarize_run(recorder, trainer, reporter, choice, header, run_dir, samples,
     )
     train = summary["train"]
     train["after_phases"] = after  # every second after training, by phase (saving, answering, plots)
+    train["process_start_s"] = reporter.process_start_s  # and before the verb: Python's start, quickft's imports
     seq_len = train["tokens"] / train["samples"] if train["samples"] else 0.0
     train["flops_per_token"] = m.flops_per_token(header["flop_counts"], header["mode"], seq_len)
     gpu_name = choice.hardware.gpu_name

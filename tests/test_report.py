@@ -471,3 +471,25 @@ def test_token_counts_agree_with_trls_own(tmp_path, lora_recipe):
     trl = {e["step"]: e["num_tokens"] for e in state["log_history"] if "num_tokens" in e and "loss" in e}
     ours = {r["step"]: r["tokens"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
     assert trl and trl == {step: ours[step] for step in trl}
+
+
+def test_the_report_accounts_for_the_whole_process(tmp_path, lora_recipe):
+    """Timed from outside: Python's start and quickft's imports, the setup phases, training, and every phase after
+    it add up to the command's wall time, less what follows the last of them (the report, the summary, exit)."""
+    import subprocess
+    import sys
+
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "quickft", "run", str(lora_recipe), "--quiet", "--output-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr
+    t = json.loads((tmp_path / "run" / "summary.json").read_text())["train"]
+    accounted = t["process_start_s"] + t["setup_s"] + t["runtime_s"] + sum(t["after_phases"].values())
+    assert 0.1 < t["process_start_s"] < 5
+    assert accounted <= wall and wall - accounted < 3.0, (wall, accounted)
+    flat = re.sub(r"[\s│]+", " ", done.stdout)  # the report's table wraps long rows
+    assert f"(and {t['process_start_s']:.1f} s starting Python and quickft)" in flat
