@@ -493,3 +493,36 @@ def test_the_report_accounts_for_the_whole_process(tmp_path, lora_recipe):
     assert accounted <= wall and wall - accounted < 3.0, (wall, accounted)
     flat = re.sub(r"[\s│]+", " ", done.stdout)  # the report's table wraps long rows
     assert f"(and {t['process_start_s']:.1f} s starting Python and quickft)" in flat
+
+
+def test_summary_arithmetic_from_rows_alone():
+    """metrics.summarize is rows and counts in, summary out: no trainer, no model. A resumed run's totals add the
+    earlier sessions' counts; its rates are this session's counts over this session's step time."""
+    from quickft.metrics import summarize
+
+    rows = [{"step": s, "loss": loss} for s, loss in ((2, 4.0), (4, 3.0), (6, 2.5), (8, 2.2), (10, 2.1), (12, 2.0))]
+    summary = summarize(
+        rows=rows,
+        runtime_s=10.0,
+        steps_time_s=8.0,
+        session_steps=6,
+        setup_s=3.0,
+        setup_phases={"loading the model": 2.0},
+        session={"tokens": 800, "samples": 48, "padding": 200},
+        earlier={"tokens": 700, "samples": 48, "padding": 100, "elapsed_s": 9.0},
+        steps=12,
+        epochs=0.5,
+        total_flos=1.0e9,
+        mem={"peak_rss_mb": 900.0},
+    )
+    t = summary["train"]
+    assert (t["tokens"], t["samples"], t["padding_tokens"]) == (1500, 96, 300)
+    assert (t["session_tokens"], t["session_samples"]) == (800, 48)
+    assert t["tokens_per_s"] == 100.0 and t["samples_per_s"] == 6.0 and t["steps_per_s"] == 0.75
+    assert t["other_s"] == 2.0 and t["padding_share"] == pytest.approx(300 / 1800)
+    loss = summary["loss"]
+    assert (loss["initial"], loss["final"], loss["min"], loss["max"]) == (4.0, 2.0, 2.0, 4.0)
+    assert loss["improvement_pct"] == 50.0
+    # thirds of 12 steps: the loss at steps 4, 8 and 12 against the first logged one (improvement 2.0 in all)
+    assert loss["improvement_by_third_pct"] == pytest.approx([50.0, 40.0, 10.0])
+    assert summary["memory"] == {"peak_rss_mb": 900.0}
