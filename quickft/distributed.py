@@ -4,7 +4,8 @@ quickft launches and shards nothing itself. torchrun or `accelerate launch` star
 WORLD_SIZE and LOCAL_RANK; transformers' Trainer (through accelerate) wraps the model in DDP and gives each process
 its share of every batch. What quickft adds: every process agrees on one run directory, only the first process
 (rank 0) writes it and the console, and the figures it writes are combined from all of them (tokens and samples
-summed, memory peaks as the largest process's). With one process every function here is a no-op.
+summed, memory peaks as the largest process's). With one process the collectives here return at once. `--gpus N`
+starts torchrun for the user (`launch`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import sys
 
 COUNTS = ("tokens", "samples", "padding", "window_tokens", "window_samples")
 """Per-process counts that add up: the run trains on the sum of every process's share."""
+
+_flags = None
+"""The process group the per-step stop flag goes through: a gloo group beside NCCL on GPUs; None (the default
+group, gloo already) on CPUs."""
 
 
 def world_size() -> int:
@@ -58,9 +63,6 @@ def start(device: str) -> None:
 
 def _cpu_index_location(obj, location: str):
     return obj if location.startswith("cpu:") else None
-
-
-_flags = None
 
 
 def backend_name() -> str | None:
