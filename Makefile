@@ -49,8 +49,8 @@ demo-old-gpu: install-old-gpu
 test: install install-gguf
 	$(PY) -m pytest
 
-test-old-gpu: install-old-gpu  # the slow tests that do not depend on the stack ran in `make test`
-	$(OLD_PY) -m pytest -m "not slow"
+test-old-gpu: install-old-gpu
+	$(OLD_PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check quickft tests

@@ -9,9 +9,6 @@ import pytest
 
 from tests.conftest import ROOT, requires_unsloth
 
-# bench runs several training processes per test; without Unsloth (the old-GPU route) it compares PEFT with PEFT
-pytestmark = pytest.mark.slow
-
 
 def bench(*args, env_extra=None) -> subprocess.CompletedProcess:
     return subprocess.run(

@@ -108,7 +108,7 @@ def test_ctrl_c_under_torchrun_saves_once_and_resumes(dp_recipe, tmp_path):
     run_dir = tmp_path / "run"
     log = tmp_path / "first.log"
     command = torchrun(
-        "-m", "quickft", "run", str(dp_recipe), "max_steps=400", "save_every=5", "--output-dir", str(run_dir)
+        "-m", "quickft", "run", str(dp_recipe), "max_steps=120", "save_every=5", "--output-dir", str(run_dir)
     )
     with open(log, "w") as out:
         # a session of its own: Ctrl-C in a terminal goes to torchrun and both processes at once, as here
@@ -129,7 +129,7 @@ def test_ctrl_c_under_torchrun_saves_once_and_resumes(dp_recipe, tmp_path):
         f"resume with: torchrun --standalone --nproc-per-node 2 -m quickft run {dp_recipe} --resume {run_dir}" in text
     )
     stopped_at = max(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*"))
-    assert stopped_at < 400
+    assert stopped_at < 120
 
     resumed = subprocess.run(
         torchrun("-m", "quickft", "run", str(dp_recipe), "--resume", str(run_dir), "--quiet"),
@@ -140,9 +140,9 @@ def test_ctrl_c_under_torchrun_saves_once_and_resumes(dp_recipe, tmp_path):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     steps = [r["step"] for r in rows_of(run_dir) if "loss" in r]
-    assert steps == list(range(2, 401, 2))  # the rows after the checkpoint written again, once each
+    assert steps == list(range(2, 121, 2))  # the rows after the checkpoint written again, once each
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["train"]["steps"] == 400 and summary["train"]["session_steps"] == 400 - stopped_at
+    assert summary["train"]["steps"] == 120 and summary["train"]["session_steps"] == 120 - stopped_at
 
 
 def test_gpus_starts_torchrun_with_the_same_command(dp_recipe, monkeypatch, capfd):
