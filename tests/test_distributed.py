@@ -21,7 +21,7 @@ from conftest import write_recipe
 from quickft.cli import main
 
 
-def torchrun(*args: str, processes: int = 2, **kwargs) -> list[str]:
+def torchrun(*args: str, processes: int = 2) -> list[str]:
     """torchrun's own command line (torch.distributed.run), for this venv's Python; --standalone picks a free port."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *args]
 
