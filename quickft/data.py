@@ -392,27 +392,54 @@ def _messages(turns: list, fmt: str, where: str) -> list[dict]:
         if message["content"] is None and not message.get("tool_calls"):
             raise UserError(f"{where}: a {role} turn has no text content")
         message["content"] = message["content"] or ""
+        if role == "assistant":
+            _read_reasoning(message, turn, where)
         messages.append(message)
     if not any(m["role"] == "assistant" and (m["content"].strip() or m.get("tool_calls")) for m in messages):
         raise UserError(f"{where}: conversation without an assistant turn", hint="add the answer to learn from")
     return messages
 
 
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+"""Where published data keeps an answer's reasoning: DeepSeek's and Qwen's API (reasoning_content), OpenAI's
+open-weight models and OpenRouter (reasoning, thinking)."""
+THINK_IN_CONTENT = re.compile(r"\A\s*<think>(.*?)</think>\s*", re.DOTALL)
+
+
+def _read_reasoning(message: dict, turn: dict, where: str) -> None:
+    """An assistant turn's reasoning into message["reasoning"]: a reasoning field, or a <think> block that opens its
+    content (taken out of the content, so each template renders it its own way)."""
+    fields = [k for k in REASONING_KEYS if isinstance(turn.get(k), str) and turn[k].strip()]
+    found = THINK_IN_CONTENT.match(message["content"])
+    if fields and found:
+        raise UserError(
+            f"{where}: an assistant turn has both {fields[0]!r} and a <think> block in its content",
+            hint="keep the reasoning in one place",
+        )
+    if fields:
+        message["reasoning"] = turn[fields[0]].strip("\n")
+    elif found:
+        message["reasoning"] = found.group(1).strip("\n")
+        message["content"] = message["content"][found.end() :]
+
+
 def _text_content(content, role: str, where: str) -> str | None:
-    """A turn's text: a string, or OpenAI's list of parts ({"type": "text", "text": ...}) joined."""
+    """A turn's text: a string, or a list of text parts joined: OpenAI's {"type": "text", "text": ...} and
+    LLaMA-Factory's {"type": "text", "value": ...}."""
     if content is None or isinstance(content, str):
         return content
     if isinstance(content, list):
         texts = []
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
-            if kind != "text" or not isinstance(part.get("text"), str):
+            text = next((part[k] for k in ("text", "value") if isinstance(part.get(k), str)), None) if kind else None
+            if kind != "text" or text is None:
                 raise UserError(
                     f"{where}: a {role} turn has a {kind or type(part).__name__!r} part, which a text-only model "
                     "cannot be trained on",
                     hint="keep only text parts, or drop those records",
                 )
-            texts.append(part["text"])
+            texts.append(text)
         return "".join(texts)
     raise UserError(f"{where}: a {role} turn's content is {type(content).__name__}, not text")
 

@@ -7,9 +7,9 @@ call it, so the counts they show are the same. Takes any Hugging Face (fast) tok
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
+from quickft import chat_template
 from quickft.data import Example
 from quickft.errors import UserError
 from quickft.recipe import Data, Recipe
@@ -39,16 +39,21 @@ def training_text(example: Example, data: Data) -> str:
     return (format_prompt(example.prompt, data) if example.prompt else "") + example.response
 
 
-def chat_prompt(messages: list[dict], tokenizer, tools: list[dict] | None = None) -> str:
-    """The text of a conversation so far, ending where the assistant's answer starts."""
-    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+class ChatText(str):
+    """Text a chat template rendered: it holds its special tokens (BOS included), so it is tokenized adding none,
+    as apply_chat_template(tokenize=True) does (generation.py looks for this type)."""
+
+
+def chat_prompt(messages: list[dict], tokenizer, tools: list[dict] | None = None, where: str = "") -> ChatText:
+    """The text of a conversation so far, ending where the assistant's answer starts (the generation prompt)."""
+    return ChatText(chat_template.render(tokenizer, messages, tools, generation_prompt=True, where=where))
 
 
 def prompt_text(example: Example, tokenizer, data: Data) -> str:
     """What the model is given to produce `example`'s answer (its last assistant turn, for chats)."""
     if example.messages is not None:
         last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
-        return chat_prompt(example.messages[:last], tokenizer, example.tools)
+        return chat_prompt(example.messages[:last], tokenizer, example.tools, example.where)
     return format_prompt(example.prompt, data)
 
 
@@ -68,66 +73,68 @@ def reference_answer(example: Example) -> str:
 # ---------------------------------------------------------------------------------------------- one example
 
 
-def encode(example: Example, tokenizer, data: Data) -> dict:
-    """Token ids plus a completion mask (1 = the loss sees this token) for one prompt/response or chat example."""
+def encode(example: Example, tokenizer, data: Data) -> list[dict]:
+    """Training rows for one example: token ids plus a completion mask (1 = the loss sees this token). A prompt/response
+    example is one row; a chat is one row or one per assistant turn (see `encode_chat`)."""
     if example.messages is not None:
-        return _encode_chat(example, tokenizer, data)
+        return encode_chat(example, tokenizer, data)[0]
     prompt_ids = tokenizer(format_prompt(example.prompt, data))["input_ids"] if example.prompt else []
     if not example.prompt and getattr(tokenizer, "bos_token_id", None) is not None:
         prompt_ids = [tokenizer.bos_token_id]
     response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     trained = 1 if data.train_on_prompt or not example.prompt else 0
-    return {
-        "input_ids": prompt_ids + response_ids,
-        "completion_mask": [trained] * len(prompt_ids) + [1] * len(response_ids),
-    }
-
-
-def _encode_chat(example: Example, tokenizer, data: Data) -> dict:
-    """The whole conversation tokenized once, exactly as inference will see it, with the assistant turns trained.
-
-    Each assistant turn's characters are found by rendering the conversation up to it: the text up to its header,
-    and the text up to its end, must both be prefixes of the whole rendering. A template that renders history
-    differently as the conversation grows (one that strips earlier reasoning, say) breaks that; then its
-    {% generation %} markers are used if it has them, else the example stops with a message naming the template.
-    """
-    messages, tools = example.messages, example.tools
-    if data.train_on_prompt:
-        ids = tokenizer(_render(tokenizer, messages, tools))["input_ids"]
-        return {"input_ids": ids, "completion_mask": [1] * len(ids)}
-    full = _render(tokenizer, messages, tools)
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        head = _render(tokenizer, messages[:i], tools, generation_prompt=True)
-        upto = _render(tokenizer, messages[: i + 1], tools)
-        if not (full.startswith(head) and full.startswith(upto) and len(upto) >= len(head)):
-            return _encode_with_generation_markers(example, tokenizer)
-        spans.append((len(head), len(upto)))
-    encoded = tokenizer(full, return_offsets_mapping=True)
-    mask = [
-        int(end > start and any(start < e and end > s for s, e in spans)) for start, end in encoded["offset_mapping"]
+    return [
+        {
+            "input_ids": prompt_ids + response_ids,
+            "completion_mask": [trained] * len(prompt_ids) + [1] * len(response_ids),
+        }
     ]
-    return {"input_ids": encoded["input_ids"], "completion_mask": mask}
 
 
-def _render(tokenizer, messages, tools, *, generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
+def encode_chat(example: Example, tokenizer, data: Data, history: str | None = None) -> tuple[list[dict], str]:
+    """(rows, the history choice used) for a conversation, each assistant turn trained on exactly the tokens the
+    model writes for it at inference (quickft/chat_template.py works them out), everything else masked. Tokens are
+    those of apply_chat_template(tokenize=True): the template writes BOS and every special token itself.
 
-
-def _encode_with_generation_markers(example: Example, tokenizer) -> dict:
-    if not re.search(r"\{%-?\s*generation\s*-?%\}", tokenizer.chat_template or ""):
-        raise UserError(
-            f"{example.where}: the chat template renders earlier turns differently as the conversation grows "
-            "(it changes or strips earlier assistant turns), so the assistant's tokens cannot be told apart",
-            hint="mark the assistant turns with {% generation %} ... {% endgeneration %} in data.chat_template, use "
-            'data.chat_template="chatml", or train on everything with data.train_on_prompt=true',
+    history (data.history unless given):
+      per_turn: one row per assistant turn, its prompt rendered as inference renders it then (the exact inference
+        distribution; each row repeats the conversation before it).
+      whole: the conversation rendered once; the turns the template keeps there are trained (a turn whose reasoning
+        the template drops from history is context only), with the end-of-turn token history has.
+      auto: whole where the rendering holds every turn exactly as the model writes it, else per_turn.
+    """
+    messages, tools, where = example.messages, example.tools, example.where
+    history = history or data.history
+    if data.train_on_prompt:
+        ids = chat_template.tokens(tokenizer, chat_template.render(tokenizer, messages, tools, where=where))
+        return [{"input_ids": ids, "completion_mask": [1] * len(ids)}], "whole"
+    turns = chat_template.turns(messages, tokenizer, tools, where)
+    if history in ("whole", "auto"):
+        full = chat_template.render(tokenizer, messages, tools, where=where)
+        spans = chat_template.whole_spans(full, messages, turns, tokenizer)
+        if history == "whole" or all(span and span[2] for span in spans):
+            return [_masked(full, [span[:2] for span in spans if span], tokenizer)], "whole"
+    rows = []
+    for turn in turns:
+        prompt_ids = chat_template.tokens(tokenizer, turn.prompt)
+        output_ids = chat_template.tokens(tokenizer, turn.output)
+        rows.append(
+            {"input_ids": prompt_ids + output_ids, "completion_mask": [0] * len(prompt_ids) + [1] * len(output_ids)}
         )
-    out = tokenizer.apply_chat_template(
-        example.messages, tools=example.tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
-    return {"input_ids": list(out["input_ids"]), "completion_mask": list(out["assistant_masks"])}
+    return rows, "per_turn"
+
+
+def _masked(text: str, spans: list[tuple[int, int]], tokenizer) -> dict:
+    """`text` tokenized once, a token trained when its characters fall in a span. A token whose offsets are empty
+    (post-processors that trim whitespace from offsets) counts at its position, never as masked by default."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = []
+    for start, end in encoded["offset_mapping"]:
+        if end > start:
+            mask.append(int(any(start < e and end > s for s, e in spans)))
+        else:
+            mask.append(int(any(s <= start < e for s, e in spans)))
+    return {"input_ids": encoded["input_ids"], "completion_mask": mask}
 
 
 # ---------------------------------------------------------------------------------------------- the pipeline
@@ -145,7 +152,11 @@ class Prepared:
     documents: int = 0
     """Text documents read; each becomes one or more `rows` (windows)."""
     lengths: list[int] = field(default_factory=list)
-    """Each example's (or document's) length in tokens before anything was cut: for length advice."""
+    """Each row's (or document's) length in tokens before anything was cut: for length advice."""
+    history: dict[str, int] = field(default_factory=dict)
+    """Conversations by how their history was trained (encode_chat): {"whole": n, "per_turn": m}."""
+    notes: list[str] = field(default_factory=list)
+    """What was done to the data that the header and `quickft data` should say (a system prompt folded, ...)."""
 
     @property
     def tokens(self) -> int:
@@ -176,15 +187,23 @@ def prepare(examples: list[Example], tokenizer, recipe: Recipe) -> Prepared:
     for ex in examples:
         if ex.document:
             continue
-        row = encode(ex, tokenizer, data)
-        prepared.lengths.append(len(row["input_ids"]))
-        fitted, note = fit(row, limit, data.too_long, bos=getattr(tokenizer, "bos_token_id", None))
-        if fitted is None:
-            prepared.dropped.append((ex.where, note))
+        if ex.messages is None:
+            rows, how = encode(ex, tokenizer, data), None
         else:
-            prepared.rows.append(fitted)
-            if note:
-                prepared.truncated.append((ex.where, note))
+            rows, how = encode_chat(ex, tokenizer, data)
+            prepared.history[how] = prepared.history.get(how, 0) + 1
+        for n, row in enumerate(rows, 1):
+            where = ex.where if len(rows) == 1 else f"{ex.where} (assistant turn {n})"
+            prepared.lengths.append(len(row["input_ids"]))
+            fitted, note = fit(row, limit, data.too_long, bos=getattr(tokenizer, "bos_token_id", None))
+            if fitted is None:
+                prepared.dropped.append((where, note))
+            else:
+                prepared.rows.append(fitted)
+                if note:
+                    prepared.truncated.append((where, note))
+    if prepared.history:
+        prepared.notes += chat_notes(tokenizer, data, prepared.history)
     if not prepared.rows:
         first = prepared.dropped[0][1] if prepared.dropped else "no examples"
         other = "" if data.too_long == "truncate" else ", or set data.too_long=truncate to cut the ends"
@@ -193,6 +212,20 @@ def prepare(examples: list[Example], tokenizer, recipe: Recipe) -> Prepared:
             hint=f"raise max_seq_length (`quickft data` recommends one){other}",
         )
     return prepared
+
+
+def chat_notes(tokenizer, data: Data, history: dict[str, int]) -> list[str]:
+    """The header's and `quickft data`'s lines on how conversations were trained."""
+    used = ", ".join(
+        f"{n} {'as one row' if how == 'whole' else 'one row per assistant turn'}" for how, n in history.items()
+    )
+    notes = [f"chat history (data.history={data.history}): {used}"]
+    if chat_template.style_of(tokenizer).folds_system:
+        notes.append(
+            f"{chat_template.template_name(tokenizer)} has no system role: each system prompt is put at the start of "
+            "the first user turn, as the model's documentation does"
+        )
+    return notes
 
 
 def fit(row: dict, limit: int, policy: str, *, bos: int | None = None) -> tuple[dict | None, str | None]:

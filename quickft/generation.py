@@ -35,8 +35,7 @@ def generate(
     try:
         i = 0
         while i < len(prompts):
-            batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=True)
-            batch = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+            batch = prompt_batch(tokenizer, prompts[i : i + batch_size], model.device)
             try:
                 with torch.no_grad():
                     out = model.generate(**batch, **_sampling(tokenizer, max_new_tokens, temperature, top_p))
@@ -56,14 +55,24 @@ def generate(
     return answers
 
 
+def prompt_batch(tokenizer, prompts: list[str], device) -> dict:
+    """Prompts as model inputs, padded on the tokenizer's side. A chat template's rendering (encode.ChatText) has its
+    special tokens already and gets none added, as apply_chat_template(tokenize=True) gives it; a prompt/response
+    prompt gets the tokenizer's own (BOS), as training gave it."""
+    from quickft.encode import ChatText
+
+    ids = [tokenizer(p, add_special_tokens=not isinstance(p, ChatText))["input_ids"] for p in prompts]
+    batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+    return {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+
+
 def greedy_ids(model, tokenizer, prompt: str, *, max_new_tokens: int) -> dict:
     """One prompt answered greedily, as `quickft chat` answers it (the same tokenization and generate arguments):
     its prompt ids, the generated ids (end-of-sequence included when reached) and the answer's text."""
     import torch
 
     model.eval()
-    batch = tokenizer(prompt, return_tensors="pt")
-    batch = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    batch = prompt_batch(tokenizer, [prompt], model.device)
     with torch.no_grad():
         out = model.generate(**batch, **_sampling(tokenizer, max_new_tokens, 0.0, 1.0))
     ids = out[0, batch["input_ids"].shape[1] :].tolist()
@@ -96,8 +105,7 @@ def stream(
     stop = stop or threading.Event()
     stats = stats if stats is not None else {}
     model.eval()
-    batch = tokenizer(prompt, return_tensors="pt")
-    batch = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    batch = prompt_batch(tokenizer, [prompt], model.device)
     started = time.perf_counter()
     streamer = Utf8Streamer(tokenizer, stats, started)
     errors = []

@@ -25,7 +25,9 @@ from quickft.errors import UserError
 
 LLAMA_CPP_PYTHON = "0.3.36"
 """The llama-cpp-python release `install` builds, and whose vendored llama.cpp converter it keeps (tested here)."""
-CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion", "gguf-py", "LICENSE")
+CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion", "gguf-py", "LICENSE", "models/templates")
+"""What `install` keeps of the vendored llama.cpp: the converter, its license, and llama.cpp's verbatim copies of
+published chat templates (models/templates, 300 kB), which quickft's chat-template tests train on."""
 
 
 def install_command() -> str:
@@ -275,7 +277,9 @@ def install() -> Path:
                 m
                 for m in archive.getmembers()
                 if m.name.startswith(prefix)
-                and m.name[len(prefix) :].split("/")[0] in CONVERTER_FILES
+                and any(
+                    m.name[len(prefix) :] == f or m.name[len(prefix) :].startswith(f + "/") for f in CONVERTER_FILES
+                )
                 and (m.isfile() or m.isdir())
             ]
             for member in members:

@@ -66,6 +66,13 @@ class Data:
     """How a prompt is shown to the model for prompt/response data; the response follows, then end-of-sequence."""
     chat_template: str | None = None
     """For chat data: "chatml", a Jinja template, or None to use the tokenizer's own."""
+    history: Literal["auto", "per_turn", "whole"] = "auto"
+    """For chat data, how conversations with several assistant turns are trained. Each assistant turn is trained on
+    the tokens the model writes for it at inference (its reasoning, content, tool calls and end-of-turn token).
+    per_turn: one row per assistant turn, the conversation before it rendered as inference renders it then (exact,
+    costs more tokens); whole: the conversation once, as the template renders it whole, training the turns it keeps
+    (a turn whose reasoning the template drops from history, as Qwen3's does, is context only); auto: whole where
+    the template keeps every turn as the model wrote it, else per_turn. `quickft data` shows each choice's cost."""
     question_column: str = "question"
     """The record key (JSON) or column (CSV, parquet) holding the prompt, for pairs; "prompt" is found too."""
     answer_column: str = "answer"

@@ -113,13 +113,13 @@ def test_encode_masks_the_prompt_and_ends_with_eos(tiny_model_dir, sums_file):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     data = Data(path=str(sums_file), prompt_template="Pregunta: {prompt}\nRespuesta: ")
     example = read_examples(sums_file, data)[7]
-    row = encode(example, tok, data)
+    (row,) = encode(example, tok, data)
     prompt_ids = tok(prompt_text(example, tok, data))["input_ids"]
     assert row["input_ids"][: len(prompt_ids)] == prompt_ids  # inference sees exactly the training prefix
     assert row["completion_mask"] == [0] * len(prompt_ids) + [1] * (len(row["input_ids"]) - len(prompt_ids))
     assert row["input_ids"][-1] == tok.eos_token_id
     assert tok.decode(row["input_ids"][len(prompt_ids) : -1]) == example.response
-    everything = encode(example, tok, Data(path="x", prompt_template=data.prompt_template, train_on_prompt=True))
+    (everything,) = encode(example, tok, Data(path="x", prompt_template=data.prompt_template, train_on_prompt=True))
     assert set(everything["completion_mask"]) == {1}
 
 
@@ -135,7 +135,7 @@ def test_encode_chat_trains_only_assistant_turns(tiny_model_dir, tmp_path):
         {"role": "assistant", "content": "6"},
     ]
     example = read(tmp_path, "c.jsonl", json.dumps({"messages": messages}))[0]
-    row = encode(example, tok, Data(path="c.jsonl"))
+    (row,) = encode(example, tok, Data(path="c.jsonl"))
     trained = tok.decode([i for i, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m])
     assert trained == "4<|im_end|>\n6<|im_end|>\n"
     assert tok.decode(row["input_ids"]) == tok.apply_chat_template(messages, tokenize=False)

@@ -163,7 +163,7 @@ def trained_text(row, tok) -> str:
 def test_only_assistant_turns_and_tool_calls_are_trained(chatml_tokenizer, name, trained):
     """System, user and tool-result turns are context; the model learns its answers and its tool calls."""
     example = read(name)[1][0]
-    row = encode(example, chatml_tokenizer, Data(path=name))
+    (row,) = encode(example, chatml_tokenizer, Data(path=name))
     assert trained_text(row, chatml_tokenizer) == trained
     rendered = chatml_tokenizer.apply_chat_template(example.messages, tools=example.tools, tokenize=False)
     assert chatml_tokenizer.decode(row["input_ids"]) == rendered  # exactly the sequence inference renders
@@ -183,27 +183,32 @@ REASONING_CHAT = [
 ]
 
 
-def test_a_template_that_rewrites_history_is_refused_by_name(chatml_tokenizer):
+def test_a_template_that_strips_history_reasoning_trains_each_turn_with_its_reasoning(chatml_tokenizer):
+    """A template that drops earlier reasoning: a row per assistant turn, each with the reasoning it was written with
+    (the whole rendering would have lost the first one); history=whole trains only what that rendering keeps."""
     from quickft.data import Example
+    from quickft.encode import encode_chat
 
     chatml_tokenizer.chat_template = STRIP_REASONING
     try:
-        with pytest.raises(UserError, match="renders earlier turns differently") as e:
-            encode(Example(messages=REASONING_CHAT, where="r.jsonl:1"), chatml_tokenizer, Data(path="r.jsonl"))
-        assert "{% generation %}" in e.value.hint and "r.jsonl:1" in e.value.message
-        # the same template with generation markers: the library's assistant mask is used, and is right
-        chatml_tokenizer.chat_template = STRIP_REASONING.replace(
-            "{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n",
-            "{% else %}{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|im_end|>\n"
-            "{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>\n{% endif %}{% endif %}",
-        ).replace(
-            "{{ m['content'].split('</think>')[-1] }}",
-            "{% generation %}{{ m['content'].split('</think>')[-1] }}{% endgeneration %}",
-        )
-        row = encode(Example(messages=REASONING_CHAT, where="r.jsonl:1"), chatml_tokenizer, Data(path="r.jsonl"))
-        assert trained_text(row, chatml_tokenizer) == "4<think>tres y tres</think>6<|im_end|>\n"
+        example = Example(messages=read_chat(REASONING_CHAT), where="r.jsonl:1")
+        rows, how = encode_chat(example, chatml_tokenizer, Data(path="r.jsonl"))
+        assert how == "per_turn"
+        assert [trained_text(r, chatml_tokenizer) for r in rows] == [
+            "<think>\ndos y dos\n</think>\n\n4<|im_end|>\n",
+            "<think>\ntres y tres\n</think>\n\n6<|im_end|>\n",
+        ]
+        (row,), how = encode_chat(example, chatml_tokenizer, Data(path="r.jsonl", history="whole"))
+        assert trained_text(row, chatml_tokenizer) == "<think>\ntres y tres\n</think>\n\n6<|im_end|>\n"
     finally:
         chatml_tokenizer.chat_template = CHATML
+
+
+def read_chat(messages):
+    """Messages through the chat reader (its <think> and reasoning_content handling)."""
+    from quickft.data import _messages
+
+    return _messages(messages, "chat", "r.jsonl:1")
 
 
 # ---------------------------------------------------------------------------------------------- counts

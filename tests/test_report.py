@@ -96,7 +96,7 @@ def test_tokens_per_second_counts_real_tokens(epoch_run, tiny_model_dir):
     held_out = {json.loads(line)["prompt"] for line in (epoch_run["dir"] / "samples.jsonl").read_text().splitlines()}
     train = [e for e in examples if f"Pregunta: {e.prompt}\nRespuesta: " not in held_out]
     assert len(train) == len(examples) - 5
-    tokens = sum(min(len(encode(e, tok, recipe.data)["input_ids"]), recipe.max_seq_length) for e in train)
+    tokens = sum(min(len(encode(e, tok, recipe.data)[0]["input_ids"]), recipe.max_seq_length) for e in train)
     assert s["train"]["tokens"] == tokens, "every non-padding token of one epoch, and nothing else"
     assert s["train"]["samples"] == len(train)
     # rates are over the time inside the training steps, by the spy's own clock

@@ -1,0 +1,367 @@
+"""Published chat templates, byte for byte as the model repositories ship them, each on a tiny tokenizer holding the
+template's special tokens: every assistant turn is trained on exactly what the model writes for it at inference.
+
+The templates come from installed packages, never from this repository: TRL keeps the original templates of the
+families it recognises (trl/chat_templates, both install routes), and `make install-gguf` keeps llama.cpp's copies
+(models/templates, fetched from the model repositories by llama.cpp's own script; the default route).
+
+The expectation is written here from each model's documented turn format, not from quickft's encoder: the trained
+tokens of a turn decode to EXPECTED[family](content, reasoning), and the untrained prompt before it is
+apply_chat_template(..., add_generation_prompt=True, tokenize=True) of the conversation so far, from transformers.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+from quickft import chat_template
+from quickft.data import Example
+from quickft.encode import chat_prompt, encode_chat
+from quickft.errors import UserError
+from quickft.recipe import Data
+
+
+def trl_template(name: str) -> Path:
+    return Path(find_spec("trl").submodule_search_locations[0]) / "chat_templates" / f"{name}.jinja"
+
+
+def llama_cpp_template(name: str) -> Path:
+    from quickft.llamacpp import kept_copy
+
+    return kept_copy() / "models" / "templates" / f"{name}.jinja"
+
+
+# family -> (template file, bos, eos, what the model writes for a turn: f(content, reasoning))
+def think(r):
+    return f"<think>\n{r}\n</think>\n\n" if r else ""
+
+
+TEMPLATES = {
+    "llama3": (trl_template("llama3"), "<|begin_of_text|>", "<|eot_id|>", lambda c, r: think(r) + c + "<|eot_id|>"),
+    "llama3.1": (
+        trl_template("llama3_1"),
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        lambda c, r: think(r) + c + "<|eot_id|>",
+    ),
+    "llama3.2": (
+        trl_template("llama3_2"),
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        lambda c, r: think(r) + c + "<|eot_id|>",
+    ),
+    "qwen2.5": (trl_template("qwen2_5"), None, "<|im_end|>", lambda c, r: think(r) + c + "<|im_end|>\n"),
+    "qwen3": (
+        trl_template("qwen3"),
+        None,
+        "<|im_end|>",
+        lambda c, r: f"<think>\n{r}\n</think>\n\n{c}<|im_end|>\n",
+    ),
+    "qwen3 (TRL's training template)": (
+        trl_template("qwen3_training"),
+        None,
+        "<|im_end|>",
+        lambda c, r: f"<think>\n{r}\n</think>\n\n{c}<|im_end|>\n",
+    ),
+    "qwen3-2507": (
+        trl_template("qwen3_instruct_2507"),
+        None,
+        "<|im_end|>",
+        lambda c, r: think(r) + c + "<|im_end|>\n",
+    ),
+    "deepseek-r1-distill": (
+        trl_template("deepseek_r1_distill"),
+        "<｜begin▁of▁sentence｜>",
+        "<｜end▁of▁sentence｜>",
+        lambda c, r: f"{r}\n</think>\n\n{c}<｜end▁of▁sentence｜>" if r else f"\n</think>\n\n{c}<｜end▁of▁sentence｜>",
+    ),
+    "gemma2": (trl_template("gemma"), "<bos>", "<eos>", lambda c, r: think(r) + c + "<end_of_turn>\n"),
+    "gemma3": (trl_template("gemma3"), "<bos>", "<eos>", lambda c, r: think(r) + c + "<end_of_turn>\n"),
+    "phi3.5": (trl_template("phi3_5"), "<s>", "<|endoftext|>", lambda c, r: think(r) + c + "<|end|>\n<|endoftext|>"),
+    "gpt-oss": (
+        trl_template("gptoss"),
+        "<|startoftext|>",
+        "<|return|>",
+        lambda c, r: (
+            (f"<|channel|>analysis<|message|>{r}<|end|><|start|>assistant" if r else "")
+            + f"<|channel|>final<|message|>{c}<|return|>"
+        ),
+    ),
+    "lfm2.5": (
+        trl_template("lfm2_2_5"),
+        "<|startoftext|>",
+        "<|im_end|>",
+        lambda c, r: (f"<think>{r}</think>" if r else "") + c + "<|im_end|>\n",
+    ),
+    # llama.cpp's copies (the default route keeps them with the GGUF tools)
+    "llama3.1 (meta-llama)": (
+        llama_cpp_template("meta-llama-Llama-3.1-8B-Instruct"),
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        lambda c, r: think(r) + c + "<|eot_id|>",
+    ),
+    "llama3.3": (
+        llama_cpp_template("meta-llama-Llama-3.3-70B-Instruct"),
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        lambda c, r: think(r) + c + "<|eot_id|>",
+    ),
+    "qwen3-0.6b": (
+        llama_cpp_template("Qwen-Qwen3-0.6B"),
+        None,
+        "<|im_end|>",
+        lambda c, r: f"<think>\n{r}\n</think>\n\n{c}<|im_end|>\n",
+    ),
+    "gemma2 (google)": (
+        llama_cpp_template("google-gemma-2-2b-it"),
+        "<bos>",
+        "<eos>",
+        lambda c, r: think(r) + c + "<end_of_turn>\n",
+    ),
+    "mistral-nemo": (
+        llama_cpp_template("mistralai-Mistral-Nemo-Instruct-2407"),
+        "<s>",
+        "</s>",
+        lambda c, r: think(r) + c + "</s>",
+    ),
+    "mistral-small-3.2": (
+        llama_cpp_template("Mistral-Small-3.2-24B-Instruct-2506"),
+        "<s>",
+        "</s>",
+        lambda c, r: think(r) + c + "</s>",
+    ),
+    "phi3.5 (microsoft)": (
+        llama_cpp_template("microsoft-Phi-3.5-mini-instruct"),
+        "<s>",
+        "<|endoftext|>",
+        lambda c, r: think(r) + c + "<|end|>\n<|endoftext|>",
+    ),
+    "gpt-oss-120b": (
+        llama_cpp_template("openai-gpt-oss-120b"),
+        "<|startoftext|>",
+        "<|return|>",
+        lambda c, r: (
+            (f"<|channel|>analysis<|message|>{r}<|end|><|start|>assistant" if r else "")
+            + f"<|channel|>final<|message|>{c}<|return|>"
+        ),
+    ),
+    "smollm3": (
+        llama_cpp_template("HuggingFaceTB-SmolLM3-3B"),
+        None,
+        "<|im_end|>",
+        lambda c, r: think(r) + c + "<|im_end|>\n",
+    ),
+    "granite3.3": (
+        llama_cpp_template("ibm-granite-granite-3.3-2B-Instruct"),
+        "<|end_of_text|>",
+        "<|end_of_text|>",
+        lambda c, r: think(r) + c + "<|end_of_text|>\n",
+    ),
+    "lfm2.5-instruct": (
+        llama_cpp_template("LFM2.5-Instruct"),
+        "<|startoftext|>",
+        "<|im_end|>",
+        lambda c, r: think(r) + c + "<|im_end|>\n",
+    ),
+}
+
+SPECIAL = re.compile(
+    r"<\|[^<>|\s]{1,40}\|>|<｜[^｜\s]{1,40}｜>|<(?:start|end)_of_turn>|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS"
+    r"|TOOL_CALLS|TOOL_RESULTS|TOOL_CONTENT|THINK)\]|</?s>|<bos>|<eos>"
+)
+CORPUS = [
+    "¿Cuánto es 7 × 8? Son 56. El tren sale de Madrid a las ocho.",
+    "北京是中国的首都。我们一起学习数学吧。",
+    "The quick brown fox jumps over the lazy dog; 2 + 2 = 4.",
+    'tool weather {"city": "Lima"} think answer assistant user system',
+]
+
+
+def tokenizer_for(family: str):
+    """A tiny byte-level BPE tokenizer with the template's special tokens, its BOS added by the post-processor as
+    the real tokenizers add it (so a template that writes bos_token too would show a second one)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    path, bos, eos, _ = TEMPLATES[family]
+    template = path.read_text(encoding="utf-8")
+    specials = sorted(set(SPECIAL.findall(template)) | {t for t in (bos, eos) if t} | {"<pad>"})
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.add_tokens(["<think>", "</think>", "<tool_call>", "</tool_call>"])
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token="<pad>", chat_template=template
+    )
+
+
+def available(family: str):
+    path = TEMPLATES[family][0]
+    return pytest.param(
+        family, marks=pytest.mark.skipif(not path.is_file(), reason=f"{path} is not here (make install-gguf keeps it)")
+    )
+
+
+FAMILIES = [available(f) for f in TEMPLATES]
+
+SYSTEM = {"role": "system", "content": "Eres un tutor de matemáticas. 用中文或西班牙语回答。"}
+TALK = [
+    {"role": "user", "content": "¿Cuánto es 7 × 8?"},
+    {"role": "assistant", "content": "Son 56."},
+    {"role": "user", "content": "北京是哪个国家的首都？"},
+    {"role": "assistant", "content": "北京是中国的首都。"},
+    {"role": "user", "content": "And 2 + 2?"},
+    {"role": "assistant", "content": "It is 4."},
+]
+REASONING = [
+    {"role": "user", "content": "¿Cuánto es 12 + 30?"},
+    {"role": "assistant", "content": "42", "reasoning": "12 más 30 son 42."},
+    {"role": "user", "content": "¿Y 5 × 5?"},
+    {"role": "assistant", "content": "25", "reasoning": "cinco por cinco: 25"},
+]
+
+
+def trained(row, tok) -> str:
+    return tok.decode([i for i, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m])
+
+
+def native(messages: list[dict], family: str) -> list[dict]:
+    """The messages as this family's users write them for transformers: reasoning in the model's own field, or
+    inline before the answer where the template has none."""
+    out = []
+    for m in messages:
+        m = dict(m)
+        r = m.pop("reasoning", None)
+        if r and (family.startswith(("qwen3 ", "qwen3-0")) or family in ("qwen3", "gpt-oss", "gpt-oss-120b", "lfm2.5")):
+            m["reasoning_content" if family.startswith("qwen3") else "thinking"] = r
+        elif r and not family.startswith("deepseek"):
+            m["content"] = think(r) + m["content"]
+        out.append(m)
+    return out
+
+
+def prompt_ids(tok, messages, family):
+    messages = native(messages, family)
+    if (
+        family.startswith("gemma2") and messages[0]["role"] == "system"
+    ):  # Gemma's documented way: into the first user turn
+        messages = [
+            {"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]},
+            *messages[2:],
+        ]
+    return list(
+        tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("conversation", ["multi_turn", "system", "reasoning"])
+def test_each_assistant_turn_is_trained_as_the_model_writes_it(family, conversation):
+    """per_turn: row k = the prompt inference builds before assistant turn k (untrained), then the turn exactly as
+    the model writes it (trained). One BOS, the one the template writes."""
+    tok = tokenizer_for(family)
+    messages = {"multi_turn": TALK, "system": [SYSTEM, *TALK], "reasoning": REASONING}[conversation]
+    example = Example(messages=messages, where="chat.jsonl:1")
+    rows, how = encode_chat(example, tok, Data(path="chat.jsonl"), history="per_turn")
+    answers = [m for m in messages if m["role"] == "assistant"]
+    assert how == "per_turn" and len(rows) == len(answers)
+    for row, k in zip(rows, [i for i, m in enumerate(messages) if m["role"] == "assistant"], strict=True):
+        expected = TEMPLATES[family][3](messages[k]["content"], messages[k].get("reasoning", ""))
+        assert trained(row, tok) == expected
+        n = row["completion_mask"].index(1)
+        assert set(row["completion_mask"][n:]) == {1}
+        assert row["input_ids"][:n] == prompt_ids(tok, messages[:k], family)
+        if tok.bos_token_id is not None:
+            assert row["input_ids"][:2] != [tok.bos_token_id] * 2  # the template's BOS, no second one added
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chat_prompts_are_the_generation_prompt_transformers_renders(family):
+    """`quickft chat` gives the model exactly apply_chat_template(..., add_generation_prompt=True)."""
+    from quickft.generation import prompt_batch
+
+    tok = tokenizer_for(family)
+    history = [SYSTEM, *TALK[:4], {"role": "user", "content": "¿Y 3 + 3?"}]
+    batch = prompt_batch(tok, [chat_prompt(history, tok)], "cpu")
+    assert batch["input_ids"][0].tolist() == prompt_ids(tok, history, family)
+
+
+# How a turn looks in the history of a longer conversation, where that differs from the turn as the model wrote it.
+HISTORY = {
+    "qwen3": lambda c, r: c + "<|im_end|>\n",  # no <think> block in history
+    "qwen3-0.6b": lambda c, r: c + "<|im_end|>\n",
+    "deepseek-r1-distill": lambda c, r: c + "<｜end▁of▁sentence｜>",  # never a <think> block, the last turn too
+    "phi3.5": lambda c, r: think(r) + c + "<|end|>\n",  # EOS only after the last message
+    "phi3.5 (microsoft)": lambda c, r: think(r) + c + "<|end|>\n",
+    "gpt-oss": lambda c, r: f"<|channel|>final<|message|>{c}<|end|>",  # <|end|>, the last turn has <|return|>
+    "gpt-oss-120b": lambda c, r: f"<|channel|>final<|message|>{c}<|end|>",
+}
+DROPS_REASONING = {"qwen3", "qwen3-0.6b", "deepseek-r1-distill", "gpt-oss", "gpt-oss-120b", "lfm2.5", "lfm2.5-instruct"}
+"""Templates that leave past reasoning out of history (DeepSeek-R1-Distill: out of every turn). TRL's Qwen3 training
+template keeps it in every turn, and so keeps the whole history as the model wrote it."""
+
+
+def whole_expectation(family: str, messages: list[dict]) -> str:
+    """The trained text of history=whole: each turn as the whole rendering holds it, nothing where reasoning is lost."""
+    last = TEMPLATES[family][3]
+    turns = [m for m in messages if m["role"] == "assistant"]
+    text = ""
+    for n, m in enumerate(turns, 1):
+        c, r = m["content"], m.get("reasoning", "")
+        if r and (family in DROPS_REASONING and (n < len(turns) or family.startswith("deepseek"))):
+            continue
+        final = n == len(turns) and not family.startswith("deepseek")
+        text += last(c, r) if final or family not in HISTORY else HISTORY[family](c, r)
+    return text
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("conversation", ["multi_turn", "system", "reasoning"])
+def test_whole_conversation_once_trains_each_turn_as_history_renders_it(family, conversation):
+    """history=whole: the tokens are apply_chat_template(whole conversation, tokenize=True); each assistant turn is
+    trained with the end-of-turn token the history gives it, and a turn whose reasoning history drops is context.
+    auto picks one row wherever history keeps every turn exactly as the model wrote it, else a row per turn."""
+    tok = tokenizer_for(family)
+    messages = {"multi_turn": TALK, "system": [SYSTEM, *TALK], "reasoning": REASONING}[conversation]
+    example = Example(messages=messages, where="chat.jsonl:1")
+    (row,), how = encode_chat(example, tok, Data(path="chat.jsonl"), history="whole")
+    assert how == "whole"
+    full = native(messages, family)
+    if family.startswith("gemma2") and conversation == "system":
+        full = [{"role": "user", "content": SYSTEM["content"] + "\n\n" + TALK[0]["content"]}, *TALK[1:]]
+    assert row["input_ids"] == list(tok.apply_chat_template(full, tokenize=True, return_dict=True)["input_ids"])
+    assert trained(row, tok) == whole_expectation(family, messages)
+    _, chosen = encode_chat(example, tok, Data(path="chat.jsonl"))
+    keeps = family not in HISTORY and (conversation != "reasoning" or family not in DROPS_REASONING)
+    assert chosen == ("whole" if keeps else "per_turn")
+
+
+def test_a_template_error_is_a_clear_refusal_naming_the_record():
+    """Gemma's "roles must alternate" (two user turns in a row) is the template's own rule: exit 2 with its words."""
+    tok = tokenizer_for("gemma2")
+    twice = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]
+    with pytest.raises(UserError, match=r"chat.jsonl:7: the chat template .* rejected it: .*must alternate"):
+        encode_chat(Example(messages=twice, where="chat.jsonl:7"), tok, Data(path="chat.jsonl"))
+
+
+def test_system_prompts_fold_into_the_first_user_turn_only_where_the_template_has_no_system_role():
+    gemma, llama = tokenizer_for("gemma2"), tokenizer_for("llama3.1")
+    assert "Eres un tutor" in chat_prompt([SYSTEM, TALK[0]], gemma)
+    assert chat_template.style_of(gemma).folds_system and not chat_template.style_of(llama).folds_system
+    chat_prompt([SYSTEM, TALK[0]], llama)
+    assert not chat_template.style_of(llama).folds_system
