@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from quickft.chat_template import opens_thinking, split_thinking
 from quickft.encode import chat_prompt, format_prompt
 from quickft.errors import UserError
 from quickft.recipe import Recipe, Scratch, recipe_from_dict
@@ -43,6 +44,8 @@ class Session:
     example: str | None = None
     """A message as the model saw them in training (the user's part of a test case), to show the framing."""
     base_label: str = "base model"
+    show_thinking: bool = True
+    """A reasoning model's thinking (<think>...</think>) is shown dim; False hides it (--hide-thinking)."""
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -173,22 +176,65 @@ def turn(session: Session, user_text: str, *, out=None, err: Console | None = No
     prompt = build_prompt(session, user_text)
     stats: dict = {}
     pieces = []
+    view = ThinkingView(out, thinking=opens_thinking(prompt), show=session.show_thinking)
     try:
         for piece in stream(session.model, session.tokenizer, prompt, stats=stats, **_gen_kwargs(session)):
             pieces.append(piece)
-            out.write(piece)
-            out.flush()
+            view.write(piece)
     except KeyboardInterrupt:
         err.print("[dim](stopped)[/dim]")
+    view.flush()
     out.write("\n")
     out.flush()
-    answer = "".join(pieces).strip()
-    if session.style == "chat":
-        session.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]
+    reasoning, answer = split_thinking("".join(pieces), opens_thinking(prompt))
+    if session.style == "chat":  # the history as the template expects it: the reasoning apart from the answer
+        reply = {"role": "assistant", "content": answer} | ({"reasoning": reasoning} if reasoning else {})
+        session.history += [{"role": "user", "content": user_text}, reply]
     err.print(f"[dim]{escape(timing_text(stats))}[/dim]", highlight=False)
     if not answer:
         err.print(f"[yellow]empty answer[/yellow]: {escape(empty_hint(session))}", highlight=False)
     return answer
+
+
+class ThinkingView:
+    """Writes an answer as it streams, the reasoning between <think> and </think> dim (ANSI, on a terminal) or
+    left out. A tag split across pieces is held back until it is whole."""
+
+    OPEN, CLOSE = "<think>", "</think>"
+
+    def __init__(self, out, *, thinking: bool = False, show: bool = True):
+        self.out, self.thinking, self.show = out, thinking, show
+        self.styled = hasattr(out, "isatty") and out.isatty()
+        self.pending = ""
+
+    def write(self, piece: str) -> None:
+        self.pending += piece
+        while self.pending:
+            tag = self.CLOSE if self.thinking else self.OPEN
+            at = self.pending.find(tag)
+            if at >= 0:
+                self._emit(self.pending[:at])
+                self.pending = self.pending[at + len(tag) :]
+                self.thinking = not self.thinking
+                if not self.thinking:
+                    self.pending = self.pending.lstrip("\n")
+                    if self.show:
+                        self.out.write("\n")
+                continue
+            keep = max((k for k in range(1, len(tag)) if self.pending.endswith(tag[:k])), default=0)
+            self._emit(self.pending[: len(self.pending) - keep])
+            self.pending = self.pending[len(self.pending) - keep :]
+            break
+
+    def flush(self) -> None:
+        self._emit(self.pending)
+        self.pending = ""
+
+    def _emit(self, text: str) -> None:
+        if not text or (self.thinking and not self.show):
+            return
+        self.out.write(f"\x1b[2m{text}\x1b[0m" if self.thinking and self.styled else text)
+        self.out.flush()
 
 
 def empty_hint(session: Session) -> str:
@@ -312,6 +358,7 @@ def main(
     seed: int | None = None,
     compare_base: bool = False,
     system: str | None = None,
+    hide_thinking: bool = False,
 ) -> None:
     err = Console(stderr=True, soft_wrap=True)
     if system is not None:  # checked before the (slow) model load
@@ -328,6 +375,7 @@ def main(
         err.print("[dim]loading the model ...[/dim]", highlight=False)
         session = load_session(run_dir, with_base=compare_base)
     session.system = system
+    session.show_thinking = not hide_thinking
     for key, value in (("temperature", temperature), ("top_p", top_p), ("max_new_tokens", max_new_tokens)):
         if value is not None:
             session.params[key] = value

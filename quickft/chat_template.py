@@ -193,6 +193,27 @@ def _after_generation_prompt(prompt, full, before, content, reasoning, tokenizer
     )
 
 
+# ---------------------------------------------------------------------------------------------- generated text
+
+
+def opens_thinking(prompt: str) -> bool:
+    """Whether the prompt leaves the model inside a <think> block (DeepSeek-R1's generation prompt opens one)."""
+    return prompt.rfind("<think>") > prompt.rfind("</think>")
+
+
+def split_thinking(text: str, inside: bool = False) -> tuple[str, str]:
+    """(reasoning, answer) of a generated text: what stands in <think>...</think> at its start, and the rest."""
+    body = text if inside else text.lstrip()
+    if not inside:
+        if not body.startswith("<think>"):
+            return "", text.strip()
+        body = body[len("<think>") :]
+    reasoning, closed, answer = body.partition("</think>")
+    if not closed:  # stopped while thinking
+        return reasoning.strip(), ""
+    return reasoning.strip(), answer.strip()
+
+
 # ---------------------------------------------------------------------------------------------- the whole rendering
 
 

@@ -159,6 +159,9 @@ def chat(
         str | None,
         typer.Option("--system", metavar="TEXT", help="A system prompt for every conversation (chat-format runs)."),
     ] = None,
+    hide_thinking: Annotated[
+        bool, typer.Option("--hide-thinking", help="Leave a reasoning model's <think> block out (shown dim otherwise).")
+    ] = False,
 ) -> None:
     """Talk to what a run produced: streaming, multi-turn for chat data, /reset /params /exit."""
     from quickft.chat import main as chat_main
@@ -172,6 +175,7 @@ def chat(
         seed=seed,
         compare_base=compare_base,
         system=system,
+        hide_thinking=hide_thinking,
     )
 
 

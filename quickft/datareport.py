@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from quickft.encode import prepare
+from quickft.encode import history_costs, prepare
 from quickft.recipe import Scratch, load_recipe
 
 PERCENTILES = (50, 90, 95, 99)
@@ -74,7 +74,9 @@ def build_report(recipe_path: str, overrides: list[str]) -> tuple[dict, object, 
         "counts": split.counts(prepared),
         "dropped": [{"where": w, "reason": r} for w, r in split.dropped + prepared.dropped],
         "truncated": [{"where": w, "how": h} for w, h in prepared.truncated],
-        "notes": split.notes,
+        "notes": split.notes + prepared.notes,
+        "history": prepared.history,
+        "history_costs": history_costs(split.train, tokenizer, recipe) if prepared.history else {},
         "tokens": {
             "min": lengths[0],
             **{f"p{p}": percentile(lengths, p) for p in PERCENTILES},
@@ -174,6 +176,12 @@ def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool
         table.add_row("", f"cut {d['where']}: {d['how']}")
     for note in report["notes"]:
         table.add_row("note", note)
+    for how, cost in report["history_costs"].items():
+        chosen = " (used)" if set(report["history"]) == {how} else ""
+        table.add_row(
+            f"history={how}",
+            f"{cost['rows']:,} rows, {cost['tokens']:,} tokens, {cost['trained_tokens']:,} trained{chosen}",
+        )
     table.add_row(
         f"token lengths ({report['lengths_of']})",
         f"min {t['min']} · p50 {t['p50']} · p90 {t['p90']} · p95 {t['p95']} · p99 {t['p99']} · max {t['max']}",

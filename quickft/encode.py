@@ -125,15 +125,17 @@ def encode_chat(example: Example, tokenizer, data: Data, history: str | None = N
 
 
 def _masked(text: str, spans: list[tuple[int, int]], tokenizer) -> dict:
-    """`text` tokenized once, a token trained when its characters fall in a span. A token whose offsets are empty
-    (post-processors that trim whitespace from offsets) counts at its position, never as masked by default."""
+    """`text` tokenized once, a token trained when its characters fall in a span. A token with empty offsets (a
+    post-processor that trims whitespace from offsets, as ByteLevel(trim_offsets=True) does) stands where the token
+    before it ended: its characters come next."""
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    mask = []
+    mask, last_end = [], 0
     for start, end in encoded["offset_mapping"]:
         if end > start:
             mask.append(int(any(start < e and end > s for s, e in spans)))
         else:
-            mask.append(int(any(s <= start < e for s, e in spans)))
+            mask.append(int(any(s <= last_end < e for s, e in spans)))
+        last_end = max(last_end, end)
     return {"input_ids": encoded["input_ids"], "completion_mask": mask}
 
 
@@ -194,6 +196,9 @@ def prepare(examples: list[Example], tokenizer, recipe: Recipe) -> Prepared:
             prepared.history[how] = prepared.history.get(how, 0) + 1
         for n, row in enumerate(rows, 1):
             where = ex.where if len(rows) == 1 else f"{ex.where} (assistant turn {n})"
+            if not any(row["completion_mask"]):
+                prepared.dropped.append((where, NOTHING_TRAINED))
+                continue
             prepared.lengths.append(len(row["input_ids"]))
             fitted, note = fit(row, limit, data.too_long, bos=getattr(tokenizer, "bos_token_id", None))
             if fitted is None:
@@ -212,6 +217,27 @@ def prepare(examples: list[Example], tokenizer, recipe: Recipe) -> Prepared:
             hint=f"raise max_seq_length (`quickft data` recommends one){other}",
         )
     return prepared
+
+
+NOTHING_TRAINED = (
+    "nothing to train: the whole rendering keeps no assistant turn as the model wrote it (the template drops its "
+    "reasoning); data.history=per_turn trains each turn"
+)
+
+
+def history_costs(examples: list[Example], tokenizer, recipe: Recipe) -> dict[str, dict]:
+    """For chat data, what each data.history choice costs: rows, tokens and trained tokens (before max_seq_length)."""
+    costs = {}
+    for how in ("per_turn", "whole"):
+        rows = [
+            r for ex in examples if ex.messages is not None for r in encode_chat(ex, tokenizer, recipe.data, how)[0]
+        ]
+        costs[how] = {
+            "rows": sum(any(r["completion_mask"]) for r in rows),
+            "tokens": sum(len(r["input_ids"]) for r in rows if any(r["completion_mask"])),
+            "trained_tokens": sum(sum(r["completion_mask"]) for r in rows),
+        }
+    return costs
 
 
 def chat_notes(tokenizer, data: Data, history: dict[str, int]) -> list[str]:

@@ -240,8 +240,12 @@ def matches(answer: str, expected: str, how: str) -> bool:
 
 def score_cases(model, tokenizer, cases: list[tuple[str, str]], *, how: str, max_new_tokens: int) -> list[dict]:
     """Answer each (prompt text, expected) case greedily and score it; `quickft run` and `quickft eval` share this."""
+    from quickft.chat_template import opens_thinking, split_thinking
+
     answers = generate(model, tokenizer, [p for p, _ in cases], max_new_tokens=max_new_tokens)
-    return [
-        {"prompt": p, "reference": e, "answer": a, "correct": matches(a, e, how)}
-        for (p, e), a in zip(cases, answers, strict=True)
-    ]
+    scored = []
+    for (p, e), a in zip(cases, answers, strict=True):
+        reasoning, final = split_thinking(a, opens_thinking(p))  # a reasoning model is scored on its answer
+        row = {"prompt": p, "reference": e, "answer": final, "correct": matches(final, e, how)}
+        scored.append(row | ({"reasoning": reasoning} if reasoning else {}))
+    return scored

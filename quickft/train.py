@@ -315,7 +315,7 @@ def show_header(recipe, choice, trainer, model, model_path, split: Split, data: 
         dropped=split.dropped + data.prepared.dropped,
         truncated=data.prepared.truncated,
         documents=data.prepared.documents,
-        notes=split.notes,
+        notes=split.notes + data.prepared.notes,
         n_eval=len(split.eval),
         n_cases=len(split.cases),
     )
@@ -487,9 +487,16 @@ def training_tokenizer(tokenizer, recipe: Recipe, examples: list[Example]) -> No
 
     prepare_tokenizer(tokenizer, recipe, training=True)
     if any(ex.messages is not None for ex in examples) and not tokenizer.chat_template:
+        vocab = tokenizer.get_vocab()
+        if "<|im_start|>" in vocab and "<|im_end|>" in vocab:
+            hint = 'its tokenizer has ChatML\'s tokens: set data=Data(..., chat_template="chatml") in the recipe'
+        else:
+            hint = (
+                "train from the model's instruct/chat version (its tokenizer has the template), or give "
+                "data.chat_template a Jinja template written with this tokenizer's own special tokens"
+            )
         raise UserError(
-            f"{recipe.data.path}: chat data, but the tokenizer of {recipe.model} has no chat template",
-            hint='set data=Data(..., chat_template="chatml") in the recipe',
+            f"{recipe.data.path}: chat data, but the tokenizer of {recipe.model} has no chat template", hint=hint
         )
 
 

@@ -365,3 +365,168 @@ def test_system_prompts_fold_into_the_first_user_turn_only_where_the_template_ha
     assert chat_template.style_of(gemma).folds_system and not chat_template.style_of(llama).folds_system
     chat_prompt([SYSTEM, TALK[0]], llama)
     assert not chat_template.style_of(llama).folds_system
+
+
+def test_tokens_with_trimmed_offsets_stay_in_the_answer_they_belong_to():
+    """ByteLevel(trim_offsets=True) gives whitespace-only tokens empty offsets; they are trained where they stand."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from quickft.encode import CHATML
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", chat_template=CHATML)
+    messages = [{"role": "user", "content": "hola"}, {"role": "assistant", "content": "son  56   ,  sí"}]
+    offsets = fast(fast.apply_chat_template(messages, tokenize=False), return_offsets_mapping=True)["offset_mapping"]
+    assert any(a == b for a, b in offsets), (
+        "the tokenizer must give some token empty offsets for this test to mean much"
+    )
+    (row,), _ = encode_chat(Example(messages=messages, where="x:1"), fast, Data(path="x", history="whole"))
+    assert trained(row, fast) == "son  56   ,  sí<|im_end|>\n"
+
+
+# ---------------------------------------------------------------------------------------------- chat, and the CLI
+
+
+def test_chat_shows_thinking_apart_and_sends_history_back_as_the_template_expects():
+    import io
+
+    from quickft.chat import ThinkingView
+
+    pieces = ["<thi", "nk>\nhmm,", " 12 + 30</th", "ink>\n\n", "42"]
+    for show, expected in ((True, "\nhmm, 12 + 30\n42"), (False, "42")):
+        out = io.StringIO()
+        view = ThinkingView(out, show=show)
+        for piece in pieces:
+            view.write(piece)
+        view.flush()
+        assert out.getvalue() == expected
+    assert chat_template.split_thinking("".join(pieces)) == ("hmm, 12 + 30", "42")
+    r1 = tokenizer_for("deepseek-r1-distill")
+    prompt = chat_prompt([TALK[0]], r1)
+    assert chat_template.opens_thinking(prompt)  # R1's generation prompt opens <think>: the answer starts inside it
+    assert chat_template.split_thinking("hmm\n</think>\n\nSon 56.", inside=True) == ("hmm", "Son 56.")
+    qwen3 = tokenizer_for("qwen3")
+    history = [REASONING[0], REASONING[1], REASONING[2]]
+    transformers_prompt = qwen3.apply_chat_template(
+        native(history, "qwen3"), tokenize=False, add_generation_prompt=True
+    )
+    assert chat_prompt(history, qwen3) == transformers_prompt and REASONING[1]["reasoning"] not in transformers_prompt
+
+
+def model_dir_for(family: str, where: Path) -> Path:
+    """A tiny random Llama with this family's tokenizer and chat template, saved like a hub checkpoint."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tokenizer_for(family)
+    tok.save_pretrained(where)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(where)
+    return where
+
+
+def write_chat_file(path: Path, conversations: list[list[dict]]) -> Path:
+    import json
+
+    records = []
+    for messages in conversations:
+        records.append(
+            {"messages": [{k if k != "reasoning" else "reasoning_content": v for k, v in m.items()} for m in messages]}
+        )
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
+    return path
+
+
+def test_quickft_data_shows_qwen3_reasoning_trained_and_what_each_history_choice_costs(tmp_path, capsys):
+    """`quickft data --show` on Qwen3 conversations with reasoning_content: the rows and tokens of each choice,
+    recomputed here with transformers' apply_chat_template and the expected turn text."""
+    import json
+
+    from quickft.cli import main
+    from tests.conftest import write_recipe
+
+    model = model_dir_for("qwen3", tmp_path / "qwen3-tiny")
+    tok = tokenizer_for("qwen3")
+    conversations = [REASONING, [SYSTEM, *REASONING], [REASONING[0], REASONING[1]]] * 3
+    data = write_chat_file(tmp_path / "chat.jsonl", conversations)
+    recipe = write_recipe(
+        tmp_path / "r.py",
+        f"recipe = Recipe(model={str(model)!r}, data=Data(path={str(data)!r}, holdout=0), max_seq_length=512)\n",
+    )
+    assert main(["data", str(recipe), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    conversations = conversations[:3]  # the same three, then duplicates, which the reader drops
+    per_turn_tokens = whole_tokens = 0
+    for messages in conversations:
+        for k, m in enumerate(messages):
+            if m["role"] == "assistant":
+                output = TEMPLATES["qwen3"][3](m["content"], m["reasoning"])
+                per_turn_tokens += len(prompt_ids(tok, messages[:k], "qwen3")) + len(tok(output)["input_ids"])
+        whole_tokens += len(
+            tok.apply_chat_template(native(messages, "qwen3"), tokenize=True, return_dict=True)["input_ids"]
+        )
+    costs = report["history_costs"]
+    assert costs["per_turn"]["rows"] == 2 + 2 + 1 and costs["per_turn"]["tokens"] == per_turn_tokens
+    assert costs["whole"]["rows"] == 3 and costs["whole"]["tokens"] == whole_tokens
+    assert report["history"] == {"per_turn": 2, "whole": 1}  # auto: one turn alone needs no second row
+    assert report["counts"]["rows"] == 5 and report["tokens"]["total"] == per_turn_tokens
+    assert main(["data", str(recipe), "--show", "2"]) == 0
+    shown = capsys.readouterr().out
+    assert "history=per_turn" in shown and f"{per_turn_tokens:,} tokens" in shown and "(used)" not in shown
+    assert "12 más 30 son 42." in shown and "<think>" in shown  # the reasoning, as trained
+
+
+def test_gemma2_with_system_prompts_trains_and_chats_with_the_prompt_folded(tmp_path, capsys):
+    """Gemma 2 has no system role: the run trains (no crash), says how the system prompt was placed, and chat's
+    prompt is the same folding."""
+    import json
+
+    from quickft.cli import main
+    from tests.conftest import write_recipe
+
+    model = model_dir_for("gemma2", tmp_path / "gemma2-tiny")
+    conversations = [
+        [SYSTEM, {"role": "user", "content": f"{a} + {b}"}, {"role": "assistant", "content": str(a + b)}]
+        for a in range(6)
+        for b in range(5)
+    ]
+    data = write_chat_file(tmp_path / "chat.jsonl", conversations)
+    recipe = write_recipe(
+        tmp_path / "g.py",
+        f"""
+        recipe = Recipe(
+            model={str(model)!r}, data=Data(path={str(data)!r}, holdout=2), lora=LoRA(r=2, alpha=4),
+            max_seq_length=128, micro_batch_size=4, max_steps=2, max_new_tokens=4, backend="peft",
+        )
+        """,
+    )
+    run = tmp_path / "run"
+    assert main(["run", str(recipe), "--output-dir", str(run)]) == 0
+    err = capsys.readouterr()
+    assert "no system role" in err.out + err.err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["data"]["rows"] == len(conversations) - 2
+    assert main(["chat", str(run), "--prompt", "2 + 2", "--system", "Eres breve.", "--max-new-tokens", "2"]) == 0
