@@ -17,6 +17,7 @@ from rich.text import Text
 
 from quickft.encode import history_costs, prepare
 from quickft.recipe import Scratch, load_recipe
+from quickft.report import grouped_reasons
 
 PERCENTILES = (50, 90, 95, 99)
 MEGABATCH = 50  # transformers' LengthGroupedSampler sorts megabatches of 50 micro-batches by length
@@ -170,10 +171,10 @@ def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool
     else:
         rows += f" ({c['dropped_while_tokenizing']} dropped, {c['truncated']} cut to fit max_seq_length)"
     table.add_row("trained", rows)
-    for d in report["dropped"][:5]:
-        table.add_row("", f"dropped {d['where']}: {d['reason']}")
-    for d in report["truncated"][:3]:
-        table.add_row("", f"cut {d['where']}: {d['how']}")
+    for line in grouped_reasons((d["where"], d["reason"]) for d in report["dropped"]):
+        table.add_row("", f"dropped {line}")
+    for line in grouped_reasons((d["where"], d["how"]) for d in report["truncated"]):
+        table.add_row("", f"cut {line}")
     for note in report["notes"]:
         table.add_row("note", note)
     for how, cost in report["history_costs"].items():

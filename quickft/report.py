@@ -114,8 +114,8 @@ class Reporter:
                 "data",
                 f"{_examples_text(n_examples, documents, recipe)}, {n_tokens:,} tokens ({_source(recipe)})",
             ),
-            ("dropped", f"{len(dropped)} ({_dropped_text(dropped)})" if dropped else "none"),
-            *([("cut to fit", f"{len(truncated)} ({_dropped_text(truncated)})")] if truncated else []),
+            *_grouped_rows("dropped", dropped, empty="none"),
+            *_grouped_rows("cut to fit", truncated),
             *[("note", note) for note in notes],
             ("evaluation", _eval_text(recipe, n_eval, n_cases)),
             ("max_seq_length", str(recipe.max_seq_length)),
@@ -381,14 +381,39 @@ def _examples_text(n_rows: int, documents: int, recipe) -> str:
     return f"{n_rows:,} examples"
 
 
-def _dropped_text(dropped) -> str:
-    """'2 empty answer, 1 too long; first at data.jsonl:7': reasons grouped (numbers in a reason don't split it)."""
-    reasons: dict[str, int] = {}
-    for _, reason in dropped:
-        reason = re.sub(r" \(.*\)$|: .*$", "", reason)  # "too long (612 tokens > ...)" -> "too long"
-        reasons[reason] = reasons.get(reason, 0) + 1
-    first = dropped[0][0]
-    return ", ".join(f"{n} {r}" for r, n in reasons.items()) + f"; first at {first}"
+def _grouped_rows(label: str, items, *, empty: str | None = None) -> list[tuple[str, str]]:
+    """One header row per cause (the label on the first); the whole list is in summary.json."""
+    lines = grouped_reasons(items)
+    if not lines:
+        return [(label, empty)] if empty else []
+    return [(label if i == 0 else "", line) for i, line in enumerate(lines)]
+
+
+LENGTH = re.compile(r"\s*\((\d+) tokens > max_seq_length=(\d+)\)")
+
+
+def grouped_reasons(items) -> list[str]:
+    """(where, reason) pairs as one line per cause, with its count, the range of lengths and where the first is:
+    '123 too long: 358-2,264 tokens > max_seq_length=256; first at data.jsonl:6'."""
+    groups: dict[str, list] = {}
+    for where, reason in items:
+        length = LENGTH.search(reason)
+        cause = LENGTH.sub("", reason)
+        cause = re.sub(r" by \d+ tokens|: the answer alone is \d+ tokens", "", cause)
+        cause = re.sub(r", and the answer starts after token \d+", " (the answer starts past the limit)", cause)
+        group = groups.setdefault(cause, [0, [], None, where])
+        group[0] += 1
+        if length:
+            group[1].append(int(length[1]))
+            group[2] = length[2]
+    lines = []
+    for cause, (n, lengths, limit, first) in groups.items():
+        span = ""
+        if lengths:
+            lo, hi = min(lengths), max(lengths)
+            span = f": {lo:,}{f'-{hi:,}' if hi != lo else ''} tokens > max_seq_length={limit}"
+        lines.append(f"{n:,} {cause}{span}; first at {first}")
+    return lines
 
 
 def _eval_text(recipe, n_eval: int, n_cases: int) -> str:
