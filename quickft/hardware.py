@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -68,10 +69,53 @@ class Choice:
         return asdict(self)
 
 
+NVIDIA_DRIVER_FILE = "/proc/driver/nvidia/version"
+"""Where Linux's NVIDIA kernel module says its version ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.183.01 ...")."""
+DRIVER_FLOOR = {13: 580, 12: 525, 11: 450}
+"""The oldest Linux driver (major version) each CUDA major release runs on, with CUDA's minor-version compatibility."""
+
+
+def driver_problem(cuda_available: bool, torch_cuda: str | None, driver_text: str | None) -> str | None:
+    """Why a machine with an NVIDIA driver gets no GPU from this torch, or None. Without this a driver older than
+    the torch build's CUDA needs means torch.cuda.is_available() is False, and training runs on the CPU in silence."""
+    if cuda_available or not driver_text:
+        return None
+    found = re.search(r"Kernel Module(?: for [\w]+)?\s+(\d+)\.(\d+)", driver_text)
+    if not found:
+        return None
+    driver = f"{found[1]}.{found[2]}"
+    if torch_cuda is None:
+        return f"an NVIDIA driver ({driver}) is installed, but this torch is a CPU-only build"
+    needed = DRIVER_FLOOR.get(int(torch_cuda.split(".")[0]))
+    if needed and int(found[1]) < needed:
+        return (
+            f"the NVIDIA driver is {driver}, and this torch (CUDA {torch_cuda}) needs driver {needed} or newer, so "
+            "torch sees no GPU"
+        )
+    return f"an NVIDIA driver ({driver}) is installed, but torch (CUDA {torch_cuda}) cannot use the GPU"
+
+
 def detect() -> Hardware:
-    """Read the hardware through torch (imports torch, never unsloth)."""
+    """Read the hardware through torch (imports torch, never unsloth). A GPU that torch cannot use (an NVIDIA driver
+    too old for this torch's CUDA, a CPU-only torch) stops here with exit 2 and both fixes, instead of training on
+    the CPU; CUDA_VISIBLE_DEVICES="" is how to mean the CPU on such a machine."""
     import torch
 
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) != "":
+        try:
+            text = open(NVIDIA_DRIVER_FILE, encoding="utf-8").read()
+        except OSError:
+            text = None
+        problem = driver_problem(torch.cuda.is_available(), torch.version.cuda, text)
+        if problem:
+            from quickft.errors import UserError
+
+            raise UserError(
+                problem,
+                hint="update the NVIDIA driver (CUDA 13 builds need 580+), or install the torch 2.7.1 + CUDA 12.6 "
+                "stack that runs on drivers from 525 (`make install-old-gpu`, also the one for Pascal and Volta "
+                'cards); to train on the CPU anyway, set CUDA_VISIBLE_DEVICES=""',
+            )
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         return Hardware("cuda", props.name, (props.major, props.minor), props.total_memory)

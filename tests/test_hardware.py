@@ -86,3 +86,37 @@ def test_a_full_fine_tune_is_not_called_peft():
     assert "using transformers (full fine-tune)" in full.reason and "PEFT" not in full.reason
     assert full.summary("full").startswith("transformers (full fine-tune, no adapter) + 16/32-bit weights")
     assert choose(GTX1050TI, UNSLOTH, mode="lora").summary("lora").startswith("PEFT + ")
+
+
+DRIVER_535 = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.183.01  Sun May 12 19:39:15 UTC 2024\nGCC version:  gcc 12\n"
+DRIVER_580_OPEN = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build  (dvs-builder@U16)\n"
+
+
+def test_an_nvidia_driver_torch_cannot_use_is_named_not_trained_around():
+    """A 535 driver under a CUDA 13 torch: torch sees no GPU; quickft says why instead of training on the CPU."""
+    from quickft.hardware import driver_problem
+
+    assert "needs driver 580 or newer" in driver_problem(False, "13.0", DRIVER_535)
+    assert driver_problem(False, "12.6", DRIVER_535).startswith("an NVIDIA driver (535.183) is installed")
+    assert "CPU-only build" in driver_problem(False, None, DRIVER_580_OPEN)
+    assert driver_problem(True, "13.0", DRIVER_535) is None  # torch has the GPU: nothing to say
+    assert driver_problem(False, "13.0", None) is None  # no NVIDIA driver: a CPU machine
+
+
+def test_detect_stops_with_both_fixes_on_a_machine_whose_driver_is_too_old(tmp_path, monkeypatch):
+    """The real detect() on this GPU-less machine, with the driver file of a machine that has a 470 driver."""
+    import torch
+
+    from quickft import hardware
+    from quickft.errors import UserError
+
+    driver = tmp_path / "version"
+    driver.write_text(DRIVER_535.replace("535.183.01", "470.256.02"))
+    monkeypatch.setattr(hardware, "NVIDIA_DRIVER_FILE", str(driver))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(UserError) as e:
+        hardware.detect()
+    assert "470.256" in e.value.message and (torch.version.cuda is None or "or newer" in e.value.message)
+    assert "make install-old-gpu" in e.value.hint and "update the NVIDIA driver" in e.value.hint
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the way to mean the CPU on such a machine
+    assert hardware.detect().device == "cpu"
