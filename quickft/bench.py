@@ -391,7 +391,9 @@ def _measure(spec: dict) -> dict:
         "losses": timing["losses"][w:],
         "memory": metrics.memory(choice.device),
         "flops_per_token": flops,
-        "mfu": metrics.mfu(flops, sum(tokens) / sum(times), choice.hardware.gpu_name) if cuda else None,
+        "mfu": metrics.mfu(flops, sum(tokens) / sum(times), choice.hardware.gpu_name, precision=choice.precision)
+        if cuda
+        else None,
     }
 
 

@@ -6,6 +6,7 @@ Every figure the report prints is computed here from measured values, so tests c
 from __future__ import annotations
 
 import contextlib
+import re
 import resource
 
 MB = 2**20
@@ -59,29 +60,34 @@ class TokenCounter:
 
 
 # Peak dense tensor-core throughput for 16-bit training (bf16, or fp16 where the card has no bf16), FLOP/s, from
-# the vendors' data sheets (without sparsity). Matched by substring of torch.cuda.get_device_name().
+# the vendors' data sheets (without sparsity). Keyed by the model in torch.cuda.get_device_name(), matched whole:
+# "NVIDIA L40" is not an L4, "H100 NVL" not an H100 SXM, "Quadro T400" not a T4.
 PEAK_FLOPS = {
-    "H200": 989e12,
-    "H100 PCIe": 756e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "A10G": 70e12,
-    "A10": 125e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "RTX 4090": 165e12,
-    "RTX 3090": 71e12,
-    "RTX 3060": 51e12,
-    "T4": 65e12,
-    "V100": 125e12,
+    r"H200( NVL)?": 989e12,
+    r"H100 NVL": 835e12,
+    r"H100 PCIe": 756e12,
+    r"H100( 80GB HBM3| SXM5?.*)?": 989e12,
+    r"A100[- ](SXM4|PCIE|80GB|40GB).*|A100": 312e12,
+    r"A10G": 70e12,
+    r"A10": 125e12,
+    r"L40S": 362e12,
+    r"L40": 181e12,
+    r"L4": 121e12,
+    r"RTX 4090": 165e12,
+    r"RTX 3090": 71e12,
+    r"RTX 3060": 51e12,
+    r"T4": 65e12,
+    r"V100-PCIE.*": 112e12,
+    r"V100(-SXM2.*|-SXM3.*)?": 125e12,
 }
 
 
 def peak_flops(gpu_name: str | None) -> float | None:
-    for key, value in PEAK_FLOPS.items():  # ordered: "H100 PCIe" before "H100"
-        if gpu_name and key in gpu_name:
-            return value
-    return None
+    """The card's peak 16-bit rate, or None for a card not in the table."""
+    if not gpu_name:
+        return None
+    model = re.sub(r"^(NVIDIA |Tesla |Quadro )?(GeForce )?", "", gpu_name.strip())
+    return next((value for key, value in PEAK_FLOPS.items() if re.fullmatch(key, model)), None)
 
 
 def flop_counts(model) -> dict:
@@ -126,11 +132,16 @@ def flops_per_token(counts: dict, mode: str, seq_len: float) -> float:
     return 4 * n + 6 * a + attention
 
 
-def mfu(flops_per_token: float, tokens_per_s: float, gpu_name: str | None) -> float | None:
-    """Model FLOPs utilization: training FLOPs per token (flops_per_token) x tokens/s, divided by the card's peak
-    16-bit tensor rate. None when the card's peak is unknown (and on CPU)."""
+def mfu(
+    flops_per_token: float, tokens_per_s: float, gpu_name: str | None, *, precision: str = "bf16", processes: int = 1
+) -> float | None:
+    """Model FLOPs utilization: training FLOPs per token (flops_per_token) x tokens/s of one card (`tokens_per_s` is
+    the sum over `processes`, one card each), divided by the card's peak 16-bit tensor rate. None when the card's
+    peak is unknown (and on CPU), and for fp32 training, which the 16-bit peak does not measure."""
     peak = peak_flops(gpu_name)
-    return flops_per_token * tokens_per_s / peak if peak else None
+    if not peak or precision == "fp32":
+        return None
+    return flops_per_token * tokens_per_s / max(processes, 1) / peak
 
 
 def parameter_counts(model) -> tuple[int, int]:
@@ -178,6 +189,15 @@ class PhasePeaks:
             yield
         finally:
             self.phases[name] = _larger(self.phases.get(name, (0.0, 0.0)), self._take())
+
+    def retry(self) -> None:
+        """Training starts again after an out-of-memory retry: the failed attempt's peak is its own phase, and
+        training's peak is the retry's alone."""
+        if not self.cuda:
+            return
+        failed = _larger(self.training, self._take())
+        self.phases["failed_attempt"] = _larger(self.phases.get("failed_attempt", (0.0, 0.0)), failed)
+        self.training = (0.0, 0.0)
 
     def report(self) -> dict:
         """Peak allocated / reserved of training (to now) and of each phase, in MB; {} on CPU."""
@@ -246,8 +266,8 @@ def memory_summary_text(mem: dict) -> str:
         )
         share = 100 * mem["gpu_peak_reserved_mb"] / mem["gpu_total_mb"]
         phases = "".join(
-            f" · {name} peak reserved {mem[f'{name}_peak_reserved_mb']:,.2f} MB"
-            for name in ("evaluation", "answering")
+            f" · {name.replace('_', ' ')} peak reserved {mem[f'{name}_peak_reserved_mb']:,.2f} MB"
+            for name in ("evaluation", "answering", "failed_attempt")
             if f"{name}_peak_reserved_mb" in mem
         )
         return (

@@ -71,6 +71,7 @@ class Recorder(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.started is not None:  # trained on after an out-of-memory retry: one run, one clock
+            self.peaks.retry()  # ... but the peak is the retry's, not the attempt that ran out
             return
         self.start_step = self.step = state.global_step
         self._window = (state.global_step, 0.0, 0, 0)  # a resumed run's first window starts at its checkpoint

@@ -400,8 +400,15 @@ def summarize_run(recorder, trainer, reporter, choice, header, run_dir, samples,
     seq_len = train["tokens"] / train["samples"] if train["samples"] else 0.0
     train["flops_per_token"] = m.flops_per_token(header["flop_counts"], header["mode"], seq_len)
     gpu_name = choice.hardware.gpu_name
-    train["mfu"] = m.mfu(train["flops_per_token"], train["tokens_per_s"], gpu_name) if choice.device == "cuda" else None
-    train["processes"] = len(recorder.per_process)
+    processes = len(recorder.per_process)
+    train["mfu"] = (
+        m.mfu(
+            train["flops_per_token"], train["tokens_per_s"], gpu_name, precision=choice.precision, processes=processes
+        )
+        if choice.device == "cuda"
+        else None
+    )
+    train["processes"] = processes
     if len(recorder.per_process) > 1:  # what each process counted and peaked at; the report shows sum and max
         summary["processes"] = {"backend": distributed.backend_name(), "per_process": recorder.per_process}
     summary["run_dir"] = str(run_dir)

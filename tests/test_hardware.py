@@ -88,8 +88,12 @@ def test_a_full_fine_tune_is_not_called_peft():
     assert choose(GTX1050TI, UNSLOTH, mode="lora").summary("lora").startswith("PEFT + ")
 
 
-DRIVER_535 = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.183.01  Sun May 12 19:39:15 UTC 2024\nGCC version:  gcc 12\n"
-DRIVER_580_OPEN = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build  (dvs-builder@U16)\n"
+DRIVER_535 = (
+    "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.183.01  Sun May 12 19:39:15 UTC 2024\nGCC version:  gcc 12\n"
+)
+DRIVER_580_OPEN = (
+    "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build  (dvs-builder@U16)\n"
+)
 
 
 def test_an_nvidia_driver_torch_cannot_use_is_named_not_trained_around():

@@ -286,6 +286,16 @@ def test_mfu_uses_the_cards_peak_rate():
     assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_flops("NVIDIA GeForce GTX 1050 Ti") is None and mfu(10, 1.0, None) is None
     assert mfu(6_000_000_000, 10_000, "NVIDIA A100-SXM4-80GB") == pytest.approx(6e13 / 312e12)
+    # whole model names, as torch.cuda.get_device_name() gives them: no substring borrows another card's peak
+    assert (
+        peak_flops("NVIDIA L40") == 181e12 and peak_flops("NVIDIA L4") == 121e12 and peak_flops("NVIDIA L40S") == 362e12
+    )
+    assert peak_flops("NVIDIA H100 NVL") == 835e12 and peak_flops("Quadro T400") is None
+    assert peak_flops("Tesla T4") == 65e12 and peak_flops("Tesla V100-SXM2-16GB") == 125e12
+    assert peak_flops("NVIDIA A100 80GB PCIe") == 312e12 and peak_flops("NVIDIA A10G") == 70e12
+    # one card's share under torchrun (tokens/s is the sum of the processes), and no 16-bit peak for fp32 training
+    assert mfu(6e9, 20_000, "NVIDIA A100-SXM4-80GB", processes=2) == pytest.approx(6e13 / 312e12)
+    assert mfu(6e9, 10_000, "NVIDIA A100-SXM4-80GB", precision="fp32") is None
 
 
 def test_flops_per_token_by_mode_match_a_hand_count(tiny_model_dir):
@@ -526,3 +536,23 @@ def test_summary_arithmetic_from_rows_alone():
     # thirds of 12 steps: the loss at steps 4, 8 and 12 against the first logged one (improvement 2.0 in all)
     assert loss["improvement_by_third_pct"] == pytest.approx([50.0, 40.0, 10.0])
     assert summary["memory"] == {"peak_rss_mb": 900.0}
+
+
+def test_after_an_out_of_memory_retry_the_training_peak_is_the_retrys(monkeypatch):
+    """torch keeps one high-water mark; the attempt that ran out of memory must not stand as the run's peak. The
+    card's counters are faked (no GPU here); the bookkeeping is PhasePeaks' own."""
+    import torch
+
+    from quickft.metrics import MB, PhasePeaks
+
+    counters = {"allocated": 0.0, "reserved": 0.0}
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: counters["allocated"] * MB)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda *a: counters["reserved"] * MB)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: counters.update(allocated=0, reserved=0))
+    peaks = PhasePeaks("cuda")
+    counters.update(allocated=3900, reserved=4000)  # the attempt that ran out
+    peaks.retry()
+    counters.update(allocated=2500, reserved=2700)  # the retry, with a smaller micro-batch
+    report = peaks.report()
+    assert (report["gpu_peak_allocated_mb"], report["gpu_peak_reserved_mb"]) == (2500, 2700)
+    assert (report["failed_attempt_peak_allocated_mb"], report["failed_attempt_peak_reserved_mb"]) == (3900, 4000)

@@ -451,3 +451,21 @@ def test_out_of_memory_in_evaluation_halves_the_eval_batch_only(tmp_path, world,
     assert [s for s in seen[:3]] == [(8, 8), (4, 8), (2, 8)]  # the eval batch halves; the training batch stays
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "eval_loss" in r] == [2, 4]
+
+
+@pytest.mark.parametrize(
+    ("message", "oom"),
+    [
+        ("CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 3.94 GiB", True),
+        ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", True),
+        ("CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`", True),
+        ("cuDNN error: CUDNN_STATUS_ALLOC_FAILED", True),
+        ("Error named symbol not found at line 90 in file /src/csrc/ops.cu", False),
+        ("CUDA error: an illegal memory access was encountered", False),
+    ],
+)
+def test_out_of_memory_is_recognised_in_the_words_small_cards_fail_with(message, oom):
+    """A 4 GB card's first backward usually fails creating a cuBLAS handle, not with torch's OutOfMemoryError."""
+    from quickft.recovery import is_out_of_memory
+
+    assert is_out_of_memory(RuntimeError(message)) is oom
