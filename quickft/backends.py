@@ -149,6 +149,16 @@ def check_model_dir(path: Path) -> None:
         raise UserError(f"{path}: no tokenizer files", hint="save the tokenizer into the same directory")
 
 
+def placement(choice: Choice) -> dict | None:
+    """Where the weights go, as transformers' device_map: on a GPU each process's own (LOCAL_RANK under torchrun, the
+    only one otherwise), on MPS the Apple GPU; None on the CPU, where transformers puts them anyway."""
+    if choice.device == "cuda":
+        return {"": distributed.local_rank()}
+    if choice.device == "mps":
+        return {"": "mps"}
+    return None
+
+
 def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_training: bool = True) -> Loaded:
     """transformers + (bitsandbytes 4-bit) + PEFT LoRA, or the full model for mode='full'."""
     import torch
@@ -166,8 +176,9 @@ def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, f
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-        # each process's own GPU under torchrun (LOCAL_RANK), the only one otherwise
-        kwargs["device_map"] = {"": distributed.local_rank()} if choice.device == "cuda" else {"": choice.device}
+        kwargs["device_map"] = placement(choice) or {"": "cpu"}
+    elif placement(choice):  # transformers loads to the CPU without one: chat, eval and export would run there
+        kwargs["device_map"] = placement(choice)
     # full fine-tuning keeps fp32 master weights and lets mixed precision cast; LoRA loads the frozen base in the
     # compute dtype (PEFT keeps the small adapters in fp32)
     kwargs["dtype"] = torch.float32 if recipe.mode == "full" else dtype

@@ -34,6 +34,7 @@ from quickft.loadback import (
     saved_dtype,
 )
 from quickft.recipe import Recipe, recipe_from_dict
+from quickft.recovery import is_out_of_memory
 
 FORMS = ("merged", "gguf", "ollama")
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
@@ -223,13 +224,21 @@ def export(plan: dict, *, check: bool, err: Console) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     keep_merged = plan["to"] == "merged"
     merged_dir = out_dir if keep_merged else Path(tempfile.mkdtemp(prefix=".merged-", dir=out_dir))
+    merged = False
     try:
         with reporter.phase("merging" if recipe.mode != "full" else "writing the weights"):
             merge(plan, merged_dir)
+        merged = True
         result["merged"] = {"dtype": plan["dtype"], "bytes": _dir_bytes(merged_dir)}
         if prompts:
             with reporter.phase("loading the merged model back with transformers alone, answering the prompts"):
-                merged_answers = answers_of_dir(merged_dir, prompts, recipe.max_new_tokens)
+                try:
+                    merged_answers = answers_of_dir(merged_dir, prompts, recipe.max_new_tokens)
+                except Exception as e:
+                    if not is_out_of_memory(e):
+                        raise
+                    merged_answers = answers_of_dir(merged_dir, prompts, recipe.max_new_tokens, device="cpu")
+                    result["check"]["loaded_back_on"] = "cpu, float32 (out of GPU memory)"
             result["check"]["merged"] = compare(reference, merged_answers, rounded=merge_rounding(plan))
         if plan["to"] != "merged":
             gguf = out_dir / f"{plan['run_dir'].name}-{plan['quant']}.gguf"
@@ -250,7 +259,12 @@ def export(plan: dict, *, check: bool, err: Console) -> dict:
                 modelfile.write_text(make_modelfile(recipe, merged_dir, gguf.name), encoding="utf-8")
                 result["ollama"] = {"modelfile": modelfile.name, "create": ollama_command(plan)}
     except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)  # a half export is no export (the plan found the folder empty)
+        if merged and keep_merged:  # the merged model is whole: only what checks it failed
+            err.print(
+                f"[yellow]the merged model in {escape(str(out_dir))} is complete and kept; its check failed[/yellow]"
+            )
+        else:
+            shutil.rmtree(out_dir, ignore_errors=True)  # a half export is no export (the plan found the folder empty)
         raise
     finally:
         if not keep_merged:

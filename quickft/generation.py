@@ -28,7 +28,10 @@ def generate(
     from quickft.recovery import is_out_of_memory
 
     was_training = model.training
-    model.eval()
+    if not (was_training and unsloth_generates(model)):
+        model.eval()
+    # else Unsloth's generate switches to inference itself, and back to training (gradient checkpointing included)
+    # only when it finds the model training: after model.eval() checkpointing would stay off for the rest of the run
     answers = []
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the right end
@@ -53,6 +56,11 @@ def generate(
         tokenizer.padding_side = side
         model.train(was_training)
     return answers
+
+
+def unsloth_generates(model) -> bool:
+    """Whether generate() is Unsloth's (FastLanguageModel keeps the library's own as _old_generate)."""
+    return any(hasattr(m, "_old_generate") for m in model.modules())
 
 
 def prompt_batch(tokenizer, prompts: list[str], device) -> dict:

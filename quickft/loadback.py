@@ -57,19 +57,31 @@ def answers_of_run(run_dir: Path, prompts: list[str], max_new_tokens: int) -> li
     return answers
 
 
-def answers_of_dir(model_dir: Path, prompts: list[str], max_new_tokens: int) -> list[dict]:
-    """Greedy answers of a plain Hugging Face directory, loaded with transformers alone, in its saved dtype."""
+def load_back_device(model_bytes: int, free_gpu_bytes: int | None) -> str:
+    """Where the merged model is loaded back: the GPU if it fits there with room for generation (a fifth more),
+    else the CPU (a 16-bit Phi-2 merge is 5.6 GB; a 4 GB card that trained it in 4-bit cannot hold it)."""
+    if free_gpu_bytes is None or model_bytes * 1.2 > free_gpu_bytes:
+        return "cpu"
+    return "cuda"
+
+
+def answers_of_dir(model_dir: Path, prompts: list[str], max_new_tokens: int, device: str | None = None) -> list[dict]:
+    """Greedy answers of a plain Hugging Face directory, loaded with transformers alone: in its saved dtype on the
+    GPU where it fits (load_back_device), in float32 on the CPU otherwise."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from quickft.generation import greedy_ids
 
+    if device is None:
+        free = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+        device = load_back_device(sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors")), free)
     dtype = saved_dtype(model_dir)
-    if dtype != "float32" and not torch.cuda.is_available():
+    if device == "cpu":
         dtype = "float32"  # 16-bit matmuls on CPU are slow and unlike any GPU's; compare in float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), local_files_only=True)
-    if torch.cuda.is_available():
-        model.to("cuda")
+    if device != "cpu":
+        model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     answers = [greedy_ids(model, tokenizer, p, max_new_tokens=max_new_tokens) for p in prompts]
     del model

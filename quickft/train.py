@@ -315,7 +315,7 @@ def show_header(recipe, choice, trainer, model, model_path, split: Split, data: 
         dropped=split.dropped + data.prepared.dropped,
         truncated=data.prepared.truncated,
         documents=data.prepared.documents,
-        notes=split.notes + data.prepared.notes,
+        notes=split.notes + data.prepared.notes + gpu_notes(choice),
         n_eval=len(split.eval),
         n_cases=len(split.cases),
     )
@@ -555,9 +555,16 @@ def make_trainer(
         packing=recipe.data.batching == "packed",
         per_device_eval_batch_size=recipe.micro_batch_size,
         # under torchrun: every trainable weight (LoRA's, or all of a full fine-tune's) gets a gradient each step, so
-        # DDP need not search the graph for unused ones (transformers would, for a PEFT model)
-        ddp_find_unused_parameters=False if distributed.world_size() > 1 else None,
+        # DDP need not search the graph for unused ones; "all-linear" may adapt layers the forward never uses (a
+        # model's unused heads), so there it is left to transformers
+        ddp_find_unused_parameters=False
+        if distributed.world_size() > 1 and recipe.lora.target_modules != "all-linear"
+        else None,
+        # evaluation in the training precision, never the model cast to 16-bit in place (Unsloth's default)
+        fp16_full_eval=False,
+        bf16_full_eval=False,
     )
+    one_gpu_per_process(args)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer = CountingTrainer(
@@ -570,7 +577,29 @@ def make_trainer(
     )
     trainer.remove_callback(PrinterCallback)  # quickft's reporter owns the console
     trainer.remove_callback(ProgressCallback)
+    # Unsloth's trainer turns full 16-bit evaluation on, which casts the model in place before test cases are answered
+    trainer.args.fp16_full_eval = trainer.args.bf16_full_eval = False
     return trainer
+
+
+def one_gpu_per_process(args) -> None:
+    """One process trains on one GPU. On a machine with several, transformers would wrap the model in
+    nn.DataParallel over all of them (a batch silently that many times larger, memory figures of GPU 0 only);
+    several GPUs are torchrun's (`quickft run --gpus N`), one process each."""
+    if distributed.world_size() == 1 and args.n_gpu > 1:
+        args._n_gpu = 1
+
+
+def gpu_notes(choice: Choice) -> list[str]:
+    """The header's line for a machine with GPUs this run leaves idle."""
+    if choice.device != "cuda" or distributed.world_size() > 1:
+        return []
+    import torch
+
+    count = torch.cuda.device_count()
+    if count <= 1:
+        return []
+    return [f"{count} GPUs here: this run trains on GPU 0; `quickft run RECIPE --gpus {count}` trains on all of them"]
 
 
 def _answer_cases(model, tokenizer, recipe: Recipe, cases: list[tuple[str, str]], reporter: Reporter) -> list[dict]:

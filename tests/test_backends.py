@@ -261,3 +261,72 @@ def test_all_linear_adapts_every_projection_and_never_the_head(architecture, tin
     }
     assert adapted == projections and len(projections) >= 8
     assert not any("lm_head" in name for name in adapted)
+
+
+def test_every_peft_load_is_placed_on_the_chosen_device():
+    """16-bit LoRA, full runs and 4-bit alike: a GPU choice puts the weights on that GPU (each process's own under
+    torchrun), so chat, eval and export's load-back do not run on the CPU."""
+    import os
+
+    from quickft.backends import placement
+    from quickft.hardware import Choice
+
+    gpu = Choice("peft", "", "fp16", False, "cuda")
+    assert placement(gpu) == {"": 0} and placement(Choice("peft", "", "fp32", False, "mps")) == {"": "mps"}
+    assert placement(Choice("peft", "", "fp32", False, "cpu")) is None
+    os.environ["LOCAL_RANK"] = "1"
+    try:
+        assert placement(gpu) == {"": 1}
+    finally:
+        del os.environ["LOCAL_RANK"]
+
+
+def test_one_process_trains_on_one_gpu_and_says_how_to_use_the_others(monkeypatch):
+    """transformers counts every visible GPU into args.n_gpu and wraps the model in nn.DataParallel: the batch grows
+    silently. The GPUs are faked (none here); the TrainingArguments are real."""
+    import torch
+    from transformers import TrainingArguments
+
+    from quickft.hardware import Choice
+    from quickft.train import gpu_notes, one_gpu_per_process
+
+    args = TrainingArguments(output_dir="unused", use_cpu=True, report_to=[])
+    assert args.n_gpu in (0, 1)
+    args._n_gpu = 4  # what _setup_devices computes on a 4-GPU machine
+    one_gpu_per_process(args)
+    assert args.n_gpu == 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    (note,) = gpu_notes(Choice("peft", "", "bf16", False, "cuda"))
+    assert "trains on GPU 0" in note and "--gpus 4" in note
+    assert gpu_notes(Choice("peft", "", "fp32", False, "cpu")) == []
+
+
+def test_answering_test_cases_during_training_leaves_unsloths_checkpointing_to_unsloth(tiny_model_dir):
+    """Unsloth's generate (GPU path; its CPU mode keeps the library's) switches gradient checkpointing off for
+    inference and back on only for a model it finds training. quickft must hand it the model still training: after
+    model.eval() checkpointing would stay off for the rest of the run while backend.json says it is on. The wrapper
+    is stood in for by one with Unsloth's contract (FastLanguageModel keeps the original as _old_generate)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quickft.generation import generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    seen = []
+    model._old_generate = model.generate
+
+    def unsloth_like_generate(*args, **kwargs):
+        seen.append(model.training)  # Unsloth: restore_training_mode = self.training
+        model.eval()  # for_inference
+        return model._old_generate(*args, **kwargs)
+
+    model.generate = unsloth_like_generate
+    model.train()
+    generate(model, tokenizer, ["Pregunta: 1 + 1\nRespuesta: "], max_new_tokens=2)
+    assert seen == [True] and model.training
+    del model._old_generate  # a plain model is put in eval mode for generation (dropout off), then back
+    seen.clear()
+    model.generate = lambda *a, **k: (seen.append(model.training), model._old_generate_plain(*a, **k))[1]
+    model._old_generate_plain = type(model).generate.__get__(model)
+    generate(model, tokenizer, ["Pregunta: 1 + 1\nRespuesta: "], max_new_tokens=2)
+    assert seen == [False] and model.training

@@ -408,3 +408,42 @@ def test_a_full_fine_tune_exports_in_the_dtype_its_base_was_published_in(tmp_pat
     assert json.loads((tmp_path / "m" / "config.json").read_text())["dtype"] == "bfloat16"
     check = record["check"]["merged"]
     assert check["rule"].startswith("the merged weights are rounded to bfloat16") and check["ok"]
+
+
+def test_load_back_goes_where_the_merged_model_fits():
+    """A 4 GB card that trained Phi-2 in 4-bit cannot hold its 5.6 GB 16-bit merge: the check loads it on the CPU."""
+    from quickft.loadback import load_back_device
+
+    assert load_back_device(5_600_000_000, 3_900_000_000) == "cpu"
+    assert load_back_device(1_000_000_000, 3_900_000_000) == "cuda"
+    assert load_back_device(1_000, None) == "cpu"  # no GPU
+
+
+def test_out_of_gpu_memory_loading_back_checks_on_the_cpu_and_a_failed_check_keeps_the_merge(
+    adapter_runs, tmp_path, monkeypatch, capsys
+):
+    """The one fake: the GPU running out of memory while the merged model is loaded back (a real one needs a GPU).
+    The export goes on with the check on the CPU; a check that fails for another reason keeps the merged model."""
+    import torch
+
+    from quickft import export as export_module
+
+    real = export_module.answers_of_dir
+
+    def out_of_memory_on_the_gpu(model_dir, prompts, max_new_tokens, device=None):
+        if device is None:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model_dir, prompts, max_new_tokens, device=device)
+
+    monkeypatch.setattr(export_module, "answers_of_dir", out_of_memory_on_the_gpu)
+    code, record = export(adapter_runs["lora"], "--out", tmp_path / "m", "--json")
+    assert code == 0 and record["check"]["merged"]["ok"]
+    assert record["check"]["loaded_back_on"] == "cpu, float32 (out of GPU memory)"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(export_module, "answers_of_dir", broken)
+    assert export(adapter_runs["lora"], "--out", tmp_path / "kept")[0] != 0
+    assert "is complete and kept" in capsys.readouterr().err
+    assert list((tmp_path / "kept").glob("*.safetensors")) and (tmp_path / "kept" / "config.json").is_file()
