@@ -214,6 +214,14 @@ def _larger(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, floa
     return max(a[0], b[0]), max(a[1], b[1])
 
 
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work (a no-op on CPU, where nothing is queued)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def reset_peak_memory(device: str) -> None:
     if device == "cuda":
         import torch

@@ -330,3 +330,27 @@ def test_answering_test_cases_during_training_leaves_unsloths_checkpointing_to_u
     model._old_generate_plain = type(model).generate.__get__(model)
     generate(model, tokenizer, ["Pregunta: 1 + 1\nRespuesta: "], max_new_tokens=2)
     assert seen == [False] and model.training
+
+
+def test_qlora_keeps_the_frozen_embedding_and_head_in_the_compute_dtype(tmp_path, tiny_model_dir):
+    """Phi-2 has an untied output head: PEFT's kbit preparation would hold it and the embedding in fp32 (+0.5 GiB
+    on a 4 GB card). A tiny untied Llama in real bitsandbytes 4-bit, bf16 compute (which runs on CPU too)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from quickft.backends import load_peft
+    from quickft.hardware import Choice
+    from quickft.recipe import Data, Recipe
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.save_pretrained(tmp_path / "untied")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "untied")
+    recipe = Recipe(model=str(tmp_path / "untied"), data=Data(path="unused"), mode="qlora", gradient_checkpointing=True)
+    loaded = load_peft(recipe, Choice("peft", "", "bf16", True, "cpu"), str(tmp_path / "untied"), local=True)
+    model = loaded.model
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert model.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())

@@ -556,3 +556,22 @@ def test_after_an_out_of_memory_retry_the_training_peak_is_the_retrys(monkeypatc
     report = peaks.report()
     assert (report["gpu_peak_allocated_mb"], report["gpu_peak_reserved_mb"]) == (2500, 2700)
     assert (report["failed_attempt_peak_allocated_mb"], report["failed_attempt_peak_reserved_mb"]) == (3900, 4000)
+
+
+def test_a_steps_time_includes_the_gpu_work_it_queued(tmp_path, monkeypatch):
+    """The GPU runs a step's kernels after Python has queued them; the step's time ends when they are done. The
+    card is faked (its queue is a 50 ms wait in synchronize); the step clock is the recorder's own."""
+    import time
+    import types
+
+    import torch
+
+    from quickft.metrics import TokenCounter
+    from quickft.recorder import Recorder
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: time.sleep(0.05))
+    recorder = Recorder(tmp_path / "metrics.jsonl", "cuda", TokenCounter(), display=None)
+    state = types.SimpleNamespace(global_step=1)
+    recorder.on_step_begin(None, state, None)
+    recorder.on_step_end(None, state, None)
+    assert recorder.step_s >= 0.05
