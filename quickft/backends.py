@@ -195,6 +195,8 @@ def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, f
         model_path, trust_remote_code=recipe.trust_remote_code, local_files_only=local
     )
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    if choice.load_in_4bit:
+        exact_cpu_4bit(model, dtype)
     _fix_pad_token(model, tokenizer)
     if not for_training or recipe.mode == "full":
         if for_training and recipe.gradient_checkpointing:
@@ -245,6 +247,8 @@ def load_unsloth(recipe: Recipe, choice: Choice, model_path: str, *, local: bool
         # (its CPU mode loads fp32 already and does not take this argument)
         **({"float32_mixed_precision": True} if full and choice.device == "cuda" else {}),
     )
+    if choice.load_in_4bit:
+        exact_cpu_4bit(model, dtype)
     _fix_pad_token(model, tokenizer)
     if for_training and recipe.mode != "full":
         model = FastLanguageModel.get_peft_model(
@@ -358,6 +362,21 @@ def prepare_tokenizer(tokenizer, recipe: Recipe, *, training: bool = False) -> N
         tokenizer.pad_token = tokenizer.eos_token
     if recipe.data.chat_template and (training or not tokenizer.chat_template):
         tokenizer.chat_template = CHAT_TEMPLATES.get(recipe.data.chat_template, recipe.data.chat_template)
+
+
+def exact_cpu_4bit(model, compute_dtype) -> None:
+    """Keep bitsandbytes' 4-bit layers in their compute dtype on the CPU. On a CPU with AVX512-BF16, bitsandbytes
+    (0.49+) repacks each Linear4bit at its first eval-mode, no-grad forward and runs a fused kernel that casts the
+    input and scales to bfloat16 whatever bnb_4bit_compute_dtype says: chat, eval and export's check would then
+    compute in bf16 what training computed in fp32 (and what the de-quantized merged model computes). The flag
+    only matters on the CPU."""
+    import torch
+
+    if compute_dtype == torch.bfloat16:
+        return  # the fused kernel's own dtype: nothing lost
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes.nn.Linear4bit
+            module.support_avx512bf16_for_cpu = False
 
 
 def _fix_pad_token(model, tokenizer) -> None:

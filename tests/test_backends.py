@@ -354,3 +354,22 @@ def test_qlora_keeps_the_frozen_embedding_and_head_in_the_compute_dtype(tmp_path
     assert model.get_input_embeddings().weight.dtype == torch.bfloat16
     assert model.get_output_embeddings().weight.dtype == torch.bfloat16
     assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+
+
+def test_4bit_layers_compute_in_the_compute_dtype_on_any_cpu(tmp_path, tiny_model_dir):
+    """On a CPU with AVX512-BF16 bitsandbytes answers an eval-mode, no-grad 4-bit forward with a bf16 kernel whatever
+    the compute dtype: chat and export's check would see other logits than training. With quickft's load the
+    no-grad eval forward equals the forward with gradients (which never takes that kernel), on every CPU."""
+    from quickft.backends import load_peft
+    from quickft.hardware import Choice
+    from quickft.recipe import Data, Recipe
+
+    recipe = Recipe(model=str(tiny_model_dir), data=Data(path="unused"), mode="qlora")
+    model = load_peft(recipe, Choice("peft", "", "fp32", True, "cpu"), str(tiny_model_dir), local=True).model
+    model.eval()
+    ids = torch.tensor([[5, 17, 42, 9, 33, 2]])
+    with torch.enable_grad():
+        reference = model(input_ids=ids).logits.detach()
+    with torch.no_grad():
+        first, second = model(input_ids=ids).logits, model(input_ids=ids).logits
+    assert (first - reference).abs().max() < 1e-5 and (second - reference).abs().max() < 1e-5
