@@ -530,3 +530,48 @@ def test_gemma2_with_system_prompts_trains_and_chats_with_the_prompt_folded(tmp_
     summary = json.loads((run / "summary.json").read_text())
     assert summary["data"]["rows"] == len(conversations) - 2
     assert main(["chat", str(run), "--prompt", "2 + 2", "--system", "Eres breve.", "--max-new-tokens", "2"]) == 0
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "El tiempo de una ciudad",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+TOOL_TALK = [
+    {"role": "user", "content": "¿Qué tiempo hace en Lima?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Lima"}}}],
+    },
+    {"role": "tool", "content": '{"temp": 19}'},
+    {"role": "assistant", "content": "En Lima hace 19 °C."},
+]
+CALL = '{"name": "get_weather", "arguments": {"city": "Lima"}}'
+TOOL_OUTPUTS = {  # what each model writes for the call, then for the answer (its documented tool-call format)
+    "qwen2.5": [f"<tool_call>\n{CALL}\n</tool_call><|im_end|>\n", "En Lima hace 19 °C.<|im_end|>\n"],
+    "qwen3": [
+        f"<think>\n\n</think>\n\n<tool_call>\n{CALL}\n</tool_call><|im_end|>\n",
+        "<think>\n\n</think>\n\nEn Lima hace 19 °C.<|im_end|>\n",
+    ],
+    "llama3.1": ['{"name": "get_weather", "parameters": {"city": "Lima"}}<|eot_id|>', "En Lima hace 19 °C.<|eot_id|>"],
+}
+
+
+@pytest.mark.parametrize("family", list(TOOL_OUTPUTS))
+def test_tool_calls_are_trained_as_the_model_writes_them_and_tool_results_are_context(family):
+    tok = tokenizer_for(family)
+    example = Example(messages=TOOL_TALK, where="tools.jsonl:1", tools=[WEATHER_TOOL])
+    rows, _ = encode_chat(example, tok, Data(path="tools.jsonl"), history="per_turn")
+    assert [trained(r, tok) for r in rows] == TOOL_OUTPUTS[family]
+    for row, k in zip(rows, (1, 3), strict=True):
+        n = row["completion_mask"].index(1)
+        expected = tok.apply_chat_template(
+            TOOL_TALK[:k], tools=[WEATHER_TOOL], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        assert row["input_ids"][:n] == list(expected)
+    (whole,), _ = encode_chat(example, tok, Data(path="tools.jsonl"), history="whole")
+    assert '{"temp": 19}' not in trained(whole, tok)  # the tool's answer is context
