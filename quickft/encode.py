@@ -35,7 +35,7 @@ def format_prompt(prompt: str, data: Data) -> str:
 def training_text(example: Example, data: Data) -> str:
     """The example as plain text, the way the model reads it (used to train a tokenizer for a Scratch model)."""
     if example.messages is not None:
-        return "\n".join(m["content"] for m in example.messages)
+        return "\n".join(filter(None, (t for m in example.messages for t in (m.get("reasoning"), m["content"]))))
     return (format_prompt(example.prompt, data) if example.prompt else "") + example.response
 
 
