@@ -104,8 +104,13 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
     base = None if recipe.mode == "full" else _base_path(run)
     source = run_path if recipe.mode == "full" else Path(base)
     n_weights = count_weights(source)
+    why_dtype = ""
     if dtype == "auto":  # the dtype the base was published in; a full fine-tune saved fp32 master weights
         dtype = saved_dtype(Path(base) if base else _published_base(run) or source)
+        if dtype == "bfloat16" and (run.get("backend") or {}).get("precision") == "fp16":
+            # trained in fp16: a card without bf16 (below compute capability 8.0: T4, V100, GTX 10xx), where a bf16
+            # model loads slowly or not at all; the merge is in the precision the run trained in
+            dtype, why_dtype = "float16", " (the run trained in fp16, on a card without bf16)"
     merged_bytes = n_weights * DTYPE_BYTES[dtype]
     gguf_bytes = int(n_weights * BYTES_PER_WEIGHT[quant]) if quant else 0
     if quant == "q4_k_m":
@@ -124,7 +129,8 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
         "qlora": f"{base} de-quantized from 4-bit (the weights the adapter trained against) + the LoRA adapter",
     }[recipe.mode]
     say = (
-        f"export {run_path} to {to}{f' ({quant})' if quant else ''}: {what}, {n_weights:,} weights in {dtype}; "
+        f"export {run_path} to {to}{f' ({quant})' if quant else ''}: {what}, {n_weights:,} weights in {dtype}"
+        f"{why_dtype}; "
         f"needs about {_size(merged_bytes)} of memory (one {dtype} copy of the model, merged layer by layer) "
         f"and {_size(disk)} of disk"
     )

@@ -447,3 +447,26 @@ def test_out_of_gpu_memory_loading_back_checks_on_the_cpu_and_a_failed_check_kee
     assert export(adapter_runs["lora"], "--out", tmp_path / "kept")[0] != 0
     assert "is complete and kept" in capsys.readouterr().err
     assert list((tmp_path / "kept").glob("*.safetensors")) and (tmp_path / "kept" / "config.json").is_file()
+
+
+def test_a_run_trained_in_fp16_merges_in_fp16_even_from_a_bf16_base(adapter_runs, tmp_path):
+    """A T4, V100 or GTX 10xx has no bf16: a run trained there in fp16 is merged in fp16, not in the base's bf16."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quickft.export import make_plan
+
+    run = tmp_path / "fp16-run"
+    shutil.copytree(adapter_runs["lora"], run)
+    backend = json.loads((run / "backend.json").read_text())
+    base = tmp_path / "bf16-base"
+    AutoModelForCausalLM.from_pretrained(backend["model_path"], dtype=torch.bfloat16).save_pretrained(base)
+    AutoTokenizer.from_pretrained(backend["model_path"]).save_pretrained(base)
+    for precision, expected in (("bf16", "bfloat16"), ("fp16", "float16")):
+        backend |= {"model_path": str(base), "precision": precision}
+        (run / "backend.json").write_text(json.dumps(backend))
+        plan = make_plan(str(run), to="merged", quant=None, out=str(tmp_path / "out"), dtype="auto")
+        assert plan["dtype"] == expected, precision
+    assert "the run trained in fp16" in plan["say"]
