@@ -169,6 +169,8 @@ def refuse(*args, **kwargs):  # a refusal Unsloth raises only on GPUs (tokenizer
     raise RuntimeError("Unsloth: Fixing chat template failed - please file a report immediately!")
 
 FastLanguageModel.from_pretrained = refuse
+import quickft.backends
+quickft.backends.placement = lambda choice: None  # the T4 below is a decision's; the weights stay on this CPU
 recipe = load_recipe(sys.argv[1], ["backend=auto"])
 t4 = Hardware("cuda", "Tesla T4", (7, 5), 15 * 2**30)  # where auto picks Unsloth
 choice = choose(t4, UnslothStatus(True, "2026.10.9"))
