@@ -397,6 +397,18 @@ def _measure(spec: dict) -> dict:
     }
 
 
+def checkpointing_kind(model) -> str:
+    """Which gradient checkpointing the layers run: transformers' (recompute on the GPU), Unsloth's ("unsloth":
+    activations offloaded to the CPU, its choice from max_seq_length 512), or none; read from the modules' flags."""
+    kinds = {getattr(m, "gradient_checkpointing") for m in model.modules() if hasattr(m, "gradient_checkpointing")}
+    kinds.discard(False)
+    if not kinds:
+        return "none"
+    return ", ".join(
+        sorted("recompute" if k is True else f"{k} (offloaded)" if k == "unsloth" else str(k) for k in kinds)
+    )
+
+
 def effective_settings(trainer, model) -> dict:
     """What this process really trained with, read from the live trainer and model after training (not from the
     recipe): libraries change settings behind it, and Unsloth patches TRL when imported."""
@@ -416,6 +428,12 @@ def effective_settings(trainer, model) -> dict:
         "padding_free": bool(getattr(args, "padding_free", False)),
         "packing": bool(getattr(args, "packing", False)),
         "gradient_checkpointing": facts["gradient_checkpointing"],
+        "checkpointing_kind": checkpointing_kind(model),
+        "loss_type": getattr(args, "loss_type", None),
+        "nan_inf_filter": args.logging_nan_inf_filter,
+        "empty_cache_steps": args.torch_empty_cache_steps,
+        "full_16bit_eval": args.fp16_full_eval or args.bf16_full_eval,
+        "embedding_device": str(model.get_input_embeddings().weight.device),
         "compute_dtype": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "weight_dtypes": ", ".join(facts["weight_dtypes"]),
         "linear4bit_layers": facts["linear4bit_layers"],

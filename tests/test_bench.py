@@ -158,3 +158,31 @@ def test_a_variant_that_cannot_run_is_a_reason_row(tmp_path):
 def test_bad_variant_names_are_refused(tmp_path):
     result = bench("--backends", "unsloth,vllm", "--output-dir", str(tmp_path / "x"))
     assert result.returncode == 2 and "unknown backend 'vllm'" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_effective_settings_read_what_the_trainer_and_model_run(tmp_path, tiny_model_dir, sums_file, checkpointing):
+    """The settings table shows the loss type, the NaN filter, the cache emptying, full 16-bit evaluation, where the
+    embedding is and which checkpointing the layers run, from the live trainer and model (a real PEFT trainer)."""
+    from quickft.backends import load_peft
+    from quickft.bench import effective_settings
+    from quickft.data import read_examples
+    from quickft.encode import prepare
+    from quickft.hardware import Choice
+    from quickft.recipe import Data, Recipe
+    from quickft.train import make_trainer, to_dataset
+
+    data = Data(path=str(sums_file), prompt_template="Pregunta: {prompt}\nRespuesta: ")
+    recipe = Recipe(
+        model=str(tiny_model_dir), data=data, max_seq_length=32, gradient_checkpointing=checkpointing, max_steps=1
+    )
+    choice = Choice("peft", "", "fp32", False, "cpu")
+    loaded = load_peft(recipe, choice, str(tiny_model_dir), local=True)
+    rows = prepare(read_examples(sums_file, data)[:16], loaded.tokenizer, recipe).rows
+    trainer = make_trainer(recipe, choice, loaded.model, loaded.tokenizer, to_dataset(rows), tmp_path)
+    settings = effective_settings(trainer, loaded.model)
+    args = trainer.args
+    assert settings["loss_type"] == args.loss_type and settings["nan_inf_filter"] == args.logging_nan_inf_filter
+    assert settings["empty_cache_steps"] == args.torch_empty_cache_steps and settings["full_16bit_eval"] is False
+    assert settings["embedding_device"] == "cpu"
+    assert settings["checkpointing_kind"] == ("recompute" if checkpointing else "none")
