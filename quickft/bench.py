@@ -400,7 +400,7 @@ def _measure(spec: dict) -> dict:
 def checkpointing_kind(model) -> str:
     """Which gradient checkpointing the layers run: transformers' (recompute on the GPU), Unsloth's ("unsloth":
     activations offloaded to the CPU, its choice from max_seq_length 512), or none; read from the modules' flags."""
-    kinds = {getattr(m, "gradient_checkpointing") for m in model.modules() if hasattr(m, "gradient_checkpointing")}
+    kinds = {m.gradient_checkpointing for m in model.modules() if hasattr(m, "gradient_checkpointing")}
     kinds.discard(False)
     if not kinds:
         return "none"
