@@ -59,7 +59,10 @@ def test_like_for_like_rows_ran_the_same_settings(bench_result):
     settings = rows["peft"]["settings"]
     assert settings["optimizer"].startswith("AdamW") and settings["loss"] == "ForCausalLMLoss"
     assert settings["compute_dtype"] == "fp32" and settings["linear4bit_layers"] == 0
-    assert rows["peft+gc"]["differs"] == {"gradient_checkpointing": [False, True]}
+    assert rows["peft+gc"]["differs"] == {
+        "gradient_checkpointing": [False, True],
+        "checkpointing_kind": ["none", "recompute"],
+    }
 
 
 @requires_unsloth
