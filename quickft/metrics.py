@@ -6,6 +6,7 @@ Every figure the report prints is computed here from measured values, so tests c
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import resource
 
@@ -199,6 +200,17 @@ class PhasePeaks:
         self.phases["failed_attempt"] = _larger(self.phases.get("failed_attempt", (0.0, 0.0)), failed)
         self.training = (0.0, 0.0)
 
+    def training_so_far(self) -> dict:
+        """Training's peak allocated / reserved to now, in MB, evaluations and answering left out and nothing reset:
+        what a metrics row quotes (torch's own mark restarts after each phase); {} on CPU."""
+        if not self.cuda:
+            return {}
+        import torch
+
+        now = (torch.cuda.max_memory_allocated() / MB, torch.cuda.max_memory_reserved() / MB)
+        allocated, reserved = _larger(self.training, now)
+        return {"gpu_peak_allocated_mb": allocated, "gpu_peak_reserved_mb": reserved}
+
     def report(self) -> dict:
         """Peak allocated / reserved of training (to now) and of each phase, in MB; {} on CPU."""
         if not self.cuda:
@@ -291,7 +303,8 @@ def loss_summary(rows: list[dict], total_steps: int) -> dict | None:
     The thirds compare the logged loss at the last logged step of each third (steps <= total/3, <= 2 total/3, all);
     they are left empty when the loss did not improve or fewer than 6 steps were logged.
     """
-    losses = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
+    logged = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
+    losses = [(s, v) for s, v in logged if math.isfinite(v)]  # a NaN / inf step is counted, not averaged
     if not losses:
         return None
     initial, final = losses[0][1], losses[-1][1]
@@ -312,6 +325,7 @@ def loss_summary(rows: list[dict], total_steps: int) -> dict | None:
         "max": max(values),
         "improvement_pct": 100 * improvement / initial if initial else 0.0,
         "improvement_by_third_pct": by_third,
+        "non_finite_steps": [s for s, v in logged if not math.isfinite(v)],
     }
 
 

@@ -8,6 +8,7 @@ all processes' counts (quickft.distributed), and only the first process writes.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -36,6 +37,8 @@ class Recorder(TrainerCallback):
         """This session's tokens, samples and padding, every process's summed (set when training ends)."""
         self.started = self.ended = self.memory = self._reserved_at_start = None
         self._ema = self.rows[-1]["loss_smoothed"] if self.rows else None
+        self._ema_step = self.rows[-1]["step"] if self.rows else 0
+        """The step of the last loss in the smoothed curve."""
         self._file = None
         self.step_s = 0.0
         """Wall time inside this session's optimizer steps (first micro-batch to optimizer update): the time every
@@ -97,19 +100,27 @@ class Recorder(TrainerCallback):
         loss = float(logs["loss"])
         step = state.global_step
         last_step, last_step_s, last_tokens, last_samples = self._window
-        # an exponential moving average over about 20 steps, however often we log
-        beta = 0.95 ** (step - (self.rows[-1]["step"] if self.rows else 0))
-        self._ema = loss if self._ema is None else beta * self._ema + (1 - beta) * loss
+        # an exponential moving average over about 20 steps, however often we log; a NaN or infinite loss (an fp16
+        # overflow, and Unsloth turns transformers' NaN filter off) is in the row but not in the average, which it
+        # would keep NaN for the rest of the run
+        if math.isfinite(loss):
+            beta = 0.95 ** (step - self._ema_step)
+            self._ema = loss if self._ema is None else beta * self._ema + (1 - beta) * loss
+            self._ema_step = step
         # speed over this window (the steps since the previous logging step), all three figures over the same time:
         # the time inside those optimizer steps
         window_s = self.step_s - last_step_s
-        own = {
-            "tokens": self.counter.tokens,
-            "samples": self.counter.samples,
-            "padding": self.counter.padding,
-            "window_tokens": self.counter.tokens - last_tokens,
-            "window_samples": self.counter.samples - last_samples,
-        } | m.memory(self.device)
+        own = (
+            {
+                "tokens": self.counter.tokens,
+                "samples": self.counter.samples,
+                "padding": self.counter.padding,
+                "window_tokens": self.counter.tokens - last_tokens,
+                "window_samples": self.counter.samples - last_samples,
+            }
+            | m.memory(self.device)
+            | self.peaks.training_so_far()
+        )  # torch's own mark restarts after an evaluation
         self._window = (step, self.step_s, self.counter.tokens, self.counter.samples)
         # with several processes (torchrun): every process's counts summed, memory the largest process's
         figures = distributed.combine(distributed.gather(own))
@@ -117,7 +128,7 @@ class Recorder(TrainerCallback):
             "step": step,
             "epoch": round(state.epoch or 0.0, 6),
             "loss": loss,
-            "loss_smoothed": self._ema,
+            "loss_smoothed": self._ema if self._ema is not None else loss,  # NaN until a first finite loss
             "learning_rate": float(logs.get("learning_rate", 0.0)),
             "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
             "elapsed_s": self.earlier["elapsed_s"] + session_elapsed,

@@ -282,7 +282,12 @@ class Reporter:
             table.add_row(
                 "loss",
                 f"initial {loss['initial']:.4f} → final {loss['final']:.4f} (min {loss['min']:.4f}, max {loss['max']:.4f}); "
-                f"improvement {loss['improvement_pct']:.1f}%",
+                f"improvement {loss['improvement_pct']:.1f}%"
+                + (
+                    f"; NaN/inf at {len(bad)} step(s) (first {bad[0]}), left out of these and of the smoothed loss"
+                    if (bad := loss.get("non_finite_steps"))
+                    else ""
+                ),
             )
             table.add_row("improvement by third", thirds)
         ev = s.get("evaluation") or {}

@@ -575,3 +575,95 @@ def test_a_steps_time_includes_the_gpu_work_it_queued(tmp_path, monkeypatch):
     recorder.on_step_begin(None, state, None)
     recorder.on_step_end(None, state, None)
     assert recorder.step_s >= 0.05
+
+
+class _Shown:
+    """A display that keeps what the recorder hands it (the recorder, not the console, is under test)."""
+
+    def __init__(self):
+        self.rows = []
+
+    def training_began(self, recorder):
+        pass
+
+    def logged(self, row):
+        self.rows.append(row)
+
+    def training_ended(self):
+        pass
+
+
+def test_metrics_rows_quote_trainings_peak_through_evaluations(tmp_path, monkeypatch):
+    """torch's high-water mark restarts when an evaluation takes its own peak; the rows logged after it still quote
+    training's peak so far, not the mark since the evaluation. The card's counters are faked (no GPU here)."""
+    import types
+
+    import torch
+
+    from quickft.metrics import MB, TokenCounter
+    from quickft.recorder import Recorder
+
+    now, peak = {"a": 0.0, "r": 0.0}, {"a": 0.0, "r": 0.0}
+
+    def use(allocated, reserved):
+        now.update(a=allocated, r=reserved)
+        peak.update(a=max(peak["a"], allocated), r=max(peak["r"], reserved))
+
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: peak["a"] * MB)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda *a: peak["r"] * MB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: now["a"] * MB)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: now["r"] * MB)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: peak.update(now))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(total_memory=4 * 2**30))
+    shown = _Shown()
+    recorder = Recorder(tmp_path / "metrics.jsonl", "cuda", TokenCounter(), display=shown)
+    recorder.on_train_begin(None, types.SimpleNamespace(global_step=0), None)
+
+    def step(n, allocated, reserved):
+        state = types.SimpleNamespace(global_step=n, epoch=n / 10)
+        recorder.on_step_begin(None, state, None)
+        use(allocated, reserved)
+        recorder.on_step_end(None, state, None)
+        recorder.on_log(None, state, None, logs={"loss": 2.0, "learning_rate": 1e-4})
+
+    step(1, 3000, 3200)
+    use(900, 3200)
+    with recorder.peaks.phase("evaluation"):
+        use(1200, 3200)
+    step(2, 2000, 3200)  # this step allocated less than step 1 did
+    recorder.on_train_end(None, types.SimpleNamespace(global_step=2), None)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["gpu_peak_allocated_mb"] for r in rows] == [3000, 3000]  # torch's own mark said 2000 at step 2
+    assert [r["gpu_allocated_mb"] for r in rows] == [3000, 2000]
+    assert recorder.memory["gpu_peak_allocated_mb"] == 3000 and recorder.memory["evaluation_peak_allocated_mb"] == 1200
+
+
+def test_a_nan_loss_is_logged_but_leaves_the_smoothed_loss_finite(tmp_path):
+    """An fp16 overflow gives one NaN loss (Unsloth turns transformers' NaN filter off); the row keeps it, the smoothed
+    curve and the loss summary leave it out and say where it was."""
+    import types
+
+    from quickft.metrics import TokenCounter, loss_summary
+    from quickft.recorder import Recorder
+
+    shown = _Shown()
+    recorder = Recorder(tmp_path / "metrics.jsonl", "cpu", TokenCounter(), display=shown)
+    recorder.on_train_begin(None, types.SimpleNamespace(global_step=0), None)
+    for n, loss in enumerate([float("nan"), 4.0, float("nan"), 3.0, float("inf"), 2.0], start=1):
+        state = types.SimpleNamespace(global_step=n, epoch=n / 10)
+        recorder.on_step_begin(None, state, None)
+        recorder.on_step_end(None, state, None)
+        recorder.on_log(None, state, None, logs={"loss": loss, "learning_rate": 1e-4})
+    recorder.close()
+    smoothed = [r["loss_smoothed"] for r in shown.rows]
+    assert math.isnan(smoothed[0])  # nothing finite to average yet
+    # the average over the finite losses only, each weighted by the steps since the previous finite one
+    b2 = 0.95**2
+    expected_4 = b2 * 4.0 + (1 - b2) * 3.0
+    expected_6 = b2 * expected_4 + (1 - b2) * 2.0
+    assert smoothed[1:] == pytest.approx([4.0, 4.0, expected_4, expected_4, expected_6])
+    summary = loss_summary(shown.rows, total_steps=6)
+    assert (summary["initial"], summary["final"], summary["min"], summary["max"]) == (4.0, 2.0, 2.0, 4.0)
+    assert summary["non_finite_steps"] == [1, 3, 5]
