@@ -11,6 +11,7 @@ starts torchrun for the user (`launch`).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import signal
 import sys
@@ -18,9 +19,13 @@ import sys
 COUNTS = ("tokens", "samples", "padding", "window_tokens", "window_samples")
 """Per-process counts that add up: the run trains on the sum of every process's share."""
 
-_flags = None
-"""The process group the per-step stop flag goes through: a gloo group beside NCCL on GPUs; None (the default
-group, gloo already) on CPUs."""
+_side = None
+"""A gloo group beside the default one (NCCL on GPUs, gloo on CPUs), with a long timeout: the per-step stop flag and
+what rank 0 broadcasts go through it on CPU tensors, so checking the flag never waits on the GPU, and the other ranks
+can wait for rank 0 to answer test cases for longer than NCCL's watchdog allows."""
+SIDE_TIMEOUT_S = 6 * 3600
+"""How long the other ranks wait on rank 0 at a broadcast: answering many test cases on a slow card takes minutes,
+well past the default group's timeout (NCCL's 10 minutes, accelerate's 30), which would kill the waiting ranks."""
 
 
 def world_size() -> int:
@@ -44,14 +49,14 @@ def start(device: str) -> None:
     directory and build a scratch model once. accelerate's PartialState is the process group transformers' Trainer
     then uses (nccl on GPUs, gloo on CPUs); on GPUs a gloo side group carries the per-step stop flag, so checking
     it never waits on the GPU."""
-    global _flags
+    global _side
     if world_size() == 1:
         return
     import torch.distributed as dist
     from accelerate import PartialState
 
     PartialState(cpu=device == "cpu")
-    _flags = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+    _side = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=SIDE_TIMEOUT_S))
     if device == "cpu":
         import torch.serialization
 
@@ -83,13 +88,14 @@ def gather(obj) -> list:
 
 
 def broadcast(obj):
-    """Rank 0's `obj` on every process (a collective)."""
+    """Rank 0's `obj` on every process (a collective), through the side group once `start` has run: the others wait
+    for rank 0 up to SIDE_TIMEOUT_S."""
     if world_size() == 1:
         return obj
     import torch.distributed as dist
 
     holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
+    dist.broadcast_object_list(holder, src=0, group=_side)
     return holder[0]
 
 
@@ -101,7 +107,7 @@ def any_process(flag: bool) -> bool:
     import torch.distributed as dist
 
     value = torch.tensor([int(flag)])
-    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_flags)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_side)
     return bool(value.item())
 
 
