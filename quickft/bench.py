@@ -33,6 +33,20 @@ CPU_NOTE = "On CPU the backends are expected to be about even: Unsloth's speedup
 LIKE_FOR_LIKE_ENV = {"UNSLOTH_CPU_CHUNKED_CE": "0"}
 
 
+LIKE_FOR_LIKE = {
+    "loss_type": "nll",
+    "padding_free": False,
+    "logging_nan_inf_filter": True,
+    "torch_empty_cache_steps": None,
+}
+"""SFTConfig fields both rows of a like-for-like bench set explicitly, because the libraries' defaults differ on a
+GPU: TRL 1.14 defaults to loss_type="chunked_nll" (the output head on trained tokens only), Unsloth's SFTConfig to
+"nll" (its fused cross-entropy); Unsloth turns padding-free batching on by itself where it judges it safe, turns
+transformers' NaN filter off (one fewer sync per step) and empties the CUDA cache every 250 steps. Unsloth's config
+keeps a value given explicitly (its replacements fill defaults only; its padding-free choice is made only when the
+field is unset). Each row's effective values are read back after training (effective_settings)."""
+
+
 def parse_variant(name: str) -> dict:
     """'peft+16bit+nogc' -> {"backend": "peft", "overrides": ["mode=lora", "gradient_checkpointing=false"]}."""
     backend, *switches = name.split("+")
@@ -356,7 +370,14 @@ def _measure(spec: dict) -> dict:
     dataset = to_dataset(prepare(train_examples, loaded.tokenizer, recipe).rows)
     counter = TokenCounter()
     trainer = make_trainer(
-        recipe, choice, loaded.model, loaded.tokenizer, dataset, Path(spec["run_dir"]), counter=counter
+        recipe,
+        choice,
+        loaded.model,
+        loaded.tokenizer,
+        dataset,
+        Path(spec["run_dir"]),
+        counter=counter,
+        settings=None if spec.get("as_shipped") else LIKE_FOR_LIKE,
     )
     if not spec.get("as_shipped"):
         # Unsloth rewrites the optimizer in SFTConfig as it is built (adamw_torch -> adamw_torch_fused on CPU); the

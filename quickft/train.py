@@ -514,10 +514,19 @@ def to_dataset(rows: list[dict]):
 
 
 def make_trainer(
-    recipe: Recipe, choice: Choice, model, tokenizer, dataset, run_dir: Path, eval_dataset=None, *, counter=None
+    recipe: Recipe,
+    choice: Choice,
+    model,
+    tokenizer,
+    dataset,
+    run_dir: Path,
+    eval_dataset=None,
+    *,
+    counter=None,
+    settings: dict | None = None,
 ):
     """TRL's SFTTrainer (as quickft.trainer.CountingTrainer, counting into `counter`, a new one by default) with
-    the recipe's settings."""
+    the recipe's settings, and `settings`: more SFTConfig fields, set explicitly (bench's like-for-like ones)."""
     from trl import SFTConfig
 
     from quickft.metrics import TokenCounter
@@ -563,6 +572,7 @@ def make_trainer(
         # evaluation in the training precision, never the model cast to 16-bit in place (Unsloth's default)
         fp16_full_eval=False,
         bf16_full_eval=False,
+        **(settings or {}),
     )
     one_gpu_per_process(args)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback

@@ -59,6 +59,9 @@ def test_like_for_like_rows_ran_the_same_settings(bench_result):
     settings = rows["peft"]["settings"]
     assert settings["optimizer"].startswith("AdamW") and settings["loss"] == "ForCausalLMLoss"
     assert settings["compute_dtype"] == "fp32" and settings["linear4bit_layers"] == 0
+    # set explicitly on both rows, where TRL's and Unsloth's defaults differ on a GPU (bench.LIKE_FOR_LIKE)
+    assert (settings["loss_type"], settings["padding_free"]) == ("nll", False)
+    assert (settings["nan_inf_filter"], settings["empty_cache_steps"]) == (True, None)
     assert rows["peft+gc"]["differs"] == {
         "gradient_checkpointing": [False, True],
         "checkpointing_kind": ["none", "recompute"],
