@@ -59,14 +59,15 @@ ok = 0.85 <= run / bench <= 1.15
 print(f"{'PASS' if ok else 'FAIL'} run-vs-bench-tokens-per-s: run {run:,.0f}, bench {bench:,.0f} ({run / bench:.2f}x)")
 EOF
 
-# 3: Phi-2's architecture in QLoRA under a 4 GiB cap, then export: the 5.6 GB merge cannot be loaded back on the
-# capped card, so the check goes to the CPU and the merged files stay
-export QUICKFT_GPU_MEMORY_GB=4
+# 3: Phi-2's architecture in QLoRA on an emulated GTX 1050 Ti (4 GiB, compute capability 6.1: PEFT, fp16), then
+# export: the 5.6 GB merge cannot be loaded back on the emulated card, so the check goes to the CPU and the merged
+# files stay
+export QUICKFT_GPU_MEMORY_GB=4 QUICKFT_GPU_CAPABILITY=6.1
 $Q run recipes/phi2_math.py model=./benchmarks/models/phi-2 max_steps=2 precision=fp16 max_new_tokens=4 \
     data.holdout=2 --output-dir "$OUT/phi2" --quiet >"$OUT/phi2.log" 2>&1
 $Q export "$OUT/phi2" --to merged --out "$OUT/phi2-merged" --json >"$OUT/export.json" 2>"$OUT/export.log"
 code=$?
-unset QUICKFT_GPU_MEMORY_GB
+unset QUICKFT_GPU_MEMORY_GB QUICKFT_GPU_CAPABILITY
 $PY - "$OUT/export.json" "$code" <<'EOF'
 import json, sys
 try:

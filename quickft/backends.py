@@ -300,30 +300,42 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_warning()
 
 
-def cap_gpu_memory() -> float | None:
-    """$QUICKFT_GPU_MEMORY_GB caps this process's GPU memory (torch's per-process fraction), so a big card can stand
-    in for a small one: QUICKFT_GPU_MEMORY_GB=4 behaves like a 4 GB GTX 1050 Ti. Returns the fraction set, if any."""
-    value = os.environ.get("QUICKFT_GPU_MEMORY_GB")
-    if not value:
+def cap_gpu_memory(hw) -> dict | None:
+    """On an emulated card (hardware.emulate, QUICKFT_GPU_MEMORY_GB / QUICKFT_GPU_CAPABILITY): cap torch's memory so
+    that it and this process's CUDA context fit in the emulated card, as they share a real one, and turn torch's
+    flash attention off where the emulated card has none (below compute capability 8.0; its memory-efficient kernel
+    runs instead, as on a T4 or a GTX 1050 Ti). Returns what was set; None on a card that emulates nothing."""
+    if hw is None or not hw.emulated:
         return None
     import torch
 
-    try:
-        cap = float(value) * 2**30
-    except ValueError:
-        raise UserError(
-            f"QUICKFT_GPU_MEMORY_GB={value!r} is not a number", hint="e.g. QUICKFT_GPU_MEMORY_GB=4"
-        ) from None
-    fraction = min(1.0, cap / torch.cuda.get_device_properties(0).total_memory)
-    torch.cuda.set_per_process_memory_fraction(fraction)
-    return fraction
+    done = {}
+    if hw.vram_bytes < hw.physical_vram_bytes:
+        free, total = torch.cuda.mem_get_info()  # creates this process's CUDA context first
+        fraction, outside = memory_fraction(hw.vram_bytes, total, free, torch.cuda.memory_reserved())
+        torch.cuda.set_per_process_memory_fraction(fraction)
+        done |= {"fraction": fraction, "outside_torch_bytes": outside}
+    if hw.capability < (8, 0):
+        torch.backends.cuda.enable_flash_sdp(False)
+        done["flash_sdp"] = False
+    return done
+
+
+def memory_fraction(card_bytes: int, total: int, free: int, reserved: int) -> tuple[float, int]:
+    """(torch's per-process memory fraction, bytes this process holds outside torch's allocator) for an emulated
+    card of `card_bytes` on a real one of `total`: the fraction caps torch's allocator only, and on a real small card
+    the CUDA context (and cuBLAS's, NCCL's, other libraries' memory) comes out of the same total. What the GPU holds
+    beyond torch's reservation counts as this process's: on a GPU shared with other processes theirs counts too,
+    which errs small."""
+    outside = max(0, total - free - reserved)
+    return max(0.0, min(1.0, (card_bytes - outside) / total)), outside
 
 
 def load(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_training: bool = True) -> Loaded:
     """Load with the chosen backend; a model that can't be found becomes a UserError that says what to do."""
     quiet_libraries()
     if choice.device == "cuda":
-        cap_gpu_memory()
+        cap_gpu_memory(choice.hardware)
     loader = load_unsloth if choice.backend == "unsloth" else load_peft
     try:
         return loader(recipe, choice, model_path, local=local, for_training=for_training)

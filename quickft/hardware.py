@@ -24,6 +24,55 @@ class Hardware:
     gpu_name: str | None = None
     capability: tuple[int, int] | None = None
     vram_bytes: int | None = None
+    physical_capability: tuple[int, int] | None = None
+    """Set when this card stands in for a smaller or older one (emulate()): then capability and vram_bytes are the
+    emulated card's, which every decision uses, and these two the card's own, whose kernels run."""
+    physical_vram_bytes: int | None = None
+
+    @property
+    def emulated(self) -> bool:
+        return self.physical_capability is not None
+
+    @property
+    def kernel_capability(self) -> tuple[int, int] | None:
+        """The capability whose kernels run: the physical card's, emulated or not."""
+        return self.physical_capability or self.capability
+
+
+EMULATION_VARIABLES = ("QUICKFT_GPU_MEMORY_GB", "QUICKFT_GPU_CAPABILITY")
+
+
+def emulate(hw: Hardware, env) -> Hardware:
+    """The card $QUICKFT_GPU_MEMORY_GB and $QUICKFT_GPU_CAPABILITY describe, standing on this one: a 4 GB GTX 1050 Ti
+    on an H100 is QUICKFT_GPU_MEMORY_GB=4 QUICKFT_GPU_CAPABILITY=6.1. The backend, precision and attention are then
+    chosen as for that card (fp16 and PEFT below 7.0, no flash attention below 8.0), torch's memory is capped at its
+    size (less this process's CUDA context, see backends.cap_gpu_memory), and every report quotes its memory. The
+    kernels and their speed stay the physical card's. Unchanged when neither is set, or on no GPU."""
+    memory, capability = (env.get(k) or None for k in EMULATION_VARIABLES)
+    if hw.device != "cuda" or not (memory or capability):
+        return hw
+    from quickft.errors import UserError
+
+    vram = hw.vram_bytes
+    if memory:
+        try:
+            vram = min(hw.vram_bytes, int(float(memory) * 2**30))
+        except ValueError:
+            vram = 0
+        if vram <= 0:
+            raise UserError(
+                f"QUICKFT_GPU_MEMORY_GB={memory!r} is not a positive number of GiB", hint="e.g. QUICKFT_GPU_MEMORY_GB=4"
+            )
+    cc = hw.capability
+    if capability:
+        found = re.fullmatch(r"\s*(\d+)\.(\d)\s*", capability)
+        if not found:
+            raise UserError(
+                f"QUICKFT_GPU_CAPABILITY={capability!r} is not a compute capability",
+                hint="e.g. QUICKFT_GPU_CAPABILITY=6.1 (GTX 10xx), 7.0 (V100), 7.5 (T4), 8.0 (A100)",
+            )
+        cc = min(hw.capability, (int(found[1]), int(found[2])))  # a newer card than this one cannot be emulated
+    return Hardware("cuda", hw.gpu_name, cc, vram, physical_capability=hw.capability, physical_vram_bytes=hw.vram_bytes)
 
 
 @dataclass
@@ -118,7 +167,7 @@ def detect() -> Hardware:
             )
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        return Hardware("cuda", props.name, (props.major, props.minor), props.total_memory)
+        return emulate(Hardware("cuda", props.name, (props.major, props.minor), props.total_memory), os.environ)
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return Hardware("mps", "Apple GPU (MPS)")
     return Hardware("cpu")
@@ -138,6 +187,14 @@ def unsloth_status() -> UnslothStatus:
 
 
 def describe(hw: Hardware) -> str:
+    if hw.device == "cuda" and hw.emulated:
+        cc, own = (f"{c[0]}.{c[1]}" for c in (hw.capability, hw.physical_capability))
+        return (
+            f"an emulated {hw.vram_bytes / 2**30:.1f} GiB card of compute capability {cc}, on {hw.gpu_name} "
+            f"({hw.physical_vram_bytes / 2**30:.1f} GiB, {own}; QUICKFT_GPU_MEMORY_GB / QUICKFT_GPU_CAPABILITY): "
+            f"memory capped and backend, precision and attention chosen as for {cc}; the kernels and their speed are "
+            f"the {hw.gpu_name}'s"
+        )
     if hw.device == "cuda":
         return (
             f"{hw.gpu_name} (compute capability {hw.capability[0]}.{hw.capability[1]}, {hw.vram_bytes / 2**30:.1f} GiB)"
@@ -215,7 +272,8 @@ def why_not_unsloth(hw: Hardware, unsloth: UnslothStatus, refuses: str | None = 
         return "Apple GPUs (MPS) are not supported by Unsloth"
     if hw.capability < UNSLOTH_MIN_CAPABILITY:
         major, minor = hw.capability
-        return f"{hw.gpu_name} is compute capability {major}.{minor}; Unsloth's kernels need ≥ 7.0"
+        card = "the emulated card" if hw.emulated else hw.gpu_name
+        return f"{card} is compute capability {major}.{minor}; Unsloth's kernels need ≥ 7.0"
     if not unsloth.installed:
         return "unsloth is not installed (pip install 'quickft[unsloth]', or `make install`)"
     if not unsloth.triton:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import resource
 
@@ -241,6 +242,16 @@ def reset_peak_memory(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def card_bytes() -> int:
+    """The GPU's memory, or the emulated card's (QUICKFT_GPU_MEMORY_GB): what the reports quote as the card's."""
+    import torch
+
+    from quickft.hardware import Hardware, emulate
+
+    p = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return emulate(Hardware("cuda", p.name, (p.major, p.minor), p.total_memory), os.environ).vram_bytes
+
+
 def memory(device: str) -> dict:
     """Memory now: torch's own counters on a GPU; this process's resident memory on CPU (MB)."""
     if device == "cuda":
@@ -252,7 +263,7 @@ def memory(device: str) -> dict:
             "gpu_peak_allocated_mb": torch.cuda.max_memory_allocated() / MB,
             # reserved (allocated + the caching allocator's free blocks) is what runs a 4 GB card out of memory
             "gpu_peak_reserved_mb": torch.cuda.max_memory_reserved() / MB,
-            "gpu_total_mb": torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / MB,
+            "gpu_total_mb": card_bytes() / MB,
         }
     import psutil
 

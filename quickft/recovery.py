@@ -99,8 +99,9 @@ def recover_from_oom(error, trainer, recipe: Recipe, choice: Choice, run_dir: Pa
     step = trainer.state.global_step
     card = "no GPU memory figures here"
     if choice.device == "cuda":
-        total = torch.cuda.get_device_properties(0).total_memory / 2**30
-        card = f"{choice.hardware.gpu_name} has {total:.1f} GiB"
+        from quickft.hardware import describe
+
+        card = describe(choice.hardware)
     what = (
         f"out of GPU memory at step {step} ({recipe.mode}, micro-batch {recipe.micro_batch_size}, "
         f"max_seq_length {recipe.max_seq_length}, {choice.precision}); {card}"

@@ -105,6 +105,23 @@ def check(hw: Hardware, stack: Stack, *, needs_4bit: bool = False) -> Verdict:
     if hw.device != "cuda":
         where = "Apple GPU (MPS)" if hw.device == "mps" else "CPU"
         return Verdict("runs", f"{where}: no CUDA kernels needed; PEFT runs", unsloth_blocker=unsloth_blocker)
+    if hw.emulated:  # the physical card's kernels run; the emulated card's capability decides Unsloth
+        verdict = check(
+            Hardware("cuda", hw.gpu_name, hw.physical_capability, hw.physical_vram_bytes), stack, needs_4bit=needs_4bit
+        )
+        if verdict.status == "cannot-run":
+            return verdict
+        cc = f"{hw.capability[0]}.{hw.capability[1]}"
+        reason = f"torch {stack.torch} has kernels for {hw.gpu_name} (emulating compute capability {cc})"
+        if not runs_on(stack.torch_archs, hw.capability):
+            reason += (
+                f"; a real {cc} card could not run this torch ({describe_archs(stack.torch_archs)}): {_fix_for(hw)}"
+            )
+        if unsloth_blocker:
+            return Verdict(
+                "peft-only", f"{reason}; Unsloth cannot run: {unsloth_blocker}", unsloth_blocker=unsloth_blocker
+            )
+        return Verdict("runs", f"{reason}; Unsloth can run", unsloth_blocker=None)
     cc = f"{hw.capability[0]}.{hw.capability[1]}"
     gpu = f"{hw.gpu_name} (compute capability {cc})"
     fix = _fix_for(hw)

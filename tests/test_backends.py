@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from quickft.cli import main
+from quickft.hardware import Hardware, UnslothStatus, choose
 from tests.conftest import ROOT, requires_unsloth
 
 # Any outbound connection fails loudly: a local-directory run must make none (no hub, no usage statistics).
@@ -215,19 +217,107 @@ def test_unsloth_full_finetune_trains_as_the_recipe_says(tmp_path, lora_recipe, 
     assert f"gradient checkpointing {'on' if checkpointing else 'off'}" in result.stdout
 
 
-def test_gpu_memory_cap_stands_a_big_card_in_for_a_small_one(monkeypatch):
-    """The one fake: torch's CUDA calls (a GPU we don't have); the cap is the fraction of the card's memory."""
-    import types
+H200 = Hardware("cuda", "NVIDIA H200", (9, 0), 140 * 2**30)
 
+
+def test_an_emulated_small_card_is_decided_for_as_that_card():
+    """QUICKFT_GPU_MEMORY_GB=4 QUICKFT_GPU_CAPABILITY=6.1 on an H200 is a GTX 1050 Ti for every decision: PEFT in
+    fp16 (no bf16, no Unsloth below 7.0), a 4 GiB card in every report; the header says it is emulated."""
+    from quickft.hardware import describe, emulate
+
+    ti = emulate(H200, {"QUICKFT_GPU_MEMORY_GB": "4", "QUICKFT_GPU_CAPABILITY": "6.1"})
+    assert (ti.capability, ti.vram_bytes, ti.physical_capability, ti.physical_vram_bytes) == (
+        (6, 1),
+        4 * 2**30,
+        (9, 0),
+        140 * 2**30,
+    )
+    choice = choose(ti, UnslothStatus(True, "2026.10.9"), mode="qlora")
+    assert (choice.backend, choice.precision, choice.load_in_4bit) == ("peft", "fp16", True)
+    assert "the emulated card is compute capability 6.1" in choice.reason
+    text = describe(ti)
+    assert text.startswith("an emulated 4.0 GiB card of compute capability 6.1, on NVIDIA H200 (140.0 GiB, 9.0")
+    # the memory cap alone keeps the card's own capability: an H200 with 4 GiB still picks bf16 and Unsloth
+    small = emulate(H200, {"QUICKFT_GPU_MEMORY_GB": "4"})
+    assert small.capability == (9, 0) and small.vram_bytes == 4 * 2**30 and small.emulated
+    assert choose(small, UnslothStatus(True, "2026.10.9")).precision == "bf16"
+    assert emulate(H200, {}) is H200 and emulate(Hardware("cpu"), {"QUICKFT_GPU_MEMORY_GB": "4"}).device == "cpu"
+    # no card bigger or newer than the real one
+    assert emulate(H200, {"QUICKFT_GPU_MEMORY_GB": "500", "QUICKFT_GPU_CAPABILITY": "12.0"}) == Hardware(
+        "cuda", "NVIDIA H200", (9, 0), 140 * 2**30, (9, 0), 140 * 2**30
+    )
+
+
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"QUICKFT_GPU_MEMORY_GB": "four"}, "QUICKFT_GPU_MEMORY_GB='four' is not a positive number"),
+        ({"QUICKFT_GPU_MEMORY_GB": "-1"}, "QUICKFT_GPU_MEMORY_GB='-1' is not a positive number"),
+        ({"QUICKFT_GPU_CAPABILITY": "sm_61"}, "QUICKFT_GPU_CAPABILITY='sm_61' is not a compute capability"),
+    ],
+)
+def test_a_bad_emulation_variable_is_a_user_error(env, says):
+    from quickft.errors import UserError
+    from quickft.hardware import emulate
+
+    with pytest.raises(UserError, match=re.escape(says)):
+        emulate(H200, env)
+
+
+def test_the_emulated_cards_memory_holds_this_processs_cuda_context_too():
+    """torch's memory fraction caps its allocator only; on a real 4 GB card the CUDA context comes out of the same
+    4 GB. With 600 MiB held outside torch on a 140 GiB card: torch may reserve 4 GiB less those 600 MiB."""
+    from quickft.backends import memory_fraction
+
+    total, context = 140 * 2**30, 600 * 2**20
+    reserved = 0
+    fraction, outside = memory_fraction(4 * 2**30, total, free=total - context - reserved, reserved=reserved)
+    assert outside == context and fraction * total == pytest.approx(4 * 2**30 - context)
+    # memory torch already reserved is its own, not the context's
+    fraction, outside = memory_fraction(4 * 2**30, total, free=total - context - 2**30, reserved=2**30)
+    assert outside == context
+    assert memory_fraction(2**20, total, free=total - context, reserved=0)[0] == 0.0  # a card smaller than the context
+
+
+def test_emulating_a_card_sets_torchs_cap_and_attention(monkeypatch):
+    """The one fake: torch's CUDA calls (a GPU we don't have). What is set is cap_gpu_memory's own decision."""
     from quickft.backends import cap_gpu_memory
+    from quickft.hardware import emulate
 
-    set_to = []
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d=0: types.SimpleNamespace(total_memory=80 * 2**30))
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: set_to.append(f))
-    monkeypatch.delenv("QUICKFT_GPU_MEMORY_GB", raising=False)
-    assert cap_gpu_memory() is None and set_to == []
-    monkeypatch.setenv("QUICKFT_GPU_MEMORY_GB", "4")
-    assert cap_gpu_memory() == set_to[0] == 4 / 80
+    calls = {}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (H200.vram_bytes - 500 * 2**20, H200.vram_bytes))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: 0)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, *a: calls.update(fraction=f))
+    monkeypatch.setattr(torch.backends.cuda, "enable_flash_sdp", lambda on: calls.update(flash=on))
+    assert cap_gpu_memory(H200) is None and calls == {}
+    t4 = emulate(H200, {"QUICKFT_GPU_MEMORY_GB": "16", "QUICKFT_GPU_CAPABILITY": "7.5"})
+    done = cap_gpu_memory(t4)
+    assert calls == {"fraction": done["fraction"], "flash": False}
+    assert done["fraction"] * H200.vram_bytes == pytest.approx(16 * 2**30 - 500 * 2**20)
+    calls.clear()
+    cap_gpu_memory(emulate(H200, {"QUICKFT_GPU_MEMORY_GB": "40"}))  # an A100-40GB-sized H200 keeps flash attention
+    assert set(calls) == {"fraction"}
+
+
+def test_an_emulated_pascal_card_on_the_default_stack_says_what_the_real_card_would_need():
+    """The stack check runs the physical card's kernels; the emulated card's need is said, not enforced."""
+    from quickft.hardware import emulate
+    from quickft.stack import Stack, check
+
+    stack = Stack(
+        torch="2.14.1+cu130",
+        cuda="13.0",
+        torch_archs=["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"],
+        unsloth="2026.10.9",
+        triton="3.5",
+        bnb="0.50.2",
+        bnb_library="libbitsandbytes_cuda130.so",
+        bnb_archs=["sm_75", "sm_80", "sm_90"],
+    )
+    verdict = check(emulate(H200, {"QUICKFT_GPU_MEMORY_GB": "4", "QUICKFT_GPU_CAPABILITY": "6.1"}), stack)
+    assert verdict.status == "peft-only"
+    assert "a real 6.1 card could not run this torch" in verdict.reason and "make install-old-gpu" in verdict.reason
+    assert "the emulated card is compute capability 6.1" in verdict.unsloth_blocker
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
