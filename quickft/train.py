@@ -211,7 +211,10 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
 
     with reporter.phase("building the trainer"):
         trainer = build(recipe)
-    header = show_header(recipe, choice, trainer, loaded.model, model_path, split, data, run_dir, reporter)
+    choice, precision_notes = trained_precision(choice, trainer.args)
+    header = show_header(
+        recipe, choice, trainer, loaded.model, model_path, split, data, run_dir, reporter, precision_notes
+    )
     recorder = make_recorder(run_dir, choice, counter, reporter, checkpoint)
     trainer, evaluator, stopper = train_with_recovery(
         trainer, build, recipe, choice, split, run_dir, recorder, checkpoint
@@ -294,7 +297,23 @@ def open_run_dir(run_dir: Path, recipe: Recipe, recipe_path: str, checkpoint: Pa
         rundir.set_status(run_dir, "running", resumed_from=checkpoint.name)
 
 
-def show_header(recipe, choice, trainer, model, model_path, split: Split, data: Data, run_dir, reporter) -> dict:
+def trained_precision(choice: Choice, args) -> tuple[Choice, list[str]]:
+    """The choice with the precision the trainer really runs, read back from its arguments once it is built, and the
+    header's note when that is not the one chosen: Unsloth's trainer sets it by itself (bf16 autocast for an fp32
+    recipe on a card with bf16; its own choice for models it runs in fp32, Gemma 3 and gpt-oss)."""
+    actual = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    if actual == choice.precision:
+        return choice, []
+    who = "Unsloth's trainer" if choice.backend == "unsloth" else "the trainer"
+    note = (
+        f"{who} trains in {actual}, not the {choice.precision} quickft chose: the report and backend.json say {actual}"
+    )
+    return replace(choice, precision=actual, reason=f"{choice.reason}; {note}"), [note]
+
+
+def show_header(
+    recipe, choice, trainer, model, model_path, split: Split, data: Data, run_dir, reporter, notes=()
+) -> dict:
     """The header, and backend.json: the model as the trainer holds it (TRL and Unsloth may have changed it)."""
     from quickft.backends import model_facts
 
@@ -315,7 +334,7 @@ def show_header(recipe, choice, trainer, model, model_path, split: Split, data: 
         dropped=split.dropped + data.prepared.dropped,
         truncated=data.prepared.truncated,
         documents=data.prepared.documents,
-        notes=split.notes + data.prepared.notes + gpu_notes(choice),
+        notes=split.notes + data.prepared.notes + gpu_notes(choice) + list(notes),
         n_eval=len(split.eval),
         n_cases=len(split.cases),
     )

@@ -226,3 +226,29 @@ def test_an_unknown_key_suggests_the_closest(lora_recipe, capsys):
     assert main(["run", str(lora_recipe), "learning_rat=1e-3"]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'learning_rat'; did you mean learning_rate?" in err
+
+
+@pytest.mark.parametrize(
+    "chosen, flags, says",
+    [
+        ("fp32", {"bf16": True}, "Unsloth's trainer trains in bf16, not the fp32 quickft chose"),
+        ("fp16", {}, "Unsloth's trainer trains in fp32, not the fp16 quickft chose"),
+        ("bf16", {"bf16": True}, None),
+    ],
+)
+def test_the_precision_reported_is_the_one_the_trainer_runs(tmp_path, chosen, flags, says):
+    """Unsloth's trainer sets its own precision on some cards and models (no GPU here: the arguments are TRL's real
+    SFTConfig, set as Unsloth's trainer leaves them); the choice the report and backend.json take is read back."""
+    from trl import SFTConfig
+
+    from quickft.hardware import Choice
+    from quickft.train import trained_precision
+
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, **({"bf16": False, "fp16": False} | flags))
+    choice = Choice("unsloth", "Unsloth runs here", chosen, False, "cuda")
+    read, notes = trained_precision(choice, args)
+    if says is None:
+        assert read is choice and notes == []
+    else:
+        assert notes == [f"{says}: the report and backend.json say {read.precision}"]
+        assert read.precision == ("bf16" if flags else "fp32") and says in read.reason
