@@ -145,6 +145,7 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
         "weights": n_weights,
         "converter": converter,
         "say": say,
+        "trained_on": (run.get("backend") or {}).get("device", "cpu"),
     }
 
 
@@ -288,6 +289,7 @@ def export(plan: dict, *, check: bool, err: Console) -> dict:
         "weights": plan["weights"],
         "dtype": plan["dtype"],
         "dequantized_from_4bit": recipe.mode == "qlora",
+        "trained_on": plan["trained_on"],
         "prompting": prompting(recipe),
         "seconds": round(time.perf_counter() - started, 2),
         "files": sorted(p.name for p in out_dir.iterdir() if p.is_file()),
@@ -296,6 +298,17 @@ def export(plan: dict, *, check: bool, err: Console) -> dict:
     rundir.write_json(out_dir / "export.json", record)
     record["files"] = sorted(p.name for p in out_dir.iterdir() if p.is_file())
     return record
+
+
+def dequantization_note(trained_on: str) -> str:
+    """What a QLoRA export merged into, and where it was de-quantized (always on the CPU: see merge)."""
+    note = "QLoRA: merged into the base de-quantized from 4-bit (on the CPU), never into 4-bit weights"
+    if trained_on == "cuda":
+        note += (
+            "; training de-quantized with bitsandbytes' CUDA kernel, which may round a weight one 16-bit step apart "
+            "from its CPU kernel: the check compares the merged model's answers with the adapter's"
+        )
+    return note
 
 
 def merge(plan: dict, target: Path) -> None:
@@ -328,8 +341,8 @@ def merge(plan: dict, target: Path) -> None:
                 bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=dtype,
             )
-            # on the CPU even where a GPU is: the de-quantized model is the 16-bit size a small card lacks
-            # (NF4 rounding is the same arithmetic on either)
+            # on the CPU even where a GPU is: the de-quantized model is the 16-bit size a small card lacks (the
+            # report says when training ran bitsandbytes' CUDA kernel instead: dequantization_note)
             kwargs["device_map"] = {"": "cpu"}
         model = AutoModelForCausalLM.from_pretrained(plan["base"], **kwargs, **local)
         if recipe.mode == "qlora":
@@ -455,7 +468,7 @@ def print_record(record: dict, console: Console) -> None:
         g = record["gguf"]
         console.print(f"  GGUF: {escape(g['file'])} ({g['quant']}, {_size(g['bytes'])})")
     if record["dequantized_from_4bit"]:
-        console.print("  QLoRA: merged into the base de-quantized from 4-bit, never into 4-bit weights")
+        console.print(f"  {dequantization_note(record.get('trained_on', 'cpu'))}")
     check = record["check"]
     for name, label in (("merged", "merged model vs the run"), ("gguf", "GGUF (llama.cpp) vs merged model")):
         c = check.get(name)
