@@ -136,7 +136,7 @@ def test_merged_adapter_is_the_adapter_run_without_peft(adapter_runs, tmp_path, 
     run = adapter_runs[mode]
     code, record = export(run, "--out", tmp_path / "m", "--json")
     assert code == 0 and record["check"]["merged"]["ok"] and record["check"]["merged"]["of"] == 20
-    assert record["dequantized_from_4bit"] is (mode == "qlora")
+    assert record["dequantized_from_4bit"] is (mode == "qlora") and record["trained_on"] == "cpu"
     questions = held_out(run)
     assert plain_transformers_answers(tmp_path / "m", questions, 4) == chat_answers(run, questions)
 
@@ -171,6 +171,19 @@ def test_qlora_is_merged_into_the_dequantized_base_not_the_original(adapter_runs
     name = "model.layers.0.self_attn.q_proj.weight"
     gap = (merged.state_dict()[name] - wrong.state_dict()[name]).abs().max()
     assert gap > 1e-3, "the 4-bit rounding the adapter trained against is in the merged weights"
+
+
+def test_a_qlora_export_says_where_its_base_was_dequantized():
+    """The merge de-quantizes on the CPU; a run trained on a GPU ran bitsandbytes' CUDA kernel, which is said."""
+    from quickft.export import dequantization_note
+
+    assert (
+        dequantization_note("cpu")
+        == "QLoRA: merged into the base de-quantized from 4-bit (on the CPU), never into 4-bit weights"
+    )
+    on_gpu = dequantization_note("cuda")
+    assert on_gpu.startswith(dequantization_note("cpu")) and "bitsandbytes' CUDA kernel" in on_gpu
+    assert "the check compares the merged model's answers with the adapter's" in on_gpu
 
 
 def test_the_plan_states_memory_and_disk_from_the_weights(adapter_runs, tmp_path, capsys):
@@ -470,3 +483,13 @@ def test_a_run_trained_in_fp16_merges_in_fp16_even_from_a_bf16_base(adapter_runs
         plan = make_plan(str(run), to="merged", quant=None, out=str(tmp_path / "out"), dtype="auto")
         assert plan["dtype"] == expected, precision
     assert "the run trained in fp16" in plan["say"]
+
+
+def test_the_gguf_tools_build_once_per_machine():
+    """llama-cpp-python is built from the index's source distribution by name, so pip's wheel cache keeps the build
+    (a second install here took 5 s instead of 8 min 19 s); a CMAKE_ARGS of the user's own is a build of its own,
+    never taken from the cache nor left in it."""
+    from quickft.llamacpp import build_arguments
+
+    assert build_arguments({}) == ["--no-binary", "llama-cpp-python"]
+    assert build_arguments({"CMAKE_ARGS": "-DGGML_CUDA=on"}) == ["--no-binary", "llama-cpp-python", "--no-cache-dir"]
