@@ -11,6 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytest_plugins = ["tests.budget"]  # the suite's time budget (pyproject's test_budget_s)
+
 # The old-GPU install (make install-old-gpu) has no Unsloth; tests of Unsloth's own path skip there, saying so.
 # find_spec, not importorskip: importing unsloth would patch transformers, trl and peft for the whole test session.
 requires_unsloth = pytest.mark.skipif(
