@@ -364,7 +364,8 @@ def _record_example(path: Path, where: str, record: dict, shape: str, data: Data
     return Example(messages=_messages(turns, shape, where), where=where, tools=tools or None)
 
 
-def _messages(turns: list, fmt: str, where: str) -> list[dict]:
+def _messages(turns: list, fmt: str, where: str, *, answered: bool = True) -> list[dict]:
+    """Turns (OpenAI `messages` or ShareGPT `conversations`) as messages; `answered`: with an assistant turn."""
     messages = []
     for turn in turns:
         if not isinstance(turn, dict):
@@ -395,7 +396,9 @@ def _messages(turns: list, fmt: str, where: str) -> list[dict]:
         if role == "assistant":
             _read_reasoning(message, turn, where)
         messages.append(message)
-    if not any(m["role"] == "assistant" and (m["content"].strip() or m.get("tool_calls")) for m in messages):
+    if answered and not any(
+        m["role"] == "assistant" and (m["content"].strip() or m.get("tool_calls")) for m in messages
+    ):
         raise UserError(f"{where}: conversation without an assistant turn", hint="add the answer to learn from")
     return messages
 

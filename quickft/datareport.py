@@ -60,7 +60,14 @@ def build_report(recipe_path: str, overrides: list[str]) -> tuple[dict, object, 
     model_path = materialize(recipe, model_ref, split.train)
     tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=local)
     training_tokenizer(tokenizer, recipe, split.train)
-    prepared = prepare(split.train, tokenizer, recipe)
+    if recipe.method == "dpo":
+        from quickft.preference import prepare_pairs, sequences
+
+        prepared = prepare_pairs(split.train, tokenizer, recipe)
+        rows = sequences(prepared.rows)  # what the model reads: prompt + chosen, prompt + rejected
+    else:
+        prepared = prepare(split.train, tokenizer, recipe)
+        rows = prepared.rows
     lengths = sorted(prepared.lengths)
     msl = recipe.max_seq_length
     limit = _model_limit(recipe, model_path, local)
@@ -85,21 +92,20 @@ def build_report(recipe_path: str, overrides: list[str]) -> tuple[dict, object, 
             "total": prepared.tokens,
             "trained": prepared.trained_tokens,
         },
-        "lengths_of": "documents" if prepared.documents else "examples",
+        "method": recipe.method,
+        "lengths_of": "documents" if prepared.documents else "pairs" if recipe.method == "dpo" else "examples",
         "max_seq_length": msl,
         "model_max_length": limit,
         "longer_than_max_seq_length": sum(n > msl for n in lengths),
         "recommended_max_seq_length": recommended,
         "recommended_cuts": sum(n > recommended for n in lengths),
         "padding_share": {
-            mode: padding_share(
-                [len(r["input_ids"]) for r in prepared.rows], recipe.micro_batch_size, mode, recipe.seed
-            )
+            mode: padding_share([len(r["input_ids"]) for r in rows], recipe.micro_batch_size, mode, recipe.seed)
             for mode in ("padded", "grouped", "packed")
         },
         "batching": recipe.data.batching,
     }
-    return report, prepared, tokenizer
+    return report, rows, tokenizer
 
 
 def _model_limit(recipe, model_path: str, local: bool) -> int | None:
@@ -141,7 +147,7 @@ def preview(rows: list[dict], tokenizer, n: int) -> list[Text]:
 
 
 def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool = False) -> dict:
-    report, prepared, tokenizer = build_report(recipe_path, overrides)
+    report, rows, tokenizer = build_report(recipe_path, overrides)
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return report
@@ -153,7 +159,7 @@ def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool
     table.add_column(style="bold")
     table.add_column()
     table.add_row("file", f"{report['data']} ({report['format']})")
-    unit = "documents" if c["documents"] else "examples"
+    unit = "documents" if c["documents"] else report["lengths_of"]
     table.add_row(
         unit,
         f"{c['read']} read, {c['dropped_reading']} dropped reading, {c['held_out_test_cases']} held out as test "
@@ -165,12 +171,14 @@ def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool
             f"{c['test_cases_from_file']} test cases from data.test_path, {c['eval_from_file']} eval examples from "
             "eval.path",
         )
-    rows = f"{c['rows']} training sequences"
+    trained = f"{c['rows']} training " + (
+        "pairs (a chosen and a rejected sequence each)" if report["method"] == "dpo" else "sequences"
+    )
     if c["documents"]:
-        rows += f": the documents cut into windows of ≤ {report['max_seq_length']} tokens"
+        trained += f": the documents cut into windows of ≤ {report['max_seq_length']} tokens"
     else:
-        rows += f" ({c['dropped_while_tokenizing']} dropped, {c['truncated']} cut to fit max_seq_length)"
-    table.add_row("trained", rows)
+        trained += f" ({c['dropped_while_tokenizing']} dropped, {c['truncated']} cut to fit max_seq_length)"
+    table.add_row("trained", trained)
     for line in grouped_reasons((d["where"], d["reason"]) for d in report["dropped"]):
         table.add_row("", f"dropped {line}")
     for line in grouped_reasons((d["where"], d["how"]) for d in report["truncated"]):
@@ -207,7 +215,10 @@ def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool
         f"this recipe uses {report['batching']}",
     )
     console.print(table)
-    for i, text in enumerate(preview(prepared.rows, tokenizer, show), 1):
-        console.print(f"[bold]example {i}[/bold] ([bold green]trained[/bold green], [dim]masked[/dim]):")
+    for i, text in enumerate(preview(rows, tokenizer, show), 1):
+        what = (
+            f"pair {(i + 1) // 2}, {'chosen' if i % 2 else 'rejected'}" if report["method"] == "dpo" else f"example {i}"
+        )
+        console.print(f"[bold]{what}[/bold] ([bold green]trained[/bold green], [dim]masked[/dim]):")
         console.print(text)
     return report

@@ -162,11 +162,21 @@ class Prepared:
 
     @property
     def tokens(self) -> int:
-        return sum(len(r["input_ids"]) for r in self.rows)
+        """The tokens the model reads per epoch: a preference pair's prompt twice, once before each answer."""
+        return sum(
+            len(r["input_ids"])
+            if "input_ids" in r
+            else 2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"])
+            for r in self.rows
+        )
 
     @property
     def trained_tokens(self) -> int:
-        return sum(sum(r["completion_mask"]) for r in self.rows)
+        """The tokens the loss sees: the completion's, or a pair's two answers."""
+        return sum(
+            sum(r["completion_mask"]) if "completion_mask" in r else len(r["chosen_ids"]) + len(r["rejected_ids"])
+            for r in self.rows
+        )
 
     def counts(self) -> dict:
         return {

@@ -308,6 +308,15 @@ def memory_summary_text(mem: dict) -> str:
     return f"peak RSS {mem['peak_rss_mb']:,.1f} MB (process resident memory; no GPU)"
 
 
+def preference_summary(rows: list[dict]) -> dict | None:
+    """A DPO run's preference figures at its first and last logged step (TRL's averages since its previous log)."""
+    logged = [r for r in rows if "rewards/margins" in r]
+    if not logged:
+        return None
+    keys = ("step", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+    return {"first": {k: logged[0][k] for k in keys}, "last": {k: logged[-1][k] for k in keys}}
+
+
 def loss_summary(rows: list[dict], total_steps: int) -> dict | None:
     """Initial, final, min, max loss, improvement %, and the share of the improvement made in each third of the steps.
 

@@ -129,6 +129,20 @@ class Eval:
 
 
 @dataclass
+class DPO:
+    """Direct preference optimization (method="dpo", TRL's DPOTrainer): the model learns to prefer each pair's chosen
+    answer over its rejected one, against a reference (the base: LoRA's starting adapter; a second copy of the model
+    for mode="full")."""
+
+    beta: float = 0.1
+    """How far the model may move from the reference: higher stays closer (TRL's beta)."""
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "apo_zero", "apo_down"] = "sigmoid"
+    """TRL's DPO loss: sigmoid is the DPO paper's; ipo, hinge (SLiC), robust, bco_pair, apo_zero / apo_down."""
+    label_smoothing: float = 0.0
+    """How noisy the preference labels are taken to be (cDPO, with loss_type sigmoid or robust)."""
+
+
+@dataclass
 class Recipe:
     model: str | Scratch
     """A hub id (microsoft/phi-2), a local model directory, or Scratch(...) for a new random model."""
@@ -137,6 +151,10 @@ class Recipe:
     """Run name; defaults to the recipe file's name. The run goes to outputs/<name> unless output_dir is set."""
     mode: Literal["lora", "qlora", "full"] = "lora"
     """lora: 16/32-bit base + adapter; qlora: 4-bit base + adapter; full: every weight is trained."""
+    method: Literal["sft", "dpo"] = "sft"
+    """sft: learn the answers (supervised fine-tuning); dpo: learn to prefer each pair's chosen answer over its
+    rejected one (data: preference pairs; settings in `dpo`)."""
+    dpo: DPO = field(default_factory=DPO)
     lora: LoRA = field(default_factory=LoRA)
     eval: Eval = field(default_factory=Eval)
     max_seq_length: int = 512
@@ -396,6 +414,17 @@ def validate(recipe: Recipe) -> list[str]:
         "eval.patience",
         "early stopping needs eval loss during training: set eval.every and eval.fraction (or eval.path)",
     )
+    need(r.dpo.beta > 0, "dpo.beta", f"must be > 0, got {r.dpo.beta}")
+    need(0 <= r.dpo.label_smoothing < 0.5, "dpo.label_smoothing", f"must be in [0, 0.5), got {r.dpo.label_smoothing}")
+    if r.method == "dpo":
+        need(
+            not (r.eval.fraction or r.eval.path),
+            "eval.fraction",
+            "eval loss is not computed for method='dpo' yet: "
+            "its held-out test cases (data.holdout) are answered and scored against each pair's chosen answer",
+        )
+        need(not r.data.train_on_prompt, "data.train_on_prompt", "method='dpo' compares the answers only")
+        need(r.data.batching != "packed", "data.batching", "method='dpo' pairs cannot be packed")
     need(r.eval.target is None or 0 < r.eval.target <= 1, "eval.target", f"must be in (0, 1], got {r.eval.target}")
     need(not r.eval.target or r.eval.every > 0, "eval.target", "a target is checked every eval.every steps: set it")
     need("{prompt}" in r.data.prompt_template, "data.prompt_template", "must contain {prompt}")
@@ -409,6 +438,12 @@ def validate(recipe: Recipe) -> list[str]:
             f"{r.max_seq_length} is longer than the model supports ({s.max_position_embeddings})",
         )
         need(r.mode == "full", "mode", "a Scratch model has random weights: train it with mode='full'")
+        need(
+            r.method == "sft",
+            "method",
+            "a Scratch model has random weights and no answer to prefer: train it with method='sft' first, then "
+            "point a DPO recipe's model at that run",
+        )
     else:
         need(bool(r.model.strip()), "model", "is empty; give a hub id or a local model directory")
     return problems
@@ -492,5 +527,10 @@ def recipe_from_dict(d: dict) -> Recipe:
     if isinstance(model, dict):
         model = Scratch(**model["scratch"])
     return Recipe(
-        model=model, data=Data(**d.pop("data")), lora=LoRA(**d.pop("lora")), eval=Eval(**d.pop("eval", {})), **d
+        model=model,
+        data=Data(**d.pop("data")),
+        lora=LoRA(**d.pop("lora")),
+        eval=Eval(**d.pop("eval", {})),
+        dpo=DPO(**d.pop("dpo", {})),
+        **d,
     )

@@ -17,6 +17,9 @@ from transformers import TrainerCallback
 from quickft import distributed
 from quickft import metrics as m
 
+PREFERENCE_METRICS = ("rewards/", "logps/")
+"""The prefixes of the figures TRL's DPO trainer logs that go into metrics.jsonl as they are."""
+
 
 class Recorder(TrainerCallback):
     """Each logging step: loss (and its smoothed curve), learning rate, grad norm, real tokens and samples, speed over
@@ -143,6 +146,9 @@ class Recorder(TrainerCallback):
             "samples_per_s": figures["window_samples"] / window_s if window_s else 0.0,
             "step_time_s": window_s / max(step - last_step, 1),
         } | {k: v for k, v in figures.items() if k.endswith("_mb")}
+        # a preference method's own figures (TRL's DPO: rewards of chosen and rejected, margin, accuracy, log-probs),
+        # averaged by TRL over the steps since its last log, under TRL's names
+        row |= {k: float(v) for k, v in logs.items() if k.startswith(PREFERENCE_METRICS)}
         self.rows.append(row)
         # the same figures for an experiment tracker (recipe.track), whose callback runs after this one and sends
         # these logs; transformers' own copy (state.log_history) was taken before the callbacks ran

@@ -107,7 +107,8 @@ class Reporter:
             (
                 "mode",
                 recipe.mode
-                + (f"  (LoRA r={recipe.lora.r}, alpha={recipe.lora.alpha})" if recipe.mode != "full" else ""),
+                + (f"  (LoRA r={recipe.lora.r}, alpha={recipe.lora.alpha})" if recipe.mode != "full" else "")
+                + ("  · method dpo (TRL's DPOTrainer)" if recipe.method == "dpo" else ""),
             ),
             ("parameters", f"{total:,} total, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"),
             (
@@ -140,6 +141,7 @@ class Reporter:
             "examples": n_examples,
             "tokens": n_tokens,
             "mode": recipe.mode,
+            "method": recipe.method,
             "flop_counts": m.flop_counts(model),
             "planned_steps": self.planned_steps,
             "processes": processes,
@@ -178,7 +180,8 @@ class Reporter:
         return (
             f"step {row['step']:>6}/{total} | epoch {row['epoch']:6.2f} | loss {row['loss']:.4f} "
             f"(smoothed {row['loss_smoothed']:.4f}) | lr {row['learning_rate']:.2e} | grad {grad} | "
-            f"{_speed_text(row)} | {m.memory_text(row)}"
+            + (f"{preference_text(row)} | " if "rewards/margins" in row else "")
+            + f"{_speed_text(row)} | {m.memory_text(row)}"
         )
 
     def _eval_line(self, row: dict) -> str:
@@ -214,6 +217,8 @@ class Reporter:
                 f"{row['loss']:.4f}   smoothed {row['loss_smoothed']:.4f}   (step {row['step']}, epoch {row['epoch']:.2f})",
             )
             table.add_row("lr / grad", f"{row['learning_rate']:.2e}   grad norm {grad}")
+            if "rewards/margins" in row:
+                table.add_row("preference", preference_text(row, "   "))
             table.add_row("speed", _speed_text(row, "   "))
             table.add_row("memory", m.memory_text(row))
         if cb.last_eval:
@@ -257,7 +262,8 @@ class Reporter:
         )
         table.add_row(
             "tokens / samples",
-            f"{t['tokens']:,} non-padding tokens · {t['samples']:,} samples"
+            f"{t['tokens']:,} non-padding tokens · {t['samples']:,} "
+            + ("sequences (each pair's chosen and rejected)" if "preference" in s else "samples")
             + (f" (this session: {t['session_tokens']:,} · {t['session_samples']:,})" if resumed else "")
             + f" · {100 * t['padding_share']:.1f}% of batch tokens were padding",
         )
@@ -290,6 +296,13 @@ class Reporter:
                 ),
             )
             table.add_row("improvement by third", thirds)
+        if pref := s.get("preference"):
+            first, last = pref["first"], pref["last"]
+            table.add_row(
+                "preference",
+                f"step {last['step']}: {preference_text(last)}; at step {first['step']}: chosen wins "
+                f"{first['rewards/accuracies']:.0%}, margin {first['rewards/margins']:+.3f}",
+            )
         ev = s.get("evaluation") or {}
         if ev.get("best_step") is not None:
             table.add_row("best eval loss", f"{ev['best_eval_loss']:.4f} at step {ev['best_step']}")
@@ -381,6 +394,8 @@ def _source(recipe) -> str:
 
 
 def _examples_text(n_rows: int, documents: int, recipe) -> str:
+    if recipe.method == "dpo":
+        return f"{n_rows:,} preference pairs (the model reads each prompt twice: before chosen, before rejected)"
     if documents:
         return f"{documents:,} documents in {n_rows:,} windows of ≤ {recipe.max_seq_length} tokens"
     return f"{n_rows:,} examples"
@@ -451,3 +466,12 @@ def _duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     mins, s = divmod(rest, 60)
     return f"{h}h{mins:02d}m{s:02d}s" if h else f"{mins}m{s:02d}s"
+
+
+def preference_text(row: dict, sep: str = " ") -> str:
+    """A DPO row's figures: how often the chosen answer wins, by how much, and each side's reward (beta times the
+    log-probability ratio to the reference model)."""
+    return (
+        f"chosen wins {row['rewards/accuracies']:.0%}{sep}margin {row['rewards/margins']:+.3f}{sep}"
+        f"rewards {row['rewards/chosen']:+.3f} chosen, {row['rewards/rejected']:+.3f} rejected"
+    )

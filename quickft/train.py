@@ -139,6 +139,8 @@ HOLDOUT_SHARE = 10  # test cases taken out of the training data: at most one exa
 
 def read_recipe_data(recipe: Recipe) -> Split:
     """Training examples (empty answers and duplicates dropped), test cases, and the eval-loss examples."""
+    if recipe.method == "dpo":
+        return read_pairs_split(recipe)
     recipe.data.format, examples = read_data(recipe.data.path, recipe.data)  # saved resolved: chat needs it
     read = len(examples)
     examples, dropped = clean_examples(examples)
@@ -167,6 +169,25 @@ def read_recipe_data(recipe: Recipe) -> Split:
     cases = cases[: recipe.data.max_test_examples]
     separate = (bool(recipe.data.test_path), bool(recipe.eval.path))
     return Split(examples, [], cases, eval_examples, dropped, read, notes, separate)
+
+
+def read_pairs_split(recipe: Recipe) -> Split:
+    """method="dpo": preference pairs to train on, and held-out pairs as test cases (their prompt, answered and
+    scored against the chosen answer)."""
+    from quickft.preference import read_pairs
+
+    shape, pairs, dropped = read_pairs(recipe.data.path, recipe.data)
+    recipe.data.format = "chat" if pairs[0].chat else "pairs"  # how chat and the test cases frame a prompt
+    notes = [f"preference pairs read as {shape}"]
+    n = min(recipe.data.holdout, len(pairs) // HOLDOUT_SHARE)
+    pairs, held_out = _split(pairs, n, random.Random(recipe.seed))
+    cases = [
+        Example(messages=p.prompt + [p.chosen], where=p.where, tools=p.tools)
+        if p.chat
+        else Example(prompt=p.prompt, response=p.chosen, where=p.where)
+        for p in held_out[: recipe.data.max_test_examples]
+    ]
+    return Split(pairs, [], cases, [], dropped, len(pairs) + len(held_out) + len(dropped), notes)
 
 
 def _split(examples: list[Example], n: int, rng: random.Random) -> tuple[list[Example], list[Example]]:
@@ -213,7 +234,16 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         trainer = build(recipe)
     choice, precision_notes = trained_precision(choice, trainer.args)
     header = show_header(
-        recipe, choice, trainer, loaded.model, model_path, split, data, run_dir, reporter, precision_notes
+        recipe,
+        choice,
+        trainer,
+        loaded.model,
+        model_path,
+        split,
+        data,
+        run_dir,
+        reporter,
+        precision_notes + reference_notes(recipe, trainer),
     )
     recorder = make_recorder(run_dir, choice, counter, reporter, checkpoint)
     trainer, evaluator, stopper = train_with_recovery(
@@ -229,6 +259,8 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
             rundir.write_json(run_dir / "summary.json", summary | {"data": data.counts, "interrupted": True})
         raise RunInterrupted(run_dir, resume)
     with reporter.phase("saving the model"):
+        if recipe.method == "dpo" and "ref" in getattr(loaded.model, "peft_config", {}):
+            loaded.model.delete_adapter("ref")  # DPO's frozen starting adapter: the run is the trained one
         trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model; by the first process only
         if main:
             tokenizer.save_pretrained(run_dir)
@@ -279,6 +311,11 @@ def prepare_data(recipe: Recipe, split: Split, tokenizer, reporter: Reporter) ->
     with reporter.phase("tokenizing the data"):
         training_tokenizer(tokenizer, recipe, split.train)
         split.cases = make_cases(split.case_examples, recipe.data, recipe.eval.cases, tokenizer)
+        if recipe.method == "dpo":
+            from quickft.preference import prepare_pairs
+
+            prepared = prepare_pairs(split.train, tokenizer, recipe)
+            return Data(to_dataset(prepared.rows), None, prepared, split.counts(prepared))
         prepared = prepare(split.train, tokenizer, recipe)
         train = to_dataset(prepared.rows)
         eval_dataset = to_dataset(prepare(split.eval, tokenizer, recipe).rows) if split.eval else None
@@ -295,6 +332,28 @@ def open_run_dir(run_dir: Path, recipe: Recipe, recipe_path: str, checkpoint: Pa
         rundir.set_status(run_dir, "running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), recipe_file=str(recipe_path))
     else:
         rundir.set_status(run_dir, "running", resumed_from=checkpoint.name)
+
+
+def reference_notes(recipe: Recipe, trainer) -> list[str]:
+    """The header's line on DPO's reference model: what it is, and what it costs in memory (read from the trainer)."""
+    if recipe.method != "dpo":
+        return []
+    beta = f"DPO (beta {recipe.dpo.beta}, loss {recipe.dpo.loss_type}) against a reference model: "
+    if trainer.ref_model is not None:
+        params = list(trainer.ref_model.parameters())
+        size = sum(p.numel() * p.element_size() for p in params)
+        return [
+            beta + f"a second copy of the model ({sum(p.numel() for p in params):,} weights, {size / 2**20:,.1f} MB "
+            "in memory; mode=lora needs none)"
+        ]
+    ref = [p for n, p in trainer.model.named_parameters() if ".ref." in n]
+    if ref:  # TRL copies the starting adapter into a frozen "ref" adapter: the base plus an adapter that is zero
+        size = sum(p.numel() * p.element_size() for p in ref)
+        return [
+            beta + f"the base with LoRA's starting adapter, kept as a frozen copy ({sum(p.numel() for p in ref):,} "
+            f"weights, {size / 2**20:,.2f} MB): no second model in memory"
+        ]
+    return [beta + "the base with the adapter switched off: no second model in memory"]
 
 
 def trained_precision(choice: Choice, args) -> tuple[Choice, list[str]]:
@@ -433,6 +492,8 @@ def summarize_run(recorder, trainer, reporter, choice, header, run_dir, samples,
     summary["run_dir"] = str(run_dir)
     summary["backend"] = choice.to_dict()
     summary["model"] = header
+    if header.get("method") == "dpo":
+        summary["preference"] = m.preference_summary(recorder.rows)
     if samples:
         correct = sum(s["correct"] for s in samples)
         summary["test_cases"] = {"n": len(samples), "score": correct / len(samples), "correct": correct, "match": match}
@@ -512,7 +573,8 @@ def training_tokenizer(tokenizer, recipe: Recipe, examples: list[Example]) -> No
     from quickft.backends import prepare_tokenizer
 
     prepare_tokenizer(tokenizer, recipe, training=True)
-    if any(ex.messages is not None for ex in examples) and not tokenizer.chat_template:
+    chat = any(getattr(ex, "messages", None) is not None or getattr(ex, "chat", False) for ex in examples)
+    if chat and not tokenizer.chat_template:
         vocab = tokenizer.get_vocab()
         if "<|im_start|>" in vocab and "<|im_end|>" in vocab:
             hint = 'its tokenizer has ChatML\'s tokens: set data=Data(..., chat_template="chatml") in the recipe'
@@ -544,14 +606,12 @@ def make_trainer(
     counter=None,
     settings: dict | None = None,
 ):
-    """TRL's SFTTrainer (as quickft.trainer.CountingTrainer, counting into `counter`, a new one by default) with
-    the recipe's settings, and `settings`: more SFTConfig fields, set explicitly (bench's like-for-like ones)."""
-    from trl import SFTConfig
-
+    """TRL's SFTTrainer (DPOTrainer for method="dpo"), as quickft.trainer's counting subclass (counting into
+    `counter`, a new one by default), with the recipe's settings, and `settings`: more config fields, set explicitly
+    (bench's like-for-like ones)."""
     from quickft.metrics import TokenCounter
-    from quickft.trainer import CountingTrainer
 
-    args = SFTConfig(
+    common = dict(
         output_dir=str(run_dir / "checkpoints"),
         max_length=recipe.max_seq_length,
         per_device_train_batch_size=recipe.micro_batch_size,
@@ -571,7 +631,6 @@ def make_trainer(
         fp16=choice.precision == "fp16",
         use_cpu=choice.device == "cpu",
         gradient_checkpointing=recipe.gradient_checkpointing and choice.backend == "peft",
-        completion_only_loss=not recipe.data.train_on_prompt,
         save_strategy="steps" if recipe.save_every else "no",
         save_steps=recipe.save_every or 500,
         save_total_limit=recipe.keep_checkpoints,
@@ -580,7 +639,6 @@ def make_trainer(
         dataset_num_proc=None,
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if recipe.data.batching == "grouped" else "random",
-        packing=recipe.data.batching == "packed",
         per_device_eval_batch_size=recipe.micro_batch_size,
         # under torchrun: every trainable weight (LoRA's, or all of a full fine-tune's) gets a gradient each step, so
         # DDP need not search the graph for unused ones; "all-linear" may adapt layers the forward never uses (a
@@ -591,12 +649,35 @@ def make_trainer(
         # evaluation in the training precision, never the model cast to 16-bit in place (Unsloth's default)
         fp16_full_eval=False,
         bf16_full_eval=False,
-        **(settings or {}),
     )
+    if recipe.method == "dpo":
+        from trl import DPOConfig
+
+        from quickft.trainer import CountingDPOTrainer as Trainer
+
+        args = DPOConfig(
+            **common,
+            beta=recipe.dpo.beta,
+            loss_type=[recipe.dpo.loss_type],
+            label_smoothing=recipe.dpo.label_smoothing,
+            padding_free=False,
+            **(settings or {}),
+        )
+    else:
+        from trl import SFTConfig
+
+        from quickft.trainer import CountingTrainer as Trainer
+
+        args = SFTConfig(
+            **common,
+            completion_only_loss=not recipe.data.train_on_prompt,
+            packing=recipe.data.batching == "packed",
+            **(settings or {}),
+        )
     one_gpu_per_process(args)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    trainer = CountingTrainer(
+    trainer = Trainer(
         model=model,
         args=args,
         train_dataset=dataset,

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from transformers import TrainerCallback
-from trl import SFTTrainer
+from trl import DPOTrainer, SFTTrainer
 
 from quickft import distributed
 from quickft.metrics import TokenCounter
@@ -31,6 +31,24 @@ class CountingTrainer(SFTTrainer):
     def training_step(self, model, inputs, *args, **kwargs):
         loss = super().training_step(model, inputs, *args, **kwargs)
         self.counter.add(inputs)  # after the step: a batch that failed (out of memory) was not trained
+        return loss
+
+
+class CountingDPOTrainer(DPOTrainer):
+    """DPOTrainer that counts like CountingTrainer (a batch is each pair's chosen rows, then its rejected rows: the
+    samples counted are sequences, twice the pairs), and trains on the pairs quickft tokenized (quickft.preference:
+    the same tokens SFT's encoder makes), not on TRL's own tokenization of text."""
+
+    def __init__(self, *args, counter: TokenCounter, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.counter = counter
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        return dataset  # prompt_ids / chosen_ids / rejected_ids already, each pair within max_seq_length
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        self.counter.add(inputs)
         return loss
 
 
