@@ -600,9 +600,12 @@ def test_metrics_rows_quote_trainings_peak_through_evaluations(tmp_path, monkeyp
 
     import torch
 
+    from quickft import metrics as m
     from quickft.metrics import MB, TokenCounter
     from quickft.recorder import Recorder
 
+    monkeypatch.delenv("QUICKFT_GPU_MEMORY_GB", raising=False)
+    monkeypatch.delenv("QUICKFT_GPU_CAPABILITY", raising=False)
     now, peak = {"a": 0.0, "r": 0.0}, {"a": 0.0, "r": 0.0}
 
     def use(allocated, reserved):
@@ -616,7 +619,8 @@ def test_metrics_rows_quote_trainings_peak_through_evaluations(tmp_path, monkeyp
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: peak.update(now))
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(total_memory=4 * 2**30))
+    card = types.SimpleNamespace(name="NVIDIA GeForce GTX 1050 Ti", major=6, minor=1, total_memory=4 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: card)
     shown = _Shown()
     recorder = Recorder(tmp_path / "metrics.jsonl", "cuda", TokenCounter(), display=shown)
     recorder.on_train_begin(None, types.SimpleNamespace(global_step=0), None)
@@ -638,6 +642,9 @@ def test_metrics_rows_quote_trainings_peak_through_evaluations(tmp_path, monkeyp
     assert [r["gpu_peak_allocated_mb"] for r in rows] == [3000, 3000]  # torch's own mark said 2000 at step 2
     assert [r["gpu_allocated_mb"] for r in rows] == [3000, 2000]
     assert recorder.memory["gpu_peak_allocated_mb"] == 3000 and recorder.memory["evaluation_peak_allocated_mb"] == 1200
+    assert rows[0]["gpu_total_mb"] == 4096.0
+    monkeypatch.setenv("QUICKFT_GPU_MEMORY_GB", "2")  # an emulated 2 GiB card on it: its memory is the one quoted
+    assert m.memory("cuda")["gpu_total_mb"] == 2048.0
 
 
 def test_a_nan_loss_is_logged_but_leaves_the_smoothed_loss_finite(tmp_path):
