@@ -179,15 +179,20 @@ def read_pairs_split(recipe: Recipe) -> Split:
     shape, pairs, dropped = read_pairs(recipe.data.path, recipe.data)
     recipe.data.format = "chat" if pairs[0].chat else "pairs"  # how chat and the test cases frame a prompt
     notes = [f"preference pairs read as {shape}"]
-    n = min(recipe.data.holdout, len(pairs) // HOLDOUT_SHARE)
-    pairs, held_out = _split(pairs, n, random.Random(recipe.seed))
-    cases = [
-        Example(messages=p.prompt + [p.chosen], where=p.where, tools=p.tools)
-        if p.chat
-        else Example(prompt=p.prompt, response=p.chosen, where=p.where)
-        for p in held_out[: recipe.data.max_test_examples]
-    ]
-    return Split(pairs, [], cases, [], dropped, len(pairs) + len(held_out) + len(dropped), notes)
+    read = len(pairs) + len(dropped)
+    if recipe.data.test_path:  # any prompt/response file, as for SFT
+        cases = read_examples(recipe.data.test_path, replace(recipe.data, format="auto"))
+    else:
+        n = min(recipe.data.holdout, len(pairs) // HOLDOUT_SHARE)
+        pairs, held_out = _split(pairs, n, random.Random(recipe.seed))
+        cases = [
+            Example(messages=p.prompt + [p.chosen], where=p.where, tools=p.tools)
+            if p.chat
+            else Example(prompt=p.prompt, response=p.chosen, where=p.where)
+            for p in held_out
+        ]
+    cases = cases[: recipe.data.max_test_examples]
+    return Split(pairs, [], cases, [], dropped, read, notes, (bool(recipe.data.test_path), False))
 
 
 def _split(examples: list[Example], n: int, rng: random.Random) -> tuple[list[Example], list[Example]]:
