@@ -140,6 +140,10 @@ class DPO:
     """TRL's DPO loss: sigmoid is the DPO paper's; ipo, hinge (SLiC), robust, bco_pair, apo_zero / apo_down."""
     label_smoothing: float = 0.0
     """How noisy the preference labels are taken to be (cDPO, with loss_type sigmoid or robust)."""
+    sft_weight: float = 0.0
+    """Also the chosen answer's own loss (SFT's negative log-likelihood), with this weight: RPO, TRL's loss_type
+    "sft" added to the preference loss. DPO alone can lower the chosen answer's likelihood along with the rejected
+    one's; this keeps it up."""
 
 
 @dataclass
@@ -415,6 +419,7 @@ def validate(recipe: Recipe) -> list[str]:
         "early stopping needs eval loss during training: set eval.every and eval.fraction (or eval.path)",
     )
     need(r.dpo.beta > 0, "dpo.beta", f"must be > 0, got {r.dpo.beta}")
+    need(r.dpo.sft_weight >= 0, "dpo.sft_weight", f"must be >= 0, got {r.dpo.sft_weight}")
     need(0 <= r.dpo.label_smoothing < 0.5, "dpo.label_smoothing", f"must be in [0, 0.5), got {r.dpo.label_smoothing}")
     if r.method == "dpo":
         need(

@@ -343,7 +343,15 @@ def reference_notes(recipe: Recipe, trainer) -> list[str]:
     """The header's line on DPO's reference model: what it is, and what it costs in memory (read from the trainer)."""
     if recipe.method != "dpo":
         return []
-    beta = f"DPO (beta {recipe.dpo.beta}, loss {recipe.dpo.loss_type}) against a reference model: "
+    args = trainer.args  # as the trainer runs them
+    weights = args.loss_weights or [1.0] * len(args.loss_type)
+    loss = " + ".join(
+        ("the chosen answer's SFT loss" if t == "sft" else t)
+        if w == 1.0
+        else f"{w:g} × " + ("the chosen answer's SFT loss" if t == "sft" else t)
+        for t, w in zip(args.loss_type, weights, strict=True)
+    )
+    beta = f"DPO (beta {args.beta:g}, loss {loss}) against a reference model: "
     if trainer.ref_model is not None:
         params = list(trainer.ref_model.parameters())
         size = sum(p.numel() * p.element_size() for p in params)
@@ -663,7 +671,8 @@ def make_trainer(
         args = DPOConfig(
             **common,
             beta=recipe.dpo.beta,
-            loss_type=[recipe.dpo.loss_type],
+            loss_type=[recipe.dpo.loss_type] + (["sft"] if recipe.dpo.sft_weight else []),
+            loss_weights=[1.0, recipe.dpo.sft_weight] if recipe.dpo.sft_weight else None,
             label_smoothing=recipe.dpo.label_smoothing,
             padding_free=False,
             **(settings or {}),

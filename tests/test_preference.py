@@ -310,3 +310,12 @@ def test_unsloths_cpu_mode_trains_the_same_first_dpo_steps(dpo_run, tmp_path):
     theirs, ours = rows_of(tmp_path / "u"), rows_of(run_dir)[:2]
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies"):
         assert [r[key] for r in theirs] == pytest.approx([r[key] for r in ours], abs=1e-5), key
+
+
+def test_rpo_adds_the_chosen_answers_sft_loss(dpo_run, capsys):
+    """dpo.sft_weight adds TRL's "sft" loss to the preference loss, with its weight, as the trainer says it runs."""
+    run_dir, recipe = dpo_run
+    args = ["run", str(recipe), "--output-dir", str(run_dir.parent / "rpo"), "max_steps=1", "dpo.sft_weight=0.5"]
+    assert main(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "DPO (beta 0.1, loss sigmoid + 0.5 × the chosen answer's SFT loss) against a reference model" in out
