@@ -94,6 +94,11 @@ def bench(
 ) -> dict:
     console = console or Console()
     recipe = load_recipe(recipe_path, overrides)  # validates before spawning anything
+    if recipe.method != "sft":
+        raise UserError(
+            f"{recipe_path}: method={recipe.method!r}: quickft bench times SFT runs only so far",
+            hint="bench the same model and data with method='sft'; `quickft run` reports a DPO run's tokens/s",
+        )
     if steps < 1 or warmup < 0 or repeat < 1:
         raise UserError("--steps and --repeat must be >= 1, --warmup >= 0")
     specs = [parse_variant(v) for v in variants]

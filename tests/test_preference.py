@@ -319,3 +319,9 @@ def test_rpo_adds_the_chosen_answers_sft_loss(dpo_run, capsys):
     assert main(args) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "DPO (beta 0.1, loss sigmoid + 0.5 × the chosen answer's SFT loss) against a reference model" in out
+
+
+def test_bench_says_it_times_sft_only(dpo_run, capsys):
+    _, recipe = dpo_run
+    assert main(["bench", str(recipe)]) == 2
+    assert "method='dpo': quickft bench times SFT runs only so far" in capsys.readouterr().err
