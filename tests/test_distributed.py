@@ -201,11 +201,11 @@ def test_several_processes_train_on_the_peft_path():
 WAITS_FOR_RANK_0 = """
 import datetime, json, sys, time
 from accelerate import PartialState
-PartialState(cpu=True, timeout=datetime.timedelta(seconds=2))  # the default group gives up after 2 s
+PartialState(cpu=True, timeout=datetime.timedelta(seconds=10))  # the default group gives up after 10 s
 from quickft import distributed
 distributed.start("cpu")
 if distributed.is_main():
-    time.sleep(5)  # rank 0 answers test cases; the others wait at the broadcast
+    time.sleep(15)  # rank 0 answers test cases; the others wait at the broadcast
 row = distributed.broadcast({"case_score": 0.5} if distributed.is_main() else None)
 stop = distributed.any_process(distributed.rank() == 1)
 print(json.dumps({"rank": distributed.rank(), "row": row, "stop": stop}), flush=True)
@@ -215,7 +215,7 @@ print(json.dumps({"rank": distributed.rank(), "row": row, "stop": stop}), flush=
 def test_the_other_ranks_wait_for_rank_0_past_the_default_groups_timeout(tmp_path):
     """While rank 0 answers test cases the others wait in the evaluation's broadcast. Through the default group
     (NCCL's 10 minutes on GPUs) they died at its timeout; the broadcast goes through the side group, whose timeout is
-    quickft's own. Here the default group's timeout is 2 s, and rank 0 takes 5."""
+    quickft's own. Here the default group's timeout is 10 s, and rank 0 takes 15."""
     script = tmp_path / "waits.py"
     script.write_text(WAITS_FOR_RANK_0, encoding="utf-8")
     done = subprocess.run(torchrun(str(script)), capture_output=True, text=True, timeout=120)
