@@ -215,11 +215,16 @@ print(json.dumps({"rank": distributed.rank(), "row": row, "stop": stop}), flush=
 def test_the_other_ranks_wait_for_rank_0_past_the_default_groups_timeout(tmp_path):
     """While rank 0 answers test cases the others wait in the evaluation's broadcast. Through the default group
     (NCCL's 10 minutes on GPUs) they died at its timeout; the broadcast goes through the side group, whose timeout is
-    quickft's own. Here the default group's timeout is 10 s, and rank 0 takes 15."""
+    quickft's own. Here the default group's timeout is 10 s, and rank 0 takes 15.
+
+    What is checked is the wait: both ranks get rank 0's row and the stop flag, and nothing timed out. The exit code
+    is not: with a default group this short, a loaded machine sometimes aborts a process at interpreter exit, after
+    its work is done ("terminate called without an active exception", seen with torch 2.7); a real run's default
+    group waits 10 to 30 minutes."""
     script = tmp_path / "waits.py"
     script.write_text(WAITS_FOR_RANK_0, encoding="utf-8")
     done = subprocess.run(torchrun(str(script)), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
     printed = sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")), key=str)
-    assert [p["rank"] for p in sorted(printed, key=lambda p: p["rank"])] == [0, 1]
+    assert [p["rank"] for p in sorted(printed, key=lambda p: p["rank"])] == [0, 1], done.stderr[-3000:]
     assert all(p["row"] == {"case_score": 0.5} and p["stop"] is True for p in printed)
+    assert "Timed out" not in done.stderr, done.stderr[-3000:]
