@@ -345,12 +345,8 @@ def reference_notes(recipe: Recipe, trainer) -> list[str]:
         return []
     args = trainer.args  # as the trainer runs them
     weights = args.loss_weights or [1.0] * len(args.loss_type)
-    loss = " + ".join(
-        ("the chosen answer's SFT loss" if t == "sft" else t)
-        if w == 1.0
-        else f"{w:g} × " + ("the chosen answer's SFT loss" if t == "sft" else t)
-        for t, w in zip(args.loss_type, weights, strict=True)
-    )
+    names = ["the chosen answer's SFT loss" if t == "sft" else t for t in args.loss_type]
+    loss = " + ".join(n if w == 1.0 else f"{w:g} × {n}" for n, w in zip(names, weights, strict=True))
     beta = f"DPO (beta {args.beta:g}, loss {loss}) against a reference model: "
     if trainer.ref_model is not None:
         params = list(trainer.ref_model.parameters())

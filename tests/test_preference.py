@@ -325,3 +325,20 @@ def test_bench_says_it_times_sft_only(dpo_run, capsys):
     _, recipe = dpo_run
     assert main(["bench", str(recipe)]) == 2
     assert "method='dpo': quickft bench times SFT runs only so far" in capsys.readouterr().err
+
+
+def test_a_pairs_tokens_count_both_sequences(tiny_model_dir):
+    """quickft data's and the header's token figures for pairs: what the model reads (prompt + chosen, prompt +
+    rejected) and what the loss sees (the two answers), recounted from the sequences themselves."""
+    from transformers import AutoTokenizer
+
+    from quickft.preference import prepare_pairs, sequences
+    from quickft.recipe import Recipe
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    recipe = Recipe(model=str(tiny_model_dir), method="dpo", data=Data(path="x", prompt_template=PROMPT))
+    pairs = [Pair(f"¿Cuánto es {a} + {b}?", str(a + b), str(a + b + 10), f"x:{a}") for a, b in SUMS[:20]]
+    prepared = prepare_pairs(pairs, tok, recipe)
+    rows = sequences(prepared.rows)
+    assert len(rows) == 40 and prepared.tokens == sum(len(r["input_ids"]) for r in rows)
+    assert prepared.trained_tokens == sum(sum(r["completion_mask"]) for r in rows)
