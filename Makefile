@@ -1,6 +1,7 @@
 # Entry points for a fresh machine (Python 3.11, no GPU needed):
 #   make demo            create .venv, install quickft with Unsloth, train the offline demo (recipes/tiny_math.py)
 #   make test            create .venv, install quickft with Unsloth + test tools + the GGUF tools, run the tests
+#   make test-demos      the DPO and GRPO demos' own tests (slow, about 6 minutes; CI skips them)
 #   make install-gguf    add the GGUF tools to .venv (quickft export --to gguf|ollama): builds llama-cpp-python
 # For Pascal / Volta GPUs (GTX 10xx, P100, P40, V100), whose kernels the default torch no longer ships:
 #   make install-old-gpu create .venv-old-gpu: torch 2.7.1+cu126, bitsandbytes' CUDA 12.6 library, no Unsloth
@@ -11,7 +12,7 @@ OLD_VENV ?= .venv-old-gpu
 PY := $(VENV)/bin/python
 OLD_PY := $(OLD_VENV)/bin/python
 
-.PHONY: install install-old-gpu install-gguf demo demo-old-gpu test test-old-gpu lint
+.PHONY: install install-old-gpu install-gguf demo demo-old-gpu test test-demos test-old-gpu lint
 install: $(VENV)/.installed
 install-gguf: $(VENV)/.gguf
 install-old-gpu: $(OLD_VENV)/.installed
@@ -48,6 +49,9 @@ demo-old-gpu: install-old-gpu
 
 test: install install-gguf
 	$(PY) -m pytest
+
+test-demos: install  # the DPO and GRPO demos' own tests (marked slow, about 6 minutes): CI skips them
+	$(PY) -m pytest -m slow tests/test_demos.py
 
 test-old-gpu: install-old-gpu
 	$(OLD_PY) -m pytest

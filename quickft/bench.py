@@ -97,7 +97,8 @@ def bench(
     if recipe.method != "sft":
         raise UserError(
             f"{recipe_path}: method={recipe.method!r}: quickft bench times SFT runs only so far",
-            hint="bench the same model and data with method='sft'; `quickft run` reports a DPO run's tokens/s",
+            hint=f"bench the same model and data with method='sft'; `quickft run` reports a {recipe.method.upper()} "
+            "run's speed",
         )
     if steps < 1 or warmup < 0 or repeat < 1:
         raise UserError("--steps and --repeat must be >= 1, --warmup >= 0")

@@ -65,6 +65,15 @@ def build_report(recipe_path: str, overrides: list[str]) -> tuple[dict, object, 
 
         prepared = prepare_pairs(split.train, tokenizer, recipe)
         rows = sequences(prepared.rows)  # what the model reads: prompt + chosen, prompt + rejected
+    elif recipe.method == "grpo":
+        from quickft.grpo import prepare_tasks, prompt_ids
+
+        prepared = prepare_tasks(split.train, tokenizer, recipe)
+        chat = recipe.data.format == "chat"
+        rows = []  # each prompt as the model reads it; its answers are generated in training
+        for row in prepared.rows:
+            ids = prompt_ids(row["prompt"], tokenizer, chat)
+            rows.append({"input_ids": ids, "completion_mask": [0] * len(ids)})
     else:
         prepared = prepare(split.train, tokenizer, recipe)
         rows = prepared.rows
@@ -72,7 +81,12 @@ def build_report(recipe_path: str, overrides: list[str]) -> tuple[dict, object, 
     msl = recipe.max_seq_length
     limit = _model_limit(recipe, model_path, local)
     p99 = percentile(lengths, 99)
-    recommended = 8 * math.ceil(p99 / 8)
+    room = 0  # GRPO: each prompt needs room for its generated answer
+    if recipe.method == "grpo":
+        from quickft.grpo import completion_length
+
+        room = completion_length(recipe)
+    recommended = 8 * math.ceil((p99 + room) / 8)
     if limit and recommended > limit:
         recommended = limit
     report = {
@@ -93,12 +107,15 @@ def build_report(recipe_path: str, overrides: list[str]) -> tuple[dict, object, 
             "trained": prepared.trained_tokens,
         },
         "method": recipe.method,
-        "lengths_of": "documents" if prepared.documents else "pairs" if recipe.method == "dpo" else "examples",
+        "lengths_of": "documents"
+        if prepared.documents
+        else {"dpo": "pairs", "grpo": "prompts"}.get(recipe.method, "examples"),
         "max_seq_length": msl,
         "model_max_length": limit,
-        "longer_than_max_seq_length": sum(n > msl for n in lengths),
+        "longer_than_max_seq_length": sum(n + room > msl for n in lengths),
+        "answer_room": room,
         "recommended_max_seq_length": recommended,
-        "recommended_cuts": sum(n > recommended for n in lengths),
+        "recommended_cuts": sum(n + room > recommended for n in lengths),
         "padding_share": {
             mode: padding_share([len(r["input_ids"]) for r in rows], recipe.micro_batch_size, mode, recipe.seed)
             for mode in ("padded", "grouped", "packed")
@@ -171,9 +188,10 @@ def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool
             f"{c['test_cases_from_file']} test cases from data.test_path, {c['eval_from_file']} eval examples from "
             "eval.path",
         )
-    trained = f"{c['rows']} training " + (
-        "pairs (a chosen and a rejected sequence each)" if report["method"] == "dpo" else "sequences"
-    )
+    trained = f"{c['rows']} training " + {
+        "dpo": "pairs (a chosen and a rejected sequence each)",
+        "grpo": "prompts (the answers trained on are generated in training: no token of the data is in the loss)",
+    }.get(report["method"], "sequences")
     if c["documents"]:
         trained += f": the documents cut into windows of ≤ {report['max_seq_length']} tokens"
     else:
@@ -199,11 +217,23 @@ def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool
     advice = f"{report['recommended_max_seq_length']} would leave {report['recommended_cuts']} longer" + (
         f" (the model takes at most {limit})" if limit else ""
     )
+    room = f" with a {report['answer_room']}-token answer" if report["answer_room"] else ""
     table.add_row(
         "max_seq_length",
-        f"{report['max_seq_length']}: {report['longer_than_max_seq_length']} {report['lengths_of']} are longer; "
+        f"{report['max_seq_length']}: {report['longer_than_max_seq_length']} {report['lengths_of']} are longer{room}; "
         + advice,
     )
+    if report["method"] == "grpo":
+        table.add_row(
+            "tokens",
+            f"{t['total']:,} prompt tokens; the loss is on the answers generated in training (up to "
+            f"{report['answer_room']} tokens each), counted in the run",
+        )
+        console.print(table)
+        for i, text in enumerate(preview(rows, tokenizer, show), 1):
+            console.print(f"[bold]prompt {i}[/bold] ([dim]as the model reads it[/dim]):")
+            console.print(text)
+        return report
     table.add_row(
         "tokens", f"{t['total']:,} in training, {t['trained']:,} of them in the loss (the rest is masked context)"
     )

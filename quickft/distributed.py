@@ -16,7 +16,15 @@ import os
 import signal
 import sys
 
-COUNTS = ("tokens", "samples", "padding", "window_tokens", "window_samples")
+COUNTS = (
+    "tokens",
+    "samples",
+    "padding",
+    "window_tokens",
+    "window_samples",
+    "generated_tokens",
+    "window_generated_tokens",
+)
 """Per-process counts that add up: the run trains on the sum of every process's share."""
 
 _side = None

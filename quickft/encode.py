@@ -163,18 +163,17 @@ class Prepared:
     @property
     def tokens(self) -> int:
         """The tokens the model reads per epoch: a preference pair's prompt twice, once before each answer."""
-        return sum(
-            len(r["input_ids"])
-            if "input_ids" in r
-            else 2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"])
-            for r in self.rows
-        )
+        return sum(_row_tokens(r) for r in self.rows)
 
     @property
     def trained_tokens(self) -> int:
         """The tokens the loss sees: the completion's, or a pair's two answers."""
         return sum(
-            sum(r["completion_mask"]) if "completion_mask" in r else len(r["chosen_ids"]) + len(r["rejected_ids"])
+            sum(r["completion_mask"])
+            if "completion_mask" in r
+            else len(r["chosen_ids"]) + len(r["rejected_ids"])
+            if "chosen_ids" in r
+            else 0  # a GRPO prompt: its answers are generated in training
             for r in self.rows
         )
 
@@ -187,6 +186,14 @@ class Prepared:
             "tokens": self.tokens,
             "trained_tokens": self.trained_tokens,
         }
+
+
+def _row_tokens(row: dict) -> int:
+    if "input_ids" in row:
+        return len(row["input_ids"])
+    if "chosen_ids" in row:
+        return 2 * len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
+    return row["prompt_tokens"]  # a GRPO prompt, before its answers are generated
 
 
 def prepare(examples: list[Example], tokenizer, recipe: Recipe) -> Prepared:

@@ -236,12 +236,27 @@ def first_number(text: str) -> float | None:
         return None
 
 
+def final_answer(text: str) -> str:
+    """The final answer of a worked solution: after GSM8K's last "####", else inside the last <answer>...</answer>
+    or \\boxed{...}, else the whole text."""
+    import re
+
+    if "####" in text:
+        return text.rsplit("####", 1)[1].strip()
+    for pattern in (r"<answer>(.*?)</answer>", r"\\boxed\{([^{}]*)\}"):
+        found = re.findall(pattern, text, re.DOTALL)
+        if found:
+            return found[-1].strip()
+    return text
+
+
 def matches(answer: str, expected: str, how: str) -> bool:
-    """Score one answer: "exact" (same text, whitespace-insensitive), "contains", or "number" (same first number)."""
+    """Score one answer: "exact" (same text, whitespace-insensitive), "contains", or "number" (the same first number
+    of the final answers: "#### 42", <answer>42</answer> and \\boxed{42} are read as 42)."""
     if how == "contains":
         return " ".join(expected.split()).lower() in " ".join(answer.split()).lower()
     if how == "number":
-        got, want = first_number(answer), first_number(expected)
+        got, want = first_number(final_answer(answer)), first_number(final_answer(expected))
         return got is not None and want is not None and abs(got - want) <= 1e-6 * max(1.0, abs(want))
     return exact_match(answer, expected)
 

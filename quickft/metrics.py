@@ -22,8 +22,24 @@ class TokenCounter:
     """
 
     def __init__(self):
-        self._tokens = self._samples = self._padding = 0
+        self._tokens = self._samples = self._padding = self._generated = 0
         self._pending: list = []
+        self._pending_generated: list = []
+        self.seconds: dict[str, float] = {}
+        """Wall time inside parts of the steps, by name (GRPO's generation_s and reward_s)."""
+
+    def add_generated(self, tokens) -> None:
+        """Tokens a generation sampled (GRPO's completions), kept unread like `add`'s counts."""
+        self._pending_generated.append(tokens)
+
+    def timed(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    @property
+    def generated(self) -> int:
+        self._generated += sum(int(t) for t in self._pending_generated)
+        self._pending_generated.clear()
+        return self._generated
 
     def add(self, inputs: dict) -> None:
         ids = inputs["input_ids"]
@@ -315,6 +331,41 @@ def preference_summary(rows: list[dict]) -> dict | None:
         return None
     keys = ("step", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
     return {"first": {k: logged[0][k] for k in keys}, "last": {k: logged[-1][k] for k in keys}}
+
+
+GRPO_KEYS = (
+    "step",
+    "reward",
+    "reward_std",
+    "frac_reward_zero_std",
+    "completions/mean_length",
+    "completions/clipped_ratio",
+    "kl",
+    "clip_ratio/region_mean",
+)
+
+
+def grpo_summary(rows: list[dict], session: dict, steps_time_s: float) -> dict | None:
+    """A GRPO run's figures: the rewards (each function's mean and spread, the total's) and the answers at the first
+    and last logged step (TRL's averages since its previous log); the generated tokens and the time spent generating
+    and scoring, as shares of this session's time inside the steps."""
+    logged = [r for r in rows if "reward" in r]
+    if not logged:
+        return None
+    keys = [k for k in (*GRPO_KEYS, *(k for k in logged[-1] if k.startswith("rewards/"))) if k in logged[-1]]
+    generation_s, reward_s = session.get("generation_s", 0.0), session.get("reward_s", 0.0)
+    generated = session.get("generated_tokens", 0)
+    return {
+        "first": {k: logged[0].get(k) for k in keys},
+        "last": {k: logged[-1].get(k) for k in keys},
+        "generated_tokens": logged[-1].get("generated_tokens", generated),
+        "session_generated_tokens": generated,
+        "generation_s": generation_s,
+        "reward_s": reward_s,
+        "generation_share": generation_s / steps_time_s if steps_time_s else 0.0,
+        "reward_share": reward_s / steps_time_s if steps_time_s else 0.0,
+        "generated_tokens_per_s": generated / generation_s if generation_s else 0.0,
+    }
 
 
 def loss_summary(rows: list[dict], total_steps: int) -> dict | None:

@@ -11,6 +11,9 @@ PLOTS = {
     "learning_rate.png": "learning rate per step",
     "grad_norm.png": "gradient norm per step",
     "test_cases.png": "test-case score at each evaluation, 0-100%, with the recipe's target",
+    "rewards.png": "GRPO: the reward (mean ± spread over the answers) and each reward function's mean, per step",
+    "groups.png": "GRPO: the share of groups whose answers all scored the same (nothing to learn), and of answers "
+    "cut at max_completion_length",
 }
 
 
@@ -94,7 +97,8 @@ def figures(rows: list[dict], *, name: str | None = None, target: float | None =
             ax.plot(*zip(*eval_losses, strict=True), marker="o", label="eval loss")
 
     save("loss.png", "training loss", "loss", loss)
-    save("loss_log.png", "training loss (log scale)", "loss", loss, log=True)
+    if all(v > 0 for v in losses):  # GRPO's objective hovers around 0: no log scale for it
+        save("loss_log.png", "training loss (log scale)", "loss", loss, log=True)
 
     by_epoch: dict[int, list[float]] = {}
     for r in rows:  # a step logged at epoch 1.25 belongs to the second epoch (index 1)
@@ -141,4 +145,35 @@ def figures(rows: list[dict], *, name: str | None = None, target: float | None =
 
     if scores:
         save("test_cases.png", "test-case score", "% correct", cases)
+    rewarded = [r for r in rows if "reward" in r]
+    if rewarded:
+        _grpo_plots(save, rewarded)
     return drawn
+
+
+def _grpo_plots(save, rows: list[dict]) -> None:
+    steps = [r["step"] for r in rows]
+    names = [k for k in rows[-1] if k.startswith("rewards/") and k.endswith("/mean")]
+
+    def rewards(ax):
+        mean = [r["reward"] for r in rows]
+        spread = [r["reward_std"] for r in rows]
+        ax.plot(steps, mean, linewidth=2, label="reward (weighted sum)")
+        ax.fill_between(
+            steps,
+            [m - s for m, s in zip(mean, spread, strict=True)],
+            [m + s for m, s in zip(mean, spread, strict=True)],
+            alpha=0.2,
+            label="± its spread over the answers",
+        )
+        if len(names) > 1:
+            for key in names:
+                ax.plot(steps, [r.get(key) for r in rows], alpha=0.7, label=key.split("/")[1])
+
+    def groups(ax):
+        ax.plot(steps, [100 * r["frac_reward_zero_std"] for r in rows], label="groups with no spread (no signal)")
+        ax.plot(steps, [100 * r["completions/clipped_ratio"] for r in rows], label="answers cut at the length limit")
+        ax.set_ylim(0, 100)
+
+    save("rewards.png", "GRPO rewards", "reward", rewards)
+    save("groups.png", "GRPO groups and answers", "%", groups)

@@ -11,6 +11,7 @@ import json
 import runpy
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -147,6 +148,37 @@ class DPO:
 
 
 @dataclass
+class GRPO:
+    """Group relative policy optimization (method="grpo", TRL's GRPOTrainer): for each prompt the model writes
+    `num_generations` answers, the rewards score them, and each answer is pushed up or down by how much better it
+    scored than its group's mean. The data are prompts (with answer columns the rewards may read)."""
+
+    rewards: list[Callable] = field(default_factory=list)
+    """Reward functions: quickft.rewards' built-ins (exact_answer, format_match, length_penalty) or any function in
+    the recipe, with TRL's signature: f(prompts, completions, **columns) -> one float (or None) per completion. The
+    data's columns come as keyword arguments: `answer` (the reference answer) and every other key of the record."""
+    reward_weights: list[float] | None = None
+    """One weight per reward (default 1 each): an answer's reward is the weighted sum."""
+    num_generations: int = 8
+    """Answers written per prompt: the group each answer is compared with."""
+    max_completion_length: int | None = None
+    """Longest answer generated in training, in tokens (default max_new_tokens)."""
+    temperature: float = 1.0
+    """Sampling temperature of the answers generated in training: they must differ for a group to teach anything."""
+    top_p: float = 1.0
+    beta: float = 0.0
+    """KL coefficient against the reference (the base: LoRA's adapter switched off; a second copy for mode="full").
+    0 (TRL's and DAPO's default): no KL term, no reference model."""
+    epsilon: float = 0.2
+    """How far one update may move an answer's probability ratio (PPO's clip)."""
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = "dapo"
+    """TRL's GRPO losses: dapo (token-level, TRL's default), grpo (the paper's per-sequence mean), dr_grpo, bnpo."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide each advantage by its group's reward spread (group), the batch's (batch) or not at all (none:
+    Dr. GRPO)."""
+
+
+@dataclass
 class Recipe:
     model: str | Scratch
     """A hub id (microsoft/phi-2), a local model directory, or Scratch(...) for a new random model."""
@@ -155,10 +187,12 @@ class Recipe:
     """Run name; defaults to the recipe file's name. The run goes to outputs/<name> unless output_dir is set."""
     mode: Literal["lora", "qlora", "full"] = "lora"
     """lora: 16/32-bit base + adapter; qlora: 4-bit base + adapter; full: every weight is trained."""
-    method: Literal["sft", "dpo"] = "sft"
+    method: Literal["sft", "dpo", "grpo"] = "sft"
     """sft: learn the answers (supervised fine-tuning); dpo: learn to prefer each pair's chosen answer over its
-    rejected one (data: preference pairs; settings in `dpo`)."""
+    rejected one (data: preference pairs; settings in `dpo`); grpo: learn from rewards of the model's own answers
+    (data: prompts, and answers the rewards compare with; settings in `grpo`)."""
     dpo: DPO = field(default_factory=DPO)
+    grpo: GRPO = field(default_factory=GRPO)
     lora: LoRA = field(default_factory=LoRA)
     eval: Eval = field(default_factory=Eval)
     max_seq_length: int = 512
@@ -430,6 +464,8 @@ def validate(recipe: Recipe) -> list[str]:
         )
         need(not r.data.train_on_prompt, "data.train_on_prompt", "method='dpo' compares the answers only")
         need(r.data.batching != "packed", "data.batching", "method='dpo' pairs cannot be packed")
+    if r.method == "grpo":
+        problems += _grpo_problems(r)
     need(r.eval.target is None or 0 < r.eval.target <= 1, "eval.target", f"must be in (0, 1], got {r.eval.target}")
     need(not r.eval.target or r.eval.every > 0, "eval.target", "a target is checked every eval.every steps: set it")
     need("{prompt}" in r.data.prompt_template, "data.prompt_template", "must contain {prompt}")
@@ -447,10 +483,58 @@ def validate(recipe: Recipe) -> list[str]:
             r.method == "sft",
             "method",
             "a Scratch model has random weights and no answer to prefer: train it with method='sft' first, then "
-            "point a DPO recipe's model at that run",
+            f"point a {r.method.upper()} recipe's model at that run",
         )
     else:
         need(bool(r.model.strip()), "model", "is empty; give a hub id or a local model directory")
+    return problems
+
+
+def _grpo_problems(r: Recipe) -> list[str]:
+    g, problems = r.grpo, []
+    if not g.rewards:
+        problems.append(
+            "grpo.rewards: method='grpo' needs at least one reward function, e.g. "
+            "rewards=[exact_answer()] (from quickft.rewards import exact_answer)"
+        )
+    names = [getattr(f, "__name__", repr(f)) for f in g.rewards]
+    if len(set(names)) < len(names):
+        problems.append(
+            f"grpo.rewards: two rewards share a name ({', '.join(names)}): each is logged under its own; give each "
+            "function its own name (built-ins take name=)"
+        )
+    if g.reward_weights is not None and len(g.reward_weights) != len(g.rewards):
+        problems.append(
+            f"grpo.reward_weights: {len(g.reward_weights)} weight(s) for {len(g.rewards)} reward(s): give one each"
+        )
+    if g.num_generations < 2:
+        problems.append(f"grpo.num_generations: must be >= 2 (a group compares answers), got {g.num_generations}")
+    elif (r.micro_batch_size * r.gradient_accumulation) % g.num_generations:
+        problems.append(
+            f"micro_batch_size: micro_batch_size x gradient_accumulation ({r.micro_batch_size} x "
+            f"{r.gradient_accumulation}) answers per step must be a multiple of grpo.num_generations "
+            f"({g.num_generations}): a step trains whole groups"
+        )
+    if g.max_completion_length is not None and not 0 < g.max_completion_length < r.max_seq_length:
+        problems.append(
+            f"grpo.max_completion_length: must be in (0, max_seq_length={r.max_seq_length}), "
+            f"got {g.max_completion_length}"
+        )
+    if g.temperature <= 0:
+        problems.append(f"grpo.temperature: must be > 0 (the group's answers must differ), got {g.temperature}")
+    if not 0 < g.top_p <= 1:
+        problems.append(f"grpo.top_p: must be in (0, 1], got {g.top_p}")
+    if g.beta < 0 or g.epsilon <= 0:
+        problems.append(f"grpo.beta must be >= 0 and grpo.epsilon > 0, got {g.beta} and {g.epsilon}")
+    if r.eval.fraction or r.eval.path:
+        problems.append(
+            "eval.fraction: eval loss is not computed for method='grpo': its held-out test cases (data.holdout or "
+            "data.test_path) are answered and scored"
+        )
+    if r.data.batching == "packed":
+        problems.append("data.batching: method='grpo' generates answers per prompt: it cannot pack")
+    if r.data.train_on_prompt:
+        problems.append("data.train_on_prompt: method='grpo' trains on the answers it generates only")
     return problems
 
 
@@ -520,6 +604,7 @@ def _type_name(hint) -> str:
 def recipe_to_dict(recipe: Recipe) -> dict:
     """The resolved recipe as plain JSON data (saved in every run directory)."""
     d = dataclasses.asdict(recipe)
+    d["grpo"]["rewards"] = [reward_name(f) for f in recipe.grpo.rewards]  # functions: saved by name
     if isinstance(recipe.model, Scratch):
         d["model"] = {"scratch": d["model"]}
     return d
@@ -537,5 +622,11 @@ def recipe_from_dict(d: dict) -> Recipe:
         lora=LoRA(**d.pop("lora")),
         eval=Eval(**d.pop("eval", {})),
         dpo=DPO(**d.pop("dpo", {})),
+        grpo=GRPO(**d.pop("grpo", {})),  # its rewards are the names of the functions, not code to run
         **d,
     )
+
+
+def reward_name(f) -> str:
+    """How recipe.json and the reports name a reward: a built-in with its settings, else the function's name."""
+    return f if isinstance(f, str) else getattr(f, "quickft_spec", None) or getattr(f, "__name__", repr(f))

@@ -17,8 +17,19 @@ from transformers import TrainerCallback
 from quickft import distributed
 from quickft import metrics as m
 
-PREFERENCE_METRICS = ("rewards/", "logps/")
-"""The prefixes of the figures TRL's DPO trainer logs that go into metrics.jsonl as they are."""
+METHOD_METRICS = (
+    "rewards/",
+    "logps/",
+    "reward",
+    "frac_reward_zero_std",
+    "completions/",
+    "kl",
+    "clip_ratio/",
+    "entropy",
+)
+"""The prefixes of the figures TRL's DPO and GRPO trainers log that go into metrics.jsonl as they are (DPO: rewards
+of chosen and rejected, margin, accuracy, log-probs; GRPO: each reward's mean and spread, the share of groups whose
+answers all scored the same, completion lengths, KL, clipping, entropy)."""
 
 
 class Recorder(TrainerCallback):
@@ -57,10 +68,12 @@ class Recorder(TrainerCallback):
             "samples": last.get("samples", 0),
             "padding": last.get("padding_tokens", 0),
             "elapsed_s": last.get("elapsed_s", 0.0),
+            "generated": last.get("generated_tokens", 0),
         }
         """What the run counted before this session (tokens between the last logged step and the checkpoint are not
         in it: log at the steps you save at)."""
         self._window = (0, 0.0, 0, 0)  # (step, step_s, tokens, samples) at the previous logging step
+        self._generation_window = (0, 0.0, 0.0)  # GRPO's (generated tokens, generation_s, reward_s) then
         self.peaks = m.PhasePeaks(device)
         """GPU memory peaks of training, evaluation and answering, each its own."""
         self.activity: str | None = None
@@ -125,6 +138,9 @@ class Recorder(TrainerCallback):
             | self.peaks.training_so_far()
         )  # torch's own mark restarts after an evaluation
         self._window = (step, self.step_s, self.counter.tokens, self.counter.samples)
+        generation = "generation_s" in self.counter.seconds  # GRPO: answers generated inside the steps
+        if generation:
+            own |= self._generation_figures()
         # with several processes (torchrun): every process's counts summed, memory the largest process's
         figures = distributed.combine(distributed.gather(own))
         row = {
@@ -146,9 +162,20 @@ class Recorder(TrainerCallback):
             "samples_per_s": figures["window_samples"] / window_s if window_s else 0.0,
             "step_time_s": window_s / max(step - last_step, 1),
         } | {k: v for k, v in figures.items() if k.endswith("_mb")}
-        # a preference method's own figures (TRL's DPO: rewards of chosen and rejected, margin, accuracy, log-probs),
-        # averaged by TRL over the steps since its last log, under TRL's names
-        row |= {k: float(v) for k, v in logs.items() if k.startswith(PREFERENCE_METRICS)}
+        if generation:  # the window's generation and reward time, inside its steps' time (GRPO)
+            row |= {
+                "generated_tokens": self.earlier["generated"] + figures["generated_tokens"],
+                "generated_tokens_per_s": figures["window_generated_tokens"] / figures["window_generation_s"]
+                if figures["window_generation_s"]
+                else 0.0,
+                "generation_s": figures["generation_s"],
+                "reward_s": figures["reward_s"],
+                "generation_share": figures["window_generation_s"] / window_s if window_s else 0.0,
+                "reward_share": figures["window_reward_s"] / window_s if window_s else 0.0,
+            }
+        # a method's own figures (DPO's, GRPO's: METHOD_METRICS), averaged by TRL over the steps since its last log,
+        # under TRL's names
+        row |= {k: float(v) for k, v in logs.items() if k.startswith(METHOD_METRICS) and v is not None}
         self.rows.append(row)
         # the same figures for an experiment tracker (recipe.track), whose callback runs after this one and sends
         # these logs; transformers' own copy (state.log_history) was taken before the callbacks ran
@@ -158,6 +185,21 @@ class Recorder(TrainerCallback):
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         self.display.logged(row)
+
+    def _generation_figures(self) -> dict:
+        """This session's generated tokens and generation / reward seconds, and the window's since the last log."""
+        generated, seconds = self.counter.generated, self.counter.seconds
+        generation_s, reward_s = seconds.get("generation_s", 0.0), seconds.get("reward_s", 0.0)
+        last_generated, last_generation_s, last_reward_s = self._generation_window
+        self._generation_window = (generated, generation_s, reward_s)
+        return {
+            "generated_tokens": generated,
+            "window_generated_tokens": generated - last_generated,
+            "generation_s": generation_s,
+            "reward_s": reward_s,
+            "window_generation_s": generation_s - last_generation_s,
+            "window_reward_s": reward_s - last_reward_s,
+        }
 
     def set_activity(self, text: str | None) -> None:
         """Say what is happening between steps (an evaluation), or None when it is over."""
@@ -176,7 +218,12 @@ class Recorder(TrainerCallback):
         self.ended = time.perf_counter()
         # training's peaks, apart from evaluation's (and before test cases are answered)
         own = (
-            {"tokens": self.counter.tokens, "samples": self.counter.samples, "padding": self.counter.padding}
+            {
+                "tokens": self.counter.tokens,
+                "samples": self.counter.samples,
+                "padding": self.counter.padding,
+                "generated_tokens": self.counter.generated,
+            }
             | m.memory(self.device)
             | self.peaks.report()
         )
@@ -184,7 +231,8 @@ class Recorder(TrainerCallback):
             own["gpu_reserved_at_start_mb"] = self._reserved_at_start
         self.per_process = distributed.gather(own)
         combined = distributed.combine(self.per_process)
-        self.totals = {k: combined[k] for k in ("tokens", "samples", "padding")}
+        self.totals = {k: combined[k] for k in ("tokens", "samples", "padding", "generated_tokens")}
+        self.totals |= self.counter.seconds  # GRPO's generation_s and reward_s (the first process's clock)
         self.memory = {k: v for k, v in combined.items() if k not in distributed.COUNTS}
         self.close()
 

@@ -108,7 +108,7 @@ class Reporter:
                 "mode",
                 recipe.mode
                 + (f"  (LoRA r={recipe.lora.r}, alpha={recipe.lora.alpha})" if recipe.mode != "full" else "")
-                + ("  · method dpo (TRL's DPOTrainer)" if recipe.method == "dpo" else ""),
+                + (f"  · method {recipe.method} ({METHOD_TRAINERS[recipe.method]})" if recipe.method != "sft" else ""),
             ),
             ("parameters", f"{total:,} total, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"),
             (
@@ -124,7 +124,12 @@ class Reporter:
                 "batch",
                 f"{recipe.micro_batch_size} micro-batch × {recipe.gradient_accumulation} accumulation"
                 + (f" × {processes} processes ({distributed.backend_name()})" if processes > 1 else "")
-                + f" = {eff} effective",
+                + f" = {eff} effective"
+                + (
+                    f" ({eff // recipe.grpo.num_generations} prompts × {recipe.grpo.num_generations} answers)"
+                    if recipe.method == "grpo"
+                    else ""
+                ),
             ),
             ("plan", f"{self.planned_steps:,} steps ({epochs:.2f} epochs, {steps_per_epoch:,} steps per epoch)"),
         ]
@@ -181,6 +186,7 @@ class Reporter:
             f"step {row['step']:>6}/{total} | epoch {row['epoch']:6.2f} | loss {row['loss']:.4f} "
             f"(smoothed {row['loss_smoothed']:.4f}) | lr {row['learning_rate']:.2e} | grad {grad} | "
             + (f"{preference_text(row)} | " if "rewards/margins" in row else "")
+            + (f"{grpo_text(row)} | {generation_text(row)} | " if "reward" in row else "")
             + f"{_speed_text(row)} | {m.memory_text(row)}"
         )
 
@@ -219,6 +225,9 @@ class Reporter:
             table.add_row("lr / grad", f"{row['learning_rate']:.2e}   grad norm {grad}")
             if "rewards/margins" in row:
                 table.add_row("preference", preference_text(row, "   "))
+            if "reward" in row:
+                table.add_row("rewards", grpo_text(row, "   "))
+                table.add_row("generation", generation_text(row, "   "))
             table.add_row("speed", _speed_text(row, "   "))
             table.add_row("memory", m.memory_text(row))
         if cb.last_eval:
@@ -263,11 +272,18 @@ class Reporter:
         table.add_row(
             "tokens / samples",
             f"{t['tokens']:,} non-padding tokens · {t['samples']:,} "
-            + ("sequences (each pair's chosen and rejected)" if "preference" in s else "samples")
+            + (
+                "sequences (each pair's chosen and rejected)"
+                if "preference" in s
+                else "answers (prompt and generated answer: the tokens trained)"
+                if "grpo" in s
+                else "samples"
+            )
             + (f" (this session: {t['session_tokens']:,} · {t['session_samples']:,})" if resumed else "")
             + f" · {100 * t['padding_share']:.1f}% of batch tokens were padding",
         )
-        table.add_row("total FLOPs", f"{t['total_flos']:.3e}")
+        if t["total_flos"] or "grpo" not in s:
+            table.add_row("total FLOPs", f"{t['total_flos']:.3e}")
         if t["mfu"] is not None:
             table.add_row(
                 "MFU",
@@ -279,7 +295,13 @@ class Reporter:
             (f"the largest of {t['processes']} processes: " if t.get("processes", 1) > 1 else "")
             + m.memory_summary_text(mem),
         )
-        if loss:
+        if loss and "grpo" in s:  # its loss is the policy objective: around 0 by construction, not progress
+            table.add_row(
+                "loss",
+                f"GRPO's objective, {loss['initial']:+.4f} → {loss['final']:+.4f}: around 0 by construction "
+                "(advantages are centred per group); progress is the reward and the test cases",
+            )
+        elif loss:
             thirds = (
                 " / ".join(f"{p:.0f}%" for p in loss["improvement_by_third_pct"])
                 if loss["improvement_by_third_pct"]
@@ -302,6 +324,20 @@ class Reporter:
                 "preference",
                 f"step {last['step']}: {preference_text(last)}; at step {first['step']}: chosen wins "
                 f"{first['rewards/accuracies']:.0%}, margin {first['rewards/margins']:+.3f}",
+            )
+        if g := s.get("grpo"):
+            first, last = g["first"], g["last"]
+            table.add_row(
+                "rewards",
+                f"step {last['step']}: {grpo_text(last)}; at step {first['step']}: reward {first['reward']:.3f}, "
+                f"no spread in {first['frac_reward_zero_std']:.0%} of groups",
+            )
+            table.add_row(
+                "generation",
+                f"{g['generated_tokens']:,} tokens generated ({g['generated_tokens_per_s']:,.0f} tokens/s while "
+                f"generating); generating {_duration(g['generation_s'])} = {g['generation_share']:.0%} of {this}"
+                f"training steps' time, rewards {g['reward_s']:.1f} s = {g['reward_share']:.1%}; tokens/s above "
+                "counts the tokens trained (prompts and answers)",
             )
         ev = s.get("evaluation") or {}
         if ev.get("best_step") is not None:
@@ -393,7 +429,12 @@ def _source(recipe) -> str:
     return f"{recipe.data.path}, {recipe.data.format}"
 
 
+METHOD_TRAINERS = {"dpo": "TRL's DPOTrainer", "grpo": "TRL's GRPOTrainer"}
+
+
 def _examples_text(n_rows: int, documents: int, recipe) -> str:
+    if recipe.method == "grpo":
+        return f"{n_rows:,} prompts ({recipe.grpo.num_generations} answers generated for each in training)"
     if recipe.method == "dpo":
         return f"{n_rows:,} preference pairs (the model reads each prompt twice: before chosen, before rejected)"
     if documents:
@@ -466,6 +507,33 @@ def _duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     mins, s = divmod(rest, 60)
     return f"{h}h{mins:02d}m{s:02d}s" if h else f"{mins}m{s:02d}s"
+
+
+def grpo_text(row: dict, sep: str = " ") -> str:
+    """A GRPO row's figures: the reward (and each function's mean, when there are several), how many groups taught
+    nothing (every answer scored the same), the answers' mean length and share cut at max_completion_length, and KL
+    and clipping where TRL logged them."""
+    each = [(k.split("/")[1], v) for k, v in row.items() if k.startswith("rewards/") and k.endswith("/mean")]
+    parts = [
+        f"reward {row['reward']:.3f} ± {row['reward_std']:.3f}"
+        + (" (" + ", ".join(f"{name} {v:.3f}" for name, v in each) + ")" if len(each) > 1 else ""),
+        f"no spread {row['frac_reward_zero_std']:.0%} of groups",
+        f"answers {row['completions/mean_length']:.1f} tokens ({row['completions/clipped_ratio']:.0%} cut)",
+    ]
+    if row.get("kl") is not None:
+        parts.append(f"kl {row['kl']:.4f}")
+    if row.get("clip_ratio/region_mean") is not None:
+        parts.append(f"clipped {row['clip_ratio/region_mean']:.1%}")
+    return sep.join(parts)
+
+
+def generation_text(row: dict, sep: str = " ") -> str:
+    """Where a GRPO window's step time went: generating answers, scoring them, the rest (the forward and backward
+    passes)."""
+    return (
+        f"generating {row['generation_share']:.0%} of step time ({row['generated_tokens_per_s']:,.0f} tokens/s){sep}"
+        f"rewards {row['reward_share']:.1%}"
+    )
 
 
 def preference_text(row: dict, sep: str = " ") -> str:

@@ -17,7 +17,7 @@ from quickft.data import Example, clean_examples, read_data, read_examples
 from quickft.encode import Prepared, make_cases, prepare, training_text
 from quickft.errors import RunInterrupted, UserError
 from quickft.hardware import Choice
-from quickft.recipe import Recipe, Scratch, load_recipe, recipe_from_dict, recipe_to_dict
+from quickft.recipe import Recipe, Scratch, load_recipe, recipe_from_dict, recipe_to_dict, reward_name
 from quickft.recovery import StopOnSignal, is_out_of_memory, recover_from_oom
 from quickft.report import Reporter
 
@@ -141,6 +141,8 @@ def read_recipe_data(recipe: Recipe) -> Split:
     """Training examples (empty answers and duplicates dropped), test cases, and the eval-loss examples."""
     if recipe.method == "dpo":
         return read_pairs_split(recipe)
+    if recipe.method == "grpo":
+        return read_tasks_split(recipe)
     recipe.data.format, examples = read_data(recipe.data.path, recipe.data)  # saved resolved: chat needs it
     read = len(examples)
     examples, dropped = clean_examples(examples)
@@ -193,6 +195,31 @@ def read_pairs_split(recipe: Recipe) -> Split:
         ]
     cases = cases[: recipe.data.max_test_examples]
     return Split(pairs, [], cases, [], dropped, read, notes, (bool(recipe.data.test_path), False))
+
+
+def read_tasks_split(recipe: Recipe) -> Split:
+    """method="grpo": prompts to train on (with the columns the rewards read), and held-out prompts with answers as
+    test cases."""
+    from quickft.grpo import read_tasks
+
+    shape, tasks, dropped = read_tasks(recipe.data.path, recipe.data)
+    recipe.data.format = "chat" if tasks[0].chat else "pairs"  # how chat and the test cases frame a prompt
+    notes, read = [f"prompts read as {shape}"], len(tasks) + len(dropped)
+    if recipe.data.test_path:
+        cases = read_examples(recipe.data.test_path, replace(recipe.data, format="auto"))
+    else:
+        answered = [t for t in tasks if t.answer is not None]
+        n = min(recipe.data.holdout, len(answered) // HOLDOUT_SHARE)
+        _, held_out = _split(answered, n, random.Random(recipe.seed))
+        tasks = [t for t in tasks if not any(t is h for h in held_out)]
+        cases = [
+            Example(messages=t.prompt + [{"role": "assistant", "content": t.answer}], where=t.where, tools=t.tools)
+            if t.chat
+            else Example(prompt=t.prompt, response=t.answer, where=t.where)
+            for t in held_out
+        ]
+    cases = cases[: recipe.data.max_test_examples]
+    return Split(tasks, [], cases, [], dropped, read, notes, (bool(recipe.data.test_path), False))
 
 
 def _split(examples: list[Example], n: int, rng: random.Random) -> tuple[list[Example], list[Example]]:
@@ -264,8 +291,8 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
             rundir.write_json(run_dir / "summary.json", summary | {"data": data.counts, "interrupted": True})
         raise RunInterrupted(run_dir, resume)
     with reporter.phase("saving the model"):
-        if recipe.method == "dpo" and "ref" in getattr(loaded.model, "peft_config", {}):
-            loaded.model.delete_adapter("ref")  # DPO's frozen starting adapter: the run is the trained one
+        if recipe.method != "sft" and "ref" in getattr(loaded.model, "peft_config", {}):
+            loaded.model.delete_adapter("ref")  # DPO's or GRPO's frozen starting adapter: the run is the trained one
         trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model; by the first process only
         if main:
             tokenizer.save_pretrained(run_dir)
@@ -321,6 +348,11 @@ def prepare_data(recipe: Recipe, split: Split, tokenizer, reporter: Reporter) ->
 
             prepared = prepare_pairs(split.train, tokenizer, recipe)
             return Data(to_dataset(prepared.rows), None, prepared, split.counts(prepared))
+        if recipe.method == "grpo":
+            from quickft.grpo import prepare_tasks
+
+            prepared = prepare_tasks(split.train, tokenizer, recipe)
+            return Data(to_dataset(prepared.rows), None, prepared, split.counts(prepared))
         prepared = prepare(split.train, tokenizer, recipe)
         train = to_dataset(prepared.rows)
         eval_dataset = to_dataset(prepare(split.eval, tokenizer, recipe).rows) if split.eval else None
@@ -341,13 +373,32 @@ def open_run_dir(run_dir: Path, recipe: Recipe, recipe_path: str, checkpoint: Pa
 
 def reference_notes(recipe: Recipe, trainer) -> list[str]:
     """The header's line on DPO's reference model: what it is, and what it costs in memory (read from the trainer)."""
-    if recipe.method != "dpo":
+    if recipe.method == "sft":
         return []
     args = trainer.args  # as the trainer runs them
-    weights = args.loss_weights or [1.0] * len(args.loss_type)
-    names = ["the chosen answer's SFT loss" if t == "sft" else t for t in args.loss_type]
-    loss = " + ".join(n if w == 1.0 else f"{w:g} × {n}" for n, w in zip(names, weights, strict=True))
-    beta = f"DPO (beta {args.beta:g}, loss {loss}) against a reference model: "
+    if recipe.method == "grpo":
+        weights = args.reward_weights or [1.0] * len(trainer.reward_func_names)
+        rewards = " + ".join(
+            reward_name(f) if w == 1.0 else f"{w:g} × {reward_name(f)}"
+            for f, w in zip(recipe.grpo.rewards, weights, strict=True)
+        )
+        lines = [
+            f"GRPO: {args.num_generations} answers per prompt (temperature {args.temperature:g}, up to "
+            f"{args.max_completion_length} tokens), loss {args.loss_type}, clip {args.epsilon:g}",
+            f"GRPO's reward: {rewards}",
+        ]
+        if args.beta == 0:
+            return lines + ["GRPO's KL coefficient beta is 0: no reference model (no KL term), nothing kept in memory"]
+        beta = f"GRPO's KL term (beta {args.beta:g}) against a reference model: "
+    else:
+        weights = args.loss_weights or [1.0] * len(args.loss_type)
+        names = ["the chosen answer's SFT loss" if t == "sft" else t for t in args.loss_type]
+        loss = " + ".join(n if w == 1.0 else f"{w:g} × {n}" for n, w in zip(names, weights, strict=True))
+        lines, beta = [], f"DPO (beta {args.beta:g}, loss {loss}) against a reference model: "
+    return lines + _reference_text(trainer, beta)
+
+
+def _reference_text(trainer, beta: str) -> list[str]:
     if trainer.ref_model is not None:
         params = list(trainer.ref_model.parameters())
         size = sum(p.numel() * p.element_size() for p in params)
@@ -395,7 +446,8 @@ def show_header(
         facts=facts,
         model_path=model_path,
         n_examples=len(data.train),
-        n_sequences=len(trainer.train_dataset),  # fewer than examples when packed
+        # fewer than examples when packed; a GRPO prompt is num_generations answers
+        n_sequences=len(trainer.train_dataset) * (recipe.grpo.num_generations if recipe.method == "grpo" else 1),
         n_tokens=data.prepared.tokens,
         run_dir=run_dir,
         max_steps=trainer.args.max_steps if trainer.args.max_steps > 0 else None,
@@ -503,6 +555,8 @@ def summarize_run(recorder, trainer, reporter, choice, header, run_dir, samples,
     summary["model"] = header
     if header.get("method") == "dpo":
         summary["preference"] = m.preference_summary(recorder.rows)
+    if header.get("method") == "grpo":
+        summary["grpo"] = m.grpo_summary(recorder.rows, recorder.totals, recorder.step_s)
     if samples:
         correct = sum(s["correct"] for s in samples)
         summary["test_cases"] = {"n": len(samples), "score": correct / len(samples), "correct": correct, "match": match}
@@ -673,6 +727,8 @@ def make_trainer(
             padding_free=False,
             **(settings or {}),
         )
+    elif recipe.method == "grpo":
+        return grpo_trainer(recipe, model, tokenizer, dataset, common, counter or TokenCounter(), settings)
     else:
         from trl import SFTConfig
 
@@ -685,8 +741,6 @@ def make_trainer(
             **(settings or {}),
         )
     one_gpu_per_process(args)
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     trainer = Trainer(
         model=model,
         args=args,
@@ -695,11 +749,54 @@ def make_trainer(
         processing_class=tokenizer,
         counter=counter or TokenCounter(),
     )
+    return _quiet(trainer)
+
+
+def _quiet(trainer):
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
     trainer.remove_callback(PrinterCallback)  # quickft's reporter owns the console
     trainer.remove_callback(ProgressCallback)
     # Unsloth's trainer turns full 16-bit evaluation on, which casts the model in place before test cases are answered
     trainer.args.fp16_full_eval = trainer.args.bf16_full_eval = False
     return trainer
+
+
+def grpo_trainer(recipe: Recipe, model, tokenizer, dataset, common: dict, counter, settings: dict | None):
+    """TRL's GRPOTrainer (quickft.trainer's counting subclass) with the recipe's rewards, each guarded so a reward
+    that fails names itself and the example (quickft.rewards)."""
+    from trl import GRPOConfig
+
+    from quickft.grpo import completion_length
+    from quickft.rewards import guarded
+    from quickft.trainer import CountingGRPOTrainer
+
+    g = recipe.grpo
+    common = {k: v for k, v in common.items() if k not in ("max_length", "dataset_num_proc")}  # not GRPO's
+    args = GRPOConfig(
+        **common,
+        num_generations=g.num_generations,
+        max_completion_length=completion_length(recipe),
+        temperature=g.temperature,
+        top_p=g.top_p,
+        beta=g.beta,
+        epsilon=g.epsilon,
+        loss_type=g.loss_type,
+        scale_rewards=g.scale_rewards,
+        reward_weights=g.reward_weights,
+        **(settings or {}),
+    )
+    one_gpu_per_process(args)
+    trainer = CountingGRPOTrainer(
+        model=model,
+        reward_funcs=[guarded(fn) for fn in g.rewards],  # each checked against the data's columns in prepare_tasks
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        counter=counter,
+        chat=recipe.data.format == "chat",
+    )
+    return _quiet(trainer)
 
 
 def one_gpu_per_process(args) -> None:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from transformers import TrainerCallback
-from trl import DPOTrainer, SFTTrainer
+from trl import DPOTrainer, GRPOTrainer, SFTTrainer
 
 from quickft import distributed
 from quickft.metrics import TokenCounter
@@ -49,6 +49,61 @@ class CountingDPOTrainer(DPOTrainer):
     def training_step(self, model, inputs, *args, **kwargs):
         loss = super().training_step(model, inputs, *args, **kwargs)
         self.counter.add(inputs)
+        return loss
+
+
+class CountingGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer that counts what it generates and what it trains, and times generation and rewards apart from the
+    rest of the step (generation is where GRPO's time goes), into the run's TokenCounter:
+    - trained: each micro-batch's prompt and completion tokens (padding not counted), the sequences the forward and
+      backward passes read, counted after the step as for SFT;
+    - generated: the completion tokens sampled (its end-of-sequence token included, padding not);
+    - generation_s / reward_s: wall time inside TRL's generate and reward calls.
+    Prompts are tokenized as `quickft chat` and the test cases tokenize them (quickft.grpo.prompt_ids), not by TRL's
+    own rules: a chat template's text already holds its special tokens."""
+
+    def __init__(self, *args, counter: TokenCounter, chat: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.counter, self.chat = counter, chat
+        self._prepared = None
+
+    def _tokenize_prompts(self, prompts: list):
+        from quickft.grpo import prompt_ids
+
+        return [prompt_ids(p, self.processing_class, self.chat) for p in prompts], None, {}
+
+    def _generate(self, prompts: list):
+        started = time.perf_counter()
+        out = super()._generate(prompts)
+        self.counter.timed("generation_s", time.perf_counter() - started)
+        return out
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        started = time.perf_counter()
+        out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self.counter.timed("reward_s", time.perf_counter() - started)
+        return out
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        self.counter.add_generated(out["completion_mask"].sum())
+        return out
+
+    def _prepare_inputs(self, generation_batch):
+        self._prepared = super()._prepare_inputs(generation_batch)  # this micro-batch's slice of a generation batch
+        return self._prepared
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        import torch
+
+        batch = self._prepared
+        self.counter.add(
+            {
+                "input_ids": torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1),
+                "attention_mask": torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1),
+            }
+        )
         return loss
 
 

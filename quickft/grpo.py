@@ -1,0 +1,197 @@
+"""Prompts for method="grpo": a reader per published shape -> one internal shape (Task), with every drop counted;
+and the rows GRPOTrainer samples from (the prompt as the model sees it, the record's columns for the rewards).
+
+The shapes, each recognised by its keys (the data's other keys are columns the rewards are given):
+- question/answer (GSM8K: the answer's "#### 42" is its final answer), prompt/answer, prompt/completion,
+  problem/solution (MATH), data.question_column/data.answer_column, Alpaca's instruction/input/output;
+- a prompt alone ({"prompt": ...}): rewards that need no reference answer;
+- chat: `messages` (or ShareGPT `conversations`, or TRL's conversational `prompt` list) ending with the user's
+  turn, with an `answer` key; or ending with an assistant turn, which is then the reference answer;
+- a ### blocks text file (Pregunta:/Respuesta:), as for SFT: the response is the reference answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from quickft import data as readers
+from quickft.errors import UserError
+from quickft.recipe import Data
+
+PROMPT_KEYS = ("prompt", "question", "problem", "query")
+ANSWER_KEYS = ("answer", "solution", "completion", "output", "response")
+CHAT_KEYS = (("messages", "chat"), ("conversations", "sharegpt"), ("prompt", "chat"))
+
+
+@dataclass
+class Task:
+    """One prompt to answer: text, or the messages before the answer; the reference answer (None: none given); the
+    record's other keys, for the rewards."""
+
+    prompt: str | list[dict]
+    answer: str | None
+    where: str
+    columns: dict
+    tools: list[dict] | None = None
+
+    @property
+    def chat(self) -> bool:
+        return isinstance(self.prompt, list)
+
+
+def read_tasks(path: str | Path, data: Data) -> tuple[str, list[Task], list[tuple[str, str]]]:
+    """(the shape read, the tasks, the drops as (where, reason)). A file without prompts is a UserError."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix in readers.RECORD_SUFFIXES:
+        if suffix == ".parquet":
+            records = readers._parquet_records(path)
+        else:
+            text = readers._read_text_file(path)
+            if suffix in (".csv", ".tsv"):
+                records = readers._csv_records(path, text, delimiter="\t" if suffix == ".tsv" else ",")
+            else:
+                records = readers._json_records(path, text)
+        if not records:
+            raise UserError(f"{path}: no records", hint="method='grpo' needs prompts to answer")
+        shapes, tasks = set(), []
+        for where, record in records:
+            shape, task = _task(where, record, data)
+            shapes.add(shape)
+            tasks.append(task)
+        shape = " + ".join(sorted(shapes))
+    else:  # ### blocks, a hub dataset, a save_to_disk folder: the SFT readers' examples
+        shape, examples = readers.read_data(path, data)
+        if any(ex.document for ex in examples):
+            raise UserError(
+                f"{path}: text documents have no prompts to answer",
+                hint="method='grpo' needs prompts (and answers for exact_answer): question/answer records, chat "
+                "messages, or ### blocks",
+            )
+        tasks = [
+            Task(ex.messages[:-1], ex.messages[-1]["content"], ex.where, {}, ex.tools)
+            if ex.messages is not None
+            else Task(ex.prompt, ex.response or None, ex.where, {})
+            for ex in examples
+        ]
+    kept, drops, seen = [], [], set()
+    for task in tasks:
+        key = repr(task.prompt)
+        if not (task.prompt if task.chat else task.prompt.strip()):
+            drops.append((task.where, "empty prompt"))
+        elif key in seen:
+            drops.append((task.where, "the same prompt as an earlier record"))
+        else:
+            seen.add(key)
+            kept.append(task)
+    if not kept:
+        raise UserError(f"{path}: no prompt left ({len(drops)} dropped: {drops[0][1]})", hint="check the file")
+    return shape, kept, drops
+
+
+def _task(where: str, record: dict, data: Data) -> tuple[str, Task]:
+    tools = record.get("tools") or None
+    answer_key = next((k for k in (data.answer_column, *ANSWER_KEYS) if k in record), None)
+    for key, fmt in CHAT_KEYS:
+        if isinstance(record.get(key), list):
+            messages = readers._messages(record[key], fmt, where, answered=False)
+            answer = record.get(answer_key) if answer_key else None
+            if messages and messages[-1]["role"] == "assistant":
+                if answer is None:
+                    answer = messages[-1]["content"]
+                messages = messages[:-1]
+            if not messages or messages[-1]["role"] not in ("user", "tool"):
+                raise UserError(
+                    f"{where}: the conversation must end with a user (or tool) turn, the one to answer",
+                    hint="give the conversation up to the question, and the reference answer under 'answer'",
+                )
+            return f"{key} + answer", Task(
+                messages, _text(answer, where, answer_key), where, _columns(record, key, answer_key), tools
+            )
+    if "instruction" in record:
+        prompt = str(record["instruction"]).strip()
+        if str(record.get("input") or "").strip():
+            prompt += "\n\n" + str(record["input"]).strip()
+        columns = _columns(record, "instruction", "output", "input")
+        return "alpaca", Task(prompt, _text(record.get("output"), where, "output"), where, columns)
+    prompt_key = next((k for k in (data.question_column, *PROMPT_KEYS) if k in record), None)
+    if prompt_key is None or not isinstance(record[prompt_key], str):
+        raise UserError(
+            f"{where}: no prompt in the record (keys: {', '.join(sorted(record))})",
+            hint="give each record a 'prompt' or 'question' (or set data.question_column), or chat 'messages'",
+        )
+    answer = record.get(answer_key) if answer_key else None
+    shape = f"{prompt_key}/{answer_key}" if answer_key else f"{prompt_key} only"
+    return shape, Task(
+        record[prompt_key], _text(answer, where, answer_key), where, _columns(record, prompt_key, answer_key)
+    )
+
+
+def _text(answer, where: str, key: str | None) -> str | None:
+    if answer is None or isinstance(answer, str):
+        return answer
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        return str(answer)
+    raise UserError(f"{where}: {key!r} must be text or a number, got {type(answer).__name__}")
+
+
+def _columns(record: dict, *used: str | None) -> dict:
+    """The record's other keys, for the rewards."""
+    return {k: v for k, v in record.items() if k not in used and k not in ("tools", "answer", "where")}
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+
+def prompt_of(task: Task, tokenizer, data: Data) -> str:
+    """The prompt's text exactly as the model sees it, as for test cases and `quickft chat`."""
+    from quickft.encode import chat_prompt, format_prompt
+
+    if task.chat:
+        return chat_prompt(task.prompt, tokenizer, task.tools, task.where)
+    return format_prompt(task.prompt, data)
+
+
+def prompt_ids(prompt: str, tokenizer, chat: bool) -> list[int]:
+    """A prompt's ids, as generation.prompt_batch makes them: a chat template's text holds its special tokens."""
+    return tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+
+
+def prepare_tasks(tasks: list[Task], tokenizer, recipe):
+    """Tasks -> the rows GRPOTrainer samples from: "prompt" (text as the model sees it), "answer", "where" and the
+    record's columns. A prompt that leaves no room for a max_completion_length answer within max_seq_length is
+    dropped, with its place and length (cutting it would change the question)."""
+    from quickft.encode import Prepared
+
+    room = recipe.max_seq_length - completion_length(recipe)
+    prepared = Prepared(rows=[])
+    columns = sorted({k for t in tasks for k in t.columns})
+    for task in tasks:
+        text = prompt_of(task, tokenizer, recipe.data)
+        length = len(prompt_ids(text, tokenizer, task.chat))
+        prepared.lengths.append(length)
+        if length > room:
+            prepared.dropped.append(
+                (task.where, f"prompt too long ({length} tokens > max_seq_length - max_completion_length = {room})")
+            )
+            continue
+        row = {"prompt": str(text), "answer": task.answer, "where": task.where, "prompt_tokens": length}
+        prepared.rows.append(row | {k: task.columns.get(k) for k in columns})
+    from quickft.rewards import check_signature
+
+    for fn in recipe.grpo.rewards:  # before the run directory exists: a reward asking for a column the data lacks
+        check_signature(fn, ["answer", "where", "prompt_tokens", *columns])
+    if not prepared.rows:
+        raise UserError(
+            f"{recipe.data.path}: no prompt fits max_seq_length={recipe.max_seq_length} with room for a "
+            f"{completion_length(recipe)}-token answer (the first: {prepared.dropped[0][1]})",
+            hint="raise max_seq_length or lower grpo.max_completion_length",
+        )
+    return prepared
+
+
+def completion_length(recipe) -> int:
+    return recipe.grpo.max_completion_length or recipe.max_new_tokens
+
+

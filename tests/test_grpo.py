@@ -1,0 +1,357 @@
+"""method="grpo": prompts in the shapes the big projects publish, the built-in rewards and the guard around any
+reward, and a real GRPO run (TRL's GRPOTrainer on the PEFT path) on the tiny model, through the CLI, whose printed
+figures are recomputed from TRL's own logs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import PROMPT, SUMS, requires_unsloth, write_blocks, write_recipe
+
+from quickft.cli import main
+from quickft.errors import UserError
+from quickft.grpo import read_tasks
+from quickft.recipe import Data
+from quickft.rewards import exact_answer, format_match, guarded, length_penalty
+
+# Records shaped as each project publishes them, with text of our own.
+GSM8K = {  # openai/gsm8k: the worked answer ends with "#### <final answer>"
+    "question": "Natalia vendió 48 clips en abril y la mitad en mayo. ¿Cuántos vendió en total?",
+    "answer": "En mayo vendió 48/2 = <<48/2=24>>24 clips.\nEn total 48+24 = <<48+24=72>>72.\n#### 72",
+}
+MATH = {"problem": "¿Cuánto es $\\frac{1}{2} + \\frac{1}{4}$?", "solution": "Es $\\boxed{\\frac{3}{4}}$.", "level": 2}
+MESSAGES_ANSWER = {  # a chat prompt (TRL's conversational prompt-only) with the answer beside it
+    "messages": [{"role": "system", "content": "Responde con un número."}, {"role": "user", "content": "3 + 4?"}],
+    "answer": "7",
+    "source": "es",
+}
+MESSAGES_ANSWERED = {  # an SFT chat record: its last assistant turn is the reference
+    "messages": [{"role": "user", "content": "一加一等于几？"}, {"role": "assistant", "content": "二"}],
+}
+TRL_PROMPT_ONLY = {"prompt": [{"role": "user", "content": "Write a haiku about rain."}]}
+TEXT_PROMPT_ONLY = {"prompt": "Escribe un haiku sobre la lluvia."}
+ALPACA = {"instruction": "Suma los números.", "input": "2, 3", "output": "5"}
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "record, shape, prompt, answer, columns",
+    [
+        (GSM8K, "question/answer", GSM8K["question"], GSM8K["answer"], {}),
+        (MATH, "problem/solution", MATH["problem"], MATH["solution"], {"level": 2}),
+        (MESSAGES_ANSWER, "messages + answer", MESSAGES_ANSWER["messages"], "7", {"source": "es"}),
+        (MESSAGES_ANSWERED, "messages + answer", MESSAGES_ANSWERED["messages"][:1], "二", {}),
+        (TRL_PROMPT_ONLY, "prompt + answer", TRL_PROMPT_ONLY["prompt"], None, {}),
+        (TEXT_PROMPT_ONLY, "prompt only", TEXT_PROMPT_ONLY["prompt"], None, {}),
+        (ALPACA, "alpaca", "Suma los números.\n\n2, 3", "5", {}),
+    ],
+)
+def test_published_prompt_shapes_read_into_one_task(tmp_path, record, shape, prompt, answer, columns):
+    read_shape, tasks, drops = read_tasks(write_jsonl(tmp_path / "d.jsonl", [record]), Data(path="d.jsonl"))
+    assert (read_shape, drops) == (shape, [])
+    (task,) = tasks
+    assert (task.prompt, task.answer, task.columns) == (prompt, answer, columns)
+    assert task.where.endswith("d.jsonl:1")
+
+
+def test_blocks_prompts_carry_their_answer_and_repeats_and_empty_prompts_are_dropped(tmp_path, sums_file):
+    _, tasks, _ = read_tasks(sums_file, Data(path=str(sums_file), prompt_template=PROMPT))
+    assert (tasks[0].prompt, tasks[0].answer) == ("¿Cuánto es 0 + 0?", "0")
+    assert len(tasks) == len(SUMS)
+    path = write_jsonl(tmp_path / "d.jsonl", [GSM8K, {"question": "  ", "answer": "1"}, GSM8K])
+    _, tasks, drops = read_tasks(path, Data(path=str(path)))
+    assert len(tasks) == 1
+    assert [(w.rsplit(":", 1)[1], why) for w, why in drops] == [
+        ("2", "empty prompt"),
+        ("3", "the same prompt as an earlier record"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "record, says",
+    [
+        ({"text": "un documento"}, "no prompt in the record"),
+        (
+            {
+                "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}] * 2
+                + [{"role": "assistant", "content": "c"}]
+            },
+            "the conversation must end with a user (or tool) turn",
+        ),
+        ({"question": "q", "answer": ["a", "b"]}, "'answer' must be text or a number"),
+    ],
+)
+def test_records_without_a_prompt_to_answer_are_named(tmp_path, record, says):
+    with pytest.raises(UserError, match=None) as e:
+        read_tasks(write_jsonl(tmp_path / "d.jsonl", [record]), Data(path="d.jsonl"))
+    assert says in str(e.value) and "d.jsonl:1" in str(e.value)
+
+
+def test_exact_answer_scores_as_eval_match_does():
+    completions = ["72", "<think>48 + 24</think> 72", "son 72 clips", "#### 71"]
+    references = ["72"] * 4
+    assert exact_answer()(completions=completions, answer=references) == [1.0, 1.0, 0.0, 0.0]
+    assert exact_answer(match="contains")(completions=completions, answer=references) == [1.0, 1.0, 1.0, 0.0]
+    # number: final answers against final answers (GSM8K's "#### 72", \boxed{}, <answer>)
+    gsm = [GSM8K["answer"]] * 4
+    assert exact_answer(match="number")(completions=completions, answer=gsm) == [1.0, 1.0, 1.0, 0.0]
+    assert exact_answer()(completions=["7"], answer=[None]) == [None]  # no reference: no opinion
+    assert exact_answer(match="number").quickft_spec == "exact_answer(match='number', column='answer')"
+
+
+def test_format_match_and_length_penalty():
+    assert format_match()(completions=["<think>3 + 4</think>\n7", "7", "<think>x</think>"]) == [1.0, 0.0, 0.0]
+    assert format_match(r"\d+", name="digits")(completions=[" 42 ", "4 2"]) == [1.0, 0.0]
+    # DAPO's soft overlong punishment: 0 up to max - soft tokens, then linear to -1 at max
+    penalty = length_penalty(max_tokens=8, soft_tokens=4)
+    assert penalty(completions=[""] * 4, completion_ids=[[1] * n for n in (2, 4, 6, 8)]) == [0.0, 0.0, -0.5, -1.0]
+
+
+def test_the_guard_names_the_reward_and_the_example_that_failed():
+    def by_ten(completions, answer, **kwargs):
+        return [float(answer_) / float(c) for c, answer_ in zip(completions, answer, strict=True)]
+
+    reward = guarded(by_ten)
+    assert reward.__name__ == "by_ten"
+    args = dict(prompts=["p"] * 3, completions=["2", "0", "5"], answer=["4", "4", "10"], where=["a:1", "a:2", "a:3"])
+    with pytest.raises(UserError) as e:
+        reward(**args, trainer_state=None)
+    assert "reward by_ten raised ZeroDivisionError: float division by zero on a:2, completion '0'" in str(e.value)
+    with pytest.raises(UserError, match="returned 1 rewards for 2 completions"):
+        guarded(lambda completions, **kw: [1.0])(prompts=["p"] * 2, completions=["a", "b"])
+    with pytest.raises(UserError, match=r"returned 'yes' \(str\) for a:1, completion 'x'"):
+        guarded(lambda completions, **kw: ["yes"])(completions=["x"], where=["a:1"])
+
+    def only_completions(completions):  # no **kwargs: given only what it asks for
+        return [float(len(c)) for c in completions]
+
+    assert guarded(only_completions)(prompts=["p"], completions=["abc"], answer=["x"], trainer_state=None) == [3.0]
+
+
+# ---------------------------------------------------------------------------------------------- a real run
+
+
+def shortest(completions, **kwargs):
+    """A reward of the recipe's own: shorter answers score higher."""
+    return [-len(c) / 10 for c in completions]
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tmp_path_factory, tiny_model_dir, sums_file):
+    """A GRPO run on the tiny model (LoRA: the reference is the base with the adapter off): the sums' answers
+    rewarded by exact_answer, plus a reward of the recipe's own, weighted."""
+    tmp = tmp_path_factory.mktemp("grpo")
+    recipe = write_recipe(
+        tmp / "grpo.py",
+        f"""
+        from quickft import GRPO
+        from quickft.rewards import exact_answer
+
+        def shortest(completions, **kwargs):
+            return [-len(c) / 10 for c in completions]
+
+        recipe = Recipe(
+            model={str(tiny_model_dir)!r},
+            method="grpo",
+            grpo=GRPO(rewards=[exact_answer(), shortest], reward_weights=[1.0, 0.5], num_generations=4, beta=0.05),
+            data=Data(path={str(sums_file)!r}, prompt_template={PROMPT!r}, holdout=4),
+            max_seq_length=48,
+            micro_batch_size=8,
+            max_steps=4,
+            learning_rate=5e-3,
+            max_new_tokens=6,
+        )
+        """,
+    )
+    out = tmp / "run"
+    assert main(["run", str(recipe), "--output-dir", str(out), "--quiet"]) == 0
+    return out, recipe
+
+
+def rows_of(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_grpo_logs_each_reward_and_the_weighted_total(grpo_run):
+    """Each row holds TRL's per-function means; the reward is their weighted sum (every completion gets both)."""
+    run_dir, _ = grpo_run
+    rows = [r for r in rows_of(run_dir) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        total = r["rewards/exact_answer/mean"] + 0.5 * r["rewards/shortest/mean"]
+        assert r["reward"] == pytest.approx(total, abs=1e-5)
+        assert 0 <= r["frac_reward_zero_std"] <= 1 and r["kl"] is not None  # beta > 0: KL is measured
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # before any update the policy is the reference
+    assert not (run_dir / "ref").exists()
+
+
+def test_grpo_counts_generated_and_trained_tokens_as_trl_logs_them(grpo_run):
+    """Each step generates one batch (8 answers, 2 prompts x 4): the generated tokens are TRL's mean completion
+    length x 8; the trained tokens are those plus each prompt's tokens once per answer; generation time is inside
+    the steps' time, and each row's rates recompute from the rows' running totals."""
+    run_dir, _ = grpo_run
+    rows = [r for r in rows_of(run_dir) if "loss" in r]
+    previous = {"generated_tokens": 0, "tokens": 0, "samples": 0, "generation_s": 0.0}
+    prompt_lengths = {len(PROMPT.format(prompt=f"¿Cuánto es {a} + {b}?")) for a, b in SUMS}  # characters >= tokens
+    for r in rows:
+        generated = r["generated_tokens"] - previous["generated_tokens"]
+        samples = r["samples"] - previous["samples"]
+        assert samples == 8
+        assert generated == pytest.approx(r["completions/mean_length"] * 8, abs=1e-6)
+        prompt_tokens = r["tokens"] - previous["tokens"] - generated
+        assert prompt_tokens % 4 == 0 and 0 < prompt_tokens <= 8 * max(prompt_lengths)
+        window_generation_s = r["generation_s"] - previous["generation_s"]
+        assert r["generated_tokens_per_s"] == pytest.approx(generated / window_generation_s, rel=1e-6)
+        assert r["generation_share"] == pytest.approx(window_generation_s / r["window_s"], rel=1e-6)
+        assert 0 < r["generation_share"] < 1
+        previous = r
+    summary = json.loads((run_dir / "summary.json").read_text())
+    g = summary["grpo"]
+    assert g["generated_tokens"] == rows[-1]["generated_tokens"] == g["session_generated_tokens"]
+    assert g["generation_s"] == pytest.approx(rows[-1]["generation_s"])
+    assert g["generation_share"] == pytest.approx(g["generation_s"] / summary["train"]["steps_time_s"])
+    assert g["generated_tokens_per_s"] == pytest.approx(g["generated_tokens"] / g["generation_s"])
+    assert summary["train"]["tokens"] == rows[-1]["tokens"] and summary["train"]["samples"] == 4 * 8
+    keys = set(g["last"])
+    assert {"reward", "rewards/exact_answer/mean", "rewards/shortest/std", "frac_reward_zero_std", "kl"} <= keys
+    assert g["last"] == {k: rows[-1][k] for k in keys} and g["first"] == {k: rows[0][k] for k in keys}
+
+
+def test_grpo_says_what_it_runs_and_reports_where_the_time_went(grpo_run, capsys):
+    run_dir, recipe = grpo_run
+    assert main(["run", str(recipe), "--output-dir", str(run_dir.parent / "again"), "max_steps=1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    summary = json.loads((run_dir.parent / "again" / "summary.json").read_text())
+    g = summary["grpo"]
+    assert "method grpo (TRL's GRPOTrainer)" in out
+    assert "GRPO: 4 answers per prompt (temperature 1, up to 6 tokens), loss dapo, clip 0.2" in out
+    assert "GRPO's reward: exact_answer(match='exact', column='answer') + 0.5 × shortest" in out
+    # TRL copies the starting adapter as the reference: the base with an adapter that is still zero
+    assert "GRPO's KL term (beta 0.05) against a reference model: the base with LoRA's starting adapter" in out
+    assert f"{len(SUMS) - 4:,} prompts (4 answers generated for each in training)" in out
+    assert "8 micro-batch × 1 accumulation = 8 effective (2 prompts × 4 answers)" in out
+    assert f"{g['generated_tokens']:,} tokens generated ({g['generated_tokens_per_s']:,.0f} tokens/s" in out
+    assert f"= {g['generation_share']:.0%} of training steps' time" in out
+    assert f"reward {g['last']['reward']:.3f} ± {g['last']['reward_std']:.3f}" in out
+    assert "GRPO's objective" in out and "improvement by third" not in out
+    assert (run_dir / "rewards.png").is_file() and (run_dir / "groups.png").is_file()
+
+
+def test_a_grpo_run_chats_and_scores_its_test_cases(grpo_run):
+    run_dir, _ = grpo_run
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and all(s["reference"].isdigit() for s in samples)  # held-out sums with answers
+    assert main(["chat", str(run_dir), "--prompt", "¿Cuánto es 2 + 3?"]) == 0
+    saved = json.loads((run_dir / "recipe.json").read_text())["grpo"]
+    assert saved["rewards"] == ["exact_answer(match='exact', column='answer')", "shortest"]
+
+
+def test_a_reward_that_raises_is_exit_2_naming_it_and_the_example(tmp_path, tiny_model_dir, capsys):
+    data = write_blocks(tmp_path / "sums.txt", SUMS[:40])
+    recipe = write_recipe(
+        tmp_path / "r.py",
+        f"""
+        from quickft import GRPO
+
+        def picky(completions, answer, where, **kwargs):
+            return [1 / 0 if w.endswith(":7") else 0.0 for w in where]
+
+        recipe = Recipe(
+            model={str(tiny_model_dir)!r}, method="grpo", grpo=GRPO(rewards=[picky], num_generations=2),
+            data=Data(path={str(data)!r}, prompt_template={PROMPT!r}, holdout=0), micro_batch_size=80,
+            max_steps=1, max_new_tokens=2, max_seq_length=48,
+        )
+        """,
+    )
+    assert main(["run", str(recipe), "--output-dir", str(tmp_path / "run")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"reward picky raised ZeroDivisionError: division by zero on {data}:7" in err
+    assert "Traceback" not in err
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"
+
+
+def test_grpo_recipe_mistakes_exit_2(tmp_path, tiny_model_dir, sums_file, capsys):
+    body = f"""
+        from quickft import GRPO
+        from quickft.rewards import exact_answer
+
+        def needs_solution(completions, solution):
+            return [0.0 for _ in completions]
+
+        recipe = Recipe(model={str(tiny_model_dir)!r}, method="grpo", data=Data(path={str(sums_file)!r}), max_seq_length=48,
+                        {{extra}})
+        """
+    for extra, says in (
+        ("grpo=GRPO()", "grpo.rewards: method='grpo' needs at least one reward function"),
+        (
+            "grpo=GRPO(rewards=[exact_answer()], num_generations=3), micro_batch_size=4",
+            "(4 x 1) answers per step must be a multiple of grpo.num_generations (3)",
+        ),
+        ("grpo=GRPO(rewards=[exact_answer(), exact_answer()])", "two rewards share a name"),
+        ("grpo=GRPO(rewards=[exact_answer()], reward_weights=[1.0, 2.0])", "2 weight(s) for 1 reward(s)"),
+        ("grpo=GRPO(rewards=[exact_answer()]), eval=Eval(every=1, fraction=0.1)", "eval loss is not computed"),
+        (
+            "grpo=GRPO(rewards=[needs_solution], num_generations=2), micro_batch_size=2",
+            "reward needs_solution: its argument 'solution' is not something a reward is given",
+        ),
+    ):
+        recipe = write_recipe(tmp_path / "r.py", body.replace("{extra}", extra))
+        assert main(["run", str(recipe), "--output-dir", str(tmp_path / "never")]) == 2, extra
+        assert says in " ".join(capsys.readouterr().err.split()), extra
+        assert not (tmp_path / "never").exists()
+
+
+@requires_unsloth
+def test_unsloths_cpu_mode_trains_the_same_first_grpo_step(grpo_run, tmp_path):
+    """--backend unsloth on a CPU, in a process of its own (importing Unsloth patches TRL's GRPOTrainer): the same
+    seeded answers, rewards, tokens and updates as PEFT's first two steps, to float precision."""
+    run_dir, recipe = grpo_run
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quickft",
+            "run",
+            str(recipe),
+            "--backend",
+            "unsloth",
+            "--quiet",
+            "max_steps=2",
+            "--output-dir",
+            str(tmp_path / "u"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "u" / "backend.json").read_text())["backend"] == "unsloth"
+    theirs, ours = rows_of(tmp_path / "u"), rows_of(run_dir)[:2]
+    for key in ("loss", "reward", "kl", "grad_norm", "tokens", "generated_tokens", "completions/mean_length"):
+        assert [r[key] for r in theirs] == pytest.approx([r[key] for r in ours], abs=1e-5), key
+
+
+def test_quickft_data_counts_a_grpo_recipes_prompts(grpo_run, tiny_model_dir, capsys):
+    """`quickft data` on a GRPO recipe: the prompts' tokens recounted with the tokenizer, and a max_seq_length advice
+    that leaves room for the answer."""
+    from transformers import AutoTokenizer
+
+    _, recipe = grpo_run
+    assert main(["data", str(recipe), "--json", "data.holdout=0"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["method"] == "grpo" and report["lengths_of"] == "prompts"
+    assert report["counts"]["kept_for_training"] == report["counts"]["rows"] == len(SUMS)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    lengths = [len(tokenizer(PROMPT.format(prompt=f"¿Cuánto es {a} + {b}?"))["input_ids"]) for a, b in SUMS]
+    assert report["tokens"]["total"] == sum(lengths) and report["tokens"]["max"] == max(lengths)
+    assert report["answer_room"] == 6
+    assert report["recommended_max_seq_length"] == 8 * -(-(report["tokens"]["p99"] + 6) // 8)
+    assert main(["bench", str(recipe)]) == 2
+    assert "method='grpo': quickft bench times SFT runs only so far" in capsys.readouterr().err
