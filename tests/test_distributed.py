@@ -199,7 +199,7 @@ def test_several_processes_train_on_the_peft_path():
 
 
 WAITS_FOR_RANK_0 = """
-import datetime, json, sys, time
+import datetime, json, pathlib, sys, time
 from accelerate import PartialState
 PartialState(cpu=True, timeout=datetime.timedelta(seconds=10))  # the default group gives up after 10 s
 from quickft import distributed
@@ -208,7 +208,9 @@ if distributed.is_main():
     time.sleep(15)  # rank 0 answers test cases; the others wait at the broadcast
 row = distributed.broadcast({"case_score": 0.5} if distributed.is_main() else None)
 stop = distributed.any_process(distributed.rank() == 1)
-print(json.dumps({"rank": distributed.rank(), "row": row, "stop": stop}), flush=True)
+# one file per rank: both ranks share torchrun's stdout, where their lines can interleave
+out = pathlib.Path(sys.argv[1]) / f"rank{distributed.rank()}.json"
+out.write_text(json.dumps({"rank": distributed.rank(), "row": row, "stop": stop}))
 """
 
 
@@ -223,8 +225,8 @@ def test_the_other_ranks_wait_for_rank_0_past_the_default_groups_timeout(tmp_pat
     group waits 10 to 30 minutes."""
     script = tmp_path / "waits.py"
     script.write_text(WAITS_FOR_RANK_0, encoding="utf-8")
-    done = subprocess.run(torchrun(str(script)), capture_output=True, text=True, timeout=120)
-    printed = sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")), key=str)
-    assert [p["rank"] for p in sorted(printed, key=lambda p: p["rank"])] == [0, 1], done.stderr[-3000:]
+    done = subprocess.run(torchrun(str(script), str(tmp_path)), capture_output=True, text=True, timeout=120)
+    printed = [json.loads(f.read_text()) for f in sorted(tmp_path.glob("rank*.json"))]
+    assert [p["rank"] for p in printed] == [0, 1], done.stderr[-3000:]
     assert all(p["row"] == {"case_score": 0.5} and p["stop"] is True for p in printed)
     assert "Timed out" not in done.stderr, done.stderr[-3000:]

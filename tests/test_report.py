@@ -217,7 +217,8 @@ def test_plots_are_real_pngs(epoch_run):
 
     from quickft.plots import PLOTS
 
-    assert set(PLOTS) - {"test_cases.png"} == {
+    grpo = {"rewards.png", "groups.png"}  # a GRPO run's (tests/test_grpo.py)
+    assert set(PLOTS) - {"test_cases.png"} - grpo == {
         "loss.png",
         "loss_per_epoch.png",
         "loss_log.png",
@@ -225,7 +226,8 @@ def test_plots_are_real_pngs(epoch_run):
         "grad_norm.png",
     }
     assert not (epoch_run["dir"] / "test_cases.png").exists()  # no evaluation during this run
-    for name in sorted(set(PLOTS) - {"test_cases.png"}):
+    assert not any((epoch_run["dir"] / name).exists() for name in grpo)
+    for name in sorted(set(PLOTS) - {"test_cases.png"} - grpo):
         path = epoch_run["dir"] / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         pixels = matplotlib.image.imread(path)
