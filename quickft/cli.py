@@ -182,6 +182,31 @@ def chat(
 @app.command(
     cls=_Command,
     epilog=_examples(
+        "quickft studio    # the runs in outputs/, at http://127.0.0.1:PORT/ (printed)",
+        "quickft studio outputs --port 8765",
+    ),
+)
+def studio(
+    outputs_dir: Annotated[
+        str, typer.Argument(metavar="OUTPUTS_DIR", help="The directory of runs (quickft run's outputs/).")
+    ] = "outputs",
+    port: Annotated[int, typer.Option("--port", metavar="N", min=0, max=65535, help="0: any free port.")] = 0,
+    host: Annotated[
+        str, typer.Option("--host", metavar="ADDR", help="Address to listen on (other than loopback: --allow-remote).")
+    ] = "127.0.0.1",
+    allow_remote: Annotated[
+        bool, typer.Option("--allow-remote", help="Allow a --host that other machines can reach.")
+    ] = False,
+) -> None:
+    """A local web page over the runs: live curves, end reports, compare, chat, the masking preview (offline)."""
+    from quickft.studio.server import main as studio_main
+
+    studio_main(outputs_dir, host=host, port=port, allow_remote=allow_remote)
+
+
+@app.command(
+    cls=_Command,
+    epilog=_examples(
         "quickft bench recipes/tiny_math.py",
         "quickft bench recipes/phi2_math.py --isolate --steps 30",
         "quickft bench recipes/tiny_math.py --backends unsloth,peft,peft+nogc --repeat 5 --json",

@@ -47,7 +47,11 @@ def padding_share(lengths: list[int], batch: int, mode: str, seed: int) -> float
 
 def build_report(recipe_path: str, overrides: list[str]) -> tuple[dict, object, object]:
     """The data report, through the same pipeline as `quickft run` (read_recipe_data, then encode.prepare)."""
-    recipe = load_recipe(recipe_path, overrides)
+    return recipe_report(load_recipe(recipe_path, overrides), recipe_path)
+
+
+def recipe_report(recipe, recipe_path: str) -> tuple[dict, object, object]:
+    """build_report for a Recipe already loaded (the studio's, from a run's recipe.json): (report, rows, tokenizer)."""
     from quickft.backends import private_by_default, quiet_libraries
     from quickft.train import materialize, model_reference, read_recipe_data, training_tokenizer
 
@@ -144,10 +148,24 @@ def preview(rows: list[dict], tokenizer, n: int) -> list[Text]:
     Runs of tokens are decoded together, so characters split across tokens (Chinese, emoji) come out whole;
     long examples are cut after SHOW_TOKENS tokens, saying how many more there are."""
     texts = []
+    for pieces, more in preview_pieces(rows, tokenizer, n):
+        text = Text()
+        for piece, trained in pieces:
+            text.append(piece, style="bold green" if trained else "dim")
+        if more:
+            text.append(f" … ({more} more tokens)", style="italic")
+        texts.append(text)
+    return texts
+
+
+def preview_pieces(rows: list[dict], tokenizer, n: int) -> list[tuple[list[tuple[str, bool]], int]]:
+    """What `preview` draws, as data: for each example, its (text, trained?) pieces and how many tokens were left
+    out after SHOW_TOKENS (the studio draws the same pieces as HTML)."""
+    examples = []
     special = set(tokenizer.all_special_ids)
     for row in rows[:n]:
         ids, mask = row["input_ids"][:SHOW_TOKENS], row["completion_mask"][:SHOW_TOKENS]
-        text = Text()
+        pieces = []
         for (trained, is_special), group in itertools.groupby(
             zip(ids, mask, strict=True), key=lambda t: (t[1], t[0] in special)
         ):
@@ -156,11 +174,9 @@ def preview(rows: list[dict], tokenizer, n: int) -> list[Text]:
                 piece = "".join(f"[{tokenizer.convert_ids_to_tokens(t)}]" for t in group_ids)
             else:
                 piece = tokenizer.decode(group_ids).replace("\n", "⏎\n")
-            text.append(piece, style="bold green" if trained else "dim")
-        if len(row["input_ids"]) > SHOW_TOKENS:
-            text.append(f" … ({len(row['input_ids']) - SHOW_TOKENS} more tokens)", style="italic")
-        texts.append(text)
-    return texts
+            pieces.append((piece, bool(trained)))
+        examples.append((pieces, max(0, len(row["input_ids"]) - SHOW_TOKENS)))
+    return examples
 
 
 def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool = False) -> dict:

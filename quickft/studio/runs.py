@@ -1,0 +1,179 @@
+"""What the studio shows, read from the run directories as plain JSON data (no web code here).
+
+Every figure comes from the files `quickft run` writes (status.json, recipe.json, backend.json, metrics.jsonl,
+summary.json, samples.jsonl); the end report is the console's own (report.Reporter.report), recorded as text;
+the differing settings are `quickft compare`'s; the masking preview is `quickft data`'s.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from quickft.errors import UserError
+from quickft.rundir import RUN_FILES, read_json
+
+
+def is_run(path: Path) -> bool:
+    return path.is_dir() and all((path / f).is_file() for f in RUN_FILES)
+
+
+def check_outputs_dir(path: Path) -> None:
+    """UserError unless `path` is a directory of runs (an empty one will do: runs appear in it as they start)."""
+    if not path.is_dir():
+        raise UserError(
+            f"{path} is not a directory",
+            hint="pass the directory `quickft run` writes runs into (default outputs/), e.g. quickft studio outputs",
+        )
+    if is_run(path):
+        raise UserError(
+            f"{path} is one run directory; the studio shows a directory of runs",
+            hint=f"pass its parent: quickft studio {path.parent}",
+        )
+    entries = [p for p in path.iterdir() if not p.name.startswith(".") and p.name != "README.md"]
+    if entries and not any(is_run(p) for p in entries):
+        raise UserError(
+            f"{path} holds no quickft runs (no subdirectory with {' and '.join(RUN_FILES)})",
+            hint="pass the directory `quickft run` writes runs into (default outputs/)",
+        )
+
+
+def run_dir(outputs: Path, name: str) -> Path:
+    """outputs/<name>, if it is a run: the only paths the studio reads (no '..', no nested paths)."""
+    path = outputs / name
+    if "/" in name or "\\" in name or name.startswith(".") or not is_run(path):
+        raise KeyError(name)
+    return path
+
+
+def metric_rows(path: Path, since: int = 0) -> list[dict]:
+    """metrics.jsonl's rows from row `since` on; a line still being written (no newline yet) is left for later."""
+    file = path / "metrics.jsonl"
+    if not file.is_file():
+        return []
+    lines = file.read_text(encoding="utf-8").split("\n")[:-1]  # the part after the last newline is unfinished
+    return [json.loads(line) for line in lines[since:] if line.strip()]
+
+
+def _optional_json(file: Path):
+    try:
+        return read_json(file) if file.is_file() else None
+    except json.JSONDecodeError:  # written atomically, so damaged, not half-written: show the run without it
+        return None
+
+
+def samples(path: Path) -> list[dict]:
+    file = path / "samples.jsonl"
+    if not file.is_file():
+        return []
+    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def model_name(recipe: dict) -> str:
+    model = recipe["model"]
+    return model if isinstance(model, str) else "scratch (built from the recipe)"
+
+
+def best_score(rows: list[dict], summary: dict | None) -> float | None:
+    """The best test-case score: of the evaluations during training and the one after it."""
+    scores = [r["case_score"] for r in rows if "case_score" in r]
+    if summary and summary.get("test_cases"):
+        scores.append(summary["test_cases"]["score"])
+    return max(scores, default=None)
+
+
+def run_entry(path: Path) -> dict:
+    """One line of the runs list."""
+    status = _optional_json(path / "status.json") or {}
+    recipe = _optional_json(path / "recipe.json") or {}
+    backend = _optional_json(path / "backend.json") or {}
+    summary = _optional_json(path / "summary.json")
+    rows = metric_rows(path)
+    steps = [r["step"] for r in rows if "loss" in r]
+    return {
+        "name": path.name,
+        "status": status.get("status", "unknown"),
+        "updated": status.get("updated"),
+        "backend": backend.get("backend"),
+        "model": model_name(recipe) if recipe else None,
+        "method": recipe.get("method", "sft"),
+        "steps": summary["train"]["steps"] if summary else (steps[-1] if steps else 0),
+        "max_steps": recipe.get("max_steps"),
+        "best_score": best_score(rows, summary),
+        "mtime": (path / "status.json").stat().st_mtime,
+    }
+
+
+def list_runs(outputs: Path) -> list[dict]:
+    """Every run under `outputs`, the most recently updated first."""
+    runs = [run_entry(p) for p in outputs.iterdir() if is_run(p)]
+    return sorted(runs, key=lambda r: -r["mtime"])
+
+
+def end_report(summary: dict | None, cases: list[dict]) -> str | None:
+    """The end report as `quickft run` printed it, from summary.json and samples.jsonl (None before the end)."""
+    if summary is None:
+        return None
+    from rich.console import Console
+
+    from quickft.report import Reporter
+
+    console = Console(record=True, width=120, file=io.StringIO())
+    Reporter(console=console, live=False).report(summary, cases)
+    return console.export_text()
+
+
+def run_detail(path: Path) -> dict:
+    """Everything the run's page shows except the curves' rows (those are polled: metric_rows)."""
+    recipe = read_json(path / "recipe.json")
+    summary = _optional_json(path / "summary.json")
+    cases = samples(path)
+    return {
+        **run_entry(path),
+        "recipe": recipe,
+        "backend_info": _optional_json(path / "backend.json"),
+        "status_info": _optional_json(path / "status.json"),
+        "target": (recipe.get("eval") or {}).get("target"),
+        "report": end_report(summary, cases),
+        "samples": cases,
+        "plots": sorted(p.name for p in path.glob("*.png")),
+    }
+
+
+def compare_runs(paths: list[Path]) -> dict:
+    """The recipe settings that differ (compare.settings_that_differ, as `quickft compare` shows them) and, when
+    every run has finished, compare's whole table (figures and ratios to the first run)."""
+    from quickft.compare import compare, settings_that_differ
+
+    if len(paths) < 2:
+        raise UserError("compare needs at least two runs")
+    recipes = [read_json(p / "recipe.json") for p in paths]
+    differ = settings_that_differ(recipes)
+    table, why_not = None, None
+    try:
+        table = compare([str(p) for p in paths])
+    except UserError as e:  # a run still training, or one that failed: its settings still compare
+        why_not = e.message
+    return {
+        "runs": [p.name for p in paths],
+        "settings": {key: [json.loads(json.dumps(v, default=str)) for v in values] for key, values in differ.items()},
+        "table": table,
+        "table_missing": why_not,
+    }
+
+
+def masking_preview(path: Path, n: int = 3) -> dict:
+    """`quickft data --show N` for the run's recipe (recipe.json; relative data paths are read from the studio's
+    working directory, as `quickft data` reads them): counts, token lengths, and each example's pieces, trained or
+    masked."""
+    from quickft.datareport import preview_pieces, recipe_report
+    from quickft.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(read_json(path / "recipe.json"))
+    report, rows, tokenizer = recipe_report(recipe, str(path / "recipe.json"))
+    examples = [
+        {"pieces": [{"text": text, "trained": trained} for text, trained in pieces], "more_tokens": more}
+        for pieces, more in preview_pieces(rows, tokenizer, n)
+    ]
+    return {"report": report, "examples": examples}
