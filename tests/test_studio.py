@@ -251,6 +251,16 @@ def test_chat_streams_the_runs_answer_through_quickft_serve(studio, outputs):
     assert len(pieces) >= 2, "streamed in pieces, not as one answer"
 
 
+def test_base_vs_fine_tuned_answers_with_both_models(studio, outputs):
+    import httpx
+
+    case = two_token_case(outputs / "sums_a")
+    body = {"messages": [{"role": "user", "content": question(case)}]}
+    out = httpx.post(studio + "api/runs/sums_a/compare-base", json=body, timeout=300).json()
+    assert out["tuned"].strip() == case["answer"].strip(), out  # the adapter on: the run's own answer
+    assert out["base"] != out["tuned"] and out["base_label"].startswith("base model"), out  # the adapter off
+
+
 def test_chat_is_refused_for_a_run_that_is_not_completed(studio, outputs):
     import httpx
 
@@ -373,7 +383,8 @@ def test_the_page_follows_a_run_as_it_trains_compares_and_chats(studio, outputs,
         # the runs list, then the live run's page, which polls metrics.jsonl while the run trains
         browser.get(studio)
         wait_for(lambda: browser.find_elements("css selector", "tr[data-run=sums_a]"), 20, "the runs list")
-        wait_for(lambda: (outputs / "live" / "metrics.jsonl").is_file(), 90, "the live run's first metrics")
+        metrics = outputs / "live" / "metrics.jsonl"
+        wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 1, 90, "the live run's first row")
         browser.get(studio + "#/run/live")
         first = wait_for(lambda: points(browser, "plot-loss"), 30, "the live run's loss curve")
         status = browser.find_element("css selector", "#run-status .status").get_attribute("data-status")
