@@ -91,7 +91,7 @@ const PLOT_CONFIG = { displayModeBar: false, responsive: true };
 
 function layout(title, ytitle, extra = {}) {
   return Object.assign({
-    title: { text: title, font: { size: 14 } }, margin: { l: 60, r: 20, t: 40, b: 45 },
+    title: { text: title, font: { size: 14 } }, margin: { l: 75, r: 20, t: 40, b: 45 },
     xaxis: { title: { text: "step" } }, yaxis: { title: { text: ytitle } },
     legend: { x: 1, xanchor: "right", y: 1, bgcolor: "rgba(255,255,255,0.7)" }, uirevision: "keep",
   }, extra);
