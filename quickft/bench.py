@@ -26,6 +26,16 @@ from quickft.errors import UserError
 from quickft.recipe import load_recipe
 
 BASELINE = "peft"
+TOKENS_COUNTED = {
+    "sft": "each step's real (non-padding) tokens",
+    "dpo": "each pair's chosen and rejected sequences, prompts included (padding not counted)",
+    "orpo": "each pair's chosen and rejected sequences, prompts included (padding not counted)",
+    "simpo": "each pair's chosen and rejected sequences, prompts included (padding not counted)",
+    "kto": "each labelled answer's sequence, prompt included (the KL estimate's mismatched pairs not counted)",
+    "grpo": "the sequences trained, each prompt once per generated answer plus the answer (padding not counted); a "
+    "step's time includes generating the answers",
+}
+"""What a bench's tokens/s counts for each method: the tokens each step's forward and backward passes trained."""
 WATCHED_MODULES = ("unsloth", "unsloth_zoo", "peft", "trl", "transformers", "bitsandbytes", "torch")
 CPU_NOTE = "On CPU the backends are expected to be about even: Unsloth's speedup comes from GPU kernels."
 # Like for like: switches that make Unsloth's process run the same work as the baseline's. Unsloth's CPU mode swaps
@@ -45,6 +55,14 @@ GPU: TRL 1.14 defaults to loss_type="chunked_nll" (the output head on trained to
 transformers' NaN filter off (one fewer sync per step) and empties the CUDA cache every 250 steps. Unsloth's config
 keeps a value given explicitly (its replacements fill defaults only; its padding-free choice is made only when the
 field is unset). Each row's effective values are read back after training (effective_settings)."""
+
+
+def like_for_like(method: str) -> dict:
+    """LIKE_FOR_LIKE's fields for the method's config: loss_type and padding_free are SFT's (the other methods' loss
+    types name other losses, which the recipe sets for both rows; quickft's DPO config sets padding_free=False)."""
+    if method == "sft":
+        return LIKE_FOR_LIKE
+    return {k: LIKE_FOR_LIKE[k] for k in ("logging_nan_inf_filter", "torch_empty_cache_steps")}
 
 
 def parse_variant(name: str) -> dict:
@@ -94,12 +112,6 @@ def bench(
 ) -> dict:
     console = console or Console()
     recipe = load_recipe(recipe_path, overrides)  # validates before spawning anything
-    if recipe.method != "sft":
-        raise UserError(
-            f"{recipe_path}: method={recipe.method!r}: quickft bench times SFT runs only so far",
-            hint=f"bench the same model and data with method='sft'; `quickft run` reports a {recipe.method.upper()} "
-            "run's speed",
-        )
     if steps < 1 or warmup < 0 or repeat < 1:
         raise UserError("--steps and --repeat must be >= 1, --warmup >= 0")
     specs = [parse_variant(v) for v in variants]
@@ -146,6 +158,8 @@ def bench(
         "warmup": warmup,
         "repeat": repeat,
         "mode": "as shipped" if as_shipped else "like for like",
+        "method": recipe.method,
+        "tokens_counted": TOKENS_COUNTED[recipe.method],
         "replaced": replaced,
         "parent_pid": os.getpid(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -333,7 +347,6 @@ def worker(spec_json: str, out_path: str) -> None:
 
 def _measure(spec: dict) -> dict:
     from quickft.backends import choose_backend, load, private_by_default, quiet_libraries
-    from quickft.encode import prepare
     from quickft.metrics import TokenCounter
     from quickft.train import (
         make_trainer,
@@ -341,6 +354,7 @@ def _measure(spec: dict) -> dict:
         model_reference,
         read_recipe_data,
         to_dataset,
+        training_rows,
         training_tokenizer,
     )
 
@@ -373,7 +387,7 @@ def _measure(spec: dict) -> dict:
     load_time = time.perf_counter() - load_started
     _progress(spec, "tokenizing and building the trainer")
     training_tokenizer(loaded.tokenizer, recipe, train_examples)
-    dataset = to_dataset(prepare(train_examples, loaded.tokenizer, recipe).rows)
+    dataset = to_dataset(training_rows(recipe, train_examples, loaded.tokenizer).rows)
     counter = TokenCounter()
     trainer = make_trainer(
         recipe,
@@ -383,7 +397,7 @@ def _measure(spec: dict) -> dict:
         dataset,
         Path(spec["run_dir"]),
         counter=counter,
-        settings=None if spec.get("as_shipped") else LIKE_FOR_LIKE,
+        settings=None if spec.get("as_shipped") else like_for_like(recipe.method),
     )
     if not spec.get("as_shipped"):
         # Unsloth rewrites the optimizer in SFTConfig as it is built (adamw_torch -> adamw_torch_fused on CPU); the
@@ -548,6 +562,7 @@ def print_table(result: dict, console: Console) -> None:
         console.print(result["note"], highlight=False)
     for warning in result["warnings"]:
         console.print(f"[yellow]noise:[/yellow] {warning}", highlight=False)
+    console.print(f"method {result['method']}: tokens/s counts {result['tokens_counted']}", highlight=False)
     console.print(
         "tokens/s = every timed step's real tokens ÷ their total time, over all repeats (range: each repeat's own); "
         "step time is the mean of the same steps; speedup = tokens/s ÷ baseline tokens/s; memory saving = "
@@ -580,7 +595,7 @@ def markdown(result: dict) -> str:
             f"{100 * r['memory_saving']:+.0f}% | {loss_diff} | {mfu} | {differs_text(r['differs']) or 'none'} | "
             f"{r['device']}, {r['precision']} |"
         )
-    lines += ["", MODE_NOTES[result["mode"]]]
+    lines += ["", MODE_NOTES[result["mode"]], "", f"method {result['method']}: tokens/s counts {result['tokens_counted']}"]
     if result["note"]:
         lines += ["", result["note"]]
     if result["warnings"]:

@@ -220,9 +220,41 @@ def is_hub_id(text: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text)) and not Path(text).suffix
 
 
+def read_records(path: str | Path, data: Data, expected: str = "auto") -> list[tuple[str, dict]] | None:
+    """(where, record) pairs of a record file (JSON, JSON Lines, CSV / TSV, parquet) or a `datasets` dataset (a hub
+    id, a save_to_disk folder, an .arrow file); None for a text file (### blocks, documents). The preference and
+    GRPO readers read their records through this."""
+    text_path, path = str(path), Path(path)
+    suffix = path.suffix.lower()
+    if path.is_dir() or (suffix == ".arrow" and path.is_file()) or (not path.exists() and is_hub_id(text_path)):
+        return _dataset_records(text_path, data)
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}", hint="data paths are relative to the current directory")
+    if suffix == ".parquet":
+        return _parquet_records(path)
+    if suffix in (".csv", ".tsv"):
+        return _csv_records(path, _read_text_file(path), delimiter="\t" if suffix == ".tsv" else ",")
+    if suffix in RECORD_SUFFIXES:
+        return _json_records(path, _read_text_file(path), expected=expected)
+    return None
+
+
 def _read_dataset(path: str, data: Data) -> tuple[str, list[Example]]:
     """A `datasets` dataset: a save_to_disk folder (a Dataset, or a DatasetDict's data.split), an .arrow file, or a
     hub id (loaded with load_dataset, split data.split). Its rows are records, read like JSON Lines records."""
+    records = _dataset_records(path, data)
+    fmt = data.format
+    if fmt in ("blocks", "csv"):
+        raise UserError(
+            f"{path}: data.format={fmt} reads a text file, but this is a dataset of records",
+            hint="set data.format=auto (or the shape of its records: alpaca, chat, sharegpt, pairs, text)",
+        )
+    shape = guess_shape(Path(path), records, data) if fmt == "auto" else fmt
+    return shape, [_record_example(Path(path), w, record, shape, data) for w, record in records]
+
+
+def _dataset_records(path: str, data: Data) -> list[tuple[str, dict]]:
+    """The rows of a `datasets` dataset as (where, record) pairs (see _read_dataset)."""
     where = Path(path)
     is_file_or_folder = where.is_dir() or where.suffix.lower() == ".arrow"
     if not is_file_or_folder:
@@ -252,22 +284,18 @@ def _read_dataset(path: str, data: Data) -> tuple[str, list[Example]]:
             raise UserError(f"{path}: cannot read it as a datasets arrow file: {e}", hint="check the file") from None
     else:
         try:
-            table = datasets.load_dataset(path, split=data.split)
-        except ValueError as e:  # an unknown split: the message lists the ones there are
-            raise UserError(f"data.path {path!r}: {e}", hint="set data.split to one of the dataset's splits") from None
+            table = datasets.load_dataset(path, data.subset, split=data.split)
+        except ValueError as e:  # an unknown split or configuration: the message lists the ones there are
+            raise UserError(
+                f"data.path {path!r}: {e}",
+                hint="set data.split to one of the dataset's splits, data.subset to one of its configurations",
+            ) from None
     if isinstance(table, datasets.IterableDataset) or not hasattr(table, "__len__"):
         raise UserError(f"{path}: a streaming dataset", hint="save it with save_to_disk and point data.path there")
     records = [(f"{path} (row {i})", row) for i, row in enumerate(table, 1)]
     if not records:
         raise UserError(f"{path}: the dataset has no rows", hint="check the split (data.split)")
-    fmt = data.format
-    if fmt in ("blocks", "csv"):
-        raise UserError(
-            f"{path}: data.format={fmt} reads a text file, but this is a dataset of records",
-            hint="set data.format=auto (or the shape of its records: alpaca, chat, sharegpt, pairs, text)",
-        )
-    shape = guess_shape(Path(path), records, data) if fmt == "auto" else fmt
-    return shape, [_record_example(Path(path), w, record, shape, data) for w, record in records]
+    return records
 
 
 def _require_hub(dataset_id: str) -> None:

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from quickft.encode import history_costs, prepare
-from quickft.recipe import Scratch, load_recipe
+from quickft.recipe import PAIRED_METHODS, Scratch, load_recipe
 from quickft.report import grouped_reasons
 
 PERCENTILES = (50, 90, 95, 99)
@@ -64,11 +64,16 @@ def recipe_report(recipe, recipe_path: str) -> tuple[dict, object, object]:
     model_path = materialize(recipe, model_ref, split.train)
     tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=local)
     training_tokenizer(tokenizer, recipe, split.train)
-    if recipe.method == "dpo":
+    if recipe.method in PAIRED_METHODS:
         from quickft.preference import prepare_pairs, sequences
 
         prepared = prepare_pairs(split.train, tokenizer, recipe)
         rows = sequences(prepared.rows)  # what the model reads: prompt + chosen, prompt + rejected
+    elif recipe.method == "kto":
+        from quickft.preference import prepare_judged, sequences
+
+        prepared = prepare_judged(split.train, tokenizer, recipe)
+        rows = sequences(prepared.rows)
     elif recipe.method == "grpo":
         from quickft.grpo import prepare_tasks, prompt_ids
 
@@ -113,7 +118,9 @@ def recipe_report(recipe, recipe_path: str) -> tuple[dict, object, object]:
         "method": recipe.method,
         "lengths_of": "documents"
         if prepared.documents
-        else {"dpo": "pairs", "grpo": "prompts"}.get(recipe.method, "examples"),
+        else "pairs"
+        if recipe.method in PAIRED_METHODS
+        else {"kto": "labelled answers", "grpo": "prompts"}.get(recipe.method, "examples"),
         "max_seq_length": msl,
         "model_max_length": limit,
         "longer_than_max_seq_length": sum(n + room > msl for n in lengths),
@@ -205,7 +212,8 @@ def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool
             "eval.path",
         )
     trained = f"{c['rows']} training " + {
-        "dpo": "pairs (a chosen and a rejected sequence each)",
+        **dict.fromkeys(PAIRED_METHODS, "pairs (a chosen and a rejected sequence each)"),
+        "kto": "labelled answers (one sequence each)",
         "grpo": "prompts (the answers trained on are generated in training: no token of the data is in the loss)",
     }.get(report["method"], "sequences")
     if c["documents"]:
@@ -263,7 +271,9 @@ def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool
     console.print(table)
     for i, text in enumerate(preview(rows, tokenizer, show), 1):
         what = (
-            f"pair {(i + 1) // 2}, {'chosen' if i % 2 else 'rejected'}" if report["method"] == "dpo" else f"example {i}"
+            f"pair {(i + 1) // 2}, {'chosen' if i % 2 else 'rejected'}"
+            if report["method"] in PAIRED_METHODS
+            else f"example {i}"
         )
         console.print(f"[bold]{what}[/bold] ([bold green]trained[/bold green], [dim]masked[/dim]):")
         console.print(text)

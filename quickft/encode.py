@@ -167,12 +167,14 @@ class Prepared:
 
     @property
     def trained_tokens(self) -> int:
-        """The tokens the loss sees: the completion's, or a pair's two answers."""
+        """The tokens the loss sees: the completion's, a pair's two answers, or a KTO row's answer."""
         return sum(
             sum(r["completion_mask"])
             if "completion_mask" in r
             else len(r["chosen_ids"]) + len(r["rejected_ids"])
             if "chosen_ids" in r
+            else len(r["completion_ids"])
+            if "completion_ids" in r
             else 0  # a GRPO prompt: its answers are generated in training
             for r in self.rows
         )
@@ -193,6 +195,8 @@ def _row_tokens(row: dict) -> int:
         return len(row["input_ids"])
     if "chosen_ids" in row:
         return 2 * len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
+    if "completion_ids" in row:  # a KTO answer
+        return len(row["prompt_ids"]) + len(row["completion_ids"])
     return row["prompt_tokens"]  # a GRPO prompt, before its answers are generated
 
 

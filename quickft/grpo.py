@@ -43,16 +43,8 @@ class Task:
 def read_tasks(path: str | Path, data: Data) -> tuple[str, list[Task], list[tuple[str, str]]]:
     """(the shape read, the tasks, the drops as (where, reason)). A file without prompts is a UserError."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if path.is_file() and suffix in readers.RECORD_SUFFIXES:
-        if suffix == ".parquet":
-            records = readers._parquet_records(path)
-        else:
-            text = readers._read_text_file(path)
-            if suffix in (".csv", ".tsv"):
-                records = readers._csv_records(path, text, delimiter="\t" if suffix == ".tsv" else ",")
-            else:
-                records = readers._json_records(path, text)
+    records = readers.read_records(path, data)
+    if records is not None:  # a record file, or a datasets dataset (openai/gsm8k from the hub, a save_to_disk folder)
         if not records:
             raise UserError(f"{path}: no records", hint="method='grpo' needs prompts to answer")
         shapes, tasks = set(), []
@@ -61,7 +53,7 @@ def read_tasks(path: str | Path, data: Data) -> tuple[str, list[Task], list[tupl
             shapes.add(shape)
             tasks.append(task)
         shape = " + ".join(sorted(shapes))
-    else:  # ### blocks, a hub dataset, a save_to_disk folder: the SFT readers' examples
+    else:  # ### blocks: the SFT readers' examples
         shape, examples = readers.read_data(path, data)
         if any(ex.document for ex in examples):
             raise UserError(
@@ -193,5 +185,3 @@ def prepare_tasks(tasks: list[Task], tokenizer, recipe):
 
 def completion_length(recipe) -> int:
     return recipe.grpo.max_completion_length or recipe.max_new_tokens
-
-

@@ -324,13 +324,26 @@ def memory_summary_text(mem: dict) -> str:
     return f"peak RSS {mem['peak_rss_mb']:,.1f} MB (process resident memory; no GPU)"
 
 
-def preference_summary(rows: list[dict]) -> dict | None:
-    """A DPO run's preference figures at its first and last logged step (TRL's averages since its previous log)."""
+PREFERENCE_KEYS = (
+    "step",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "kl",
+    "nll_loss",
+    "log_odds_ratio",
+)
+
+
+def preference_summary(rows: list[dict], method: str) -> dict | None:
+    """A preference run's figures at its first and last logged step with both answers' rewards (TRL's averages since
+    its previous log; a KTO log window may hold only one kind of answer): those of PREFERENCE_KEYS its trainer logs."""
     logged = [r for r in rows if "rewards/margins" in r]
     if not logged:
         return None
-    keys = ("step", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
-    return {"first": {k: logged[0][k] for k in keys}, "last": {k: logged[-1][k] for k in keys}}
+    first, last = ({k: row[k] for k in PREFERENCE_KEYS if k in row} for row in (logged[0], logged[-1]))
+    return {"method": method, "first": first, "last": last}
 
 
 GRPO_KEYS = (

@@ -10,6 +10,10 @@ The shapes, each recognised by its keys:
   turns are the prompt;
 - LLaMA-Factory's ShareGPT: {"conversations": [...], "chosen": {"from": "gpt", ...}, "rejected": {...}}.
 A chosen answer identical to the rejected one teaches nothing: it is dropped, with its place, and counted.
+
+KTO's labelled answers (one answer, desirable or not: Judged) come from TRL's unpaired shape {"prompt",
+"completion", "label"} (text, or message lists), from {"messages", "label"} (the last assistant turn is the answer),
+or from any of the pair shapes above, each pair split into its chosen (desirable) and rejected (undesirable) answer.
 """
 
 from __future__ import annotations
@@ -51,18 +55,12 @@ def is_preference_record(record: dict) -> bool:
 
 
 def read_pairs(path: str | Path, data: Data) -> tuple[str, list[Pair], list[tuple[str, str]]]:
-    """(the shape read, the pairs, the drops as (where, reason)) from a JSON, JSON Lines, CSV or parquet file.
-    A file that holds no preference records, or no pair left after the drops, is a UserError."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise UserError(f"data file not found: {path}", hint="data paths are relative to the current directory")
-    if suffix == ".parquet":
-        records = readers._parquet_records(path)
-    elif suffix in (".csv", ".tsv"):
-        records = readers._csv_records(path, readers._read_text_file(path), delimiter="\t" if suffix == ".tsv" else ",")
-    else:
-        records = readers._json_records(path, readers._read_text_file(path), expected="preference")
+    """(the shape read, the pairs, the drops as (where, reason)) from a JSON, JSON Lines, CSV or parquet file, or a
+    `datasets` dataset. A file that holds no preference records, or no pair left after the drops, is a UserError."""
+    return _pairs(Path(path), _records(path, data))
+
+
+def _pairs(path: Path, records: list[tuple[str, dict]]) -> tuple[str, list[Pair], list[tuple[str, str]]]:
     if not records or not is_preference_record(records[0][1]):
         keys = sorted(records[0][1]) if records else []
         raise UserError(
@@ -84,6 +82,106 @@ def read_pairs(path: str | Path, data: Data) -> tuple[str, list[Pair], list[tupl
             hint="each pair needs two different answers, the better one as chosen",
         )
     return " + ".join(sorted(shapes)), pairs, drops
+
+
+def _records(path: str | Path, data: Data) -> list[tuple[str, dict]]:
+    """(where, record) from a JSON, JSON Lines, CSV or parquet file, or a `datasets` dataset (a hub id such as
+    trl-lib/ultrafeedback_binarized in data.split, a save_to_disk folder); a file of another suffix is read as JSON."""
+    records = readers.read_records(path, data, expected="preference")
+    if records is None:
+        records = readers._json_records(Path(path), readers._read_text_file(Path(path)), expected="preference")
+    return records
+
+
+@dataclass
+class Judged:
+    """One answer judged on its own (KTO): the prompt (text, or the messages before the answer), the answer (text,
+    or one assistant message), and whether it is desirable."""
+
+    prompt: str | list[dict]
+    answer: str | dict
+    good: bool
+    where: str
+    tools: list[dict] | None = None
+
+    @property
+    def chat(self) -> bool:
+        return isinstance(self.prompt, list)
+
+
+LABELS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def read_judged(path: str | Path, data: Data) -> tuple[str, list[Judged], list[tuple[str, str]]]:
+    """(the shape read, the labelled answers, the drops) for KTO: labelled records, or preference pairs split in
+    two. A file with only desirable or only undesirable answers is a UserError: KTO learns from both."""
+    path = Path(path)
+    records = _records(path, data)
+    if records and is_preference_record(records[0][1]):
+        shape, pairs, drops = _pairs(path, records)
+        judged = [
+            Judged(p.prompt, answer, good, p.where, p.tools)
+            for p in pairs
+            for answer, good in ((p.chosen, True), (p.rejected, False))
+        ]
+        return f"{shape}, each pair split into a desirable and an undesirable answer", judged, drops
+    if not records or "label" not in records[0][1]:
+        keys = sorted(records[0][1]) if records else []
+        raise UserError(
+            f"{records[0][0] if records else path}: not KTO data: no 'label' (keys {keys})",
+            hint='each record needs a "label" (true: a desirable answer, false: not) with "prompt" + "completion", '
+            'or "messages"; preference pairs ("chosen"/"rejected") work too',
+        )
+    judged, shapes = [], set()
+    for where, record in records:
+        shape, item = _judged(where, record)
+        shapes.add(shape)
+        judged.append(item)
+    kinds = {j.good for j in judged}
+    if len(kinds) < 2:
+        raise UserError(
+            f"{path}: every answer is labelled {'desirable' if True in kinds else 'undesirable'}",
+            hint="KTO learns from both kinds: label some answers true (desirable) and some false",
+        )
+    return " + ".join(sorted(shapes)), judged, []
+
+
+def _label(value, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in LABELS:
+        return LABELS[value.strip().lower()]
+    raise UserError(
+        f"{where}: label {value!r} is not true or false",
+        hint="label each answer true (desirable) or false (undesirable); 1/0 and yes/no are read too",
+    )
+
+
+def _judged(where: str, record: dict) -> tuple[str, Judged]:
+    good, tools = _label(record["label"], where), record.get("tools") or None
+    if "messages" in record or isinstance(record.get("completion"), list):
+        if "messages" in record:
+            turns, shape = record["messages"], "messages + label"
+        else:
+            turns, shape = (record.get("prompt") or []) + record["completion"], "prompt/completion messages + label"
+        if not isinstance(turns, list):
+            raise UserError(f"{where}: 'messages' must be a list of turns", hint='[{"role": "user", ...}, ...]')
+        messages = readers._messages(turns, "chat", where, answered=False)
+        if not messages or messages[-1]["role"] != "assistant":
+            raise UserError(
+                f"{where}: the conversation must end with the assistant answer that is labelled",
+                hint="put the labelled answer last, as an assistant turn",
+            )
+        return shape, Judged(_ends_with_a_question(messages[:-1], where), messages[-1], good, where, tools)
+    prompt, completion = record.get("prompt"), record.get("completion")
+    if not isinstance(prompt, str) or not prompt.strip() or not isinstance(completion, str) or not completion.strip():
+        raise UserError(
+            f"{where}: a labelled answer needs a text 'prompt' and 'completion' (or 'messages')",
+            hint='{"prompt": "...", "completion": "...", "label": true}',
+        )
+    return "prompt/completion + label", Judged(prompt, completion, good, where)
 
 
 def _answer_text(answer: str | dict) -> str:
@@ -190,21 +288,9 @@ def encode_pair(pair: Pair, tokenizer, data: Data) -> dict:
     """{"prompt_ids", "chosen_ids", "rejected_ids"}: the tokens SFT's encoder makes of the prompt and of each answer,
     so a pair is tokenized as the same prompt and answer would be for SFT (one BOS; the chat template's own
     rendering of the turn, end-of-turn token included; the prompt template and EOS for text)."""
-    from quickft import chat_template
-    from quickft.data import Example
-    from quickft.encode import encode
-
-    data = replace(data, train_on_prompt=False)  # the prompt's tokens are the ones before the answer's
     ids = {}
     for key, answer in (("chosen", pair.chosen), ("rejected", pair.rejected)):
-        if pair.chat:
-            turn = chat_template.turns(pair.prompt + [answer], tokenizer, pair.tools, pair.where)[-1]
-            prompt_ids = chat_template.tokens(tokenizer, turn.prompt)
-            answer_ids = chat_template.tokens(tokenizer, turn.output)
-        else:
-            row = encode(Example(prompt=pair.prompt, response=answer, where=pair.where), tokenizer, data)[0]
-            start = row["completion_mask"].index(1)
-            prompt_ids, answer_ids = row["input_ids"][:start], row["input_ids"][start:]
+        prompt_ids, answer_ids = encode_answer(pair.prompt, answer, pair.tools, pair.where, tokenizer, data)
         if ids.setdefault("prompt_ids", prompt_ids) != prompt_ids:
             raise UserError(
                 f"{pair.where}: the chat template renders the prompt differently before the chosen and the rejected "
@@ -213,6 +299,21 @@ def encode_pair(pair: Pair, tokenizer, data: Data) -> dict:
             )
         ids[f"{key}_ids"] = answer_ids
     return ids
+
+
+def encode_answer(prompt, answer, tools, where: str, tokenizer, data: Data) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) as SFT's encoder tokenizes the same prompt and answer."""
+    from quickft import chat_template
+    from quickft.data import Example
+    from quickft.encode import encode
+
+    if isinstance(prompt, list):
+        turn = chat_template.turns(prompt + [answer], tokenizer, tools, where)[-1]
+        return chat_template.tokens(tokenizer, turn.prompt), chat_template.tokens(tokenizer, turn.output)
+    data = replace(data, train_on_prompt=False)  # the prompt's tokens are the ones before the answer's
+    row = encode(Example(prompt=prompt, response=answer, where=where), tokenizer, data)[0]
+    start = row["completion_mask"].index(1)
+    return row["input_ids"][:start], row["input_ids"][start:]
 
 
 def prepare_pairs(pairs: list[Pair], tokenizer, recipe) -> Prepared:
@@ -238,11 +339,48 @@ def prepare_pairs(pairs: list[Pair], tokenizer, recipe) -> Prepared:
     return prepared
 
 
+def prepare_judged(judged: list[Judged], tokenizer, recipe) -> Prepared:
+    """Labelled answers -> rows of prompt ids, completion ids and label, shuffled with the recipe's seed (KTO trains
+    them in this fixed order: its KL estimate pairs each prompt with another answer of the same micro-batch); an
+    answer whose prompt and answer exceed max_seq_length is dropped, with its place and length."""
+    import random
+
+    from quickft.encode import Prepared
+
+    limit = recipe.max_seq_length
+    prepared = Prepared(rows=[])
+    for item in judged:
+        prompt_ids, answer_ids = encode_answer(item.prompt, item.answer, item.tools, item.where, tokenizer, recipe.data)
+        length = len(prompt_ids) + len(answer_ids)
+        prepared.lengths.append(length)
+        if length > limit:
+            prepared.dropped.append((item.where, f"too long ({length} tokens > max_seq_length={limit})"))
+        else:
+            prepared.rows.append({"prompt_ids": prompt_ids, "completion_ids": answer_ids, "label": item.good})
+    if not prepared.rows:
+        raise UserError(
+            f"{recipe.data.path}: no answer fits max_seq_length={limit} (the first: {prepared.dropped[0][1]})",
+            hint="raise max_seq_length",
+        )
+    random.Random(recipe.seed).shuffle(prepared.rows)
+    good = sum(r["label"] for r in prepared.rows)
+    bad = len(prepared.rows) - good
+    prepared.notes.append(f"{good:,} desirable and {bad:,} undesirable answers")
+    if not good or not bad:
+        raise UserError(
+            f"{recipe.data.path}: after the drops, every answer left is {'desirable' if good else 'undesirable'}",
+            hint="KTO learns from both kinds: raise max_seq_length, or add answers of the other kind",
+        )
+    return prepared
+
+
 def sequences(rows: list[dict]) -> list[dict]:
-    """The two sequences of each pair as SFT-shaped rows (ids, and a mask of the answer): chosen, then rejected."""
+    """Each row's sequences as SFT-shaped rows (ids, and a mask of the answer): a pair's chosen, then its rejected;
+    a KTO row's one answer."""
     out = []
     for row in rows:
-        for key in ("chosen_ids", "rejected_ids"):
-            ids = row["prompt_ids"] + row[key]
-            out.append({"input_ids": ids, "completion_mask": [0] * len(row["prompt_ids"]) + [1] * len(row[key])})
+        answers = [row["completion_ids"]] if "completion_ids" in row else [row["chosen_ids"], row["rejected_ids"]]
+        for answer in answers:
+            prompt = row["prompt_ids"]
+            out.append({"input_ids": prompt + answer, "completion_mask": [0] * len(prompt) + [1] * len(answer)})
     return out

@@ -82,6 +82,8 @@ class Data:
     """The record key or column holding a document, for text records ({"text": ...} JSON Lines)."""
     split: str = "train"
     """For a hub dataset id ("tatsu-lab/alpaca") or a save_to_disk folder of several splits: the split to read."""
+    subset: str | None = None
+    """For a hub dataset with several configurations: the one to read (openai/gsm8k: "main")."""
     documents: Literal["auto", "paragraphs", "lines", "file"] = "auto"
     """How a plain-text file splits into documents: at blank lines, one per line, or the whole file as one.
     auto: paragraphs if the file has blank lines, else one per line if the lines are long (200+ characters on
@@ -148,6 +150,46 @@ class DPO:
 
 
 @dataclass
+class ORPO:
+    """Odds ratio preference optimization (method="orpo", TRL's ORPOTrainer): the chosen sequence's SFT loss (TRL
+    computes it over the prompt too) plus a term that raises the chosen answer's odds over the rejected one's. No
+    reference model: nothing more in memory than SFT."""
+
+    beta: float = 0.1
+    """The odds-ratio term's weight against the SFT loss (the paper's lambda, TRL's beta)."""
+
+
+@dataclass
+class SimPO:
+    """Simple preference optimization (method="simpo", TRL's CPOTrainer with loss_type="simpo"): the chosen answer's
+    average log-probability per token must beat the rejected one's by a margin. No reference model."""
+
+    beta: float = 2.0
+    """Scale of the length-normalized rewards (the paper uses 2.0 to 2.5)."""
+    gamma_beta_ratio: float = 0.5
+    """The target margin, as a share of beta (TRL's simpo_gamma = gamma_beta_ratio x beta)."""
+    sft_weight: float = 0.0
+    """Also the chosen answer's own SFT loss, with this weight (CPO-SimPO; TRL's cpo_alpha)."""
+
+
+@dataclass
+class KTO:
+    """Kahneman-Tversky optimization (method="kto", TRL's KTOTrainer): single answers labelled desirable or not, no
+    pairs needed (a preference file's pairs are split into a desirable chosen and an undesirable rejected answer).
+    The reference is the base, as for DPO."""
+
+    beta: float = 0.1
+    """How far the model may move from the reference: higher stays closer."""
+    loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"
+    """kto: the paper's loss, with its KL estimate from mismatched prompt/answer pairs of the same micro-batch (so
+    micro_batch_size >= 2, batches in a fixed order); apo_zero_unpaired: APO-zero, no KL estimate."""
+    desirable_weight: float = 1.0
+    """Weight of the desirable answers' loss (raise it when they are fewer than the undesirable ones)."""
+    undesirable_weight: float = 1.0
+    """Weight of the undesirable answers' loss."""
+
+
+@dataclass
 class GRPO:
     """Group relative policy optimization (method="grpo", TRL's GRPOTrainer): for each prompt the model writes
     `num_generations` answers, the rewards score them, and each answer is pushed up or down by how much better it
@@ -178,6 +220,12 @@ class GRPO:
     Dr. GRPO)."""
 
 
+PAIRED_METHODS = ("dpo", "orpo", "simpo")
+"""The methods trained on preference pairs (a chosen and a rejected answer to one prompt)."""
+PREFERENCE_METHODS = (*PAIRED_METHODS, "kto")
+"""The methods that learn from judged answers (pairs, or KTO's labelled answers)."""
+
+
 @dataclass
 class Recipe:
     model: str | Scratch
@@ -187,11 +235,15 @@ class Recipe:
     """Run name; defaults to the recipe file's name. The run goes to outputs/<name> unless output_dir is set."""
     mode: Literal["lora", "qlora", "full"] = "lora"
     """lora: 16/32-bit base + adapter; qlora: 4-bit base + adapter; full: every weight is trained."""
-    method: Literal["sft", "dpo", "grpo"] = "sft"
-    """sft: learn the answers (supervised fine-tuning); dpo: learn to prefer each pair's chosen answer over its
-    rejected one (data: preference pairs; settings in `dpo`); grpo: learn from rewards of the model's own answers
-    (data: prompts, and answers the rewards compare with; settings in `grpo`)."""
+    method: Literal["sft", "dpo", "orpo", "simpo", "kto", "grpo"] = "sft"
+    """sft: learn the answers (supervised fine-tuning); dpo, orpo, simpo: learn to prefer each pair's chosen answer
+    over its rejected one (data: preference pairs; settings in `dpo`, `orpo`, `simpo`); kto: learn from answers
+    labelled desirable or not (data: labelled answers, or preference pairs; settings in `kto`); grpo: learn from
+    rewards of the model's own answers (data: prompts, and answers the rewards compare with; settings in `grpo`)."""
     dpo: DPO = field(default_factory=DPO)
+    orpo: ORPO = field(default_factory=ORPO)
+    simpo: SimPO = field(default_factory=SimPO)
+    kto: KTO = field(default_factory=KTO)
     grpo: GRPO = field(default_factory=GRPO)
     lora: LoRA = field(default_factory=LoRA)
     eval: Eval = field(default_factory=Eval)
@@ -455,15 +507,39 @@ def validate(recipe: Recipe) -> list[str]:
     need(r.dpo.beta > 0, "dpo.beta", f"must be > 0, got {r.dpo.beta}")
     need(r.dpo.sft_weight >= 0, "dpo.sft_weight", f"must be >= 0, got {r.dpo.sft_weight}")
     need(0 <= r.dpo.label_smoothing < 0.5, "dpo.label_smoothing", f"must be in [0, 0.5), got {r.dpo.label_smoothing}")
-    if r.method == "dpo":
+    need(r.orpo.beta > 0, "orpo.beta", f"must be > 0, got {r.orpo.beta}")
+    need(r.simpo.beta > 0, "simpo.beta", f"must be > 0, got {r.simpo.beta}")
+    need(r.simpo.gamma_beta_ratio >= 0, "simpo.gamma_beta_ratio", f"must be >= 0, got {r.simpo.gamma_beta_ratio}")
+    need(r.simpo.sft_weight >= 0, "simpo.sft_weight", f"must be >= 0, got {r.simpo.sft_weight}")
+    need(r.kto.beta > 0, "kto.beta", f"must be > 0, got {r.kto.beta}")
+    need(
+        r.kto.desirable_weight > 0 and r.kto.undesirable_weight > 0,
+        "kto.desirable_weight",
+        f"both weights must be > 0, got {r.kto.desirable_weight} and {r.kto.undesirable_weight}",
+    )
+    if r.method in PREFERENCE_METHODS:
+        m = repr(r.method)
         need(
             not (r.eval.fraction or r.eval.path),
             "eval.fraction",
-            "eval loss is not computed for method='dpo' yet: "
+            f"eval loss is not computed for method={m} yet: "
             "its held-out test cases (data.holdout) are answered and scored against each pair's chosen answer",
         )
-        need(not r.data.train_on_prompt, "data.train_on_prompt", "method='dpo' compares the answers only")
-        need(r.data.batching != "packed", "data.batching", "method='dpo' pairs cannot be packed")
+        need(not r.data.train_on_prompt, "data.train_on_prompt", f"method={m} compares the answers only")
+        need(r.data.batching != "packed", "data.batching", f"method={m} answers cannot be packed")
+    if r.method == "kto" and r.kto.loss_type == "kto":
+        need(
+            r.micro_batch_size >= 2,
+            "micro_batch_size",
+            "method='kto' estimates its KL term from the other answers of the same micro-batch: it needs "
+            f"micro_batch_size >= 2, got {r.micro_batch_size} (or kto.loss_type='apo_zero_unpaired', which needs none)",
+        )
+        need(
+            r.data.batching != "grouped",
+            "data.batching",
+            "method='kto' keeps its micro-batches in a fixed order (its KL pairs are built within them): 'grouped' "
+            "would reorder them",
+        )
     if r.method == "grpo":
         problems += _grpo_problems(r)
     need(r.eval.target is None or 0 < r.eval.target <= 1, "eval.target", f"must be in (0, 1], got {r.eval.target}")
@@ -622,6 +698,9 @@ def recipe_from_dict(d: dict) -> Recipe:
         lora=LoRA(**d.pop("lora")),
         eval=Eval(**d.pop("eval", {})),
         dpo=DPO(**d.pop("dpo", {})),
+        orpo=ORPO(**d.pop("orpo", {})),
+        simpo=SimPO(**d.pop("simpo", {})),
+        kto=KTO(**d.pop("kto", {})),
         grpo=GRPO(**d.pop("grpo", {})),  # its rewards are the names of the functions, not code to run
         **d,
     )

@@ -26,10 +26,13 @@ METHOD_METRICS = (
     "kl",
     "clip_ratio/",
     "entropy",
+    "nll_loss",
+    "log_odds_",
 )
-"""The prefixes of the figures TRL's DPO and GRPO trainers log that go into metrics.jsonl as they are (DPO: rewards
-of chosen and rejected, margin, accuracy, log-probs; GRPO: each reward's mean and spread, the share of groups whose
-answers all scored the same, completion lengths, KL, clipping, entropy)."""
+"""The prefixes of the figures TRL's preference and GRPO trainers log that go into metrics.jsonl as they are (DPO,
+ORPO, SimPO, KTO: rewards of chosen and rejected, margin, accuracy, log-probs, KTO's KL estimate, ORPO's and
+CPO-SimPO's SFT loss, ORPO's log odds; GRPO: each reward's mean and spread, the share of groups whose answers all
+scored the same, completion lengths, KL, clipping, entropy)."""
 
 
 class Recorder(TrainerCallback):

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from quickft import distributed
 from quickft import metrics as m
+from quickft.recipe import PAIRED_METHODS
 
 
 class Reporter:
@@ -273,7 +274,9 @@ class Reporter:
             "tokens / samples",
             f"{t['tokens']:,} non-padding tokens · {t['samples']:,} "
             + (
-                "sequences (each pair's chosen and rejected)"
+                {"kto": "labelled answers"}.get(
+                    s["preference"]["method"], "sequences (each pair's chosen and rejected)"
+                )
                 if "preference" in s
                 else "answers (prompt and generated answer: the tokens trained)"
                 if "grpo" in s
@@ -282,7 +285,7 @@ class Reporter:
             + (f" (this session: {t['session_tokens']:,} · {t['session_samples']:,})" if resumed else "")
             + f" · {100 * t['padding_share']:.1f}% of batch tokens were padding",
         )
-        if t["total_flos"] or "grpo" not in s:
+        if t["total_flos"]:  # 0: the trainer had no estimate (GRPO's)
             table.add_row("total FLOPs", f"{t['total_flos']:.3e}")
         if t["mfu"] is not None:
             table.add_row(
@@ -320,10 +323,11 @@ class Reporter:
             table.add_row("improvement by third", thirds)
         if pref := s.get("preference"):
             first, last = pref["first"], pref["last"]
+            wins = f"chosen wins {first['rewards/accuracies']:.0%}, " if "rewards/accuracies" in first else ""
             table.add_row(
                 "preference",
-                f"step {last['step']}: {preference_text(last)}; at step {first['step']}: chosen wins "
-                f"{first['rewards/accuracies']:.0%}, margin {first['rewards/margins']:+.3f}",
+                f"step {last['step']}: {preference_text(last)}; at step {first['step']}: {wins}"
+                f"margin {first['rewards/margins']:+.3f}",
             )
         if g := s.get("grpo"):
             first, last = g["first"], g["last"]
@@ -429,14 +433,22 @@ def _source(recipe) -> str:
     return f"{recipe.data.path}, {recipe.data.format}"
 
 
-METHOD_TRAINERS = {"dpo": "TRL's DPOTrainer", "grpo": "TRL's GRPOTrainer"}
+METHOD_TRAINERS = {
+    "dpo": "TRL's DPOTrainer",
+    "orpo": "TRL's ORPOTrainer, experimental",
+    "simpo": "TRL's CPOTrainer with SimPO's loss, experimental",
+    "kto": "TRL's KTOTrainer",
+    "grpo": "TRL's GRPOTrainer",
+}
 
 
 def _examples_text(n_rows: int, documents: int, recipe) -> str:
     if recipe.method == "grpo":
         return f"{n_rows:,} prompts ({recipe.grpo.num_generations} answers generated for each in training)"
-    if recipe.method == "dpo":
+    if recipe.method in PAIRED_METHODS:
         return f"{n_rows:,} preference pairs (the model reads each prompt twice: before chosen, before rejected)"
+    if recipe.method == "kto":
+        return f"{n_rows:,} labelled answers (one sequence each)"
     if documents:
         return f"{documents:,} documents in {n_rows:,} windows of ≤ {recipe.max_seq_length} tokens"
     return f"{n_rows:,} examples"
@@ -537,9 +549,19 @@ def generation_text(row: dict, sep: str = " ") -> str:
 
 
 def preference_text(row: dict, sep: str = " ") -> str:
-    """A DPO row's figures: how often the chosen answer wins, by how much, and each side's reward (beta times the
-    log-probability ratio to the reference model)."""
-    return (
-        f"chosen wins {row['rewards/accuracies']:.0%}{sep}margin {row['rewards/margins']:+.3f}{sep}"
-        f"rewards {row['rewards/chosen']:+.3f} chosen, {row['rewards/rejected']:+.3f} rejected"
-    )
+    """A preference row's figures, as its trainer logged them: how often the chosen answer wins (pairs only), by how
+    much, each side's reward (DPO, KTO: beta times the log-probability ratio to the reference model; ORPO, SimPO:
+    beta times the answer's own log-probability, SimPO's per token), KTO's KL estimate, ORPO's and CPO-SimPO's
+    SFT loss and ORPO's log odds ratio."""
+    paired = "rewards/accuracies" in row  # KTO's answers are judged one at a time: no pair to win
+    chosen, rejected = ("chosen", "rejected") if paired else ("desirable", "undesirable")
+    parts = [f"chosen wins {row['rewards/accuracies']:.0%}"] if paired else []
+    parts.append(f"margin {row['rewards/margins']:+.3f}")
+    parts.append(f"rewards {row['rewards/chosen']:+.3f} {chosen}, {row['rewards/rejected']:+.3f} {rejected}")
+    if not paired and "kl" in row:
+        parts.append(f"KL {row['kl']:.3f}")
+    if row.get("nll_loss"):  # CPO logs 0 when it adds no SFT loss
+        parts.append(f"SFT loss {row['nll_loss']:.4f}")
+    if "log_odds_ratio" in row:
+        parts.append(f"log odds ratio {row['log_odds_ratio']:+.3f}")
+    return sep.join(parts)

@@ -17,7 +17,17 @@ from quickft.data import Example, clean_examples, read_data, read_examples
 from quickft.encode import Prepared, make_cases, prepare, training_text
 from quickft.errors import RunInterrupted, UserError
 from quickft.hardware import Choice
-from quickft.recipe import Recipe, Scratch, load_recipe, recipe_from_dict, recipe_to_dict, reward_name
+from quickft.preference import Judged
+from quickft.recipe import (
+    PAIRED_METHODS,
+    PREFERENCE_METHODS,
+    Recipe,
+    Scratch,
+    load_recipe,
+    recipe_from_dict,
+    recipe_to_dict,
+    reward_name,
+)
 from quickft.recovery import StopOnSignal, is_out_of_memory, recover_from_oom
 from quickft.report import Reporter
 
@@ -139,7 +149,7 @@ HOLDOUT_SHARE = 10  # test cases taken out of the training data: at most one exa
 
 def read_recipe_data(recipe: Recipe) -> Split:
     """Training examples (empty answers and duplicates dropped), test cases, and the eval-loss examples."""
-    if recipe.method == "dpo":
+    if recipe.method in PREFERENCE_METHODS:
         return read_pairs_split(recipe)
     if recipe.method == "grpo":
         return read_tasks_split(recipe)
@@ -174,27 +184,50 @@ def read_recipe_data(recipe: Recipe) -> Split:
 
 
 def read_pairs_split(recipe: Recipe) -> Split:
-    """method="dpo": preference pairs to train on, and held-out pairs as test cases (their prompt, answered and
-    scored against the chosen answer)."""
-    from quickft.preference import read_pairs
+    """method="dpo", "orpo", "simpo": preference pairs to train on, and held-out pairs as test cases (their prompt,
+    answered and scored against the chosen answer). method="kto": labelled answers, and held-out desirable ones as
+    test cases."""
+    from quickft.preference import read_judged, read_pairs
 
-    shape, pairs, dropped = read_pairs(recipe.data.path, recipe.data)
+    if recipe.method == "kto":
+        shape, pairs, dropped = read_judged(recipe.data.path, recipe.data)
+        notes, read = [f"labelled answers read as {shape}"], len(pairs) + len(dropped)
+    else:
+        shape, pairs, dropped = read_pairs(recipe.data.path, recipe.data)
+        notes, read = [f"preference pairs read as {shape}"], len(pairs) + len(dropped)
     recipe.data.format = "chat" if pairs[0].chat else "pairs"  # how chat and the test cases frame a prompt
-    notes = [f"preference pairs read as {shape}"]
-    read = len(pairs) + len(dropped)
     if recipe.data.test_path:  # any prompt/response file, as for SFT
         cases = read_examples(recipe.data.test_path, replace(recipe.data, format="auto"))
     else:
-        n = min(recipe.data.holdout, len(pairs) // HOLDOUT_SHARE)
-        pairs, held_out = _split(pairs, n, random.Random(recipe.seed))
+        candidates = [p for p in pairs if not isinstance(p, Judged) or p.good]  # KTO: a desirable answer is expected
+        n = min(recipe.data.holdout, len(candidates) // HOLDOUT_SHARE)
+        _, held_out = _split(candidates, n, random.Random(recipe.seed))
+        # a held-out KTO answer takes its prompt's other answers with it: none of it is trained on
+        prompts = {_prompt_key(p) for p in held_out}
+        pairs = [p for p in pairs if _prompt_key(p) not in prompts]
+        if not pairs:
+            raise UserError(
+                f"{recipe.data.path}: nothing left to train on after holding out {n} test case(s): every record "
+                "shares a prompt with them",
+                hint="set data.holdout=0, or give test cases of their own in data.test_path",
+            )
         cases = [
-            Example(messages=p.prompt + [p.chosen], where=p.where, tools=p.tools)
+            Example(messages=p.prompt + [_expected(p)], where=p.where, tools=p.tools)
             if p.chat
-            else Example(prompt=p.prompt, response=p.chosen, where=p.where)
+            else Example(prompt=p.prompt, response=_expected(p), where=p.where)
             for p in held_out
         ]
     cases = cases[: recipe.data.max_test_examples]
     return Split(pairs, [], cases, [], dropped, read, notes, (bool(recipe.data.test_path), False))
+
+
+def _prompt_key(item) -> str:
+    return json.dumps(item.prompt, sort_keys=True, ensure_ascii=False)
+
+
+def _expected(item):
+    """The answer a held-out test case expects: a pair's chosen one, a KTO record's (desirable) one."""
+    return item.answer if isinstance(item, Judged) else item.chosen
 
 
 def read_tasks_split(recipe: Recipe) -> Split:
@@ -343,20 +376,28 @@ def prepare_data(recipe: Recipe, split: Split, tokenizer, reporter: Reporter) ->
     with reporter.phase("tokenizing the data"):
         training_tokenizer(tokenizer, recipe, split.train)
         split.cases = make_cases(split.case_examples, recipe.data, recipe.eval.cases, tokenizer)
-        if recipe.method == "dpo":
-            from quickft.preference import prepare_pairs
-
-            prepared = prepare_pairs(split.train, tokenizer, recipe)
-            return Data(to_dataset(prepared.rows), None, prepared, split.counts(prepared))
-        if recipe.method == "grpo":
-            from quickft.grpo import prepare_tasks
-
-            prepared = prepare_tasks(split.train, tokenizer, recipe)
-            return Data(to_dataset(prepared.rows), None, prepared, split.counts(prepared))
-        prepared = prepare(split.train, tokenizer, recipe)
+        prepared = training_rows(recipe, split.train, tokenizer)
         train = to_dataset(prepared.rows)
         eval_dataset = to_dataset(prepare(split.eval, tokenizer, recipe).rows) if split.eval else None
     return Data(train, eval_dataset, prepared, split.counts(prepared))
+
+
+def training_rows(recipe: Recipe, items: list, tokenizer) -> Prepared:
+    """The training rows of each method: SFT's sequences, preference pairs, KTO's labelled answers, GRPO's prompts
+    (shared with `quickft bench`)."""
+    if recipe.method == "kto":
+        from quickft.preference import prepare_judged
+
+        return prepare_judged(items, tokenizer, recipe)
+    if recipe.method in PAIRED_METHODS:
+        from quickft.preference import prepare_pairs
+
+        return prepare_pairs(items, tokenizer, recipe)
+    if recipe.method == "grpo":
+        from quickft.grpo import prepare_tasks
+
+        return prepare_tasks(items, tokenizer, recipe)
+    return prepare(items, tokenizer, recipe)
 
 
 def open_run_dir(run_dir: Path, recipe: Recipe, recipe_path: str, checkpoint: Path | None) -> None:
@@ -376,6 +417,7 @@ def reference_notes(recipe: Recipe, trainer) -> list[str]:
     if recipe.method == "sft":
         return []
     args = trainer.args  # as the trainer runs them
+    lines = []
     if recipe.method == "grpo":
         weights = args.reward_weights or [1.0] * len(trainer.reward_func_names)
         rewards = " + ".join(
@@ -390,6 +432,28 @@ def reference_notes(recipe: Recipe, trainer) -> list[str]:
         if args.beta == 0:
             return lines + ["GRPO's KL coefficient beta is 0: no reference model (no KL term), nothing kept in memory"]
         beta = f"GRPO's KL term (beta {args.beta:g}) against a reference model: "
+    elif recipe.method == "orpo":
+        return [
+            f"ORPO: the chosen sequence's SFT loss (its prompt included, as TRL's ORPO computes it) + {args.beta:g} "
+            "× the odds-ratio term (chosen answer over rejected); no reference model, nothing more in memory than SFT"
+        ]
+    elif recipe.method == "simpo":
+        sft = f" + {args.cpo_alpha:g} × the chosen answer's SFT loss" if args.cpo_alpha else ""
+        return [
+            f"SimPO: length-normalized rewards (beta {args.beta:g}), target margin {args.simpo_gamma:g}{sft}; "
+            "no reference model, nothing more in memory than SFT"
+        ]
+    elif recipe.method == "kto":
+        kl = (
+            "KL estimated from mismatched prompt/answer pairs of each micro-batch, whose order is fixed (shuffled "
+            "once, with the recipe's seed)"
+            if args.loss_type == "kto"
+            else "no KL estimate"
+        )
+        beta = (
+            f"KTO (beta {args.beta:g}, loss {args.loss_type}, weights {args.desirable_weight:g} desirable / "
+            f"{args.undesirable_weight:g} undesirable; {kl}) against a reference model: "
+        )
     else:
         weights = args.loss_weights or [1.0] * len(args.loss_type)
         names = ["the chosen answer's SFT loss" if t == "sft" else t for t in args.loss_type]
@@ -553,8 +617,8 @@ def summarize_run(recorder, trainer, reporter, choice, header, run_dir, samples,
     summary["run_dir"] = str(run_dir)
     summary["backend"] = choice.to_dict()
     summary["model"] = header
-    if header.get("method") == "dpo":
-        summary["preference"] = m.preference_summary(recorder.rows)
+    if header.get("method") in PREFERENCE_METHODS:
+        summary["preference"] = m.preference_summary(recorder.rows, header["method"])
     if header.get("method") == "grpo":
         summary["grpo"] = m.grpo_summary(recorder.rows, recorder.totals, recorder.step_s)
     if samples:
@@ -669,9 +733,9 @@ def make_trainer(
     counter=None,
     settings: dict | None = None,
 ):
-    """TRL's SFTTrainer (DPOTrainer for method="dpo"), as quickft.trainer's counting subclass (counting into
-    `counter`, a new one by default), with the recipe's settings, and `settings`: more config fields, set explicitly
-    (bench's like-for-like ones)."""
+    """TRL's SFTTrainer (DPOTrainer, ORPOTrainer, CPOTrainer, KTOTrainer, GRPOTrainer for the other methods), as
+    quickft.trainer's counting subclass (counting into `counter`, a new one by default), with the recipe's settings,
+    and `settings`: more config fields, set explicitly (bench's like-for-like ones)."""
     from quickft.metrics import TokenCounter
 
     common = dict(
@@ -725,6 +789,38 @@ def make_trainer(
             loss_weights=[1.0, recipe.dpo.sft_weight] if recipe.dpo.sft_weight else None,
             label_smoothing=recipe.dpo.label_smoothing,
             padding_free=False,
+            **(settings or {}),
+        )
+    elif recipe.method == "orpo":
+        from quickft.trainer import CountingORPOTrainer as Trainer
+        from quickft.trainer import ORPOConfig
+
+        args = ORPOConfig(**common, beta=recipe.orpo.beta, **(settings or {}))
+    elif recipe.method == "simpo":
+        from quickft.trainer import CountingCPOTrainer as Trainer
+        from quickft.trainer import CPOConfig
+
+        s = recipe.simpo
+        args = CPOConfig(
+            **common,
+            loss_type="simpo",
+            beta=s.beta,
+            simpo_gamma=s.gamma_beta_ratio * s.beta,
+            cpo_alpha=s.sft_weight,
+            **(settings or {}),
+        )
+    elif recipe.method == "kto":
+        from trl import KTOConfig
+
+        from quickft.trainer import CountingKTOTrainer as Trainer
+
+        k = recipe.kto
+        args = KTOConfig(
+            **common | {"train_sampling_strategy": "sequential"},  # prepare_judged shuffled the rows once
+            beta=k.beta,
+            loss_type=k.loss_type,
+            desirable_weight=k.desirable_weight,
+            undesirable_weight=k.undesirable_weight,
             **(settings or {}),
         )
     elif recipe.method == "grpo":

@@ -8,15 +8,23 @@ patched class when Unsloth was imported first, which is why none of this can liv
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 from transformers import TrainerCallback
-from trl import DPOTrainer, GRPOTrainer, SFTTrainer
+from trl import DPOTrainer, GRPOTrainer, KTOTrainer, SFTTrainer
+
+with warnings.catch_warnings():  # TRL's experimental warning: quickft pins TRL, and README says these are experimental
+    warnings.simplefilter("ignore")
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from quickft import distributed
 from quickft.metrics import TokenCounter
 from quickft.recipe import Recipe
 from quickft.recovery import StopOnSignal, is_out_of_memory
+
+__all__ = ["CPOConfig", "ORPOConfig"]  # train.py's configs for them, imported here where the warning is silenced
 
 
 class CountingTrainer(SFTTrainer):
@@ -49,6 +57,73 @@ class CountingDPOTrainer(DPOTrainer):
     def training_step(self, model, inputs, *args, **kwargs):
         loss = super().training_step(model, inputs, *args, **kwargs)
         self.counter.add(inputs)
+        return loss
+
+
+class _PairRows:
+    """For TRL's ORPO and CPO trainers, which tokenize text pairs row by row: train on the pairs quickft tokenized
+    (prompt_ids, chosen_ids, rejected_ids: the tokens SFT's encoder makes), in the keys their collator pads; and
+    count a batch's two halves, chosen and rejected sequences, as CountingTrainer counts a batch."""
+
+    def __init__(self, *args, counter: TokenCounter, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.counter = counter
+
+    def tokenize_row(self, feature, model=None) -> dict:
+        prompt = feature["prompt_ids"]
+        row = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
+        for key in ("chosen", "rejected"):
+            answer = feature[f"{key}_ids"]
+            row[f"{key}_input_ids"] = prompt + answer
+            row[f"{key}_attention_mask"] = [1] * (len(prompt) + len(answer))
+            row[f"{key}_labels"] = [-100] * len(prompt) + answer  # the loss reads the answer only
+        return row
+
+    def floating_point_ops(self, inputs) -> int:
+        # transformers estimates from "input_ids", which these batches lack: both halves, as DPO's batch holds them
+        estimate = super().floating_point_ops
+        return sum(estimate({"input_ids": inputs[f"{k}_input_ids"]}) for k in ("chosen", "rejected"))
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        for key in ("chosen", "rejected"):
+            self.counter.add(
+                {"input_ids": inputs[f"{key}_input_ids"], "attention_mask": inputs[f"{key}_attention_mask"]}
+            )
+        return loss
+
+
+class CountingORPOTrainer(_PairRows, ORPOTrainer):
+    """ORPOTrainer on quickft's tokens, counting (see _PairRows)."""
+
+
+class CountingCPOTrainer(_PairRows, CPOTrainer):
+    """CPOTrainer (SimPO's loss) on quickft's tokens, counting (see _PairRows)."""
+
+
+class CountingKTOTrainer(KTOTrainer):
+    """KTOTrainer that counts like CountingTrainer (the labelled answers trained; the mismatched sequences of its KL
+    estimate are read without gradient and not counted), and trains on the answers quickft tokenized
+    (quickft.preference.prepare_judged) in the order they were shuffled there."""
+
+    def __init__(self, *args, counter: TokenCounter, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.counter = counter
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if not self.calculate_KL:
+            return dataset
+        size = args.per_device_train_batch_size
+
+        def mismatched(rows):  # as TRL's own: each prompt with the previous answer of its micro-batch
+            rows["KL_completion_ids"] = [rows["completion_ids"][-1]] + rows["completion_ids"][:-1]
+            return rows
+
+        return dataset.map(mismatched, batched=True, batch_size=size)
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        self.counter.add({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]})
         return loss
 
 

@@ -358,5 +358,21 @@ def test_quickft_data_counts_a_grpo_recipes_prompts(grpo_run, tiny_model_dir, ca
     assert report["tokens"]["total"] == sum(lengths) and report["tokens"]["max"] == max(lengths)
     assert report["answer_room"] == 6
     assert report["recommended_max_seq_length"] == 8 * -(-(report["tokens"]["p99"] + 6) // 8)
-    assert main(["bench", str(recipe)]) == 2
-    assert "method='grpo': quickft bench times SFT runs only so far" in capsys.readouterr().err
+
+
+@requires_unsloth
+def test_bench_times_grpo_on_both_backends(grpo_run, tmp_path, capsys):
+    """quickft bench on a GRPO recipe: a PEFT and an Unsloth worker process; the tokens it times are the trained
+    sequences (each prompt once per answer, plus the answer), counted as the run counts them."""
+    _, recipe = grpo_run
+    out = tmp_path / "bench"
+    args = ["bench", str(recipe), "--backends", "peft,unsloth", "--steps", "1", "--warmup", "1", "--repeat", "1"]
+    assert main([*args, "--output-dir", str(out)]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    peft, unsloth = result["rows"]
+    assert "error" not in peft and "error" not in unsloth, result["rows"]
+    assert "unsloth" in unsloth["imported"] and "unsloth" not in peft["imported"]
+    for row in (peft, unsloth):
+        assert row["samples"] == 8  # one timed step: 2 prompts x 4 answers, each a trained sequence
+        assert row["settings"]["loss_type"] == "dapo" and row["settings"]["nan_inf_filter"] is True
+    assert "method grpo: tokens/s counts the sequences trained" in " ".join(capsys.readouterr().out.split())

@@ -14,6 +14,7 @@ from conftest import PROMPT, SUMS, requires_unsloth, write_recipe
 
 from quickft.cli import main
 from quickft.errors import UserError
+from quickft.metrics import PREFERENCE_KEYS
 from quickft.preference import Pair, encode_pair, read_pairs
 from quickft.recipe import Data
 
@@ -250,7 +251,9 @@ def test_dpo_reports_what_it_measured(dpo_run, capsys):
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = rows_of(run_dir)
     keys = ("step", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
-    assert summary["preference"] == {"first": {k: rows[0][k] for k in keys}, "last": {k: rows[-1][k] for k in keys}}
+    first, last = ({k: row[k] for k in PREFERENCE_KEYS if k in row} for row in (rows[0], rows[-1]))
+    assert set(keys) <= set(first)
+    assert summary["preference"] == {"method": "dpo", "first": first, "last": last}
     assert summary["train"]["samples"] == 6 * 8 * 2  # 6 steps of 8 pairs, a chosen and a rejected sequence each
     assert summary["model"]["method"] == "dpo"
     assert main(["run", str(recipe), "--output-dir", str(run_dir.parent / "again"), "max_steps=1"]) == 0
@@ -269,14 +272,17 @@ def test_a_dpo_run_chats_and_scores_its_test_cases(dpo_run, capsys):
 
 def test_dpo_recipe_mistakes_exit_2(tmp_path, tiny_model_dir, capsys):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [TRL_TEXT] * 20)
-    body = f"""
-        recipe = Recipe(model={str(tiny_model_dir)!r}, method="dpo", data=Data(path={str(pairs)!r}){{extra}})
-        """
-    for extra, says in (
-        (", eval=Eval(every=2, fraction=0.1)", "eval.fraction: eval loss is not computed for method='dpo' yet"),
-        (", max_seq_length=3", "no preference pair fits max_seq_length=3"),
+    for holdout, extra, says in (
+        (0, ", eval=Eval(every=2, fraction=0.1)", "eval.fraction: eval loss is not computed for method='dpo' yet"),
+        (0, ", max_seq_length=3", "no preference pair fits max_seq_length=3"),
+        # 20 pairs of one prompt: the held-out cases take every pair of their prompt with them
+        (2, "", "nothing left to train on after holding out 2 test case(s): every record shares a prompt"),
     ):
-        recipe = write_recipe(tmp_path / "r.py", body.replace("{extra}", extra))
+        data = f"Data(path={str(pairs)!r}, holdout={holdout})"
+        body = f"""
+            recipe = Recipe(model={str(tiny_model_dir)!r}, method="dpo", data={data}{extra})
+            """
+        recipe = write_recipe(tmp_path / "r.py", body)
         assert main(["run", str(recipe), "--output-dir", str(tmp_path / "never")]) == 2
         assert says in " ".join(capsys.readouterr().err.split())
         assert not (tmp_path / "never").exists()
@@ -321,10 +327,26 @@ def test_rpo_adds_the_chosen_answers_sft_loss(dpo_run, capsys):
     assert "DPO (beta 0.1, loss sigmoid + 0.5 × the chosen answer's SFT loss) against a reference model" in out
 
 
-def test_bench_says_it_times_sft_only(dpo_run, capsys):
+@requires_unsloth
+def test_bench_times_dpo_on_both_backends_like_for_like(dpo_run, tmp_path, capsys):
+    """quickft bench on a DPO recipe: a PEFT and an Unsloth worker process, each with the like-for-like settings
+    that a DPO config has, read back from each live trainer; tokens/s counts both sequences of each pair."""
     _, recipe = dpo_run
-    assert main(["bench", str(recipe)]) == 2
-    assert "method='dpo': quickft bench times SFT runs only so far" in capsys.readouterr().err
+    out = tmp_path / "bench"
+    args = ["bench", str(recipe), "--backends", "peft,unsloth", "--steps", "2", "--warmup", "1", "--repeat", "1"]
+    assert main([*args, "--output-dir", str(out)]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert result["method"] == "dpo" and "chosen and rejected" in result["tokens_counted"]
+    peft, unsloth = result["rows"]
+    assert "error" not in peft and "error" not in unsloth, result["rows"]
+    assert "unsloth" in unsloth["imported"] and "unsloth" not in peft["imported"]
+    for row in (peft, unsloth):
+        assert row["settings"]["padding_free"] is False and row["settings"]["nan_inf_filter"] is True
+        assert row["settings"]["loss_type"] == ["sigmoid"]  # DPO's own loss, never SFT's "nll"
+        assert row["samples"] == 16 * 2  # 2 timed steps of 8 pairs: 16 sequences each
+    assert "method dpo: tokens/s counts each pair's chosen and rejected sequences" in " ".join(
+        capsys.readouterr().out.split()
+    )
 
 
 def test_a_pairs_tokens_count_both_sequences(tiny_model_dir):

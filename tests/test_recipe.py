@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from quickft.data import is_hub_id
 from quickft.errors import UserError
 from quickft.recipe import (
     Data,
@@ -92,7 +93,7 @@ def test_every_shipped_recipe_loads_and_validates(path: Path, monkeypatch):
     monkeypatch.chdir(ROOT)
     recipe = load_recipe(path)
     assert recipe.name and validate(recipe) == []
-    assert Path(recipe.data.path).is_file()
+    assert Path(recipe.data.path).is_file() or (is_hub_id(recipe.data.path) and not Path(recipe.data.path).exists())
     head = "\n".join(path.read_text(encoding="utf-8").splitlines()[:8])
     assert re.search(rf"^#\s+quickft run recipes/{path.name}$", head, re.M), "a recipe opens with its command"
 
