@@ -14,6 +14,8 @@ PLOTS = {
     "rewards.png": "GRPO: the reward (mean ± spread over the answers) and each reward function's mean, per step",
     "groups.png": "GRPO: the share of groups whose answers all scored the same (nothing to learn), and of answers "
     "cut at max_completion_length",
+    "preference.png": "DPO, ORPO, SimPO, KTO: the chosen (desirable) and rejected (undesirable) answers' rewards and "
+    "their margin per step, and how often the chosen answer wins (pairs)",
 }
 
 
@@ -148,7 +150,29 @@ def figures(rows: list[dict], *, name: str | None = None, target: float | None =
     rewarded = [r for r in rows if "reward" in r]
     if rewarded:
         _grpo_plots(save, rewarded)
+    preferred = [r for r in rows if "rewards/margins" in r]
+    if preferred:
+        _preference_plot(save, preferred)
     return drawn
+
+
+def _preference_plot(save, rows: list[dict]) -> None:
+    steps = [r["step"] for r in rows]
+    paired = "rewards/accuracies" in rows[-1]  # KTO judges answers one at a time: no pair to win
+    chosen, rejected = ("chosen", "rejected") if paired else ("desirable", "undesirable")
+
+    def rewards(ax):
+        ax.plot(steps, [r["rewards/chosen"] for r in rows], label=f"{chosen} answers' reward")
+        ax.plot(steps, [r["rewards/rejected"] for r in rows], label=f"{rejected} answers' reward")
+        ax.plot(steps, [r["rewards/margins"] for r in rows], linewidth=2, label="margin")
+        ax.axhline(0, color="gray", linewidth=0.8)
+        if paired:
+            wins = ax.twinx()
+            wins.plot(steps, [100 * r["rewards/accuracies"] for r in rows], color="gray", linestyle="--")
+            wins.set_ylabel("chosen wins (%, dashed)")
+            wins.set_ylim(0, 100)
+
+    save("preference.png", "preference rewards", "reward", rewards)
 
 
 def _grpo_plots(save, rows: list[dict]) -> None:

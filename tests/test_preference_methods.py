@@ -297,14 +297,18 @@ def test_each_method_says_what_it_ran_and_prints_what_it_logged(method_run):
 
 
 def test_the_adapter_trained_and_the_run_chats(method_run):
-    """The adapter moved from its zero start; the base is untouched (a LoRA run saves the adapter only), the
-    held-out case was answered and scored, and the saved adapter has no frozen reference copy."""
+    """The adapter moved from its zero start (a LoRA run saves the adapter only) with no frozen reference copy in
+    it, the method's own plot is drawn, the held-out case was answered and scored, and chat answers."""
     from safetensors.torch import load_file
 
     _, run_dir, _, _, _ = method_run
     weights = load_file(run_dir / "adapter_model.safetensors")
     assert all(".ref." not in k for k in weights)
     assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(run_dir / "preference.png")  # the method's own curves, drawn
+    assert pixels.shape[0] > 100 and pixels.std() > 0.01
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert [s["reference"] for s in samples] == ["7"] and all(isinstance(s["correct"], bool) for s in samples)
     assert main(["chat", str(run_dir), "--prompt", "¿Cuánto es 3 + 4?"]) == 0

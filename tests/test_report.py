@@ -217,7 +217,7 @@ def test_plots_are_real_pngs(epoch_run):
 
     from quickft.plots import PLOTS
 
-    grpo = {"rewards.png", "groups.png"}  # a GRPO run's (tests/test_grpo.py)
+    grpo = {"rewards.png", "groups.png", "preference.png"}  # GRPO's and the preference methods' (their own tests)
     assert set(PLOTS) - {"test_cases.png"} - grpo == {
         "loss.png",
         "loss_per_epoch.png",
