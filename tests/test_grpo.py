@@ -258,6 +258,18 @@ def test_a_grpo_run_chats_and_scores_its_test_cases(grpo_run):
     assert saved["rewards"] == ["exact_answer(match='exact', column='answer')", "shortest"]
 
 
+def test_a_grpo_run_evaluates_and_exports_merged(grpo_run, tmp_path, capsys):
+    """quickft eval answers the run's test cases as the run did, and the merged export's check passes."""
+    run_dir, _ = grpo_run
+    assert main(["eval", str(run_dir), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    saved = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [c["answer"] for c in scored["answers"]] == [s["answer"] for s in saved]
+    assert main(["export", str(run_dir), "--to", "merged", "--out", str(tmp_path / "m"), "--json"]) == 0
+    check = json.loads((tmp_path / "m" / "export.json").read_text())["check"]["merged"]
+    assert check["ok"] and check["of"] == len(saved)
+
+
 def test_a_reward_that_raises_is_exit_2_naming_it_and_the_example(tmp_path, tiny_model_dir, capsys):
     data = write_blocks(tmp_path / "sums.txt", SUMS[:40])
     recipe = write_recipe(

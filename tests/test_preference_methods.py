@@ -314,6 +314,19 @@ def test_the_adapter_trained_and_the_run_chats(method_run):
     assert main(["chat", str(run_dir), "--prompt", "¿Cuánto es 3 + 4?"]) == 0
 
 
+def test_eval_and_a_merged_export_work_on_the_run(method_run, tmp_path, capsys):
+    """quickft eval scores the run's test case again, and the merged export's check (each form loaded back, its
+    answers compared with the run's as token ids) passes, as for an SFT run."""
+    _, run_dir, _, _, _ = method_run
+    assert main(["eval", str(run_dir), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    saved = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [c["answer"] for c in scored["answers"]] == [s["answer"] for s in saved]
+    assert main(["export", str(run_dir), "--to", "merged", "--out", str(tmp_path / "m"), "--json"]) == 0
+    record = json.loads((tmp_path / "m" / "export.json").read_text())
+    assert record["check"]["merged"]["ok"] and record["check"]["merged"]["of"] == 1
+
+
 @requires_unsloth
 def test_unsloths_cpu_mode_trains_the_same_first_steps(method_run, tmp_path):
     """--backend unsloth on a CPU (in a process of its own: importing Unsloth patches TRL): Unsloth's CPU mode runs
