@@ -519,12 +519,6 @@ def validate(recipe: Recipe) -> list[str]:
     )
     if r.method in PREFERENCE_METHODS:
         m = repr(r.method)
-        need(
-            not (r.eval.fraction or r.eval.path),
-            "eval.fraction",
-            f"eval loss is not computed for method={m} yet: "
-            "its held-out test cases (data.holdout) are answered and scored against each pair's chosen answer",
-        )
         need(not r.data.train_on_prompt, "data.train_on_prompt", f"method={m} compares the answers only")
         need(r.data.batching != "packed", "data.batching", f"method={m} answers cannot be packed")
     if r.method == "kto" and r.kto.loss_type == "kto":

@@ -493,7 +493,9 @@ def _eval_text(recipe, n_eval: int, n_cases: int) -> str:
     e = recipe.eval
     parts = [f"{n_cases} test cases ({e.match} match)" if n_cases else "no test cases"]
     if n_eval:
-        parts.append(f"eval loss on {n_eval} examples")
+        held = {"kto": "labelled answers", "grpo": "prompts"}.get(recipe.method, "examples")
+        held = "pairs" if recipe.method in PAIRED_METHODS else held
+        parts.append(f"eval loss on {n_eval} {held}")
     parts.append(f"every {e.every} steps" if e.every else "after training")
     if e.patience:
         parts.append(f"early stopping after {e.patience} evaluations without improvement")

@@ -189,12 +189,9 @@ def read_pairs_split(recipe: Recipe) -> Split:
     test cases."""
     from quickft.preference import read_judged, read_pairs
 
-    if recipe.method == "kto":
-        shape, pairs, dropped = read_judged(recipe.data.path, recipe.data)
-        notes, read = [f"labelled answers read as {shape}"], len(pairs) + len(dropped)
-    else:
-        shape, pairs, dropped = read_pairs(recipe.data.path, recipe.data)
-        notes, read = [f"preference pairs read as {shape}"], len(pairs) + len(dropped)
+    reader, what = (read_judged, "labelled answers") if recipe.method == "kto" else (read_pairs, "preference pairs")
+    shape, pairs, dropped = reader(recipe.data.path, recipe.data)
+    notes, read = [f"{what} read as {shape}"], len(pairs) + len(dropped)
     recipe.data.format = "chat" if pairs[0].chat else "pairs"  # how chat and the test cases frame a prompt
     if recipe.data.test_path:  # any prompt/response file, as for SFT
         cases = read_examples(recipe.data.test_path, replace(recipe.data, format="auto"))
@@ -217,8 +214,21 @@ def read_pairs_split(recipe: Recipe) -> Split:
             else Example(prompt=p.prompt, response=_expected(p), where=p.where)
             for p in held_out
         ]
+    if recipe.eval.path:  # eval loss on the same kind of data: pairs, or KTO's labelled answers
+        evaluated = reader(recipe.eval.path, recipe.data)[1]
+    else:  # by prompt, as the test cases: a KTO prompt's answers stay together
+        prompts = sorted({_prompt_key(p) for p in pairs})
+        _, picked = _split(prompts, int(len(prompts) * recipe.eval.fraction), random.Random(recipe.seed))
+        picked = set(picked)
+        pairs, evaluated = (
+            [p for p in pairs if _prompt_key(p) not in picked],
+            [p for p in pairs if _prompt_key(p) in picked],
+        )
+    if not pairs:
+        raise UserError(f"{recipe.data.path}: no {what} left to train on after the held-out splits")
     cases = cases[: recipe.data.max_test_examples]
-    return Split(pairs, [], cases, [], dropped, read, notes, (bool(recipe.data.test_path), False))
+    separate = (bool(recipe.data.test_path), bool(recipe.eval.path))
+    return Split(pairs, [], cases, evaluated, dropped, read, notes, separate)
 
 
 def _prompt_key(item) -> str:
@@ -378,7 +388,7 @@ def prepare_data(recipe: Recipe, split: Split, tokenizer, reporter: Reporter) ->
         split.cases = make_cases(split.case_examples, recipe.data, recipe.eval.cases, tokenizer)
         prepared = training_rows(recipe, split.train, tokenizer)
         train = to_dataset(prepared.rows)
-        eval_dataset = to_dataset(prepare(split.eval, tokenizer, recipe).rows) if split.eval else None
+        eval_dataset = to_dataset(training_rows(recipe, split.eval, tokenizer).rows) if split.eval else None
     return Data(train, eval_dataset, prepared, split.counts(prepared))
 
 

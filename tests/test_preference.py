@@ -285,7 +285,6 @@ def test_a_dpo_run_evaluates_and_exports_merged(dpo_run, tmp_path, capsys):
 def test_dpo_recipe_mistakes_exit_2(tmp_path, tiny_model_dir, capsys):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [TRL_TEXT] * 20)
     for holdout, extra, says in (
-        (0, ", eval=Eval(every=2, fraction=0.1)", "eval.fraction: eval loss is not computed for method='dpo' yet"),
         (0, ", max_seq_length=3", "no preference pair fits max_seq_length=3"),
         # 20 pairs of one prompt: the held-out cases take every pair of their prompt with them
         (2, "", "nothing left to train on after holding out 2 test case(s): every record shares a prompt"),
