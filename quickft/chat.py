@@ -92,14 +92,21 @@ def load_session(run_dir: str | Path, *, with_base: bool = False, backend: str |
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     prepare_tokenizer(tokenizer, recipe)
     style = chat_style(recipe)
-    temperature = recipe.temperature if recipe.temperature is not None else (0.7 if style == "chat" else 0.0)
-    params = {"temperature": temperature, "top_p": recipe.top_p, "max_new_tokens": recipe.max_new_tokens}
+    params = default_params(recipe)
     description = f"loaded {what} on {describe(choice.hardware)} with {choice.summary(recipe.mode)}"
     session = Session(model, tokenizer, recipe, style, params, base=base, description=description)
     session.example = training_example(run_dir, recipe, style)
     if isinstance(recipe.model, Scratch):
         session.base_label = "base model (random weights: this run trained from scratch)"
     return session
+
+
+def default_params(recipe: Recipe) -> dict:
+    """Generation settings when none are given: the recipe's, else greedy for Q&A and 0.7 for chat data."""
+    temperature = recipe.temperature
+    if temperature is None:
+        temperature = 0.7 if chat_style(recipe) == "chat" else 0.0
+    return {"temperature": temperature, "top_p": recipe.top_p, "max_new_tokens": recipe.max_new_tokens}
 
 
 def training_example(run_dir: Path, recipe: Recipe, style: str) -> str | None:

@@ -182,6 +182,43 @@ def chat(
 @app.command(
     cls=_Command,
     epilog=_examples(
+        "quickft serve outputs/tiny_math    # http://127.0.0.1:8000/v1, for any OpenAI client",
+        "quickft serve outputs/tiny_math/merged --port 8080    # a merged export (quickft export)",
+        "QUICKFT_API_KEY=secret quickft serve outputs/tiny_math --host 0.0.0.0 --allow-remote",
+    ),
+)
+def serve(
+    run_dir: Annotated[
+        str, typer.Argument(metavar="RUN_DIR", help="A finished run, or its merged export (RUN_DIR/merged).")
+    ],
+    port: Annotated[int, typer.Option("--port", metavar="N", min=0, max=65535, help="0: any free port.")] = 8000,
+    host: Annotated[
+        str, typer.Option("--host", metavar="ADDR", help="Address to listen on (other than loopback: --allow-remote).")
+    ] = "127.0.0.1",
+    allow_remote: Annotated[
+        bool, typer.Option("--allow-remote", help="Allow a --host that other machines can reach.")
+    ] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            metavar="KEY",
+            envvar="QUICKFT_API_KEY",
+            show_envvar=True,
+            help="Require Authorization: Bearer KEY on every /v1 request.",
+        ),
+    ] = None,
+) -> None:
+    """Serve a run over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models), one
+    request at a time in arrival order."""
+    from quickft.serve import main as serve_main
+
+    serve_main(run_dir, host=host, port=port, api_key=api_key, allow_remote=allow_remote)
+
+
+@app.command(
+    cls=_Command,
+    epilog=_examples(
         "quickft studio    # the runs in outputs/, at http://127.0.0.1:PORT/ (printed)",
         "quickft studio outputs --port 8765",
     ),

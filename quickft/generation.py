@@ -97,12 +97,15 @@ def stream(
     temperature: float = 0.0,
     top_p: float = 1.0,
     stop=None,
+    stop_strings: list[str] | None = None,
     stats: dict | None = None,
 ) -> Iterator[str]:
     """Yield the answer to one prompt piece by piece as it is generated, on whole characters (see Utf8Streamer).
 
-    `stop` (a threading.Event) ends generation early; `stats` receives "tokens" (generated, end-of-sequence
-    included), "first_token_s", "total_s" and "invalid_utf8" (pieces of invalid UTF-8 left out).
+    `stop` (a threading.Event) ends generation early; `stop_strings` end it at the token whose text completes one
+    of them (that token is yielded: the caller cuts the text); `stats` receives "tokens" (generated,
+    end-of-sequence included), "eos" (whether the last of them is end-of-sequence), "first_token_s", "total_s" and
+    "invalid_utf8" (pieces of invalid UTF-8 left out).
     """
     import threading
     import time
@@ -116,6 +119,9 @@ def stream(
     batch = prompt_batch(tokenizer, [prompt], model.device)
     started = time.perf_counter()
     streamer = Utf8Streamer(tokenizer, stats, started)
+    # checked inside generate, not by the reader of the pieces: the reader runs behind the generating thread, so a
+    # stop seen there would end generation a varying number of tokens later (and count them)
+    text_stops = [StopAtText(tokenizer, batch["input_ids"].shape[1], stop_strings)] if stop_strings else []
     errors = []
 
     def work():
@@ -124,7 +130,7 @@ def stream(
                 model.generate(
                     **batch,
                     streamer=streamer,
-                    stopping_criteria=StoppingCriteriaList([StopWhenSet(stop)]),
+                    stopping_criteria=StoppingCriteriaList([StopWhenSet(stop), *text_stops]),
                     **_sampling(tokenizer, max_new_tokens, temperature, top_p),
                 )
         except Exception as e:  # re-raised in the caller's thread
@@ -151,6 +157,20 @@ class StopWhenSet:
 
     def __call__(self, input_ids, scores, **kwargs) -> bool:
         return self.event.is_set()
+
+
+class StopAtText:
+    """A stopping criterion for `generate`: stop once the generated text (decoded as Utf8Streamer decodes it) holds
+    one of `stops`."""
+
+    def __init__(self, tokenizer, prompt_length: int, stops: list[str]):
+        self.tokenizer, self.prompt_length, self.stops = tokenizer, prompt_length, stops
+
+    def __call__(self, input_ids, scores, **kwargs) -> bool:
+        ids = input_ids[0, self.prompt_length :]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        text = text.replace("\ufffd", "")  # as the streamer leaves out bytes that are no character (yet)
+        return any(s in text for s in self.stops)
 
 
 class Utf8Streamer:
@@ -180,6 +200,7 @@ class Utf8Streamer:
         self.stats.setdefault("first_token_s", time.perf_counter() - self.started)
         self.stats["tokens"] = self.stats.get("tokens", 0) + value.numel()
         self.ids += value.reshape(-1).tolist()
+        self.stats["eos"] = self.ids[-1] == self.tokenizer.eos_token_id
         self._emit(final=False)
 
     def end(self) -> None:

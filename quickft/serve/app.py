@@ -1,0 +1,249 @@
+"""The HTTP routes: OpenAI's /v1/models, /v1/chat/completions and /v1/completions (streamed or not), /health."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+
+from fastapi import Request  # at module level: FastAPI reads the handlers' annotations (postponed, as strings)
+
+from quickft.serve.schema import ApiError, ApiRequest, ChatRequest, CompletionRequest, parse
+from quickft.serve.worker import CONCURRENCY, Job, Service
+
+MAX_BODY_BYTES = 1_000_000
+"""The largest request body accepted (413 beyond it): far more than any prompt a small model's context holds."""
+DRAIN_BYTES = 64_000_000
+"""An oversized body is read (and dropped) up to this, so the client gets the 413 instead of a broken pipe."""
+
+
+# ---------------------------------------------------------------------------------------------- the app
+
+
+def make_app(service: Service, *, api_key: str | None = None):
+    """The FastAPI app over `service`. Bodies are read and checked here (schema.parse), not by FastAPI's own
+    validation, so that every error, 413 included, is OpenAI's shape."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException
+
+    app = FastAPI(title="quickft serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, e: ApiError):
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, e: HTTPException):
+        message = f"{request.method} {request.url.path}: {e.detail}"
+        if e.status_code == 404:
+            message += "; the endpoints are /v1/models, /v1/chat/completions and /v1/completions"
+        return JSONResponse(ApiError(e.status_code, message).body(), status_code=e.status_code)
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise ApiError(
+                401,
+                "missing or wrong API key: send the key quickft serve was started with, as Authorization: Bearer KEY",
+                code="invalid_api_key",
+            )
+
+    async def read_body(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        too_big = ApiError(413, f"the body is over {MAX_BODY_BYTES:,} bytes", code="request_too_large")
+        if length and length.isdigit() and int(length) > DRAIN_BYTES:
+            raise too_big
+        body, size = bytearray(), 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= MAX_BODY_BYTES:
+                body += chunk
+            elif size > DRAIN_BYTES:
+                break
+        if size > MAX_BODY_BYTES:
+            raise too_big
+        return bytes(body)
+
+    def model_card() -> dict:
+        return {
+            "id": service.model_id,
+            "object": "model",
+            "created": service.created,
+            "owned_by": "quickft",
+            "context_length": service.context,
+            "prompting": service.session.style,
+            "concurrency": CONCURRENCY,
+        }
+
+    def check_model(name: str) -> None:
+        if name != service.model_id:
+            raise ApiError(
+                404,
+                f"model {name!r} is not served here; this server serves {service.model_id!r}",
+                param="model",
+                code="model_not_found",
+            )
+
+    async def start(request: Request, kind: type[ApiRequest]) -> tuple[ApiRequest, Job, dict]:
+        """Parse and check a request, queue it, and wait for its turn: the first event says it is under way
+        (with its prompt's token count), or is the 4xx its rendering raised."""
+        check_key(request)
+        body = parse(await read_body(request), kind)
+        check_model(body.model)
+        if body.n not in (None, 1):
+            raise ApiError(400, f"n: quickft serve answers one choice per request (n=1), got {body.n}", param="n")
+        max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        if service.context is not None and max_tokens is not None and max_tokens > service.context:
+            raise ApiError(
+                400,
+                f"max_tokens {max_tokens}: over the model's context of {service.context} tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        prompt = None
+        if isinstance(body, CompletionRequest):
+            prompt = body.prompt
+            if isinstance(prompt, list):
+                if len(prompt) != 1:
+                    raise ApiError(400, f"prompt: one prompt per request, got {len(prompt)}", param="prompt")
+                prompt = prompt[0]
+        params = service.session.params
+        job = Job(
+            messages=getattr(body, "messages", None),
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=params["temperature"] if body.temperature is None else body.temperature,
+            top_p=params["top_p"] if body.top_p is None else body.top_p,
+            stops=body.stops(),
+            seed=body.seed,
+            loop=asyncio.get_running_loop(),
+        )
+        service.submit(job)
+        try:
+            kind_, value = await job.events.get()
+        except BaseException:
+            job.halt.set()
+            raise
+        if kind_ == "error":
+            raise value
+        return body, job, value
+
+    async def answer(job: Job) -> tuple[str, dict]:
+        pieces = []
+        try:
+            while True:
+                kind, value = await job.events.get()
+                if kind == "text":
+                    pieces.append(value)
+                elif kind == "error":
+                    raise value
+                else:
+                    return "".join(pieces), value
+        finally:
+            job.halt.set()
+
+    def usage(start_info: dict, done: dict) -> dict:
+        p, c = start_info["prompt_tokens"], done["completion_tokens"]
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    def sse(data) -> str:
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    def streamed(body: ApiRequest, job: Job, start_info: dict, *, chat: bool) -> StreamingResponse:
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        head = {
+            "id": rid,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": service.model_id,
+        }
+
+        def chunk(text: str | None, reason: str | None = None, *, role: bool = False) -> dict:
+            if chat:
+                delta = ({"role": "assistant"} if role else {}) | ({"content": text} if text is not None else {})
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+            else:
+                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}
+            return head | {"choices": [choice]}
+
+        async def events():
+            try:
+                if chat:
+                    yield sse(chunk("", role=True))
+                while True:
+                    kind, value = await job.events.get()
+                    if kind == "text":
+                        yield sse(chunk(value))
+                    elif kind == "error":
+                        yield sse(value.body())
+                        break
+                    else:
+                        yield sse(chunk(None if chat else "", value["finish_reason"]))
+                        if body.stream_options and body.stream_options.include_usage:
+                            yield sse(head | {"choices": [], "usage": usage(start_info, value)})
+                        break
+                yield "data: [DONE]\n\n"
+            finally:
+                job.halt.set()  # the client went away (or the answer is done): stop generating
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": service.model_id, "waiting": service.jobs.qsize()}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_key(request)
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request):
+        check_key(request)
+        check_model(model_id)
+        return model_card()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body, job, start_info = await start(request, ChatRequest)
+        if body.stream:
+            return streamed(body, job, start_info, chat=True)
+        text, done = await answer(job)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": service.model_id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": done["finish_reason"],
+                }
+            ],
+            "usage": usage(start_info, done),
+        }
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body, job, start_info = await start(request, CompletionRequest)
+        if body.stream:
+            return streamed(body, job, start_info, chat=False)
+        text, done = await answer(job)
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": service.model_id,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": done["finish_reason"]}],
+            "usage": usage(start_info, done),
+        }
+
+    return app

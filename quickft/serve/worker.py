@@ -1,0 +1,192 @@
+"""The one generation thread: requests wait in a first-in-first-out queue and are answered one at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from dataclasses import dataclass, field, replace
+
+from quickft.errors import UserError
+from quickft.serve.schema import ApiError, Message
+
+CONCURRENCY = "one request at a time, in arrival order (a queue, no batching)"
+
+
+# ---------------------------------------------------------------------------------------------- stop strings
+
+
+class StopCut:
+    """Cuts streamed text at the first stop string; text that may be the start of one is held back until it is
+    known not to be."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.hit = False
+
+    def feed(self, piece: str) -> str:
+        self.pending += piece
+        found = [at for at in (self.pending.find(s) for s in self.stops) if at >= 0]
+        if found:
+            text, self.pending, self.hit = self.pending[: min(found)], "", True
+            return text
+        keep = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        text = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(self.pending) - keep :]
+        return text
+
+    def flush(self) -> str:
+        text, self.pending = self.pending, ""
+        return text
+
+
+# ---------------------------------------------------------------------------------------------- the worker
+
+
+@dataclass
+class Job:
+    """One request's work, answered on the worker thread; events go back to the request's event loop."""
+
+    messages: list[Message] | None
+    prompt: str | None
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    stops: list[str]
+    seed: int | None
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    halt: threading.Event = field(default_factory=threading.Event)
+    """Set when the client has gone (or the answer is done): generation stops, a queued job is skipped."""
+
+    def send(self, kind: str, value=None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the server's loop is closed: shutting down
+            self.halt.set()
+
+
+class Service:
+    """The served model, and the single thread that answers every request in turn."""
+
+    def __init__(self, session, model_id: str, *, created: int):
+        self.session, self.model_id, self.created = session, model_id, created
+        self.context = context_length(session.model, session.tokenizer)
+        self.jobs: queue.Queue[Job] = queue.Queue()
+        threading.Thread(target=self._work, name="quickft-generation", daemon=True).start()
+
+    def submit(self, job: Job) -> None:
+        self.jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job.halt.is_set():
+                continue
+            try:
+                self._answer(job)
+            except ApiError as e:
+                job.send("error", e)
+            except Exception as e:  # generation failed (out of memory, a bug): a 500 for this request only
+                job.send("error", ApiError(500, f"generation failed: {type(e).__name__}: {e}"))
+
+    def render(self, job: Job) -> str:
+        """The prompt exactly as `quickft chat` frames it (chat.build_prompt)."""
+        from quickft.chat import build_prompt
+
+        session = self.session
+        if job.messages is None:
+            return build_prompt(session, job.prompt)
+        system = [m.text() for m in job.messages if m.role in ("system", "developer")]
+        turns = [m for m in job.messages if m.role in ("user", "assistant")]
+        if not turns or turns[-1].role != "user":
+            raise ApiError(
+                400, "messages: the last message must be the user's: it is what the model answers", param="messages"
+            )
+        if session.style != "chat":
+            if system:
+                raise ApiError(
+                    400,
+                    f"messages: this run was trained on {session.recipe.data.format} data, which has no system prompt",
+                    param="messages",
+                )
+            # a single-turn run answers the last message on its own, as `quickft chat` does
+            return build_prompt(session, turns[-1].text())
+        history = [{"role": m.role, "content": m.text()} for m in turns[:-1]]
+        view = replace(session, history=history, system="\n\n".join(system) or None)
+        try:
+            return build_prompt(view, turns[-1].text())
+        except UserError as e:  # the chat template rejected the conversation
+            raise ApiError(400, f"messages: {e.message}", param="messages") from None
+
+    def _answer(self, job: Job) -> None:
+        import contextlib
+
+        from quickft.generation import prompt_batch, stream
+
+        session = self.session
+        prompt = self.render(job)
+        prompt_tokens = prompt_batch(session.tokenizer, [prompt], "cpu")["input_ids"].shape[1]
+        max_tokens = job.max_tokens
+        if self.context is not None:
+            room = self.context - prompt_tokens
+            if room < 1:
+                raise ApiError(
+                    400,
+                    f"the prompt is {prompt_tokens} tokens; the model's context is {self.context} tokens",
+                    param="messages" if job.messages is not None else "prompt",
+                    code="context_length_exceeded",
+                )
+            if max_tokens is not None and max_tokens > room:
+                raise ApiError(
+                    400,
+                    f"max_tokens {max_tokens}: the prompt is {prompt_tokens} tokens and the model's context "
+                    f"{self.context}, so at most {room}",
+                    param="max_tokens",
+                    code="context_length_exceeded",
+                )
+        if max_tokens is None:
+            max_tokens = (
+                min(session.params["max_new_tokens"], room) if self.context else session.params["max_new_tokens"]
+            )
+        job.send("start", {"prompt_tokens": prompt_tokens})
+        if job.seed is not None:
+            import torch
+
+            torch.manual_seed(job.seed)  # one request at a time: the global generator is this request's
+        stats: dict = {}
+        cut = StopCut(job.stops)
+        pieces = stream(
+            session.model,
+            session.tokenizer,
+            prompt,
+            max_new_tokens=max_tokens,
+            temperature=job.temperature,
+            top_p=job.top_p,
+            stop=job.halt,
+            stop_strings=job.stops,
+            stats=stats,
+        )
+        with contextlib.closing(pieces):  # closing it ends generation (a stop string, or the client went away)
+            for piece in pieces:
+                if text := cut.feed(piece):
+                    job.send("text", text)
+                if cut.hit or job.halt.is_set():
+                    break
+        if not cut.hit and (rest := cut.flush()):
+            job.send("text", rest)
+        tokens = stats.get("tokens", 0)  # generated, end-of-sequence included: what the model really produced
+        # "length" only when max_tokens cut the answer: an end-of-sequence as the last allowed token is a natural stop
+        reason = "stop" if cut.hit or stats.get("eos") or tokens < max_tokens else "length"
+        job.send("done", {"finish_reason": reason, "completion_tokens": tokens})
+
+
+def context_length(model, tokenizer) -> int | None:
+    """The model's context in tokens (its position embeddings), else the tokenizer's limit, else None (no check)."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        if isinstance(value := getattr(config, name, None), int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < 10**8 else None
