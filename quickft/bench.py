@@ -595,7 +595,12 @@ def markdown(result: dict) -> str:
             f"{100 * r['memory_saving']:+.0f}% | {loss_diff} | {mfu} | {differs_text(r['differs']) or 'none'} | "
             f"{r['device']}, {r['precision']} |"
         )
-    lines += ["", MODE_NOTES[result["mode"]], "", f"method {result['method']}: tokens/s counts {result['tokens_counted']}"]
+    lines += [
+        "",
+        MODE_NOTES[result["mode"]],
+        "",
+        f"method {result['method']}: tokens/s counts {result['tokens_counted']}",
+    ]
     if result["note"]:
         lines += ["", result["note"]]
     if result["warnings"]:
