@@ -215,6 +215,22 @@ def test_answers_are_quickft_chats_with_token_counts(client, expected, tokenizer
         assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
+def test_the_offline_demo_run_answers_as_chat_does(tiny_math_run, tmp_path):
+    """The demo's own run (recipes/tiny_math.py, trained once per test session): greedy answers through the openai
+    client, streamed and not, chat and completions, are `quickft chat`'s, and right."""
+    questions = ["¿Cuánto es 23 + 45?", "¿Cuánto es 8 + 17?", "¿Cuánto es 61 + 39?"]
+    expected = chat_answers(tiny_math_run, questions)
+    assert expected == ["68", "25", "100"]
+    server = Server(tiny_math_run, tmp_path / "server.log").wait()
+    try:
+        client = server.client()  # started without --api-key: any key is taken
+        for question, answer in zip(questions, expected, strict=True):
+            for chat, stream in ((True, False), (True, True), (False, False), (False, True)):
+                assert ask(client, question, chat=chat, stream=stream)[:2] == (answer, "stop"), (question, chat, stream)
+    finally:
+        server.stop()
+
+
 def test_the_one_model_is_listed_and_the_startup_line_says_who_can_reach_it(client, server, qa_run):
     assert [m.id for m in client.models.list().data] == [qa_run.name]
     assert client.models.retrieve(qa_run.name).id == qa_run.name
