@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -59,6 +62,18 @@ def tiny_model_dir(sums_file) -> Path:
         hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, vocab_size=320, max_position_embeddings=64
     )
     return build_scratch(spec, corpus, seed=0)
+
+
+def unsloth_rows(recipe: Path, out: Path, steps: int = 2) -> list[dict]:
+    """The metrics rows of `steps` steps of `recipe` with --backend unsloth (Unsloth's CPU mode here), in a process
+    of its own: importing Unsloth patches TRL and transformers for the whole process."""
+    command = [sys.executable, "-m", "quickft", "run", str(recipe), "--backend", "unsloth", "--quiet"]
+    done = subprocess.run(
+        [*command, f"max_steps={steps}", "--output-dir", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "backend.json").read_text())["backend"] == "unsloth"
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def write_recipe(path: Path, body: str) -> Path:

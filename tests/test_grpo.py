@@ -5,11 +5,9 @@ figures are recomputed from TRL's own logs."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import PROMPT, SUMS, requires_unsloth, write_blocks, write_recipe
+from conftest import PROMPT, SUMS, requires_unsloth, unsloth_rows, write_blocks, write_recipe
 
 from quickft.cli import main
 from quickft.errors import UserError
@@ -330,27 +328,7 @@ def test_unsloths_cpu_mode_trains_the_same_first_grpo_step(grpo_run, tmp_path):
     """--backend unsloth on a CPU, in a process of its own (importing Unsloth patches TRL's GRPOTrainer): the same
     seeded answers, rewards, tokens and updates as PEFT's first two steps, to float precision."""
     run_dir, recipe = grpo_run
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "quickft",
-            "run",
-            str(recipe),
-            "--backend",
-            "unsloth",
-            "--quiet",
-            "max_steps=2",
-            "--output-dir",
-            str(tmp_path / "u"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((tmp_path / "u" / "backend.json").read_text())["backend"] == "unsloth"
-    theirs, ours = rows_of(tmp_path / "u"), rows_of(run_dir)[:2]
+    theirs, ours = unsloth_rows(recipe, tmp_path / "u"), rows_of(run_dir)[:2]
     for key in ("loss", "reward", "kl", "grad_norm", "tokens", "generated_tokens", "completions/mean_length"):
         assert [r[key] for r in theirs] == pytest.approx([r[key] for r in ours], abs=1e-5), key
 

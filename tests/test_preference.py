@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import math
 import random
-import subprocess
-import sys
 
 import pytest
-from conftest import PROMPT, SUMS, requires_unsloth, write_recipe
+from conftest import PROMPT, SUMS, requires_unsloth, unsloth_rows, write_recipe
 
 from quickft.cli import main
 from quickft.errors import UserError
@@ -304,27 +302,7 @@ def test_unsloths_cpu_mode_trains_the_same_first_dpo_steps(dpo_run, tmp_path):
     """--backend unsloth on a CPU: Unsloth's CPU mode (in a process of its own: importing it patches TRL) runs the
     same DPO steps as PEFT, to float precision."""
     run_dir, recipe = dpo_run
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "quickft",
-            "run",
-            str(recipe),
-            "--backend",
-            "unsloth",
-            "--quiet",
-            "max_steps=2",
-            "--output-dir",
-            str(tmp_path / "u"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((tmp_path / "u" / "backend.json").read_text())["backend"] == "unsloth"
-    theirs, ours = rows_of(tmp_path / "u"), rows_of(run_dir)[:2]
+    theirs, ours = unsloth_rows(recipe, tmp_path / "u"), rows_of(run_dir)[:2]
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies"):
         assert [r[key] for r in theirs] == pytest.approx([r[key] for r in ours], abs=1e-5), key
 

@@ -9,11 +9,9 @@ import io
 import json
 import math
 import random
-import subprocess
-import sys
 
 import pytest
-from conftest import PROMPT, SUMS, requires_unsloth, write_recipe
+from conftest import PROMPT, SUMS, requires_unsloth, unsloth_rows, write_recipe
 
 from quickft.cli import main
 from quickft.errors import UserError
@@ -396,12 +394,7 @@ def test_unsloths_cpu_mode_trains_the_same_first_steps(method_run, tmp_path):
     """--backend unsloth on a CPU (in a process of its own: importing Unsloth patches TRL): Unsloth's CPU mode runs
     the same first steps of each method as PEFT, to float precision."""
     method, run_dir, recipe, _, _ = method_run
-    out = tmp_path / "u"
-    command = [sys.executable, "-m", "quickft", "run", str(recipe), "--backend", "unsloth", "--quiet", "max_steps=2"]
-    done = subprocess.run([*command, "--output-dir", str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((out / "backend.json").read_text())["backend"] == "unsloth"
-    theirs, ours = rows_of(out), rows_of(run_dir)[:2]
+    theirs, ours = unsloth_rows(recipe, tmp_path / "u"), rows_of(run_dir)[:2]
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins"):
         assert [r[key] for r in theirs] == pytest.approx([r[key] for r in ours], abs=1e-5), (method, key)
 
