@@ -42,7 +42,25 @@ class CountingTrainer(SFTTrainer):
         return loss
 
 
-class CountingDPOTrainer(DPOTrainer):
+class _ResumesWithRef:
+    """For the trainers that keep TRL's frozen "ref" copy of the starting adapter (DPO, KTO, GRPO with a KL term):
+    a checkpoint holds the trained adapter at its root and the copy in ref/, and transformers, finding an adapter
+    subfolder, loads only the subfolders, so a resumed run would go on from the starting adapter. Load the trained
+    one too."""
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from peft import PeftModel
+
+        model = model or self.model
+        root = Path(resume_from_checkpoint) / "adapter_model.safetensors"
+        if isinstance(model, PeftModel) and "ref" in model.peft_config and root.is_file():
+            trained = model.active_adapter  # "default": the adapter being trained
+            model.load_adapter(resume_from_checkpoint, trained, is_trainable=True)
+            model.set_adapter(trained)
+
+
+class CountingDPOTrainer(_ResumesWithRef, DPOTrainer):
     """DPOTrainer that counts like CountingTrainer (a batch is each pair's chosen rows, then its rejected rows: the
     samples counted are sequences, twice the pairs), and trains on the pairs quickft tokenized (quickft.preference:
     the same tokens SFT's encoder makes), not on TRL's own tokenization of text."""
@@ -101,7 +119,7 @@ class CountingCPOTrainer(_PairRows, CPOTrainer):
     """CPOTrainer (SimPO's loss) on quickft's tokens, counting (see _PairRows)."""
 
 
-class CountingKTOTrainer(KTOTrainer):
+class CountingKTOTrainer(_ResumesWithRef, KTOTrainer):
     """KTOTrainer that counts like CountingTrainer (the labelled answers trained; the mismatched sequences of its KL
     estimate are read without gradient and not counted), and trains on the answers quickft tokenized
     (quickft.preference.prepare_judged) in the order they were shuffled there."""
@@ -127,7 +145,7 @@ class CountingKTOTrainer(KTOTrainer):
         return loss
 
 
-class CountingGRPOTrainer(GRPOTrainer):
+class CountingGRPOTrainer(_ResumesWithRef, GRPOTrainer):
     """GRPOTrainer that counts what it generates and what it trains, and times generation and rewards apart from the
     rest of the step (generation is where GRPO's time goes), into the run's TokenCounter:
     - trained: each micro-batch's prompt and completion tokens (padding not counted), the sequences the forward and

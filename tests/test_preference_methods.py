@@ -9,6 +9,8 @@ import io
 import json
 import math
 import random
+import subprocess
+import sys
 
 import pytest
 from conftest import PROMPT, SUMS, requires_unsloth, unsloth_rows, write_recipe
@@ -387,6 +389,54 @@ def test_eval_and_a_merged_export_work_on_the_run(method_run, tmp_path, capsys):
     assert main(["export", str(run_dir), "--to", "merged", "--out", str(tmp_path / "m"), "--json"]) == 0
     record = json.loads((tmp_path / "m" / "export.json").read_text())
     assert record["check"]["merged"]["ok"] and record["check"]["merged"]["of"] == 1
+
+
+@pytest.mark.parametrize("method", ["kto", "dpo"])
+def test_stopped_with_ctrl_c_a_lora_run_resumes_to_the_uninterrupted_run(method, tmp_path, tiny_model_dir):
+    """A LoRA run whose reference is TRL's frozen copy of the starting adapter, stopped with Ctrl-C and resumed from
+    its checkpoint, trains the same steps, on the same batches (KTO's fixed order included), to the same losses as
+    one that never stopped: the resumed run goes on from the trained adapter, not from its start (transformers
+    loads only a checkpoint's adapter subfolders when it has any, and the copy is one)."""
+    import signal
+    import time
+
+    pairs = sums_pairs(tmp_path, 40)
+    recipe = write_recipe(
+        tmp_path / f"{method}.py",
+        f"""
+        recipe = Recipe(
+            model={str(tiny_model_dir)!r},
+            method={method!r},
+            data=Data(path={str(pairs)!r}, prompt_template={PROMPT!r}, holdout=0),
+            lora=LoRA(r=4, alpha=8, dropout=0.0),
+            max_seq_length=64,
+            micro_batch_size=4,
+            max_steps=160,
+            learning_rate=3e-3,
+            save_every=20,
+            backend="peft",
+        )
+        """,
+    )
+    reference = tmp_path / "reference"
+    assert main(["run", str(recipe), "--output-dir", str(reference), "--quiet"]) == 0
+    stopped = tmp_path / "stopped"
+    command = [sys.executable, "-m", "quickft", "run", str(recipe), "--output-dir", str(stopped), "--quiet"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ((stopped / "metrics.jsonl").is_file() and len(rows_of(stopped)) >= 30):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    stopped_at = json.loads((stopped / "summary.json").read_text())["train"]["steps"]
+    assert 30 <= stopped_at < 160
+    assert main(["run", str(recipe), "--resume", str(stopped), "--quiet"]) == 0
+    rows, ref_rows = rows_of(stopped), rows_of(reference)
+    assert [r["step"] for r in rows] == [r["step"] for r in ref_rows] == list(range(1, 161))
+    assert [r["tokens"] for r in rows] == [r["tokens"] for r in ref_rows]  # the same batches, in the same order
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(rows, ref_rows, strict=True)) < 1e-4
 
 
 @requires_unsloth
