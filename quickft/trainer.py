@@ -7,6 +7,7 @@ patched class when Unsloth was imported first, which is why none of this can liv
 
 from __future__ import annotations
 
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -260,7 +261,11 @@ class Evaluator(TrainerCallback):
             if self.best_loss is None or row["eval_loss"] < self.best_loss:
                 self.best_step, self.best_loss, self.bad = state.global_step, row["eval_loss"], 0
                 if recipe.eval.patience:
-                    trainer.save_model(str(self.run_dir / "best"))
+                    best = self.run_dir / "best"
+                    trainer.save_model(str(best))
+                    # TRL's frozen copy of the starting adapter (DPO, KTO) is saved beside the trained one: not the
+                    # model (the run's final save drops it too)
+                    shutil.rmtree(best / "ref", ignore_errors=True)
             else:
                 self.bad += 1
                 if recipe.eval.patience and self.bad >= recipe.eval.patience:

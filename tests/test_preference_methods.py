@@ -337,7 +337,7 @@ def test_eval_loss_on_held_out_pairs(method, tmp_path, tiny_model_dir):
             method={method!r},
             {settings},
             data=Data(path={str(pairs)!r}, prompt_template={PROMPT!r}, holdout=0),
-            eval=Eval(every=2, fraction=0.2),
+            eval=Eval(every=2, fraction=0.2, patience=5),  # keeps the best adapter in best/; never stops here
             lora=LoRA(r=4, alpha=8, dropout=0.0),
             max_seq_length=64,
             micro_batch_size=8,
@@ -351,6 +351,8 @@ def test_eval_loss_on_held_out_pairs(method, tmp_path, tiny_model_dir):
     assert main(["run", str(recipe), "--output-dir", str(out), "--quiet"]) == 0
     evals = [r for r in rows_of(out) if "eval_loss" in r]
     assert [r["step"] for r in evals] == [2, 4] and all(math.isfinite(r["eval_loss"]) for r in evals)
+    best = out / "best"  # the trained adapter only, as the run's own save
+    assert (best / "adapter_model.safetensors").is_file() and not (best / "ref").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["held_out_eval"] == (8 if method == "kto" else 4)  # 4 of 20 prompts (KTO: 2 answers each)
     if method == "kto":  # its loss leans on a KL estimate from mismatched pairs: checked present, not recomputed
