@@ -165,7 +165,10 @@ def _judged(where: str, record: dict) -> tuple[str, Judged]:
         if "messages" in record:
             turns, shape = record["messages"], "messages + label"
         else:
-            turns, shape = (record.get("prompt") or []) + record["completion"], "prompt/completion messages + label"
+            prompt = record.get("prompt") or []
+            if isinstance(prompt, str):  # a text question before a message answer: the user's turn
+                prompt = [{"role": "user", "content": prompt}]
+            turns, shape = prompt + record["completion"], "prompt/completion messages + label"
         if not isinstance(turns, list):
             raise UserError(f"{where}: 'messages' must be a list of turns", hint='[{"role": "user", ...}, ...]')
         messages = readers._messages(turns, "chat", where, answered=False)

@@ -120,6 +120,7 @@ def test_preference_pairs_split_into_a_desirable_and_an_undesirable_answer(tmp_p
         ([{"prompt": "a", "completion": "b", "label": True}] * 2, "every answer is labelled desirable"),
         ([{"prompt": "a", "completion": "b"}], "not KTO data: no 'label'"),
         ([{"messages": [{"role": "user", "content": "a"}], "label": True}], "must end with the assistant answer"),
+        ([{"prompt": "a", "completion": [{"role": "user", "content": "b"}], "label": True}], "must end with the"),
     ],
 )
 def test_kto_records_that_cannot_train_are_named(tmp_path, records, says):
