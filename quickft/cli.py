@@ -73,6 +73,12 @@ Overrides = Annotated[
     list[str] | None, typer.Argument(metavar="KEY=VALUE", help="Recipe overrides: max_steps=20 lora.r=8")
 ]
 RunDir = Annotated[str, typer.Argument(metavar="RUN_DIR", help="A finished run, e.g. outputs/tiny_math")]
+# serve's and studio's listening options
+Port = Annotated[int, typer.Option("--port", metavar="N", min=0, max=65535, help="0: any free port.")]
+Host = Annotated[
+    str, typer.Option("--host", metavar="ADDR", help="Address to listen on (other than loopback: --allow-remote).")
+]
+AllowRemote = Annotated[bool, typer.Option("--allow-remote", help="Allow a --host that other machines can reach.")]
 
 
 @app.command(
@@ -191,13 +197,9 @@ def serve(
     run_dir: Annotated[
         str, typer.Argument(metavar="RUN_DIR", help="A finished run, or its merged export (RUN_DIR/merged).")
     ],
-    port: Annotated[int, typer.Option("--port", metavar="N", min=0, max=65535, help="0: any free port.")] = 8000,
-    host: Annotated[
-        str, typer.Option("--host", metavar="ADDR", help="Address to listen on (other than loopback: --allow-remote).")
-    ] = "127.0.0.1",
-    allow_remote: Annotated[
-        bool, typer.Option("--allow-remote", help="Allow a --host that other machines can reach.")
-    ] = False,
+    port: Port = 8000,
+    host: Host = "127.0.0.1",
+    allow_remote: AllowRemote = False,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -227,13 +229,9 @@ def studio(
     outputs_dir: Annotated[
         str, typer.Argument(metavar="OUTPUTS_DIR", help="The directory of runs (quickft run's outputs/).")
     ] = "outputs",
-    port: Annotated[int, typer.Option("--port", metavar="N", min=0, max=65535, help="0: any free port.")] = 0,
-    host: Annotated[
-        str, typer.Option("--host", metavar="ADDR", help="Address to listen on (other than loopback: --allow-remote).")
-    ] = "127.0.0.1",
-    allow_remote: Annotated[
-        bool, typer.Option("--allow-remote", help="Allow a --host that other machines can reach.")
-    ] = False,
+    port: Port = 0,
+    host: Host = "127.0.0.1",
+    allow_remote: AllowRemote = False,
 ) -> None:
     """A local web page over the runs: live curves, end reports, compare, chat, the masking preview (offline)."""
     from quickft.studio.server import main as studio_main

@@ -76,6 +76,20 @@ def unsloth_rows(recipe: Path, out: Path, steps: int = 2) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def check_eval_and_merged_export(run_dir: Path, out: Path, capsys) -> None:
+    """quickft eval answers the run's test cases as the run did, and the merged export's own check (each form loaded
+    back, its answers compared with the run's as token ids) passes on every one of them."""
+    from quickft.cli import main
+
+    assert main(["eval", str(run_dir), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    saved = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert saved and [c["answer"] for c in scored["answers"]] == [s["answer"] for s in saved]
+    assert main(["export", str(run_dir), "--to", "merged", "--out", str(out), "--json"]) == 0
+    check = json.loads((out / "export.json").read_text())["check"]["merged"]
+    assert check["ok"] and check["of"] == len(saved)
+
+
 def write_recipe(path: Path, body: str) -> Path:
     path.write_text(
         "from quickft import Data, Eval, LoRA, Recipe, Scratch\n\n" + textwrap.dedent(body), encoding="utf-8"

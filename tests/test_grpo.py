@@ -7,7 +7,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import PROMPT, SUMS, requires_unsloth, unsloth_rows, write_blocks, write_recipe
+from conftest import (
+    PROMPT,
+    SUMS,
+    check_eval_and_merged_export,
+    requires_unsloth,
+    unsloth_rows,
+    write_blocks,
+    write_recipe,
+)
 
 from quickft.cli import main
 from quickft.errors import UserError
@@ -259,13 +267,7 @@ def test_a_grpo_run_chats_and_scores_its_test_cases(grpo_run):
 def test_a_grpo_run_evaluates_and_exports_merged(grpo_run, tmp_path, capsys):
     """quickft eval answers the run's test cases as the run did, and the merged export's check passes."""
     run_dir, _ = grpo_run
-    assert main(["eval", str(run_dir), "--json"]) == 0
-    scored = json.loads(capsys.readouterr().out)
-    saved = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    assert [c["answer"] for c in scored["answers"]] == [s["answer"] for s in saved]
-    assert main(["export", str(run_dir), "--to", "merged", "--out", str(tmp_path / "m"), "--json"]) == 0
-    check = json.loads((tmp_path / "m" / "export.json").read_text())["check"]["merged"]
-    assert check["ok"] and check["of"] == len(saved)
+    check_eval_and_merged_export(run_dir, tmp_path / "m", capsys)
 
 
 def test_a_reward_that_raises_is_exit_2_naming_it_and_the_example(tmp_path, tiny_model_dir, capsys):

@@ -8,7 +8,7 @@ import math
 import random
 
 import pytest
-from conftest import PROMPT, SUMS, requires_unsloth, unsloth_rows, write_recipe
+from conftest import PROMPT, SUMS, check_eval_and_merged_export, requires_unsloth, unsloth_rows, write_recipe
 
 from quickft.cli import main
 from quickft.errors import UserError
@@ -271,13 +271,7 @@ def test_a_dpo_run_chats_and_scores_its_test_cases(dpo_run, capsys):
 def test_a_dpo_run_evaluates_and_exports_merged(dpo_run, tmp_path, capsys):
     """quickft eval answers the run's test cases as the run did, and the merged export's check passes."""
     run_dir, _ = dpo_run
-    assert main(["eval", str(run_dir), "--json"]) == 0
-    scored = json.loads(capsys.readouterr().out)
-    saved = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    assert [c["answer"] for c in scored["answers"]] == [s["answer"] for s in saved]
-    assert main(["export", str(run_dir), "--to", "merged", "--out", str(tmp_path / "m"), "--json"]) == 0
-    check = json.loads((tmp_path / "m" / "export.json").read_text())["check"]["merged"]
-    assert check["ok"] and check["of"] == len(saved)
+    check_eval_and_merged_export(run_dir, tmp_path / "m", capsys)
 
 
 def test_dpo_recipe_mistakes_exit_2(tmp_path, tiny_model_dir, capsys):

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import PROMPT, SUMS, requires_unsloth, unsloth_rows, write_recipe
+from conftest import PROMPT, SUMS, check_eval_and_merged_export, requires_unsloth, unsloth_rows, write_recipe
 
 from quickft.cli import main
 from quickft.errors import UserError
@@ -385,13 +385,7 @@ def test_eval_and_a_merged_export_work_on_the_run(method_run, tmp_path, capsys):
     """quickft eval scores the run's test case again, and the merged export's check (each form loaded back, its
     answers compared with the run's as token ids) passes, as for an SFT run."""
     _, run_dir, _, _, _ = method_run
-    assert main(["eval", str(run_dir), "--json"]) == 0
-    scored = json.loads(capsys.readouterr().out)
-    saved = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    assert [c["answer"] for c in scored["answers"]] == [s["answer"] for s in saved]
-    assert main(["export", str(run_dir), "--to", "merged", "--out", str(tmp_path / "m"), "--json"]) == 0
-    record = json.loads((tmp_path / "m" / "export.json").read_text())
-    assert record["check"]["merged"]["ok"] and record["check"]["merged"]["of"] == 1
+    check_eval_and_merged_export(run_dir, tmp_path / "m", capsys)
 
 
 @pytest.mark.parametrize("method", ["kto", "dpo"])
