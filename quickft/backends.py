@@ -7,10 +7,8 @@ transformers, trl or peft, because Unsloth patches them.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from quickft import distributed
 from quickft.errors import UserError
@@ -74,79 +72,6 @@ def choose_backend(recipe: Recipe, *, strict: bool = True) -> Choice:
             raise UserError(f"--backend unsloth: unsloth failed to import: {error}", hint="use --backend peft")
         choice = choose(hw, status, requested="auto", **options)
     return replace(choice, stack=asdict(stack) | {"verdict": verdict.status, "why": verdict.reason})
-
-
-def resolve_model_path(model: str) -> tuple[str, bool]:
-    """(path or hub id, is_local). A path that looks local but does not exist is a UserError."""
-    candidate = Path(model).expanduser()
-    if candidate.exists():
-        if not candidate.is_dir():
-            raise UserError(f"model {model!r} is a file, not a model directory", hint="point `model` at the directory")
-        check_model_dir(candidate)
-        return str(candidate.resolve()), True
-    if model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model:
-        raise UserError(
-            f"model directory not found: {model}", hint="check the path, or use a hub id like microsoft/phi-2"
-        )
-    return model, False
-
-
-def run_base_model(run: dict) -> tuple[str, bool]:
-    """(path or hub id, is_local) of the base model a run trained on (backend.json's model_path, else the recipe's);
-    UserError when that model is no longer where the run found it."""
-    model_path = (run["backend"] or {}).get("model_path") or run["recipe"]["model"]
-    try:
-        return resolve_model_path(model_path)
-    except UserError as e:
-        raise UserError(
-            f"{run['dir']}: the run's base model is not available: {e.message}",
-            hint="restore that model directory, or set model_path in backend.json to where it is now",
-        ) from None
-
-
-def check_hub_model(model_id: str, timeout: float = 3.0) -> None:
-    """A hub id must be in the local cache or the hub reachable: say so at once instead of hanging on retries."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
-        return
-    hint = "download it where there is internet and set `model` to its local directory"
-    if constants.HF_HUB_OFFLINE:
-        raise UserError(
-            f"model {model_id!r} is not on this machine, and the hub is switched off (HF_HUB_OFFLINE)", hint=hint
-        )
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        raise UserError(
-            f"model {model_id!r} is not on this machine, and {host} is unreachable (offline?)", hint=hint
-        ) from None
-
-
-def model_max_length(path: str) -> int | None:
-    """The longest sequence a local model's config allows, if it says."""
-    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        if isinstance(config.get(key), int):
-            return config[key]
-    return None
-
-
-def check_model_dir(path: Path) -> None:
-    if not (path / "config.json").is_file():
-        raise UserError(
-            f"{path}: not a model directory (no config.json)", hint="use a directory saved by save_pretrained"
-        )
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise UserError(f"{path}: no weights (*.safetensors or *.bin)", hint="save the model with save_pretrained")
-    if not any(
-        (path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-    ):
-        raise UserError(f"{path}: no tokenizer files", hint="save the tokenizer into the same directory")
 
 
 def _frozen_embeddings_in(model, dtype) -> None:

@@ -348,6 +348,7 @@ def worker(spec_json: str, out_path: str) -> None:
 def _measure(spec: dict) -> dict:
     from quickft.backends import choose_backend, load, private_by_default, quiet_libraries
     from quickft.metrics import TokenCounter
+    from quickft.models import dense_dtype
     from quickft.train import (
         make_trainer,
         materialize,
@@ -370,7 +371,7 @@ def _measure(spec: dict) -> dict:
     if choice.backend != spec["backend"]:
         raise UserError(f"{spec['backend']} is not usable here: {choice.reason}")
     quiet_libraries()
-    model_path = materialize(recipe, model_ref, train_examples)
+    model_path = materialize(recipe, model_ref, train_examples, dtype=dense_dtype(recipe.mode, choice.precision))
 
     import torch
 

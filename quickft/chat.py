@@ -65,8 +65,9 @@ def load_session(run_dir: str | Path, *, with_base: bool = False, backend: str |
         recipe = replace(recipe, backend=backend)
     run_dir = Path(run_dir)
 
-    from quickft.backends import choose_backend, load, prepare_tokenizer, private_by_default, run_base_model
+    from quickft.backends import choose_backend, load, prepare_tokenizer, private_by_default
     from quickft.hardware import describe
+    from quickft.models import run_base_model
 
     if recipe.mode != "full" or with_base:
         model_path, local = run_base_model(run)

@@ -88,7 +88,7 @@ def recipe_report(recipe, recipe_path: str) -> tuple[dict, object, object]:
         rows = prepared.rows
     lengths = sorted(prepared.lengths)
     msl = recipe.max_seq_length
-    limit = _model_limit(recipe, model_path, local)
+    limit = _model_limit(recipe, model_ref, local)
     p99 = percentile(lengths, 99)
     room = 0  # GRPO: each prompt needs room for its generated answer
     if recipe.method == "grpo":
@@ -136,15 +136,16 @@ def recipe_report(recipe, recipe_path: str) -> tuple[dict, object, object]:
     return report, rows, tokenizer
 
 
-def _model_limit(recipe, model_path: str, local: bool) -> int | None:
-    """The longest sequence the model takes (its position embeddings), when it can be read without a download."""
+def _model_limit(recipe, model_ref, local: bool) -> int | None:
+    """The longest sequence the model takes (its position embeddings, a GGUF's context length), when it can be read
+    without a download."""
     if isinstance(recipe.model, Scratch):
         return recipe.model.max_position_embeddings
     if not local:
         return None
-    from quickft.backends import model_max_length
+    from quickft.models import model_max_length
 
-    return model_max_length(model_path)
+    return model_max_length(model_ref)
 
 
 SHOW_TOKENS = 160  # --show prints at most this many tokens of an example

@@ -151,7 +151,7 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
 
 def _base_path(run: dict) -> str:
     """The run's base model as a local directory (a hub id only from the local cache: the export reads its files)."""
-    from quickft.backends import run_base_model
+    from quickft.models import run_base_model
 
     path, local = run_base_model(run)
     if local:
@@ -169,7 +169,7 @@ def _base_path(run: dict) -> str:
 
 def _published_base(run: dict) -> Path | None:
     """A full fine-tune's base model directory, if it is still on this machine (only its dtype is read)."""
-    from quickft.backends import run_base_model
+    from quickft.models import run_base_model
 
     try:
         path, local = run_base_model(run)

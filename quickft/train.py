@@ -17,6 +17,16 @@ from quickft.data import Example, clean_examples, read_data, read_examples
 from quickft.encode import Prepared, make_cases, prepare, training_text
 from quickft.errors import RunInterrupted, UserError
 from quickft.hardware import Choice
+from quickft.models import (
+    GGUF,
+    check_hub_model,
+    dense_checkpoint,
+    dense_dtype,
+    gguf_record,
+    is_cached,
+    locate,
+    model_max_length,
+)
 from quickft.preference import Judged
 from quickft.recipe import (
     PAIRED_METHODS,
@@ -273,13 +283,11 @@ def _split(examples: list[Example], n: int, rng: random.Random) -> tuple[list[Ex
     return [e for i, e in enumerate(examples) if i not in picked], [e for i, e in enumerate(examples) if i in picked]
 
 
-def model_reference(recipe: Recipe) -> tuple[str | Scratch, bool]:
-    """(local path, hub id or Scratch spec; is it local). Checks what can be checked before loading anything."""
+def model_reference(recipe: Recipe) -> tuple[str | Scratch | GGUF, bool]:
+    """(local path, hub id, GGUF or Scratch spec; is it local). Checks what can be checked before loading anything."""
     if isinstance(recipe.model, Scratch):
         return recipe.model, True
-    from quickft.backends import check_hub_model, model_max_length, resolve_model_path
-
-    path, local = resolve_model_path(recipe.model)
+    path, local = locate(recipe.model)
     if not local:
         check_hub_model(path)
     elif (limit := model_max_length(path)) and recipe.max_seq_length > limit:
@@ -296,7 +304,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     share; only the first one writes."""
     from quickft.metrics import TokenCounter
 
-    model_path, loaded = load_model(recipe, choice, model_ref, split, local, reporter)
+    model_path, loaded, base = load_model(recipe, choice, model_ref, split, local, reporter)
     choice, tokenizer = loaded.choice, loaded.tokenizer  # PEFT, if Unsloth refused the model
     data = prepare_data(recipe, split, tokenizer, reporter)
     open_run_dir(run_dir, recipe, recipe_path, checkpoint)
@@ -319,6 +327,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         run_dir,
         reporter,
         precision_notes + reference_notes(recipe, trainer),
+        base=base,
     )
     recorder = make_recorder(run_dir, choice, counter, reporter, checkpoint)
     trainer, evaluator, stopper = train_with_recovery(
@@ -356,19 +365,30 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
 
 
 def load_model(recipe: Recipe, choice: Choice, model_ref, split: Split, local: bool, reporter: Reporter):
-    """(model path, Loaded): a Scratch model is built first (once, by the first process, then cached)."""
+    """(model path, Loaded, the GGUF it came from or None): a Scratch model is built first, a GGUF de-quantized
+    first (once, by the first process, then cached)."""
     from quickft.backends import load, quiet_libraries
 
     quiet_libraries()
-    model_path = model_ref
+    model_path, base = model_ref, None
     if isinstance(model_ref, Scratch):
         with (
             reporter.phase("building the model from its config (cached after the first run)"),
             distributed.main_first(),
         ):
             model_path = materialize(recipe, model_ref, split.train)
+    elif isinstance(model_ref, GGUF):
+        dtype = dense_dtype(recipe.mode, choice.precision)
+        what = (
+            f"the {model_ref.quant} GGUF de-quantized to {dtype}, from the cache"
+            if is_cached(model_ref, dtype)
+            else f"de-quantizing the {model_ref.quant} GGUF to {dtype} (once: cached for the next runs)"
+        )
+        with reporter.phase(what), distributed.main_first():
+            dense = dense_checkpoint(model_ref, dtype)
+        model_path, base = str(dense.path), gguf_record(model_ref, dense) | {"note": dense.note()}
     with reporter.phase("loading the model" + (" with Unsloth" if choice.backend == "unsloth" else "")):
-        return model_path, load(recipe, choice, model_path, local=local)
+        return model_path, load(recipe, choice, model_path, local=local), base
 
 
 @dataclass
@@ -505,14 +525,20 @@ def trained_precision(choice: Choice, args) -> tuple[Choice, list[str]]:
 
 
 def show_header(
-    recipe, choice, trainer, model, model_path, split: Split, data: Data, run_dir, reporter, notes=()
+    recipe, choice, trainer, model, model_path, split: Split, data: Data, run_dir, reporter, notes=(), *, base=None
 ) -> dict:
-    """The header, and backend.json: the model as the trainer holds it (TRL and Unsloth may have changed it)."""
+    """The header, and backend.json: the model as the trainer holds it (TRL and Unsloth may have changed it), and
+    for a GGUF base, the GGUF it was de-quantized from (chat and export find it there)."""
     from quickft.backends import model_facts
 
     facts = model_facts(trainer.model)
     if distributed.is_main():
-        rundir.write_json(run_dir / "backend.json", choice.to_dict() | {"model_path": model_path, "model": facts})
+        record = choice.to_dict() | {"model_path": model_path, "model": facts}
+        if base is not None:
+            record["gguf"] = {k: v for k, v in base.items() if k != "note"}
+        rundir.write_json(run_dir / "backend.json", record)
+    if base is not None:
+        notes = [f"base model: {base['origin']}, {base['note']}", *notes]
     return reporter.header(
         recipe=recipe,
         choice=choice,
@@ -695,8 +721,13 @@ def next_commands(run_dir: Path, split: Split) -> list[str]:
     return commands
 
 
-def materialize(recipe: Recipe, model_ref: str | Scratch, train_examples: list[Example]) -> str:
-    """The model's path or hub id; a Scratch model is built (or found in the cache) first."""
+def materialize(
+    recipe: Recipe, model_ref: str | Scratch | GGUF, train_examples: list[Example], *, dtype: str | None = None
+) -> str:
+    """The model's path or hub id; a Scratch model is built (or found in the cache) first, a GGUF de-quantized to
+    `dtype` (or, with dtype None, its tokenizer only: what `quickft data` needs)."""
+    if isinstance(model_ref, GGUF):
+        return str(dense_checkpoint(model_ref, dtype).path)
     if not isinstance(model_ref, Scratch):
         return model_ref
     from quickft.scratch import build_scratch
