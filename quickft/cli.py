@@ -360,19 +360,27 @@ def compare(
         "quickft export outputs/tiny_math    # a merged Hugging Face model in outputs/tiny_math/merged",
         "quickft export outputs/tiny_math --to gguf --quant q8_0    # for llama.cpp and LM Studio",
         "quickft export outputs/tiny_math --to ollama    # GGUF + Modelfile; then ollama create",
+        "quickft export outputs/smollm2_tutor --to gguf-lora    # the adapter alone, for your base GGUF",
     ),
 )
 def export(
     run_dir: RunDir,
     to: Annotated[
-        str, typer.Option("--to", metavar="merged|gguf|ollama", help="What to write.", show_default=True)
+        str,
+        typer.Option(
+            "--to",
+            metavar="merged|gguf|gguf-lora|ollama",
+            help="What to write (ollama, for a LoRA run trained from a GGUF: FROM that GGUF + ADAPTER).",
+            show_default=True,
+        ),
     ] = "merged",
     quant: Annotated[
         str | None,
         typer.Option(
             "--quant",
             metavar="f32|f16|q8_0|q4_k_m",
-            help="GGUF weights (default f16 for gguf, q8_0 for ollama; q4_k_m needs llama.cpp's quantizer).",
+            help="GGUF weights (default f16 for gguf and adapters, q8_0 for ollama; q4_k_m needs llama.cpp's "
+            "quantizer and is not for adapters).",
             show_default=False,
         ),
     ] = None,
@@ -390,7 +398,8 @@ def export(
     ] = False,
     as_json: Json = False,
 ) -> int:
-    """Take the model out: merged Hugging Face weights, GGUF, or GGUF + an Ollama Modelfile, checked by loading back."""
+    """Take the model out: merged Hugging Face weights, GGUF, a GGUF LoRA adapter, or an Ollama Modelfile, checked by
+    loading back."""
     from quickft.export import main as export_main
 
     return export_main(run_dir, to=to, quant=quant, out=out, dtype=dtype, check=not no_check, as_json=as_json)

@@ -1,8 +1,11 @@
 """`quickft export RUN_DIR`: the fine-tuned model out of quickft, proven by loading it back.
 
-  --to merged   base + adapter merged into a plain Hugging Face directory (no PEFT, no quickft needed to load it)
-  --to gguf     that merged model converted by llama.cpp's converter, for llama.cpp / LM Studio
-  --to ollama   the GGUF plus a Modelfile whose template and stop tokens are the run's own framing
+  --to merged     base + adapter merged into a plain Hugging Face directory (no PEFT, no quickft needed to load it)
+  --to gguf       that merged model converted by llama.cpp's converter, for llama.cpp / LM Studio
+  --to gguf-lora  the LoRA adapter alone as a GGUF LoRA (llama.cpp's LoRA converter), which llama.cpp and Ollama
+                  apply on top of the base's GGUF: for a run that trained from a GGUF, the user's own file
+  --to ollama     the GGUF plus a Modelfile whose template and stop tokens are the run's own framing; for a LoRA
+                  run that trained from a GGUF, `FROM` that GGUF (or Ollama model) plus `ADAPTER`: nothing large
 
 Steps: check everything cheap (run, form, quant, converter, room on disk), answer the run's held-out prompts with
 the adapter exactly as `quickft chat` does, merge, answer them again with the merged model loaded fresh from disk,
@@ -26,6 +29,7 @@ from quickft.errors import UserError
 from quickft.loadback import (
     answers_of_dir,
     answers_of_run,
+    check_adapter,
     check_gguf,
     check_metadata,
     compare,
@@ -36,8 +40,10 @@ from quickft.loadback import (
 from quickft.recipe import Recipe, recipe_from_dict
 from quickft.recovery import is_out_of_memory
 
-FORMS = ("merged", "gguf", "ollama")
+FORMS = ("merged", "gguf", "gguf-lora", "ollama")
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
+ADAPTER_QUANTS = ("f32", "f16", "q8_0")
+"""What llama.cpp's LoRA converter writes (an adapter is small: f16 by default, as llama.cpp's own LoRA GGUFs)."""
 DEFAULT_QUANT = {"gguf": "f16", "ollama": "q8_0"}
 BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_k_m": 0.6}  # q8_0: 32 weights + a 16-bit scale
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -76,17 +82,30 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
     if to not in FORMS:
         raise UserError(f"--to {to}: unknown form", hint=f"use one of {', '.join(FORMS)}")
     if quant is not None and to == "merged":
-        raise UserError("--quant is for --to gguf or --to ollama; a merged model keeps 16-bit weights")
-    quant = quant or DEFAULT_QUANT.get(to)
-    if quant is not None and quant not in QUANTS:
-        raise UserError(f"--quant {quant}: unknown quantization", hint=f"use one of {', '.join(QUANTS)}")
+        raise UserError("--quant is for --to gguf, gguf-lora or ollama; a merged model keeps 16-bit weights")
     if dtype not in ("auto", *DTYPE_BYTES):
         raise UserError(f"--dtype {dtype}: unknown", hint="use auto, float16, bfloat16 or float32")
     run = rundir.open_run(run_dir)  # not a run, or not finished: exit 2 with the reason
     recipe = recipe_from_dict(run["recipe"])
     run_path = Path(run_dir)
+    gguf_base = (run.get("backend") or {}).get("gguf")  # the GGUF the run was de-quantized from, if any
+    if to == "gguf-lora" and recipe.mode == "full":
+        raise UserError(
+            f"--to gguf-lora: {run_dir} is a full fine-tune, which has no adapter",
+            hint="--to gguf (the whole model), or --to ollama",
+        )
+    adapter = to == "gguf-lora" or (to == "ollama" and gguf_base is not None and recipe.mode != "full")
+    quant = quant or ("f16" if adapter else DEFAULT_QUANT.get(to))
+    allowed = ADAPTER_QUANTS if adapter else QUANTS
+    if quant is not None and quant not in allowed:
+        what = "a GGUF LoRA adapter" if adapter else "a GGUF"
+        raise UserError(f"--quant {quant}: not a quantization for {what}", hint=f"use one of {', '.join(allowed)}")
     converter = None
-    if to != "merged":
+    if adapter:
+        from quickft.llamacpp import find_lora_converter
+
+        converter = find_lora_converter().parent
+    elif to != "merged":
         from quickft.llamacpp import find_converter, find_quantizer, install_command
 
         converter = find_converter()
@@ -104,6 +123,7 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
     base = None if recipe.mode == "full" else _base_path(run)
     source = run_path if recipe.mode == "full" else Path(base)
     n_weights = count_weights(source)
+    base_gguf = _base_gguf(run, gguf_base) if adapter and gguf_base else None
     why_dtype = ""
     if dtype == "auto":  # the dtype the base was published in; a full fine-tune saved fp32 master weights
         dtype = saved_dtype(Path(base) if base else _published_base(run) or source)
@@ -116,6 +136,9 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
     if quant == "q4_k_m":
         gguf_bytes += n_weights * 2  # quantized from a 16-bit GGUF, removed afterwards
     disk = merged_bytes + gguf_bytes
+    if adapter:  # the adapter, and (without a base GGUF to check it on) an f16 GGUF of the base, removed afterwards
+        merged_bytes = 0
+        disk = int(count_weights(run_path) * BYTES_PER_WEIGHT[quant]) + (0 if base_gguf else n_weights * 2)
     free = shutil.disk_usage(_existing_parent(out_dir)).free
     if free < disk * 1.05 + 2**20:
         raise UserError(
@@ -134,6 +157,12 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
         f"needs about {_size(merged_bytes)} of memory (one {dtype} copy of the model, merged layer by layer) "
         f"and {_size(disk)} of disk"
     )
+    if adapter:
+        on = f"the run's own base GGUF, {base_gguf['origin']}" if base_gguf else "a GGUF of the base"
+        say = (
+            f"export {run_path} to {to} ({quant}): the LoRA adapter as a GGUF LoRA (nothing merged, nothing large "
+            f"written), for llama.cpp and Ollama to apply on {on}; checked on that GGUF with llama-cpp-python"
+        )
     return {
         "run_dir": run_path,
         "recipe": recipe,
@@ -146,7 +175,30 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
         "converter": converter,
         "say": say,
         "trained_on": (run.get("backend") or {}).get("device", "cpu"),
+        "adapter": adapter,
+        "base_gguf": base_gguf,
     }
+
+
+def _base_gguf(run: dict, record: dict) -> dict:
+    """The GGUF a run trained from (the file, or the Ollama model), still there and unchanged: an adapter is applied
+    on exactly the weights it was trained against."""
+    from quickft.models import GGUF, content_hash, locate
+
+    try:
+        gguf, _ = locate(record["origin"])
+    except UserError as e:
+        raise UserError(
+            f"{run['dir']}: the run trained from {record['origin']}, which is not available: {e.message}",
+            hint="restore that GGUF (or Ollama model), or export the whole model: --to gguf",
+        ) from None
+    if not isinstance(gguf, GGUF) or content_hash(Path(gguf.file)) != record["sha256"]:
+        raise UserError(
+            f"{run['dir']}: {record['origin']} has changed since the run trained from it (its sha256 differs from "
+            "backend.json's): the adapter would be applied on other weights",
+            hint="restore the GGUF the run trained from, or export the whole model: --to gguf",
+        )
+    return {"file": gguf.file, "origin": record["origin"], "ollama": gguf.ollama.get("name")}
 
 
 def _base_path(run: dict) -> str:
@@ -225,10 +277,48 @@ def export(plan: dict, *, check: bool, err: Console) -> dict:
     prompts = held_out_prompts(plan["run_dir"]) if check else []
     started = time.perf_counter()
     result: dict = {"check": {"prompts": len(prompts)}}
+    reference = None
     if prompts:
         with reporter.phase(f"answering {len(prompts)} held-out prompts with the run, as quickft chat does"):
             reference = answers_of_run(plan["run_dir"], prompts, recipe.max_new_tokens)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if plan["adapter"]:
+        try:
+            result = export_adapter(plan, reference, result, reporter)
+        except BaseException:
+            shutil.rmtree(out_dir, ignore_errors=True)  # a half export is no export (the plan found the folder empty)
+            raise
+    else:
+        result = export_merged(plan, prompts, reference, result, reporter, err)
+    checks = [c for k, c in result["check"].items() if isinstance(c, dict) and "ok" in c]
+    if checks:
+        result["check"]["ok"] = all(c["ok"] for c in checks)
+    record = {
+        "to": plan["to"],
+        "quant": plan["quant"],
+        "run_dir": str(plan["run_dir"]),
+        "out_dir": str(out_dir),
+        "mode": recipe.mode,
+        "base": plan["base"],
+        "base_gguf": plan["base_gguf"],
+        "weights": plan["weights"],
+        "dtype": plan["dtype"],
+        "dequantized_from_4bit": recipe.mode == "qlora",
+        "trained_on": plan["trained_on"],
+        "prompting": prompting(recipe),
+        "seconds": round(time.perf_counter() - started, 2),
+        "files": sorted(p.name for p in out_dir.iterdir() if p.is_file()),
+        **result,
+    }
+    rundir.write_json(out_dir / "export.json", record)
+    record["files"] = sorted(p.name for p in out_dir.iterdir() if p.is_file())
+    return record
+
+
+def export_merged(plan: dict, prompts: list[str], reference, result: dict, reporter, err: Console) -> dict:
+    """merged, gguf and the merged-model ollama forms: merge, load back, convert, load back again."""
+    recipe: Recipe = plan["recipe"]
+    out_dir: Path = plan["out_dir"]
     keep_merged = plan["to"] == "merged"
     merged_dir = out_dir if keep_merged else Path(tempfile.mkdtemp(prefix=".merged-", dir=out_dir))
     merged = False
@@ -263,41 +353,77 @@ def export(plan: dict, *, check: bool, err: Console) -> dict:
                     result["check"]["gguf"] = {"skipped": f"llama-cpp-python is not installed: {install_command()}"}
             if plan["to"] == "ollama":
                 modelfile = out_dir / "Modelfile"
-                modelfile.write_text(make_modelfile(recipe, merged_dir, gguf.name), encoding="utf-8")
+                modelfile.write_text(make_modelfile(recipe, merged_dir, f"./{gguf.name}"), encoding="utf-8")
                 result["ollama"] = {"modelfile": modelfile.name, "create": ollama_command(plan)}
-    except BaseException:
+    except BaseException as e:
         if merged and keep_merged:  # the merged model is whole: only what checks it failed
             err.print(
                 f"[yellow]the merged model in {escape(str(out_dir))} is complete and kept; its check failed[/yellow]"
             )
+        elif merged and isinstance(e, UserError) and _keep_merged_beside(plan, merged_dir, result, err):
+            shutil.rmtree(out_dir, ignore_errors=True)
         else:
             shutil.rmtree(out_dir, ignore_errors=True)  # a half export is no export (the plan found the folder empty)
         raise
     finally:
         if not keep_merged:
             shutil.rmtree(merged_dir, ignore_errors=True)
-    checks = [c for k, c in result["check"].items() if isinstance(c, dict) and "ok" in c]
-    if checks:
-        result["check"]["ok"] = all(c["ok"] for c in checks)
-    record = {
-        "to": plan["to"],
-        "quant": plan["quant"],
-        "run_dir": str(plan["run_dir"]),
-        "out_dir": str(out_dir),
-        "mode": recipe.mode,
-        "base": plan["base"],
-        "weights": plan["weights"],
-        "dtype": plan["dtype"],
-        "dequantized_from_4bit": recipe.mode == "qlora",
-        "trained_on": plan["trained_on"],
-        "prompting": prompting(recipe),
-        "seconds": round(time.perf_counter() - started, 2),
-        "files": sorted(p.name for p in out_dir.iterdir() if p.is_file()),
-        **result,
-    }
-    rundir.write_json(out_dir / "export.json", record)
-    record["files"] = sorted(p.name for p in out_dir.iterdir() if p.is_file())
-    return record
+    return result
+
+
+def _keep_merged_beside(plan: dict, merged_dir: Path, result: dict, err: Console) -> bool:
+    """After a conversion stopped for something the user can fix (a converter's missing module, say), the merged
+    model it converted from is whole: kept as the run's merged export (RUN_DIR/merged, where `--to merged` writes),
+    with its own export.json, unless that folder is taken. Returns whether it was kept."""
+    target = plan["run_dir"] / "merged"
+    if target.exists():
+        return False
+    merged_dir.rename(target)
+    record = {"to": "merged", "run_dir": str(plan["run_dir"]), "out_dir": str(target), "dtype": plan["dtype"]}
+    record |= {"check": {k: v for k, v in result["check"].items() if k in ("prompts", "merged")}}
+    rundir.write_json(target / "export.json", record | {"kept_from": f"--to {plan['to']}, which stopped"})
+    err.print(
+        f"[yellow]the merged model is complete and kept in {escape(str(target))} (as --to merged writes it); "
+        f"the {plan['to']} export stopped:[/yellow]"
+    )
+    return True
+
+
+def export_adapter(plan: dict, reference: list[dict] | None, result: dict, reporter) -> dict:
+    """gguf-lora and the adapter form of ollama: llama.cpp's LoRA converter on the run's adapter, checked on the
+    base's GGUF with llama-cpp-python (the run's own base GGUF when it trained from one)."""
+    from quickft.llamacpp import convert, convert_lora, has_llama_cpp_python, install_command
+
+    recipe: Recipe = plan["recipe"]
+    out_dir: Path = plan["out_dir"]
+    name = plan["run_dir"].name
+    adapter = out_dir / f"{name}-lora-{plan['quant']}.gguf"
+    with reporter.phase(f"converting the adapter to a GGUF LoRA ({plan['quant']}) with llama.cpp's LoRA converter"):
+        convert_lora(plan["run_dir"], Path(plan["base"]), adapter, plan["quant"])
+    result["gguf_lora"] = {"file": adapter.name, "bytes": adapter.stat().st_size, "quant": plan["quant"]}
+    if reference is not None:
+        if not has_llama_cpp_python():
+            result["check"]["gguf_lora"] = {"skipped": f"llama-cpp-python is not installed: {install_command()}"}
+        else:
+            base_gguf = Path(plan["base_gguf"]["file"]) if plan["base_gguf"] else out_dir / f".{name}-base-f16.gguf"
+            try:
+                if not plan["base_gguf"]:
+                    with reporter.phase("converting the base to a GGUF (f16) to check the adapter on"):
+                        convert(Path(plan["base"]), base_gguf, "f16", converter=plan["converter"], name=name)
+                with reporter.phase("applying the GGUF LoRA on the base GGUF with llama-cpp-python"):
+                    result["check"]["gguf_lora"] = check_adapter(base_gguf, adapter, reference)
+            finally:
+                if not plan["base_gguf"]:
+                    base_gguf.unlink(missing_ok=True)
+            result["check"]["gguf_lora"]["base"] = plan["base_gguf"]["origin"] if plan["base_gguf"] else "f16"
+    if plan["to"] == "ollama":
+        base = plan["base_gguf"]
+        modelfile = out_dir / "Modelfile"
+        source = base["ollama"] or base["file"]
+        text = make_modelfile(recipe, plan["run_dir"], source, adapter=f"./{adapter.name}", gguf_template=True)
+        modelfile.write_text(text, encoding="utf-8")
+        result["ollama"] = {"modelfile": modelfile.name, "create": ollama_command(plan), "from": source}
+    return result
 
 
 def dequantization_note(trained_on: str) -> str:
@@ -403,17 +529,28 @@ def prompting(recipe: Recipe) -> dict:
     return {"style": style}
 
 
-def make_modelfile(recipe: Recipe, merged_dir: Path, gguf_name: str) -> str:
-    """An Ollama Modelfile: FROM the GGUF, the run's framing as TEMPLATE, its end tokens as stops."""
+def make_modelfile(
+    recipe: Recipe, tokenizer_dir: Path, source: str, *, adapter: str | None = None, gguf_template: bool = False
+) -> str:
+    """An Ollama Modelfile: FROM the GGUF (a file, or an Ollama model), the adapter on it when there is one, the
+    run's framing as TEMPLATE, its end tokens as stops. `gguf_template`: a chat run on the base GGUF's own template
+    leaves it to Ollama, which reads it from the GGUF (or the Ollama model it comes from)."""
     from transformers import AutoTokenizer
 
     from quickft.chat import chat_style
 
-    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     style = chat_style(recipe)
     stops = [tokenizer.eos_token]
-    lines = [f"# Made by quickft from {recipe.name}: ollama create {recipe.name} -f Modelfile", f"FROM ./{gguf_name}"]
-    if style == "qa":
+    lines = [f"# Made by quickft from {recipe.name}: ollama create {recipe.name} -f Modelfile", f"FROM {source}"]
+    if adapter:
+        lines.append(f"ADAPTER {adapter}")
+    if style == "chat" and gguf_template and recipe.data.chat_template is None:
+        template = None  # trained on the base GGUF's own template
+        lines.append("# chat template: the base GGUF's own (the run trained on it)")
+        if "<|im_end|>" in (tokenizer.chat_template or ""):
+            stops.append("<|im_end|>")
+    elif style == "qa":
         before, _, after = recipe.data.prompt_template.partition("{prompt}")
         template = _go_literal(before) + "{{ .Prompt }}" + _go_literal(after)
     elif style == "completion":
@@ -467,6 +604,10 @@ def print_record(record: dict, console: Console) -> None:
     if "gguf" in record:
         g = record["gguf"]
         console.print(f"  GGUF: {escape(g['file'])} ({g['quant']}, {_size(g['bytes'])})")
+    if "gguf_lora" in record:
+        g = record["gguf_lora"]
+        on = record["base_gguf"]["origin"] if record.get("base_gguf") else "a GGUF of the base model"
+        console.print(f"  GGUF LoRA: {escape(g['file'])} ({g['quant']}, {_size(g['bytes'])}), to apply on {escape(on)}")
     if record["dequantized_from_4bit"]:
         console.print(f"  {dequantization_note(record.get('trained_on', 'cpu'))}")
     check = record["check"]
@@ -478,6 +619,9 @@ def print_record(record: dict, console: Console) -> None:
             console.print(f"  check, {label}: skipped ({escape(c['skipped'])})")
             continue
         mark = "[green]✓[/green]" if c["ok"] else "[red]✗[/red]"
+        if c.get("error"):
+            console.print(f"  {mark} check, {label}: {escape(c['error'])}")
+            continue
         console.print(
             f"  {mark} check, {label}: {c['identical']}/{c['of']} greedy answers token-for-token identical"
             + (f", prompts tokenized identically {c['prompt_tokens_identical']}/{c['of']}" if name == "gguf" else "")
@@ -489,6 +633,21 @@ def print_record(record: dict, console: Console) -> None:
         )
         if c.get("first_difference") and not c["ok"]:
             console.print(f"    first difference: {escape(json.dumps(c['first_difference'], ensure_ascii=False))}")
+    c = check.get("gguf_lora")
+    if c and "skipped" in c:
+        console.print(f"  check, GGUF LoRA: skipped ({escape(c['skipped'])})")
+    elif c:
+        mark = "[green]✓[/green]" if c["ok"] else "[red]✗[/red]"
+        on = "the run's base GGUF" if record.get("base_gguf") else "an f16 GGUF of the base"
+        if c.get("error"):
+            console.print(f"  {mark} check, GGUF LoRA on {on}: {escape(c['error'])}")
+        else:
+            console.print(
+                f"  {mark} check, GGUF LoRA on {on} (llama.cpp) vs the run: llama.cpp's next token is the run's at "
+                f"{c['agreement']:.1%} of {c['positions']:,} answer positions (the base alone: "
+                f"{c['agreement_without_adapter']:.1%}), prompts tokenized identically "
+                f"{c['prompt_tokens_identical']}/{c['of']} [dim](asked: {escape(c['rule'])})[/dim]"
+            )
     if "metadata" in check:
         m = check["metadata"]
         mark = "[green]✓[/green]" if m["ok"] else "[red]✗[/red]"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,9 +26,23 @@ from quickft.errors import UserError
 
 LLAMA_CPP_PYTHON = "0.3.36"
 """The llama-cpp-python release `install` builds, and whose vendored llama.cpp converter it keeps (tested here)."""
-CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion", "gguf-py", "LICENSE", "models/templates")
-"""What `install` keeps of the vendored llama.cpp: the converter, its license, and llama.cpp's verbatim copies of
-published chat templates (models/templates, 300 kB), which quickft's chat-template tests train on."""
+CONVERTER_FILES = (
+    "convert_hf_to_gguf.py",
+    "convert_lora_to_gguf.py",
+    "conversion",
+    "gguf-py",
+    "LICENSE",
+    "models/templates",
+)
+"""What `install` keeps of the vendored llama.cpp: the converters (a model; a PEFT LoRA adapter), their license, and
+llama.cpp's verbatim copies of published chat templates (models/templates, 300 kB), which quickft's chat-template
+tests train on."""
+CONVERTER_REQUIREMENTS = ("sentencepiece>=0.1.98,<0.3.0", "protobuf>=4.21", "gguf>=0.17", "safetensors")
+"""What llama.cpp's converters import beyond torch, transformers and numpy (requirements-convert_hf_to_gguf.txt),
+for the architectures quickft trains: sentencepiece is imported by every Llama-family conversion (it tries a
+SentencePiece tokenizer first, even for byte-level BPE ones), protobuf by SentencePiece's model reader. The file's
+own pins (torch 2.11, transformers 4.57) are not installed: they would replace the stack quickft trains with.
+mistral-common is needed only for Mistral's own format, and said so when missing."""
 
 
 def install_command() -> str:
@@ -57,6 +72,19 @@ def find_converter() -> Path:
         "no GGUF converter found: GGUF export uses llama.cpp's convert_hf_to_gguf.py, which is not installed",
         hint=f"install it (builds llama-cpp-python {LLAMA_CPP_PYTHON}, a few minutes): {install_command()}   "
         "(or set QUICKFT_LLAMA_CPP to a llama.cpp checkout)",
+    )
+
+
+def find_lora_converter() -> Path:
+    """llama.cpp's convert_lora_to_gguf.py, in the converter's folder (an install from before quickft kept it is
+    told to install again)."""
+    folder = find_converter()
+    if (folder / "convert_lora_to_gguf.py").is_file():
+        return folder / "convert_lora_to_gguf.py"
+    raise UserError(
+        f"{folder} has llama.cpp's model converter but not its LoRA converter (convert_lora_to_gguf.py)",
+        hint=f"install again, which keeps both: {install_command()}   (or point QUICKFT_LLAMA_CPP at a llama.cpp "
+        "checkout)",
     )
 
 
@@ -126,18 +154,40 @@ def convert(model_dir: Path, outfile: Path, outtype: str, *, converter: Path, na
     name = pre_tokenizer_name(tokenizer_json) if tokenizer_json.is_file() else None
     if name is not None:
         command += ["--quickft-pre", name]
+    _run_converter(command, outfile, "converter")
+
+
+def convert_lora(run_dir: Path, base_dir: Path, outfile: Path, outtype: str) -> None:
+    """llama.cpp's LoRA converter on a run's PEFT adapter, with the base's config (and tokenizer) from `base_dir`."""
+    command = [sys.executable, str(find_lora_converter()), "--base", str(base_dir), "--outfile", str(outfile)]
+    _run_converter([*command, "--outtype", outtype, str(run_dir)], outfile, "LoRA converter")
+
+
+def _run_converter(command: list[str], outfile: Path, which: str) -> None:
+    """A converter in its own process; its known failures are UserErrors (exit 2) naming the fix, the rest a crash."""
     result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0 or not outfile.is_file():
-        lines = [line for line in (result.stderr or result.stdout).strip().splitlines() if line.strip()]
-        last = lines[-1] if lines else f"exit code {result.returncode}"
-        if "pre-tokenizer was not recognized" in (result.stderr or ""):
-            raise UserError(
-                f"llama.cpp's converter does not know this model's tokenizer ({last})",
-                hint="GGUF needs a tokenizer llama.cpp supports; `--to merged` still works for Hugging Face tools",
-            )
-        if "not supported" in last.lower() or "NotImplementedError" in last:
-            raise UserError(f"llama.cpp's converter cannot convert this model: {last}", hint="use --to merged")
-        raise RuntimeError(f"llama.cpp's converter failed: {last}\n{result.stderr[-4000:]}")
+    if result.returncode == 0 and outfile.is_file():
+        return
+    stderr = result.stderr or ""
+    lines = [line for line in (stderr or result.stdout).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else f"exit code {result.returncode}"
+    missing = re.search(r"No module named '([^']+)'", stderr)
+    if missing:
+        module = missing.group(1).split(".")[0]
+        package = {"google": "protobuf", "mistral_common": "mistral-common"}.get(module, module)
+        raise UserError(
+            f"llama.cpp's {which} needs the Python module {module!r}, which is not installed in {sys.prefix}",
+            hint=f"install the converters' dependencies: {install_command()}   (or only that one: "
+            f"{sys.executable} -m pip install {package})",
+        )
+    if "pre-tokenizer was not recognized" in stderr:
+        raise UserError(
+            f"llama.cpp's {which} does not know this model's tokenizer ({last})",
+            hint="GGUF needs a tokenizer llama.cpp supports; `--to merged` still works for Hugging Face tools",
+        )
+    if "not supported" in last.lower() or "NotImplementedError" in last:
+        raise UserError(f"llama.cpp's {which} cannot convert this model: {last}", hint="use --to merged")
+    raise RuntimeError(f"llama.cpp's {which} failed: {last}\n{stderr[-4000:]}")
 
 
 def _convert_main(argv: list[str]) -> None:
@@ -224,27 +274,102 @@ def metadata(path: Path) -> dict:
     }
 
 
-def greedy_answers(path: Path, prompts: list[str], *, max_new_tokens: int, n_ctx: int) -> list[dict]:
-    """Load a GGUF with llama-cpp-python and answer each prompt greedily: its prompt ids and generated ids
-    (up to and including the end-of-generation token, as transformers' generate returns them)."""
+class LlamaCppFailed(RuntimeError):
+    """llama.cpp could not load or run the GGUF (it aborts the process on a malformed file: it runs in a child)."""
+
+
+def greedy_answers(
+    path: Path, prompts: list[str], *, max_new_tokens: int, n_ctx: int, lora: Path | None = None
+) -> list[dict]:
+    """Load a GGUF with llama-cpp-python (and a GGUF LoRA adapter on it) and answer each prompt greedily: its prompt
+    ids and generated ids (up to and including the end-of-generation token, as transformers' generate returns them)."""
+    return _in_child("greedy", path, lora, prompts=prompts, max_new_tokens=max_new_tokens, n_ctx=n_ctx)
+
+
+def next_token_agreement(path: Path, answers: list[dict], *, lora: Path | None = None) -> list[dict]:
+    """For each reference answer (its `prompt` text, `prompt_ids` and answer `ids`), how llama.cpp tokenizes the
+    prompt, and at how many of the answer's positions llama.cpp's most likely next token, given the reference's
+    tokens so far (teacher forcing), is the reference's own: a quantized model's greedy answers drift apart after one
+    near-tie, while this counts every position once."""
+    n_ctx = max(len(a["prompt_ids"]) + len(a["ids"]) for a in answers) + 8
+    sequences = [{"prompt": a["prompt"], "prompt_ids": a["prompt_ids"], "ids": a["ids"]} for a in answers]
+    return _in_child("agree", path, lora, sequences=sequences, n_ctx=n_ctx)
+
+
+def _in_child(task: str, path: Path, lora: Path | None, **request):
+    """llama.cpp's work in a process of its own: llama.cpp aborts the whole process on a GGUF it cannot read, which
+    must fail the check, not kill quickft (and leave a half export behind)."""
+    request |= {"task": task, "path": str(path), "lora": str(lora) if lora else None}
+    done = subprocess.run(
+        [sys.executable, "-m", "quickft.llamacpp", "answer"], input=json.dumps(request), capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith(("#", "["))]
+        why = lines[-1].strip() if lines else f"exit code {done.returncode}"
+        what = Path(path).name + (f" + {Path(lora).name}" if lora else "")
+        raise LlamaCppFailed(f"llama.cpp failed on {what}: {why}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _answer_main() -> None:
+    """`python -m quickft.llamacpp answer` < a JSON request (see _in_child): prints the result as one JSON line."""
+    request = json.loads(sys.stdin.read())
+    task = request.pop("task")
+    print(json.dumps(_greedy(**request) if task == "greedy" else _agree(**request)))
+
+
+def _llama(path: str, lora: str | None, n_ctx: int, **more):
     from llama_cpp import Llama
 
     # llama.cpp allocates at least 256 positions anyway; more than the prompts need costs only KV-cache memory
-    llm = Llama(model_path=str(path), n_ctx=max(n_ctx, 256), n_threads=os.cpu_count() or 1, verbose=False, seed=0)
+    return Llama(
+        model_path=path,
+        n_ctx=max(n_ctx, 256),
+        n_threads=os.cpu_count() or 1,
+        verbose=False,
+        seed=0,
+        **({"lora_path": lora} if lora else {}),
+        **more,
+    )
+
+
+def _tokenize(llm, prompt: str) -> list[int]:
+    # add_bos=True: llama.cpp adds BOS where the GGUF says the model wants one, as llama.cpp and Ollama do
+    return list(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+
+
+def _greedy(path: str, lora: str | None, prompts: list[str], max_new_tokens: int, n_ctx: int) -> list[dict]:
+    llm = _llama(path, lora, n_ctx)
     eos = llm.token_eos()
     results = []
     for prompt in prompts:
-        # add_bos=True: llama.cpp adds BOS where the GGUF says the model wants one, as llama.cpp and Ollama do
-        ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        ids = _tokenize(llm, prompt)
         generated = []
         if len(ids) + max_new_tokens > llm.n_ctx():  # tokenized unlike the tokenizer: that difference is the result
-            results.append({"prompt_ids": list(ids), "ids": generated})
+            results.append({"prompt_ids": ids, "ids": generated})
             continue
         for token in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
             generated.append(token)
             if token == eos or len(generated) >= max_new_tokens:  # where transformers' generate stops
                 break
-        results.append({"prompt_ids": list(ids), "ids": generated})
+        results.append({"prompt_ids": ids, "ids": generated})
+    llm.close()
+    return results
+
+
+def _agree(path: str, lora: str | None, sequences: list[dict], n_ctx: int) -> list[dict]:
+    import numpy as np
+
+    llm = _llama(path, lora, n_ctx, logits_all=True)
+    results = []
+    for seq in sequences:
+        tokens = seq["prompt_ids"] + seq["ids"]
+        llm.reset()
+        llm.eval(tokens)
+        start = len(seq["prompt_ids"])
+        predicted = np.asarray(llm.scores[start - 1 : len(tokens) - 1]).argmax(axis=-1)
+        matches = int((predicted == np.asarray(seq["ids"])).sum()) if seq["ids"] else 0
+        results.append({"prompt_ids": _tokenize(llm, seq["prompt"]), "matches": matches, "positions": len(seq["ids"])})
     llm.close()
     return results
 
@@ -280,8 +405,16 @@ def install() -> Path:
         # the source distribution, for the converter it vendors (pip's download cache keeps it)
         subprocess.run([*pip, "download", "--no-deps", "--no-binary", ":all:", spec, "-d", tmp], check=True)
         sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        print(
+            f"quickft: installing llama-cpp-python {LLAMA_CPP_PYTHON} (llama.cpp's library: the GGUF loader and "
+            f"quantizer) and the converters' dependencies ({', '.join(CONVERTER_REQUIREMENTS)}) into {sys.prefix}. "
+            "The first time, pip compiles llama.cpp for this CPU: 5 to 13 minutes on 2 cores, with only pip's "
+            "'Building wheel ... still running' lines meanwhile; pip's wheel cache keeps the build, so another "
+            "install on this machine takes seconds.",
+            flush=True,
+        )
         subprocess.run(
-            [*pip, "install", *build_arguments(os.environ), spec, "gguf>=0.17"],
+            [*pip, "install", *build_arguments(os.environ), spec, *CONVERTER_REQUIREMENTS],
             check=True,
             env=os.environ | {"CMAKE_ARGS": os.environ.get("CMAKE_ARGS", DEFAULT_CMAKE_ARGS)},
         )
@@ -312,6 +445,8 @@ if __name__ == "__main__":
     verb, *rest = sys.argv[1:] or ["help"]
     if verb == "convert":
         _convert_main(rest)
+    elif verb == "answer":
+        _answer_main()
     elif verb == "quantize":
         _quantize_main(*rest)
     elif verb == "install":
