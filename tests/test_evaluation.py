@@ -223,6 +223,59 @@ def test_every_hint_names_only_what_the_command_accepts(response_run, tmp_path, 
         assert "--cases" not in err, (case, err)
 
 
+def test_number_match_scores_gsm8k_style_test_cases_read_by_their_keys(tiny_math_run, tmp_path, capsys):
+    """Eval.match="number" on SFT test cases whose answers end with GSM8K's "#### N" (data.test_path) or MetaMathQA's
+    "The answer is: N" (eval --cases): the demo's model answers a sum with the number alone, and each answer is
+    scored right exactly where that number is the final one, recomputed here with a pattern of our own."""
+
+    def gsm8k(a, b):
+        return {"question": f"¿Cuánto es {a} + {b}?", "answer": f"{a} + {b} = <<{a}+{b}={a + b}>>{a + b}\n#### {a + b}"}
+
+    def metamathqa(a, b):
+        return {"query": f"¿Cuánto es {a} + {b}?", "response": f"{a} + {b} = {a + b}. The answer is: {a + b}"}
+
+    def write(name, records):
+        (tmp_path / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        return str(tmp_path / name)
+
+    held_out = [(23, 45), (10, 10), (51, 38), (7, 8), (40, 59), (66, 21), (12, 34), (88, 11)]
+    recipe = write_recipe(
+        tmp_path / "gsm.py",
+        f"""
+        recipe = Recipe(
+            model={str(tiny_math_run)!r},
+            data=Data(path={write("train.jsonl", [gsm8k(a, b) for a, b in SUMS[:16]])!r},
+                      test_path={write("test.jsonl", [gsm8k(a, b) for a, b in held_out])!r}, prompt_template={PROMPT!r}),
+            eval=Eval(match="number"), lora=LoRA(r=4, alpha=8), learning_rate=1e-6, max_steps=1, micro_batch_size=8,
+            max_seq_length=60, max_new_tokens=4, backend="peft",
+        )
+        """,
+    )
+    run_dir = tmp_path / "run"
+    assert main(["run", str(recipe), "--output-dir", str(run_dir), "--quiet"]) == 0
+    capsys.readouterr()
+
+    def recomputed(rows, mark):
+        return [
+            bool(found := re.search(r"\d+", row["answer"]))
+            and found.group() == row["reference"].split(mark)[-1].strip()
+            for row in rows
+        ]
+
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    right = recomputed(samples, "####")
+    assert len(samples) == len(held_out) and sum(right) >= 6  # the demo's model gets most sums right
+    assert [s["correct"] for s in samples] == right
+    scored = summary(run_dir)["test_cases"]
+    assert (scored["n"], scored["correct"], scored["match"]) == (len(held_out), sum(right), "number")
+    assert not any(s["answer"] == s["reference"] for s in samples)  # an exact match would score none
+    cases = write("metamathqa.jsonl", [metamathqa(a, b) for a, b in held_out])
+    assert main(["eval", str(run_dir), "--cases", cases, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [a["correct"] for a in result["answers"]] == recomputed(result["answers"], "The answer is:")
+    assert [a["answer"] for a in result["answers"]] == [s["answer"] for s in samples]  # the same prompts
+
+
 def test_number_and_contains_matching():
     from quickft.generation import first_number, matches
 
@@ -230,6 +283,10 @@ def test_number_and_contains_matching():
     assert first_number("0,75") == 0.75 and first_number("sin números") is None
     assert matches("Son 68 manzanas.", "68", "number") and not matches("Son 67.", "68", "number")
     assert matches("El resultado es 68", "resultado es 68", "contains") and not matches("68", "69", "exact")
+    gsm8k, metamathqa = "2 + 3 = <<2+3=5>>5 manzanas\n#### 5", "Tiene 2 + 3 = 5.\nThe answer is: 5"
+    for reference in (gsm8k, metamathqa):  # the final answer, not the worked solution's first number
+        assert matches("5", reference, "number") and matches("#### 5", reference, "number")
+        assert not matches("2", reference, "number") and not matches("5", reference, "exact")
 
 
 def test_data_report_matches_independent_counts(tmp_path, tiny_model_dir, capsys):
