@@ -298,21 +298,35 @@ def bench(
     epilog=_examples(
         "quickft eval outputs/tiny_math",
         "quickft eval outputs/tiny_math --cases data/sumas_test.txt",
+        "quickft eval outputs/tiny_math --cases preguntas.csv data.question_column=pregunta data.answer_column=respuesta",
         "quickft eval outputs/tiny_math --json",
     ),
 )
 def eval_(
     run_dir: RunDir,
+    settings: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="KEY=VALUE",
+            help="How to read the --cases file, as in a recipe: data.question_column, data.answer_column, "
+            "data.format, data.text_column, data.split, data.subset.",
+            show_default=False,
+        ),
+    ] = None,
     cases: Annotated[
         str | None,
-        typer.Option("--cases", metavar="FILE", help="A prompt/response file to score (default: the run's cases)."),
+        typer.Option(
+            "--cases",
+            metavar="FILE",
+            help="A file of prompts and answers to score, in any data format (default: the run's own cases).",
+        ),
     ] = None,
     as_json: Json = False,
 ) -> None:
     """Score a finished run on test cases (the same scoring as during training)."""
     from quickft.evaluate import main as eval_main
 
-    eval_main(run_dir, cases_path=cases, as_json=as_json)
+    eval_main(run_dir, cases_path=cases, settings=settings or [], as_json=as_json)
 
 
 @app.command(

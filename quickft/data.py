@@ -12,7 +12,9 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+from quickft.columns import ALPACA, PROMPT_KEYS, Columns, answers_for, find_columns, prompt_and_answer
 from quickft.errors import UserError
 from quickft.recipe import Data
 
@@ -49,21 +51,35 @@ class Example:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def read_examples(path: str | Path, data: Data) -> list[Example]:
+class Read(NamedTuple):
+    format: str
+    """The format actually used: `auto` is resolved so a run can save what it trained on."""
+    examples: list[Example]
+    columns: Columns | None = None
+    """The keys a prompt/answer file was read by (see quickft/columns.py); None for other shapes."""
+
+    def note(self, setting: str) -> str | None:
+        """The one line that says which keys were read, for the header, `quickft data` and eval's stderr."""
+        return f"{setting}: {self.columns.describe()}" if self.columns else None
+
+
+def read_examples(path: str | Path, data: Data, *, setting: str = "data.path") -> list[Example]:
     """Read a data file in `data.format` (or a guessed one) into examples. Raises UserError naming file and line."""
-    return read_data(path, data)[1]
+    return read_data(path, data, setting=setting).examples
 
 
-def read_data(path: str | Path, data: Data) -> tuple[str, list[Example]]:
-    """(the format actually used, the examples): `auto` is resolved so a run can save what it trained on."""
+def read_data(path: str | Path, data: Data, *, setting: str = "data.path") -> Read:
+    """The format used, the examples and the keys read. `setting` is where the path was given (data.path,
+    data.test_path, eval.path, --cases), for messages that say how to give another."""
     text_path, path = str(path), Path(path)
     suffix = path.suffix.lower()
+    columns = None
     if path.is_dir() or (suffix == ".arrow" and path.is_file()) or (not path.exists() and is_hub_id(text_path)):
-        fmt, examples = _read_dataset(text_path, data)
+        fmt, examples, columns = _read_dataset(text_path, data, setting)
     elif not path.is_file():
         raise UserError(f"data file not found: {path}", hint="data paths are relative to the current directory")
     elif suffix in RECORD_SUFFIXES or data.format in RECORD_SHAPES or data.format == "csv":
-        fmt, examples = _read_records(path, suffix, data)
+        fmt, examples, columns = _read_records(path, suffix, data)
     else:
         text = _read_text_file(path)
         fmt = data.format if data.format != "auto" else guess_format(path, text)
@@ -72,7 +88,7 @@ def read_data(path: str | Path, data: Data) -> tuple[str, list[Example]]:
         raise UserError(f"{path}: no examples found (format {fmt})", hint="check the file's format matches data.format")
     if fmt not in ("chat", "sharegpt", "text") and all(not ex.response.strip() for ex in examples):
         raise UserError(f"{path}: every response is empty", hint="each example needs an answer to learn from")
-    return fmt, examples
+    return Read(fmt, examples, columns)
 
 
 def _read_text_file(path: Path) -> str:
@@ -97,7 +113,7 @@ def guess_format(path: Path, text: str) -> str:
     return "text"
 
 
-def _read_records(path: Path, suffix: str, data: Data) -> tuple[str, list[Example]]:
+def _read_records(path: Path, suffix: str, data: Data) -> tuple[str, list[Example], Columns | None]:
     """JSON, JSON Lines, CSV or parquet: records (dicts), then examples of the shape data.format names or auto finds."""
     fmt = data.format
     if fmt == "blocks":
@@ -121,8 +137,9 @@ def _read_records(path: Path, suffix: str, data: Data) -> tuple[str, list[Exampl
     shape = "pairs" if fmt == "csv" else fmt
     if shape == "auto":
         shape = guess_shape(path, records, data)
-    examples = [_record_example(path, where, record, shape, data) for where, record in records]
-    return ("csv" if suffix in (".csv", ".tsv") and shape == "pairs" else shape), examples
+    columns = _file_columns(path, records, shape, data)
+    examples = [_record_example(where, record, shape, data, columns) for where, record in records]
+    return ("csv" if suffix in (".csv", ".tsv") and shape == "pairs" else shape), examples, columns
 
 
 def _kind(suffix: str) -> str:
@@ -130,37 +147,55 @@ def _kind(suffix: str) -> str:
 
 
 def guess_shape(path: Path, records: list[tuple[str, dict]], data: Data | None) -> str:
-    """Which record shape: by the keys of the first record."""
+    """Which record shape: by the keys of the first record (the prompt/answer keys: quickft/columns.py)."""
     keys = set(records[0][1]) if records else set()
+    where = records[0][0] if records else str(path)
     if "messages" in keys:
         return "chat"
     if "conversations" in keys:
         return "sharegpt"
-    if "instruction" in keys:  # an Alpaca record, perhaps missing its output: the Alpaca reader says which key
-        return "alpaca"
-    if _pair_columns(keys, data):
-        return "pairs"
+    columns = find_columns(keys, data, where)
+    if columns is not None:
+        return "alpaca" if columns == ALPACA else "pairs"
     if (data.text_column if data else "text") in keys:
         return "text"
-    if path.suffix.lower() in (".csv", ".tsv") and data:
-        missing = [c for c in (data.question_column, data.answer_column) if c not in keys]
+    is_csv = path.suffix.lower() in (".csv", ".tsv")
+    prompt = next((k for k in (data and data.question_column, *PROMPT_KEYS) if k and k in keys), None)
+    if prompt is not None:
+        answers = answers_for(prompt)
         raise UserError(
-            f"{path}: CSV has no column {' or '.join(repr(m) for m in missing)} (columns: {', '.join(sorted(keys))})",
-            hint="set data.question_column and data.answer_column to the header names",
+            f"{where}: {prompt!r} without an answer {'column' if is_csv else 'key'} to go with it "
+            f"({'columns' if is_csv else 'keys'}: {', '.join(sorted(keys))})",
+            hint=(f"give each record its answer under {' or '.join(answers)}, or " if answers else "")
+            + "name the answer's key: data.answer_column=KEY",
+        )
+    if is_csv and data:
+        raise UserError(
+            f"{path}: CSV without prompt and answer columns quickft knows (columns: {', '.join(sorted(keys))})",
+            hint="name them: data.question_column= and data.answer_column= (the header names)",
         )
     raise UserError(
-        f"{records[0][0] if records else path}: cannot tell the format from the keys {sorted(keys)}",
+        f"{where}: cannot tell the format from the keys {sorted(keys)}",
         hint="name the keys: data.question_column= and data.answer_column= (pairs), or data.text_column= (documents);"
         " or set data.format to alpaca, chat, sharegpt, pairs or text",
     )
 
 
-def _pair_columns(keys: set, data: Data | None) -> tuple[str, str] | None:
-    """(prompt key, response key) of a pairs record: the recipe's columns, else TRL's prompt/completion."""
-    for pair in ([(data.question_column, data.answer_column)] if data else []) + [("prompt", "completion")]:
-        if set(pair) <= keys:
-            return pair
-    return None
+def _file_columns(path: Path, records: list[tuple[str, dict]], shape: str, data: Data) -> Columns | None:
+    """The prompt/answer keys of a file of pairs, from its first record: every record is read by the same ones."""
+    if shape == "alpaca":
+        return ALPACA
+    if shape != "pairs" or not records:
+        return None
+    where, first = records[0]
+    columns = find_columns(first, data, where)
+    if columns is None:
+        raise UserError(
+            f"{where}: data.format={data.format}, but no prompt and answer keys quickft knows in "
+            f"{', '.join(sorted(first))}",
+            hint="name them: data.question_column= and data.answer_column=, or set data.format=auto",
+        )
+    return columns
 
 
 def _json_records(path: Path, text: str, expected: str = "auto") -> list[tuple[str, dict]]:
@@ -220,14 +255,16 @@ def is_hub_id(text: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text)) and not Path(text).suffix
 
 
-def read_records(path: str | Path, data: Data, expected: str = "auto") -> list[tuple[str, dict]] | None:
+def read_records(
+    path: str | Path, data: Data, expected: str = "auto", *, setting: str = "data.path"
+) -> list[tuple[str, dict]] | None:
     """(where, record) pairs of a record file (JSON, JSON Lines, CSV / TSV, parquet) or a `datasets` dataset (a hub
     id, a save_to_disk folder, an .arrow file); None for a text file (### blocks, documents). The preference and
     GRPO readers read their records through this."""
     text_path, path = str(path), Path(path)
     suffix = path.suffix.lower()
     if path.is_dir() or (suffix == ".arrow" and path.is_file()) or (not path.exists() and is_hub_id(text_path)):
-        return _dataset_records(text_path, data)
+        return _dataset_records(text_path, data, setting)
     if not path.is_file():
         raise UserError(f"data file not found: {path}", hint="data paths are relative to the current directory")
     if suffix == ".parquet":
@@ -239,10 +276,10 @@ def read_records(path: str | Path, data: Data, expected: str = "auto") -> list[t
     return None
 
 
-def _read_dataset(path: str, data: Data) -> tuple[str, list[Example]]:
+def _read_dataset(path: str, data: Data, setting: str) -> tuple[str, list[Example], Columns | None]:
     """A `datasets` dataset: a save_to_disk folder (a Dataset, or a DatasetDict's data.split), an .arrow file, or a
     hub id (loaded with load_dataset, split data.split). Its rows are records, read like JSON Lines records."""
-    records = _dataset_records(path, data)
+    records = _dataset_records(path, data, setting)
     fmt = data.format
     if fmt in ("blocks", "csv"):
         raise UserError(
@@ -250,15 +287,16 @@ def _read_dataset(path: str, data: Data) -> tuple[str, list[Example]]:
             hint="set data.format=auto (or the shape of its records: alpaca, chat, sharegpt, pairs, text)",
         )
     shape = guess_shape(Path(path), records, data) if fmt == "auto" else fmt
-    return shape, [_record_example(Path(path), w, record, shape, data) for w, record in records]
+    columns = _file_columns(Path(path), records, shape, data)
+    return shape, [_record_example(w, record, shape, data, columns) for w, record in records], columns
 
 
-def _dataset_records(path: str, data: Data) -> list[tuple[str, dict]]:
+def _dataset_records(path: str, data: Data, setting: str = "data.path") -> list[tuple[str, dict]]:
     """The rows of a `datasets` dataset as (where, record) pairs (see _read_dataset)."""
     where = Path(path)
     is_file_or_folder = where.is_dir() or where.suffix.lower() == ".arrow"
     if not is_file_or_folder:
-        _require_hub(path)  # before `datasets` is even imported
+        _require_hub(path, setting)  # before `datasets` is even imported
     import datasets
 
     if where.is_dir():
@@ -275,7 +313,7 @@ def _dataset_records(path: str, data: Data) -> list[tuple[str, dict]]:
         else:
             raise UserError(
                 f"{path} is a folder, not a data file or a dataset saved with save_to_disk",
-                hint="point data.path at a file (JSON Lines, CSV, parquet, ...) or a save_to_disk folder",
+                hint=f"give {setting} a file (JSON Lines, CSV, parquet, ...) or a save_to_disk folder",
             )
     elif where.suffix.lower() == ".arrow":
         try:
@@ -287,7 +325,7 @@ def _dataset_records(path: str, data: Data) -> list[tuple[str, dict]]:
             table = datasets.load_dataset(path, data.subset, split=data.split)
         except ValueError as e:  # an unknown split or configuration: the message lists the ones there are
             raise UserError(
-                f"data.path {path!r}: {e}",
+                f"{setting} {path!r}: {e}",
                 hint="set data.split to one of the dataset's splits, data.subset to one of its configurations",
             ) from None
     if isinstance(table, datasets.IterableDataset) or not hasattr(table, "__len__"):
@@ -298,7 +336,7 @@ def _dataset_records(path: str, data: Data) -> list[tuple[str, dict]]:
     return records
 
 
-def _require_hub(dataset_id: str) -> None:
+def _require_hub(dataset_id: str, setting: str) -> None:
     """A hub dataset needs the hub: say so at once, before anything loads, when it is switched off or unreachable."""
     import os
     import socket
@@ -308,11 +346,11 @@ def _require_hub(dataset_id: str) -> None:
 
     hint = (
         "download it where there is internet and save it to disk: "
-        f"datasets.load_dataset({dataset_id!r}, split=...).save_to_disk(DIR), then set data.path=DIR"
+        f"datasets.load_dataset({dataset_id!r}, split=...).save_to_disk(DIR), then {given(setting, 'DIR')}"
     )
     if constants.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         raise UserError(
-            f"data.path {dataset_id!r}: no such file here, and as a hub dataset id it needs the hub, which is switched "
+            f"{setting} {dataset_id!r}: no such file here, and as a hub dataset id it needs the hub, which is switched "
             "off (HF_HUB_OFFLINE)",
             hint=hint,
         )
@@ -321,10 +359,15 @@ def _require_hub(dataset_id: str) -> None:
         socket.create_connection((host, 443), timeout=3.0).close()
     except OSError:
         raise UserError(
-            f"data.path {dataset_id!r}: no such file here, and as a hub dataset id it needs {host}, which is "
+            f"{setting} {dataset_id!r}: no such file here, and as a hub dataset id it needs {host}, which is "
             "unreachable (offline?)",
             hint=hint,
         ) from None
+
+
+def given(setting: str, value: str) -> str:
+    """How to give `setting` a value: a recipe key as an override (data.path=DIR), a command's option (--cases DIR)."""
+    return f"{setting} {value}" if setting.startswith("--") else f"set {setting}={value}"
 
 
 def _parquet_records(path: Path) -> list[tuple[str, dict]]:
@@ -337,35 +380,9 @@ def _parquet_records(path: Path) -> list[tuple[str, dict]]:
     return [(f"{path} (row {i})", row) for i, row in enumerate(table, 1)]
 
 
-def _record_example(path: Path, where: str, record: dict, shape: str, data: Data) -> Example:
-    if shape == "alpaca":
-        missing = [k for k in ("instruction", "output") if not isinstance(record.get(k), str)]
-        if missing:
-            raise UserError(
-                f"{where}: Alpaca record without {' and '.join(repr(m) for m in missing)}"
-                f" (keys: {', '.join(sorted(record))})",
-                hint='each record needs {"instruction": ..., "input": optional, "output": ...}; '
-                "data.format=auto recognises other shapes",
-            )
-        prompt = record["instruction"].strip()
-        if str(record.get("input") or "").strip():
-            prompt += "\n\n" + str(record["input"]).strip()
-        return Example(prompt=prompt, response=record["output"].strip(), where=where)
-    if shape == "pairs":
-        columns = _pair_columns(set(record), data)
-        if columns is None:
-            raise UserError(
-                f"{where}: no {data.question_column!r}/{data.answer_column!r} (or 'prompt'/'completion') in "
-                f"{', '.join(sorted(record))}",
-                hint="set data.question_column and data.answer_column to the names used",
-            )
-        prompt, response = record[columns[0]], record[columns[1]]
-        if isinstance(prompt, list) and isinstance(response, list):  # TRL's conversational prompt/completion
-            return Example(messages=_messages(prompt + response, "chat", where), where=where)
-        if not isinstance(prompt, str) or not isinstance(response, (str, type(None))):
-            raise UserError(f"{where}: {columns[0]!r} and {columns[1]!r} must be text")
-        # as given: prompt/completion text is often meant to join exactly ("The sky is" + " blue.")
-        return Example(prompt=prompt, response=response or "", where=where)
+def _record_example(where: str, record: dict, shape: str, data: Data, columns: Columns | None) -> Example:
+    if columns is not None:
+        return _pair_example(where, record, data, columns)
     if shape == "text":
         text = record.get(data.text_column)
         if not isinstance(text, str):
@@ -390,6 +407,26 @@ def _record_example(path: Path, where: str, record: dict, shape: str, data: Data
                 f"{where}: 'tools' is not valid JSON", hint="store the tool schemas as a JSON list"
             ) from None
     return Example(messages=_messages(turns, shape, where), where=where, tools=tools or None)
+
+
+def _pair_example(where: str, record: dict, data: Data, columns: Columns) -> Example:
+    """A prompt/answer record, read by the keys its file's first record was (every record by the same ones)."""
+    needed = (columns.prompt, columns.answer)
+    missing = [k for k in needed if not (isinstance(record.get(k), str) if columns.context else k in record)]
+    if missing:
+        raise UserError(
+            f"{where}: {f'{columns.known_as} record' if columns.known_as else 'record'} without "
+            f"{' and '.join(repr(m) for m in missing)} (keys: {', '.join(sorted(record))})",
+            hint=f"every record needs the keys the first one has: {columns.describe()}"
+            if data.format == "auto"
+            else f"each record needs {' and '.join(map(repr, needed))}; data.format=auto recognises other shapes",
+        )
+    prompt, response = prompt_and_answer(record, columns)
+    if isinstance(prompt, list) and isinstance(response, list):  # TRL's conversational prompt/completion
+        return Example(messages=_messages(prompt + response, "chat", where), where=where)
+    if not isinstance(prompt, str) or not isinstance(response, (str, type(None))):
+        raise UserError(f"{where}: {columns.prompt!r} and {columns.answer!r} must be text")
+    return Example(prompt=prompt, response=response or "", where=where)
 
 
 def _messages(turns: list, fmt: str, where: str, *, answered: bool = True) -> list[dict]:

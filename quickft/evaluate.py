@@ -1,6 +1,8 @@
 """`quickft eval RUN [--cases FILE]`: score a finished run on test cases, through the same code as training.
 
-Without --cases it re-answers the run's own test cases (the prompts saved in samples.jsonl).
+Without --cases it re-answers the run's own test cases (the prompts saved in samples.jsonl). A cases file is read
+as training reads data.test_path: its keys are recognised (quickft/columns.py), or named by the same data.* settings
+a recipe takes (data.question_column=prompt), given after the run directory.
 """
 
 from __future__ import annotations
@@ -13,22 +15,66 @@ from rich.console import Console
 from rich.table import Table
 
 from quickft.chat import load_session
-from quickft.data import read_examples
+from quickft.data import read_data
 from quickft.encode import make_cases
 from quickft.errors import UserError
 from quickft.generation import score_cases
+from quickft.recipe import Data, Recipe, apply_overrides, recipe_from_dict
+from quickft.rundir import open_run
+
+READING_KEYS = (
+    "data.question_column",
+    "data.answer_column",
+    "data.format",
+    "data.text_column",
+    "data.split",
+    "data.subset",
+)
+"""The recipe settings `quickft eval` takes: how to read the --cases file. The rest (prompt template, chat template,
+max_new_tokens, eval.match) is the run's own, so the cases are framed and scored as in training."""
 
 
-def evaluate(run_dir: str, cases_path: str | None = None, reporter=None) -> dict:
+def cases_data(data: Data, cases_path: str | None, settings: list[str]) -> Data:
+    """The run's data settings, to read a --cases file by: any format (auto), with the reading settings given."""
+    if settings and not cases_path:
+        raise UserError(
+            f"{' '.join(settings)}: these say how to read a --cases file, and none was given",
+            hint="add --cases FILE (without it, the run's own test cases are answered)",
+        )
+    wrong = [s for s in settings if s.partition("=")[0].strip() not in READING_KEYS]
+    if wrong:
+        raise UserError(
+            f"quickft eval takes only the settings that say how to read the --cases file, not {', '.join(wrong)}",
+            hint=f"use {', '.join(k + '=' for k in READING_KEYS)} (the rest is the run's own, as trained)",
+        )
+    holder = Recipe(model="", data=replace(data, path=cases_path or data.path, format="auto"))
+    problems = apply_overrides(holder, settings)
+    if problems:
+        raise UserError("; ".join(problems), hint=f"the settings eval takes: {', '.join(READING_KEYS)}")
+    return holder.data
+
+
+def evaluate(run_dir: str, cases_path: str | None = None, reporter=None, settings: list[str] = ()) -> dict:
     from quickft.report import Reporter
 
     reporter = reporter or Reporter(quiet=True)
+    read = read_as = None
+    if cases_path or settings:  # read before the model loads: a bad file or setting fails at once
+        data = cases_data(recipe_from_dict(open_run(run_dir)["recipe"]).data, cases_path, list(settings))
+        read = read_data(cases_path, data, setting="--cases")
+        if all(ex.document for ex in read.examples):
+            raise UserError(
+                f"{cases_path}: no test cases: text documents have no question to answer",
+                hint="give prompt/answer records (data.question_column= and data.answer_column= name their keys)",
+            )
+        read_as = read.note("--cases")
+        if read_as:
+            reporter.info(read_as)
     with reporter.phase("loading the model"):
         session = load_session(run_dir)
     recipe = session.recipe
-    if cases_path:
-        data = replace(recipe.data, path=cases_path, format="auto")  # the cases file may be in any format
-        cases = make_cases(read_examples(cases_path, data), recipe.data, {}, session.tokenizer)
+    if read is not None:
+        cases = make_cases(read.examples, recipe.data, {}, session.tokenizer)  # documents make none
     else:
         samples = Path(run_dir) / "samples.jsonl"
         rows = (
@@ -47,6 +93,7 @@ def evaluate(run_dir: str, cases_path: str | None = None, reporter=None) -> dict
     return {
         "run": str(run_dir),
         "cases": cases_path or "the run's own test cases",
+        "read_as": read_as,
         "match": recipe.eval.match,
         "n": len(scored),
         "correct": correct,
@@ -55,11 +102,13 @@ def evaluate(run_dir: str, cases_path: str | None = None, reporter=None) -> dict
     }
 
 
-def main(run_dir: str, *, cases_path: str | None = None, as_json: bool = False, show: int = 5) -> dict:
+def main(
+    run_dir: str, *, cases_path: str | None = None, settings: list[str] = (), as_json: bool = False, show: int = 5
+) -> dict:
     from quickft.report import Reporter
 
     # what it is doing, while it does it: on stderr, so --json keeps stdout to the JSON
-    result = evaluate(run_dir, cases_path, reporter=Reporter(Console(stderr=True)))
+    result = evaluate(run_dir, cases_path, reporter=Reporter(Console(stderr=True)), settings=settings)
     if as_json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return result

@@ -258,12 +258,13 @@ def first_number(text: str) -> float | None:
 
 
 def final_answer(text: str) -> str:
-    """The final answer of a worked solution: after GSM8K's last "####", else inside the last <answer>...</answer>
-    or \\boxed{...}, else the whole text."""
+    """The final answer of a worked solution: after GSM8K's last "####" (or MetaMathQA's last "The answer is:"), else
+    inside the last <answer>...</answer> or \\boxed{...}, else the whole text."""
     import re
 
-    if "####" in text:
-        return text.rsplit("####", 1)[1].strip()
+    for mark in ("####", "The answer is:"):
+        if mark in text:
+            return text.rsplit(mark, 1)[1].strip()
     for pattern in (r"<answer>(.*?)</answer>", r"\\boxed\{([^{}]*)\}"):
         found = re.findall(pattern, text, re.DOTALL)
         if found:
@@ -273,7 +274,7 @@ def final_answer(text: str) -> str:
 
 def matches(answer: str, expected: str, how: str) -> bool:
     """Score one answer: "exact" (same text, whitespace-insensitive), "contains", or "number" (the same first number
-    of the final answers: "#### 42", <answer>42</answer> and \\boxed{42} are read as 42)."""
+    of the final answers: "#### 42", "The answer is: 42", <answer>42</answer> and \\boxed{42} are read as 42)."""
     if how == "contains":
         return " ".join(expected.split()).lower() in " ".join(answer.split()).lower()
     if how == "number":

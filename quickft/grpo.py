@@ -2,9 +2,11 @@
 and the rows GRPOTrainer samples from (the prompt as the model sees it, the record's columns for the rewards).
 
 The shapes, each recognised by its keys (the data's other keys are columns the rewards are given):
-- question/answer (GSM8K: the answer's "#### 42" is its final answer), prompt/answer, prompt/completion,
-  problem/solution (MATH), data.question_column/data.answer_column, Alpaca's instruction/input/output;
-- a prompt alone ({"prompt": ...}): rewards that need no reference answer;
+- a prompt and its answer, by the keys SFT data is read by (quickft/columns.py: question/answer as GSM8K writes it,
+  its "#### 42" the final answer; problem/solution as MATH; prompt/completion, prompt/answer, Alpaca's, Dolly's,
+  MetaMathQA's, or data.question_column/data.answer_column). An `answer` key beside them is the reference instead
+  (the short final answer MATH-500 publishes beside the worked solution);
+- a prompt alone (any of those prompt keys: {"prompt": ...}): rewards that need no reference answer;
 - chat: `messages` (or ShareGPT `conversations`, or TRL's conversational `prompt` list) ending with the user's
   turn, with an `answer` key; or ending with an assistant turn, which is then the reference answer;
 - a ### blocks text file (Pregunta:/Respuesta:), as for SFT: the response is the reference answer.
@@ -16,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quickft import data as readers
+from quickft.columns import ANSWER_KEYS, PROMPT_KEYS, find_columns, prompt_and_answer
 from quickft.errors import UserError
 from quickft.recipe import Data
 
-PROMPT_KEYS = ("prompt", "question", "problem", "query")
-ANSWER_KEYS = ("answer", "solution", "completion", "output", "response")
 CHAT_KEYS = (("messages", "chat"), ("conversations", "sharegpt"), ("prompt", "chat"))
 
 
@@ -54,7 +55,7 @@ def read_tasks(path: str | Path, data: Data) -> tuple[str, list[Task], list[tupl
             tasks.append(task)
         shape = " + ".join(sorted(shapes))
     else:  # ### blocks: the SFT readers' examples
-        shape, examples = readers.read_data(path, data)
+        shape, examples, _ = readers.read_data(path, data)
         if any(ex.document for ex in examples):
             raise UserError(
                 f"{path}: text documents have no prompts to answer",
@@ -84,7 +85,7 @@ def read_tasks(path: str | Path, data: Data) -> tuple[str, list[Task], list[tupl
 
 def _task(where: str, record: dict, data: Data) -> tuple[str, Task]:
     tools = record.get("tools") or None
-    answer_key = next((k for k in (data.answer_column, *ANSWER_KEYS) if k in record), None)
+    answer_key = next((k for k in (data.answer_column, "answer", *ANSWER_KEYS) if k and k in record), None)
     for key, fmt in CHAT_KEYS:
         if isinstance(record.get(key), list):
             messages = readers._messages(record[key], fmt, where, answered=False)
@@ -101,18 +102,23 @@ def _task(where: str, record: dict, data: Data) -> tuple[str, Task]:
             return f"{key} + answer", Task(
                 messages, _text(answer, where, answer_key), where, _columns(record, key, answer_key), tools
             )
-    if "instruction" in record:
-        prompt = str(record["instruction"]).strip()
-        if str(record.get("input") or "").strip():
-            prompt += "\n\n" + str(record["input"]).strip()
-        columns = _columns(record, "instruction", "output", "input")
-        return "alpaca", Task(prompt, _text(record.get("output"), where, "output"), where, columns)
-    prompt_key = next((k for k in (data.question_column, *PROMPT_KEYS) if k in record), None)
+    pair = find_columns(record, data, where)
+    if pair is not None:
+        prompt, answer = prompt_and_answer(record, pair)
+        answer_key = pair.answer
+        if "answer" in record and not data.answer_column:  # a short final answer beside a worked one
+            answer_key, answer = "answer", record["answer"]
+        if isinstance(prompt, str):
+            shape = pair.shape if answer_key == pair.answer else f"{pair.prompt}/answer"
+            columns = _columns(record, pair.prompt, pair.context, answer_key)
+            return shape, Task(prompt, _text(answer, where, answer_key), where, columns)
+    prompt_key = next((k for k in (data.question_column, *PROMPT_KEYS) if k and k in record), None)
     if prompt_key is None or not isinstance(record[prompt_key], str):
         raise UserError(
             f"{where}: no prompt in the record (keys: {', '.join(sorted(record))})",
             hint="give each record a 'prompt' or 'question' (or set data.question_column), or chat 'messages'",
         )
+    answer_key = next((k for k in (data.answer_column, "answer") if k and k in record), None)
     answer = record.get(answer_key) if answer_key else None
     shape = f"{prompt_key}/{answer_key}" if answer_key else f"{prompt_key} only"
     return shape, Task(

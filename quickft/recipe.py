@@ -59,8 +59,8 @@ class Data:
     a hub dataset id ("org/name", loaded with datasets.load_dataset; needs the hub)."""
     format: DataFormat = "auto"
     """The shape of the examples: blocks (### with Pregunta:/Respuesta:), alpaca (instruction/input/output),
-    chat (OpenAI-style messages, tool turns included), sharegpt (conversations), pairs (prompt/completion, or the
-    columns named below), text (documents for completion / continued pre-training); csv is pairs read from a CSV.
+    chat (OpenAI-style messages, tool turns included), sharegpt (conversations), pairs (a prompt key and an answer key,
+    found by their names or named below), text (documents for completion / continued pre-training); csv is pairs read from a CSV.
     auto tells them apart by the file's extension and its records' keys. JSON, JSON Lines, CSV and parquet files all
     hold records, so any record shape can come in any of them."""
     prompt_template: str = "{prompt}\n"
@@ -74,10 +74,12 @@ class Data:
     costs more tokens); whole: the conversation once, as the template renders it whole, training the turns it keeps
     (a turn whose reasoning the template drops from history, as Qwen3's does, is context only); auto: whole where
     the template keeps every turn as the model wrote it, else per_turn. `quickft data` shows each choice's cost."""
-    question_column: str = "question"
-    """The record key (JSON) or column (CSV, parquet) holding the prompt, for pairs; "prompt" is found too."""
-    answer_column: str = "answer"
-    """The record key or column holding the response, for pairs; "completion" is found too."""
+    question_column: str | None = None
+    """The record key (JSON) or column (CSV, parquet) holding the prompt, for pairs. None: found by the keys published
+    sets use (quickft/columns.py: prompt/completion, prompt/response, question/answer, query/response,
+    problem/solution, Alpaca's and Dolly's, ...). Named, it is used wherever a record has it."""
+    answer_column: str | None = None
+    """The record key or column holding the response, for pairs (None: found as question_column says)."""
     text_column: str = "text"
     """The record key or column holding a document, for text records ({"text": ...} JSON Lines)."""
     split: str = "train"

@@ -31,7 +31,8 @@ THINK_THEN_ANSWER = r"<think>.*?</think>\s*\S.*"
 def exact_answer(match: str = "exact", column: str = "answer", name: str = "exact_answer"):
     """1.0 when the completion's answer matches the record's `column`, else 0.0 (None where the record has none):
     the same matching as Eval.match ("exact", "contains", "number"), on the answer after any </think>; "number"
-    compares final answers ("#### 42" as GSM8K writes them, <answer>...</answer>, \\boxed{...})."""
+    compares final answers ("#### 42" as GSM8K writes them, MetaMathQA's "The answer is: 42", <answer>...</answer>,
+    \\boxed{...})."""
     if match not in ("exact", "contains", "number"):
         raise ValueError(f"exact_answer(match={match!r}): match is one of 'exact', 'contains', 'number'")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from quickft import distributed, rundir
-from quickft.data import Example, clean_examples, read_data, read_examples
+from quickft.data import Example, clean_examples, read_data
 from quickft.encode import Prepared, make_cases, prepare, training_text
 from quickft.errors import RunInterrupted, UserError
 from quickft.hardware import Choice
@@ -163,13 +163,17 @@ def read_recipe_data(recipe: Recipe) -> Split:
         return read_pairs_split(recipe)
     if recipe.method == "grpo":
         return read_tasks_split(recipe)
-    recipe.data.format, examples = read_data(recipe.data.path, recipe.data)  # saved resolved: chat needs it
-    read = len(examples)
+    given = replace(recipe.data)  # the other files are read as the recipe says (auto: by their own keys)
+    data = read_data(recipe.data.path, recipe.data)
+    recipe.data.format = data.format  # saved resolved: chat needs it
+    read, examples = len(data.examples), data.examples
     examples, dropped = clean_examples(examples)
     rng = random.Random(recipe.seed)
-    notes, holdout = [], recipe.data.holdout
+    notes, holdout = [data.note("data.path")], recipe.data.holdout
     if recipe.data.test_path:
-        cases = read_examples(recipe.data.test_path, recipe.data)
+        test = read_data(recipe.data.test_path, given, setting="data.test_path")
+        cases = test.examples
+        notes.append(test.note("data.test_path"))
     elif all(ex.document for ex in examples):
         cases = []
         if holdout:
@@ -183,14 +187,16 @@ def read_recipe_data(recipe: Recipe) -> Split:
             )
         examples, cases = _split(examples, n, rng)
     if recipe.eval.path:
-        eval_examples = read_examples(recipe.eval.path, recipe.data)
+        evaluated = read_data(recipe.eval.path, given, setting="eval.path")
+        eval_examples = evaluated.examples
+        notes.append(evaluated.note("eval.path"))
     else:
         examples, eval_examples = _split(examples, int(len(examples) * recipe.eval.fraction), rng)
     if not examples:
         raise UserError(f"{recipe.data.path}: no training examples left after the held-out splits")
     cases = cases[: recipe.data.max_test_examples]
     separate = (bool(recipe.data.test_path), bool(recipe.eval.path))
-    return Split(examples, [], cases, eval_examples, dropped, read, notes, separate)
+    return Split(examples, [], cases, eval_examples, dropped, read, [n for n in notes if n], separate)
 
 
 def read_pairs_split(recipe: Recipe) -> Split:
@@ -204,7 +210,7 @@ def read_pairs_split(recipe: Recipe) -> Split:
     notes, read = [f"{what} read as {shape}"], len(pairs) + len(dropped)
     recipe.data.format = "chat" if pairs[0].chat else "pairs"  # how chat and the test cases frame a prompt
     if recipe.data.test_path:  # any prompt/response file, as for SFT
-        cases = read_examples(recipe.data.test_path, replace(recipe.data, format="auto"))
+        cases = _test_cases(recipe, notes)
     else:
         candidates = [p for p in pairs if not isinstance(p, Judged) or p.good]  # KTO: a desirable answer is expected
         n = min(recipe.data.holdout, len(candidates) // HOLDOUT_SHARE)
@@ -241,6 +247,14 @@ def read_pairs_split(recipe: Recipe) -> Split:
     return Split(pairs, [], cases, evaluated, dropped, read, notes, separate)
 
 
+def _test_cases(recipe: Recipe, notes: list[str]) -> list[Example]:
+    """data.test_path of a preference or GRPO run: any prompt/response file, as for SFT (its keys said in a note)."""
+    test = read_data(recipe.data.test_path, replace(recipe.data, format="auto"), setting="data.test_path")
+    if test.columns:
+        notes.append(test.note("data.test_path"))
+    return test.examples
+
+
 def _prompt_key(item) -> str:
     return json.dumps(item.prompt, sort_keys=True, ensure_ascii=False)
 
@@ -259,7 +273,7 @@ def read_tasks_split(recipe: Recipe) -> Split:
     recipe.data.format = "chat" if tasks[0].chat else "pairs"  # how chat and the test cases frame a prompt
     notes, read = [f"prompts read as {shape}"], len(tasks) + len(dropped)
     if recipe.data.test_path:
-        cases = read_examples(recipe.data.test_path, replace(recipe.data, format="auto"))
+        cases = _test_cases(recipe, notes)
     else:
         answered = [t for t in tasks if t.answer is not None]
         n = min(recipe.data.holdout, len(answered) // HOLDOUT_SHARE)

@@ -93,7 +93,7 @@ def test_format_guessing(tmp_path):
         ),
         ("n.jsonl", '{"messages": [{"role": "user", "content": "hola"}]}\n', {}, "without an assistant turn"),
         ("r.jsonl", '{"messages": [{"role": "bot", "content": "hola"}]}\n', {}, "unknown role 'bot'"),
-        ("c.csv", "q,a\nx,y\n", {}, "CSV has no column 'question' or 'answer'"),
+        ("c.csv", "q,a\nx,y\n", {}, r"CSV without prompt and answer columns quickft knows \(columns: a, q\)"),
         ("z.txt", "Pregunta: a\nRespuesta:\n###\nPregunta: b\nRespuesta:  \n", {}, "every response is empty"),
     ],
 )

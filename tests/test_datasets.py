@@ -30,8 +30,8 @@ def test_a_save_to_disk_folder_reads_as_its_json_does(tmp_path, name, shape):
 
     folder = tmp_path / "ds"
     Dataset.from_list(records(name)).save_to_disk(str(folder))
-    fmt, examples = read_data(folder, Data(path=str(folder)))
-    _, from_json = read_data(FIXTURES / name, Data(path=str(FIXTURES / name)))
+    fmt, examples, _ = read_data(folder, Data(path=str(folder)))
+    _, from_json, _ = read_data(FIXTURES / name, Data(path=str(FIXTURES / name)))
     assert fmt == shape and len(examples) == len(from_json)
     for got, want in zip(examples, from_json, strict=True):
         assert (got.prompt, got.response, got.messages) == (want.prompt, want.response, want.messages)
@@ -57,7 +57,7 @@ def test_an_arrow_file_and_a_plain_folder(tmp_path):
     table = Dataset.from_list(records("text_corpus.jsonl"))
     table.save_to_disk(str(tmp_path / "ds"))
     arrow = next((tmp_path / "ds").glob("*.arrow"))
-    fmt, examples = read_data(arrow, Data(path=str(arrow)))
+    fmt, examples, _ = read_data(arrow, Data(path=str(arrow)))
     assert fmt == "text" and all(e.document for e in examples) and len(examples) == len(table)
     (tmp_path / "plain").mkdir()
     with pytest.raises(UserError, match="is a folder, not a data file or a dataset saved with save_to_disk"):

@@ -25,7 +25,7 @@ FIXTURES = ROOT / "tests" / "fixtures" / "data"
 
 
 def read(name: str, **kwargs):
-    return read_data(FIXTURES / name, Data(path=str(FIXTURES / name), **kwargs))
+    return read_data(FIXTURES / name, Data(path=str(FIXTURES / name), **kwargs))[:2]
 
 
 def roles(example) -> list[str]:
@@ -87,10 +87,10 @@ def test_plain_text_documents_by_line_or_paragraph(tmp_path):
     assert fmt == "text" and len(docs) == 5 and docs[4].response.startswith("Artículo 5.")
     prose = tmp_path / "prose.txt"
     prose.write_text("Uno.\nsigue.\n\n\nDos.\n", encoding="utf-8")
-    _, paragraphs = read_data(prose, Data(path=str(prose)))
+    _, paragraphs, _ = read_data(prose, Data(path=str(prose)))
     assert [d.response for d in paragraphs] == ["Uno.\nsigue.", "Dos."]
     assert [d.where.rsplit(":", 1)[1] for d in paragraphs] == ["1", "5"]
-    _, whole = read_data(prose, Data(path=str(prose), documents="file"))
+    _, whole, _ = read_data(prose, Data(path=str(prose), documents="file"))
     assert len(whole) == 1
 
 
@@ -99,7 +99,7 @@ def test_parquet_records(tmp_path):
 
     path = tmp_path / "train.parquet"
     Dataset.from_list([{"instruction": "Di hola", "input": "", "output": "Hola"}] * 2).to_parquet(str(path))
-    fmt, examples = read_data(path, Data(path=str(path)))
+    fmt, examples, _ = read_data(path, Data(path=str(path)))
     assert fmt == "alpaca" and examples[0].response == "Hola" and examples[1].where.endswith("(row 2)")
 
 
@@ -126,6 +126,187 @@ def test_wrong_format_for_the_file_says_which_fits(tmp_path, name, content, kwar
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")) as e:
         read_data(path, Data(path=str(path), **kwargs))
     assert fix in e.value.hint
+
+
+# ---------------------------------------------------------------------------------------------- pair keys
+
+# Records shaped as each set publishes them (their keys and extra columns), with text of our own.
+DOLLY = {
+    "instruction": "¿Cuántas patas tiene la araña del texto?",
+    "context": "La araña de jardín tiene ocho patas y teje redes.",
+    "response": "Ocho.",
+    "category": "closed_qa",
+}
+DOLLY_OPEN = {"instruction": "Di un color primario.", "context": "", "response": "Rojo.", "category": "open_qa"}
+METAMATHQA = {
+    "query": "Ana tiene 3 cajas de 6 lápices. ¿Cuántos lápices tiene?",
+    "response": "3 cajas de 6 son 3 * 6 = 18 lápices.\nThe answer is: 18",
+    "type": "GSM_Rephrased",
+    "original_question": "Ana tiene 3 cajas con 6 lápices cada una. ¿Cuántos lápices tiene?",
+}
+MATH = {
+    "problem": "Si $x + 3 = 10$, ¿cuánto vale $x$?",
+    "level": "Level 1",
+    "type": "Algebra",
+    "solution": "$x = \\boxed{7}$.",
+}
+PROMPT_RESPONSE = {"prompt": "Suma 954 y 171.", "response": "954 + 171 = 1125"}
+GSM8K = {"question": "¿Cuánto es 48 + 24?", "answer": "48 + 24 = <<48+24=72>>72\n#### 72"}
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("records", "prompts", "answer", "fmt", "note"),
+    [
+        (
+            [DOLLY, DOLLY_OPEN],
+            [f"{DOLLY['instruction']}\n\n{DOLLY['context']}", DOLLY_OPEN["instruction"]],
+            "Ocho.",
+            "pairs",
+            "'instruction' (+ 'context') as the prompt, 'response' as the answer (Dolly)",
+        ),
+        (
+            [METAMATHQA],
+            [METAMATHQA["query"]],
+            METAMATHQA["response"],
+            "pairs",
+            "'query' as the prompt, 'response' as the answer (MetaMathQA)",
+        ),
+        (
+            [MATH],
+            [MATH["problem"]],
+            MATH["solution"],
+            "pairs",
+            "'problem' as the prompt, 'solution' as the answer (MATH)",
+        ),
+        (
+            [PROMPT_RESPONSE],
+            [PROMPT_RESPONSE["prompt"]],
+            PROMPT_RESPONSE["response"],
+            "pairs",
+            "'prompt' as the prompt, 'response' as the answer",
+        ),
+        ([{"question": "¿2 + 2?", "response": "4"}], ["¿2 + 2?"], "4", "pairs", "'question' as the prompt, 'response'"),
+        ([{"input": "hola", "output": "hello"}], ["hola"], "hello", "pairs", "'input' as the prompt, 'output'"),
+        ([GSM8K], [GSM8K["question"]], GSM8K["answer"], "pairs", "'question' as the prompt, 'answer' as the answer"),
+        (  # Alpaca holds input/output too: the pair inside another is not a second candidate
+            [{"instruction": "Traduce.", "input": "gato", "output": "cat"}],
+            ["Traduce.\n\ngato"],
+            "cat",
+            "alpaca",
+            "'instruction' (+ 'input') as the prompt, 'output' as the answer (Alpaca)",
+        ),
+    ],
+)
+def test_published_pair_keys_are_read_by_one_function(tmp_path, records, prompts, answer, fmt, note):
+    path = write_jsonl(tmp_path / "d.jsonl", records)
+    read = read_data(path, Data(path=str(path)))
+    assert (read.format, [e.prompt for e in read.examples], read.examples[0].response) == (fmt, prompts, answer)
+    assert read.note("data.path").startswith(f"data.path: {note}")
+    # CSV and parquet hold the same records: read by the same keys
+    from datasets import Dataset
+
+    Dataset.from_list(records).to_parquet(str(tmp_path / "d.parquet"))
+    again = read_data(tmp_path / "d.parquet", Data(path=str(tmp_path / "d.parquet")))
+    assert [(e.prompt, e.response) for e in again.examples] == [(e.prompt, e.response) for e in read.examples]
+
+
+def test_two_pairs_that_fit_are_exit_2_naming_both_and_the_settings_that_pick_one(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "both.jsonl", [{"prompt": "2 + 2", "completion": " 4", "response": "4"}])
+    with pytest.raises(UserError) as e:
+        read_data(path, Data(path=str(path)))
+    assert "both.jsonl:1: 2 pairs of keys fit these records" in e.value.message
+    assert "'completion' as the answer" in e.value.message and "'response' as the answer" in e.value.message
+    assert e.value.hint == (
+        "pick one: data.question_column=prompt data.answer_column=completion, "
+        "or data.question_column=prompt data.answer_column=response"
+    )
+    # either setting of the hint picks one; so does the answer's column alone
+    for answer, response in (("completion", " 4"), ("response", "4")):
+        picked = read_data(path, Data(path=str(path), question_column="prompt", answer_column=answer))
+        assert picked.examples[0].response == response
+        assert read_data(path, Data(path=str(path), answer_column=answer)).examples[0].response == response
+    # through the CLI: exit 2, the message and the fix, no traceback
+    recipe = write_recipe(tmp_path / "r.py", f"recipe = Recipe(model='x', data=Data(path={str(path)!r}))\n")
+    assert main(["data", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "2 pairs of keys fit these records" in err and "fix: pick one: data.question_column=prompt" in err
+    assert "Traceback" not in err
+
+
+def test_every_record_is_read_by_the_keys_of_the_first(tmp_path):
+    path = write_jsonl(tmp_path / "mixed.jsonl", [METAMATHQA, {"query": "¿1 + 1?", "answer": "2"}])
+    with pytest.raises(UserError, match="mixed.jsonl:2: MetaMathQA record without 'response'") as e:
+        read_data(path, Data(path=str(path)))
+    assert "every record needs the keys the first one has: 'query' as the prompt" in e.value.hint
+    path = write_jsonl(tmp_path / "no_answer.jsonl", [{"query": "¿1 + 1?", "type": "x"}])
+    with pytest.raises(UserError, match="no_answer.jsonl:1: 'query' without an answer key") as e:
+        read_data(path, Data(path=str(path)))
+    assert e.value.hint == "give each record its answer under 'response' (MetaMathQA), or name the answer's key: " + (
+        "data.answer_column=KEY"
+    )
+
+
+SHAPED_SUMS = {  # each set's keys (and extra columns) around a sum, so the tiny model's tokenizer knows the text
+    "dolly": lambda a, b: {"instruction": "Suma.", "context": f"{a} y {b}", "response": str(a + b), "category": "qa"},
+    "metamathqa": lambda a, b: {
+        "query": f"¿Cuánto es {a} + {b}?",
+        "response": f"{a} + {b} = {a + b}. The answer is: {a + b}",
+        "type": "GSM_SV",
+        "original_question": f"¿{a} + {b}?",
+    },
+    "math": lambda a, b: {"problem": f"¿{a} + {b}?", "level": "Level 1", "solution": f"\\boxed{{{a + b}}}"},
+    "prompt_response": lambda a, b: {"prompt": f"¿Cuánto es {a} + {b}?", "response": str(a + b)},
+}
+SHAPED_PROMPTS = {  # the prompt each record of SHAPED_SUMS makes
+    "dolly": lambda a, b: f"Suma.\n\n{a} y {b}",
+    "metamathqa": lambda a, b: f"¿Cuánto es {a} + {b}?",
+    "math": lambda a, b: f"¿{a} + {b}?",
+    "prompt_response": lambda a, b: f"¿Cuánto es {a} + {b}?",
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPED_SUMS))
+def test_published_pair_shapes_train_and_answer_as_test_cases(tmp_path, tiny_model_dir, capsys, shape):
+    from tests.conftest import PROMPT, SUMS
+
+    make = SHAPED_SUMS[shape]
+    train = write_jsonl(tmp_path / "train.jsonl", [make(a, b) for a, b in SUMS[:40]])
+    held_out = SUMS[200:204]
+    test = write_jsonl(tmp_path / "test.jsonl", [make(a, b) for a, b in held_out])
+    recipe = write_recipe(
+        tmp_path / f"{shape}.py",
+        f"""
+        recipe = Recipe(
+            model={str(tiny_model_dir)!r},
+            data=Data(path={str(train)!r}, test_path={str(test)!r}, prompt_template={PROMPT!r}),
+            lora=LoRA(r=4, alpha=8), max_seq_length=48, micro_batch_size=8, max_steps=2, logging_steps=1,
+            max_new_tokens=3, backend="peft",
+        )
+        """,
+    )
+    assert main(["data", str(recipe), "--json"]) == 0
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    keys = read_data(train, Data(path=str(train))).columns.describe()
+    assert notes == [f"data.path: {keys}", f"data.test_path: {keys}"]
+    run_dir = tmp_path / "run"
+    assert main(["run", str(recipe), "--output-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"data.path: {keys}" in out and f"data.test_path: {keys}" in out  # the header's notes
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["data"]["read"] == 40 and summary["data"]["kept_for_training"] == 40
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    answers = [make(a, b) for a, b in held_out]
+    answer_key = {"dolly": "response", "metamathqa": "response", "math": "solution", "prompt_response": "response"}
+    assert [(s["prompt"], s["reference"]) for s in samples] == [
+        (PROMPT.format(prompt=SHAPED_PROMPTS[shape](a, b)), r[answer_key[shape]])
+        for (a, b), r in zip(held_out, answers, strict=True)
+    ]
+    assert summary["test_cases"]["n"] == len(held_out)
 
 
 # ---------------------------------------------------------------------------------------------- masks
@@ -374,7 +555,8 @@ def test_holdout_never_takes_more_than_a_tenth_and_says_so(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["counts"]["held_out_test_cases"] == 0 and report["counts"]["kept_for_training"] == 4
     assert report["notes"] == [
-        "0 test case(s) held out, not data.holdout=5: at most one in 10 of the 4 examples (give data.test_path for more)"
+        "data.path: 'instruction' (+ 'input') as the prompt, 'output' as the answer (Alpaca)",
+        "0 test case(s) held out, not data.holdout=5: at most one in 10 of the 4 examples (give data.test_path for more)",
     ]
     text = fixture_recipe(tmp_path, "text_corpus.jsonl", holdout=2)
     assert main(["data", text, "--json"]) == 0

@@ -40,6 +40,9 @@ MESSAGES_ANSWERED = {  # an SFT chat record: its last assistant turn is the refe
 TRL_PROMPT_ONLY = {"prompt": [{"role": "user", "content": "Write a haiku about rain."}]}
 TEXT_PROMPT_ONLY = {"prompt": "Escribe un haiku sobre la lluvia."}
 ALPACA = {"instruction": "Suma los números.", "input": "2, 3", "output": "5"}
+DOLLY = {"instruction": "Suma los números.", "context": "2, 3", "response": "5", "category": "closed_qa"}
+METAMATHQA = {"query": "¿3 * 6?", "response": "3 * 6 = 18\nThe answer is: 18", "type": "GSM_SV"}
+MATH_500 = {"problem": "¿$2^3$?", "solution": "$2^3 = \\boxed{8}$", "answer": "8", "level": 1}  # a final answer beside
 
 
 def write_jsonl(path, records):
@@ -57,6 +60,9 @@ def write_jsonl(path, records):
         (TRL_PROMPT_ONLY, "prompt + answer", TRL_PROMPT_ONLY["prompt"], None, {}),
         (TEXT_PROMPT_ONLY, "prompt only", TEXT_PROMPT_ONLY["prompt"], None, {}),
         (ALPACA, "alpaca", "Suma los números.\n\n2, 3", "5", {}),
+        (DOLLY, "dolly", "Suma los números.\n\n2, 3", "5", {"category": "closed_qa"}),
+        (METAMATHQA, "query/response", "¿3 * 6?", METAMATHQA["response"], {"type": "GSM_SV"}),
+        (MATH_500, "problem/answer", "¿$2^3$?", "8", {"solution": MATH_500["solution"], "level": 1}),
     ],
 )
 def test_published_prompt_shapes_read_into_one_task(tmp_path, record, shape, prompt, answer, columns):
@@ -92,6 +98,7 @@ def test_blocks_prompts_carry_their_answer_and_repeats_and_empty_prompts_are_dro
             "the conversation must end with a user (or tool) turn",
         ),
         ({"question": "q", "answer": ["a", "b"]}, "'answer' must be text or a number"),
+        ({"question": "q", "answer": "a", "response": "r"}, "2 pairs of keys fit these records"),  # as SFT reads it
     ],
 )
 def test_records_without_a_prompt_to_answer_are_named(tmp_path, record, says):
