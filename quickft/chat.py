@@ -53,6 +53,8 @@ class Session:
 
 def chat_style(recipe: Recipe) -> str:
     """chat (multi-turn, chat template), completion (continue the text) or qa (single-turn prompt template)."""
+    if recipe.data.use_chat_template:
+        return "chat"
     return {"chat": "chat", "sharegpt": "chat", "text": "completion"}.get(recipe.data.format, "qa")
 
 

@@ -300,6 +300,7 @@ def bench(
         "quickft eval outputs/tiny_math --cases data/sumas_test.txt",
         "quickft eval outputs/tiny_math --cases preguntas.csv data.question_column=pregunta data.answer_column=respuesta",
         "quickft eval outputs/tiny_math --json",
+        "quickft eval outputs/smollm2_tutor --base    # the score before fine-tuning, on the same cases",
     ),
 )
 def eval_(
@@ -321,12 +322,18 @@ def eval_(
             help="A file of prompts and answers to score, in any data format (default: the run's own cases).",
         ),
     ] = None,
+    base: Annotated[
+        bool,
+        typer.Option(
+            "--base", help="Score the model the run started from (adapter off): the score before fine-tuning."
+        ),
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Score a finished run on test cases (the same scoring as during training)."""
     from quickft.evaluate import main as eval_main
 
-    eval_main(run_dir, cases_path=cases, settings=settings or [], as_json=as_json)
+    eval_main(run_dir, cases_path=cases, settings=settings or [], as_json=as_json, base=base)
 
 
 @app.command(

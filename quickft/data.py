@@ -88,7 +88,28 @@ def read_data(path: str | Path, data: Data, *, setting: str = "data.path") -> Re
         raise UserError(f"{path}: no examples found (format {fmt})", hint="check the file's format matches data.format")
     if fmt not in ("chat", "sharegpt", "text") and all(not ex.response.strip() for ex in examples):
         raise UserError(f"{path}: every response is empty", hint="each example needs an answer to learn from")
+    if data.use_chat_template:
+        examples = as_conversations(examples, path, fmt)
     return Read(fmt, examples, columns)
+
+
+def as_conversations(examples: list[Example], path, fmt: str) -> list[Example]:
+    """Prompt/response examples as one-turn conversations, for data.use_chat_template (chats stay as they are)."""
+    if fmt == "text":
+        raise UserError(
+            f"{path}: data.use_chat_template turns prompt/response examples into conversations; this file holds text "
+            "documents, which have no prompt",
+            hint="set data.use_chat_template=false, or give prompt/response data",
+        )
+    return [
+        ex
+        if ex.messages is not None
+        else Example(
+            messages=[{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.response}],
+            where=ex.where,
+        )
+        for ex in examples
+    ]
 
 
 def _read_text_file(path: Path) -> str:

@@ -7,6 +7,7 @@ a recipe takes (data.question_column=prompt), given after the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -54,7 +55,12 @@ def cases_data(data: Data, cases_path: str | None, settings: list[str]) -> Data:
     return holder.data
 
 
-def evaluate(run_dir: str, cases_path: str | None = None, reporter=None, settings: list[str] = ()) -> dict:
+def evaluate(
+    run_dir: str, cases_path: str | None = None, reporter=None, settings: list[str] = (), *, base: bool = False
+) -> dict:
+    """The run's answers to its test cases (or a --cases file's), scored as in training; `base`: the answers of the
+    model it started from instead (the adapter switched off; a full fine-tune's base loaded beside it), framed and
+    scored the same way: the score before fine-tuning."""
     from quickft.report import Reporter
 
     reporter = reporter or Reporter(quiet=True)
@@ -70,8 +76,8 @@ def evaluate(run_dir: str, cases_path: str | None = None, reporter=None, setting
         read_as = read.note("--cases")
         if read_as:
             reporter.info(read_as)
-    with reporter.phase("loading the model"):
-        session = load_session(run_dir)
+    with reporter.phase("loading the model" + (" (and its base)" if base else "")):
+        session = load_session(run_dir, with_base=base)
     recipe = session.recipe
     if read is not None:
         cases = make_cases(read.examples, recipe.data, {}, session.tokenizer)  # documents make none
@@ -85,13 +91,18 @@ def evaluate(run_dir: str, cases_path: str | None = None, reporter=None, setting
             raise UserError(
                 f"{run_dir}: the run has no test cases", hint="pass --cases FILE (any prompt/response format)"
             )
-    with reporter.phase(f"answering {len(cases)} test cases"):
+    who = session.base_label if base else "the fine-tuned model"
+    with (
+        session.base(session) if base else contextlib.nullcontext(),
+        reporter.phase(f"answering {len(cases)} test cases with {who}"),
+    ):
         scored = score_cases(
             session.model, session.tokenizer, cases, how=recipe.eval.match, max_new_tokens=recipe.max_new_tokens
         )
     correct = sum(s["correct"] for s in scored)
     return {
         "run": str(run_dir),
+        "answered_by": who,
         "cases": cases_path or "the run's own test cases",
         "read_as": read_as,
         "match": recipe.eval.match,
@@ -103,18 +114,25 @@ def evaluate(run_dir: str, cases_path: str | None = None, reporter=None, setting
 
 
 def main(
-    run_dir: str, *, cases_path: str | None = None, settings: list[str] = (), as_json: bool = False, show: int = 5
+    run_dir: str,
+    *,
+    cases_path: str | None = None,
+    settings: list[str] = (),
+    as_json: bool = False,
+    show: int = 5,
+    base: bool = False,
 ) -> dict:
     from quickft.report import Reporter
 
     # what it is doing, while it does it: on stderr, so --json keeps stdout to the JSON
-    result = evaluate(run_dir, cases_path, reporter=Reporter(Console(stderr=True)), settings=settings)
+    result = evaluate(run_dir, cases_path, reporter=Reporter(Console(stderr=True)), settings=settings, base=base)
     if as_json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return result
     console = Console()
     console.print(
-        f"[bold]{result['score']:.1%}[/bold] of {result['n']} test cases correct ({result['match']} match) — {result['cases']}",
+        f"[bold]{result['score']:.1%}[/bold] of {result['n']} test cases correct ({result['match']} match) — "
+        f"{result['cases']}, answered by {result['answered_by']}",
         highlight=False,
     )
     wrong = [a for a in result["answers"] if not a["correct"]][:show]

@@ -67,6 +67,11 @@ class Data:
     """How a prompt is shown to the model for prompt/response data; the response follows, then end-of-sequence."""
     chat_template: str | None = None
     """For chat data: "chatml", a Jinja template, or None to use the tokenizer's own."""
+    use_chat_template: bool = False
+    """Prompt/response data (blocks, Alpaca, pairs, CSV) as one-turn conversations: the prompt as the user's message,
+    the response as the assistant's, rendered by the chat template (the tokenizer's, or chat_template) instead of
+    prompt_template. For instruct models, which answer best in the format they were tuned on; chat, serve, eval and
+    Ollama then talk to the run as to a chat model."""
     history: Literal["auto", "per_turn", "whole"] = "auto"
     """For chat data, how conversations with several assistant turns are trained. Each assistant turn is trained on
     the tokens the model writes for it at inference (its reasoning, content, tool calls and end-of-turn token).
@@ -541,6 +546,11 @@ def validate(recipe: Recipe) -> list[str]:
     need(r.eval.target is None or 0 < r.eval.target <= 1, "eval.target", f"must be in (0, 1], got {r.eval.target}")
     need(not r.eval.target or r.eval.every > 0, "eval.target", "a target is checked every eval.every steps: set it")
     need("{prompt}" in r.data.prompt_template, "data.prompt_template", "must contain {prompt}")
+    need(
+        not r.data.use_chat_template or r.method == "sft",
+        "data.use_chat_template",
+        f"is for SFT's prompt/response data; method={r.method!r} reads chat-shaped data as chats by itself",
+    )
     if isinstance(r.model, Scratch):
         s = r.model
         need(s.hidden_size % s.num_heads == 0, "model.hidden_size", "must be divisible by model.num_heads")
