@@ -77,11 +77,15 @@ class TokenCounter:
         return self._padding
 
 
-# Peak dense tensor-core throughput for 16-bit training (bf16, or fp16 where the card has no bf16), FLOP/s, from
-# the vendors' data sheets (without sparsity). Keyed by the model in torch.cuda.get_device_name(), matched whole:
-# "NVIDIA L40" is not an L4, "H100 NVL" not an H100 SXM, "Quadro T400" not a T4.
+# Peak dense tensor-core throughput for 16-bit training, FLOP/s, from the vendors' data sheets, all by one definition:
+# bf16 (fp16 where the card has no bf16: T4, V100) multiplied with FP32 accumulation, as training runs it, without
+# sparsity. GeForce cards (and the A10G, L40) accumulate in FP32 at half their FP16-accumulate rate, the figure their
+# spec pages lead with: the RTX 3060's 51 TFLOPS is FP16-accumulate, 25.5 FP32-accumulate. Keyed by the model in
+# torch.cuda.get_device_name(), matched whole: "NVIDIA L40" is not an L4, "H100 NVL" not an H100 SXM, "Quadro T400"
+# not a T4. tests/test_flops.py recomputes each entry from SMs x boost clock x the architecture's rate per SM.
 PEAK_FLOPS = {
-    r"H200( NVL)?": 989e12,
+    r"H200 NVL": 835e12,
+    r"H200": 989e12,
     r"H100 NVL": 835e12,
     r"H100 PCIe": 756e12,
     r"H100( 80GB HBM3| SXM5?.*)?": 989e12,
@@ -93,7 +97,7 @@ PEAK_FLOPS = {
     r"L4": 121e12,
     r"RTX 4090": 165e12,
     r"RTX 3090": 71e12,
-    r"RTX 3060": 51e12,
+    r"RTX 3060": 25.5e12,
     r"T4": 65e12,
     r"V100-PCIE.*": 112e12,
     r"V100(-SXM2.*|-SXM3.*)?": 125e12,
