@@ -287,11 +287,17 @@ class Reporter:
         )
         if t["total_flos"]:  # 0: the trainer had no estimate (GRPO's)
             table.add_row("total FLOPs", f"{t['total_flos']:.3e}")
+        passes = " + ".join(f"{m.PASSES[name]} {flops:.2e}" for name, flops in t["flops_by_pass"].items())
+        table.add_row(
+            "model FLOPs",
+            f"{t['flops_per_token']:.3e} per token trained ({passes}) × tokens/s = {t['flops_per_s']:.3e} FLOP/s"
+            + (" per process" if t.get("processes", 1) > 1 else ""),
+        )
         if t["mfu"] is not None:
             table.add_row(
                 "MFU",
-                f"{100 * t['mfu']:.1f}% ({t['flops_per_token']:.3e} training FLOPs per token × tokens/s ÷ the card's "
-                "peak 16-bit FLOP/s)",
+                f"{100 * t['mfu']:.1f}% (the model FLOP/s above ÷ the card's peak dense 16-bit rate, "
+                f"{t['peak_flops'] / 1e12:,.1f} TFLOP/s)",
             )
         table.add_row(
             "memory",

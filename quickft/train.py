@@ -610,16 +610,19 @@ def summarize_run(recorder, trainer, reporter, choice, header, run_dir, samples,
     train = summary["train"]
     train["after_phases"] = after  # every second after training, by phase (saving, answering, plots)
     train["process_start_s"] = reporter.process_start_s  # and before the verb: Python's start, quickft's imports
-    seq_len = train["tokens"] / train["samples"] if train["samples"] else 0.0
-    train["flops_per_token"] = m.flops_per_token(header["flop_counts"], header["mode"], seq_len)
-    gpu_name = choice.hardware.gpu_name
     processes = len(recorder.per_process)
-    train["mfu"] = (
-        m.mfu(
-            train["flops_per_token"], train["tokens_per_s"], gpu_name, precision=choice.precision, processes=processes
-        )
-        if choice.device == "cuda"
-        else None
+    train |= m.flops_figures(
+        header["flop_counts"],
+        header["mode"],
+        trainer.passes(),
+        tokens=train["tokens"],
+        samples=train["samples"],
+        generated=recorder.earlier["generated"] + recorder.totals["generated_tokens"],
+        tokens_per_s=train["tokens_per_s"],
+        gpu_name=choice.hardware.gpu_name,
+        precision=choice.precision,
+        processes=processes,
+        cuda=choice.device == "cuda",
     )
     train["processes"] = processes
     if len(recorder.per_process) > 1:  # what each process counted and peaked at; the report shows sum and max

@@ -42,6 +42,10 @@ class CountingTrainer(SFTTrainer):
         self.counter.add(inputs)  # after the step: a batch that failed (out of memory) was not trained
         return loss
 
+    def passes(self) -> dict:
+        """The passes a step runs besides the policy's forward and backward (quickft.metrics.flops_by_pass): none."""
+        return {}
+
 
 class _ResumesWithRef:
     """For the trainers that keep TRL's frozen "ref" copy of the starting adapter (DPO, KTO, GRPO with a KL term):
@@ -78,6 +82,10 @@ class CountingDPOTrainer(_ResumesWithRef, DPOTrainer):
         self.counter.add(inputs)
         return loss
 
+    def passes(self) -> dict:
+        """The reference model's forward pass over the same sequences, each step (none when TRL precomputed it)."""
+        return {"reference": not self.precompute_ref_logps}
+
 
 class _PairRows:
     """For TRL's ORPO and CPO trainers, which tokenize text pairs row by row: train on the pairs quickft tokenized
@@ -110,6 +118,10 @@ class _PairRows:
                 {"input_ids": inputs[f"{key}_input_ids"], "attention_mask": inputs[f"{key}_attention_mask"]}
             )
         return loss
+
+    def passes(self) -> dict:
+        """No reference model (ORPO, SimPO): the policy's forward and backward pass only."""
+        return {}
 
 
 class CountingORPOTrainer(_PairRows, ORPOTrainer):
@@ -144,6 +156,11 @@ class CountingKTOTrainer(_ResumesWithRef, KTOTrainer):
         loss = super().training_step(model, inputs, *args, **kwargs)
         self.counter.add({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]})
         return loss
+
+    def passes(self) -> dict:
+        """The reference's forward pass over the answers; with the KL estimate (loss "kto"), the policy's and the
+        reference's forward passes over the mismatched prompt/answer pairs too."""
+        return {"reference": not self.precompute_ref_logps, "kl": self.calculate_KL}
 
 
 class CountingGRPOTrainer(_ResumesWithRef, GRPOTrainer):
@@ -199,6 +216,10 @@ class CountingGRPOTrainer(_ResumesWithRef, GRPOTrainer):
             }
         )
         return loss
+
+    def passes(self) -> dict:
+        """Generating the answers; the reference's forward pass over them when beta > 0 (the KL term)."""
+        return {"reference": self.beta != 0.0, "generation": True}
 
 
 class StopCallback(TrainerCallback):
