@@ -436,7 +436,8 @@ def reference_notes(recipe: Recipe, trainer) -> list[str]:
         )
         lines = [
             f"GRPO: {args.num_generations} answers per prompt (temperature {args.temperature:g}, up to "
-            f"{args.max_completion_length} tokens), loss {args.loss_type}, clip {args.epsilon:g}",
+            f"{args.max_completion_length} tokens), loss {args.loss_type}, clip {args.epsilon:g}"
+            + ("; an answer cut at the limit adds nothing to the loss" if args.mask_truncated_completions else ""),
             f"GRPO's reward: {rewards}",
         ]
         if args.beta == 0:
@@ -893,6 +894,7 @@ def grpo_trainer(recipe: Recipe, model, tokenizer, dataset, common: dict, counte
         loss_type=g.loss_type,
         scale_rewards=g.scale_rewards,
         reward_weights=g.reward_weights,
+        mask_truncated_completions=g.mask_truncated_completions,
         **(settings or {}),
     )
     one_gpu_per_process(args)

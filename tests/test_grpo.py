@@ -325,6 +325,50 @@ def test_grpo_recipe_mistakes_exit_2(tmp_path, tiny_model_dir, sums_file, capsys
         assert not (tmp_path / "never").exists()
 
 
+def test_answers_cut_and_left_out_of_the_loss_are_still_generated_and_read(tmp_path, tiny_model_dir, sums_file, capsys):
+    """grpo.mask_truncated_completions (DAPO's overlong filtering) takes an answer cut at max_completion_length out of
+    the loss by zeroing its completion mask; the answer was still generated, scored and read by the step's passes.
+    The counts agree with TRL's own logs (a checkpoint's trainer_state.json): its completion lengths (the answers as
+    sampled) and num_tokens (prompts and answers as the passes read them). Before, a cut answer counted as neither."""
+    recipe = write_recipe(
+        tmp_path / "r.py",
+        f"""
+        from quickft import GRPO
+        from quickft.rewards import exact_answer
+
+        recipe = Recipe(
+            model={str(tiny_model_dir)!r},
+            method="grpo",
+            grpo=GRPO(rewards=[exact_answer()], num_generations=4, mask_truncated_completions=True),
+            data=Data(path={str(sums_file)!r}, prompt_template={PROMPT!r}, holdout=0),
+            max_seq_length=48,
+            micro_batch_size=8,
+            max_steps=2,
+            save_every=2,
+            max_new_tokens=3,
+        )
+        """,
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--output-dir", str(out)]) == 0
+    state = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    trl = {e["step"]: e for e in state["log_history"] if "loss" in e}
+    rows = [r for r in rows_of(out) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2] == sorted(trl)
+    assert all(trl[s]["completions/clipped_ratio"] > 0 for s in trl)  # answers were cut: the case under test
+    generated = 0
+    for row in rows:
+        step = trl[row["step"]]
+        assert row["generated_tokens"] - generated == pytest.approx(8 * step["completions/mean_length"], abs=1e-6)
+        assert row["tokens"] == step["num_tokens"]
+        generated = row["generated_tokens"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["grpo"]["generated_tokens"] == generated and summary["train"]["tokens"] == rows[-1]["tokens"]
+    assert "loss dapo, clip 0.2; an answer cut at the limit adds nothing to the loss" in " ".join(
+        capsys.readouterr().out.split()
+    )
+
+
 @requires_unsloth
 def test_unsloths_cpu_mode_trains_the_same_first_grpo_step(grpo_run, tmp_path):
     """--backend unsloth on a CPU, in a process of its own (importing Unsloth patches TRL's GRPOTrainer): the same
