@@ -407,19 +407,23 @@ def memory_summary_text(mem: dict) -> str:
 
 PREFERENCE_KEYS = (
     "step",
+    "window_steps",
     "rewards/chosen",
     "rewards/rejected",
     "rewards/margins",
     "rewards/accuracies",
     "kl",
     "nll_loss",
+    "log_odds_chosen",
     "log_odds_ratio",
 )
 
 
 def preference_summary(rows: list[dict], method: str) -> dict | None:
-    """A preference run's figures at its first and last logged step with both answers' rewards (TRL's averages since
-    its previous log; a KTO log window may hold only one kind of answer): those of PREFERENCE_KEYS its trainer logs."""
+    """A preference run's figures in its first and last logging window with both answers' rewards (a KTO window may
+    hold only one kind of answer): those of PREFERENCE_KEYS its trainer logs. Each is TRL's mean over the window's
+    micro-batches (window_steps steps ending at step), each micro-batch's figure a mean over its pairs (KTO: rewards
+    over the micro-batches holding that kind of answer, the margin over those holding both)."""
     logged = [r for r in rows if "rewards/margins" in r]
     if not logged:
         return None
@@ -429,6 +433,7 @@ def preference_summary(rows: list[dict], method: str) -> dict | None:
 
 GRPO_KEYS = (
     "step",
+    "window_steps",
     "reward",
     "reward_std",
     "frac_reward_zero_std",
