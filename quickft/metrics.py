@@ -196,15 +196,10 @@ def flops_by_pass(
     return out
 
 
-def flops_per_token(counts: dict, mode: str, seq_len: float, **passes) -> float:
-    """Model FLOPs per token trained, every pass the step runs (flops_by_pass) summed."""
-    return sum(flops_by_pass(counts, mode, seq_len, **passes).values())
-
-
 def mfu(
     flops_per_token: float, tokens_per_s: float, gpu_name: str | None, *, precision: str = "bf16", processes: int = 1
 ) -> float | None:
-    """Model FLOPs utilization: FLOPs per token trained (flops_per_token, every pass included) x tokens/s of one card
+    """Model FLOPs utilization: FLOPs per token trained (every pass included: flops_by_pass) x tokens/s of one card
     (`tokens_per_s` is the sum over `processes`, one card each), divided by the card's peak 16-bit tensor rate. None
     when the card's peak is unknown (and on CPU), and for fp32 training, which the 16-bit peak does not measure."""
     peak = peak_flops(gpu_name)

@@ -595,5 +595,5 @@ def preference_text(row: dict, sep: str = " ") -> str:
 
 def window_text(row: dict) -> str:
     """The steps a logged row's method figures average over (TRL's means since its previous log): 'steps 5-8'."""
-    steps = row.get("window_steps", 1)
+    steps = row["window_steps"]
     return f"step {row['step']}" if steps == 1 else f"steps {row['step'] - steps + 1}-{row['step']}"

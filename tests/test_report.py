@@ -279,11 +279,12 @@ def test_compare_refuses_what_is_not_a_finished_run(tmp_path, capsys):
 
 
 def test_mfu_uses_the_cards_peak_rate():
+    """Which card's peak a GPU name gets, and whose share MFU is. (tests/test_flops.py recomputes the figures
+    themselves: the FLOP/s from torch's count of the real steps over our own clock, each peak from the card's SMs.)"""
     from quickft.metrics import mfu, peak_flops
 
     assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_flops("NVIDIA GeForce GTX 1050 Ti") is None and mfu(10, 1.0, None) is None
-    assert mfu(6_000_000_000, 10_000, "NVIDIA A100-SXM4-80GB") == pytest.approx(6e13 / 312e12)
     # whole model names, as torch.cuda.get_device_name() gives them: no substring borrows another card's peak
     assert (
         peak_flops("NVIDIA L40") == 181e12 and peak_flops("NVIDIA L4") == 121e12 and peak_flops("NVIDIA L40S") == 362e12
@@ -292,7 +293,7 @@ def test_mfu_uses_the_cards_peak_rate():
     assert peak_flops("Tesla T4") == 65e12 and peak_flops("Tesla V100-SXM2-16GB") == 125e12
     assert peak_flops("NVIDIA A100 80GB PCIe") == 312e12 and peak_flops("NVIDIA A10G") == 70e12
     # one card's share under torchrun (tokens/s is the sum of the processes), and no 16-bit peak for fp32 training
-    assert mfu(6e9, 20_000, "NVIDIA A100-SXM4-80GB", processes=2) == pytest.approx(6e13 / 312e12)
+    assert mfu(6e9, 20_000, "NVIDIA A100-SXM4-80GB", processes=2) == mfu(6e9, 10_000, "NVIDIA A100-SXM4-80GB")
     assert mfu(6e9, 10_000, "NVIDIA A100-SXM4-80GB", precision="fp32") is None
 
 
