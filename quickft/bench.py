@@ -416,8 +416,19 @@ def _measure(spec: dict) -> dict:
     trainer.train()
     w = spec["warmup"]  # warm-up steps (allocator, kernel autotuning, lazy init) are not timed
     tokens, times = timing["tokens"][w:], timing["times"][w:]
-    seq_len = sum(tokens) / max(1, sum(timing["samples"][w:]))
-    flops = metrics.flops_per_token(metrics.flop_counts(loaded.model), recipe.mode, seq_len)
+    flops = metrics.flops_figures(
+        metrics.flop_counts(loaded.model),
+        recipe.mode,
+        trainer.passes(),
+        tokens=counter.tokens,  # every step's (warm-up included): the sequences' mean length, GRPO's answers' share
+        samples=counter.samples,
+        generated=counter.generated,
+        tokens_per_s=sum(tokens) / sum(times),
+        gpu_name=choice.hardware.gpu_name,
+        precision=choice.precision,
+        processes=1,
+        cuda=cuda,
+    )
     settings = effective_settings(trainer, loaded.model) | {"tokens_per_step": sum(tokens) / len(tokens)}
     return {
         "settings": settings,
@@ -432,10 +443,8 @@ def _measure(spec: dict) -> dict:
         "step_samples": timing["samples"][w:],
         "losses": timing["losses"][w:],
         "memory": metrics.memory(choice.device),
-        "flops_per_token": flops,
-        "mfu": metrics.mfu(flops, sum(tokens) / sum(times), choice.hardware.gpu_name, precision=choice.precision)
-        if cuda
-        else None,
+        "flops_per_token": flops["flops_per_token"],
+        "mfu": flops["mfu"],
     }
 
 

@@ -77,11 +77,15 @@ class TokenCounter:
         return self._padding
 
 
-# Peak dense tensor-core throughput for 16-bit training (bf16, or fp16 where the card has no bf16), FLOP/s, from
-# the vendors' data sheets (without sparsity). Keyed by the model in torch.cuda.get_device_name(), matched whole:
-# "NVIDIA L40" is not an L4, "H100 NVL" not an H100 SXM, "Quadro T400" not a T4.
+# Peak dense tensor-core throughput for 16-bit training, FLOP/s, from the vendors' data sheets, all by one definition:
+# bf16 (fp16 where the card has no bf16: T4, V100) multiplied with FP32 accumulation, as training runs it, without
+# sparsity. GeForce cards (and the A10G, L40) accumulate in FP32 at half their FP16-accumulate rate, the figure their
+# spec pages lead with: the RTX 3060's 51 TFLOPS is FP16-accumulate, 25.5 FP32-accumulate. Keyed by the model in
+# torch.cuda.get_device_name(), matched whole: "NVIDIA L40" is not an L4, "H100 NVL" not an H100 SXM, "Quadro T400"
+# not a T4. tests/test_flops.py recomputes each entry from SMs x boost clock x the architecture's rate per SM.
 PEAK_FLOPS = {
-    r"H200( NVL)?": 989e12,
+    r"H200 NVL": 835e12,
+    r"H200": 989e12,
     r"H100 NVL": 835e12,
     r"H100 PCIe": 756e12,
     r"H100( 80GB HBM3| SXM5?.*)?": 989e12,
@@ -93,7 +97,7 @@ PEAK_FLOPS = {
     r"L4": 121e12,
     r"RTX 4090": 165e12,
     r"RTX 3090": 71e12,
-    r"RTX 3060": 51e12,
+    r"RTX 3060": 25.5e12,
     r"T4": 65e12,
     r"V100-PCIE.*": 112e12,
     r"V100(-SXM2.*|-SXM3.*)?": 125e12,
@@ -110,8 +114,12 @@ def peak_flops(gpu_name: str | None) -> float | None:
 
 def flop_counts(model) -> dict:
     """What the FLOPs formula needs, read from the model: the weights that multiply activations (every linear layer
-    of the base, output head included; embedding lookups are not matmuls), the LoRA adapters' weights, layers, width."""
-    matmul = adapter = 0
+    of the base, output head included; embedding lookups are not matmuls), the output head's share of them, the LoRA
+    adapter being trained and TRL's frozen "ref" copy of it (DPO, KTO and GRPO keep one: the reference model), layers
+    and width."""
+    head = model.get_output_embeddings()
+    matmul = head_n = 0
+    adapters: dict[str, int] = {}
     for name, module in model.named_modules():
         kind = type(module).__name__
         if kind == "Conv1D":  # GPT-2's projections
@@ -120,46 +128,114 @@ def flop_counts(model) -> dict:
             n = module.in_features * module.out_features  # nn.Linear and bitsandbytes' Linear4bit (packed weights)
         else:
             continue
-        if "lora_" in name:
-            adapter += n
+        if "lora_" in name:  # ...lora_A.<adapter name>
+            adapter = name.rsplit(".", 1)[-1]
+            adapters[adapter] = adapters.get(adapter, 0) + n
         else:
             matmul += n
+            head_n += n if module is head else 0
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     return {
         "matmul_parameters": matmul,
-        "adapter_parameters": adapter,
+        "head_parameters": head_n,
+        "adapter_parameters": sum(n for name, n in adapters.items() if name != "ref"),
+        "reference_adapter_parameters": adapters.get("ref", 0),
         "layers": config.num_hidden_layers,
         "hidden_size": config.hidden_size,
     }
 
 
-def flops_per_token(counts: dict, mode: str, seq_len: float) -> float:
-    """Training FLOPs per token, by mode (model FLOPs: recomputation under gradient checkpointing is not counted).
+PASSES = {
+    "training": "policy forward and backward",
+    "reference": "reference forward",
+    "kl": "KL estimate's policy and reference forwards",
+    "generation": "generating the answers",
+}
+"""The passes over the data a step can run, as the report names them (each trainer's `passes()` says which it runs
+besides training: DPO, KTO and GRPO with beta > 0 the reference's, KTO's loss "kto" the KL estimate's, GRPO
+generation)."""
+
+
+def flops_by_pass(
+    counts: dict,
+    mode: str,
+    seq_len: float,
+    *,
+    reference: bool = False,
+    kl: bool = False,
+    generation: bool = False,
+    answer_share: float = 1.0,
+) -> dict[str, float]:
+    """Model FLOPs per token trained, by pass (recomputation under gradient checkpointing is not counted).
 
     A matmul weight costs 2 FLOPs per token forward, 2 backward for the activations' gradient, and 2 more for its
     own gradient, which only trained weights need. Attention (PaLM's estimate, no causal discount) costs
-    4 x layers x width x seq_len forward and twice that backward.
-      full:        6 N + 12 L d T
-      lora, qlora: 4 N + 6 A + 12 L d T   (frozen base; 4-bit dequantization is not counted)
-    N = matmul weights of the base, A = adapter weights, L = layers, d = width, T = the mean sequence length.
+    4 x layers x width x seq_len forward and twice that backward. Per token trained, with W the matmul weights a
+    token meets (the base's, N, less the output head's positions where no logits are computed):
+      training:   full: 6 W + 12 L d T;  lora, qlora: 4 W + 6 A + 12 L d T   (frozen base; 4-bit dequantization
+                  not counted)
+      reference:  2 W + 2 R + 4 L d T   (DPO, KTO, GRPO with beta > 0: the base, TRL's frozen adapter copy R, or a
+                  second copy of the model, forward only)
+      kl:         2 N + 2 A + 4 L d T, and the reference's 2 N + 2 R + 4 L d T (KTO: the policy and the reference
+                  read each prompt with another answer of its micro-batch: as many tokens as the answers)
+      generation: 2 W + 2 A + 4 L d T   (GRPO: the prompts read once and each answer token generated once)
+    A = the trained adapter's weights, L = layers, d = width, T = the mean sequence length. `answer_share`: the share
+    of positions whose logits are computed, GRPO's answer tokens (TRL computes its logits over the answers only, and
+    generation samples one token per answer position); 1 for the other methods.
     """
-    n, a = counts["matmul_parameters"], counts["adapter_parameters"]
-    attention = 12 * counts["layers"] * counts["hidden_size"] * seq_len
-    if mode == "full":
-        return 6 * n + attention
-    return 4 * n + 6 * a + attention
+    n, a, r = counts["matmul_parameters"], counts["adapter_parameters"], counts["reference_adapter_parameters"]
+    w = n - counts["head_parameters"] * (1 - answer_share)
+    attention = 4 * counts["layers"] * counts["hidden_size"] * seq_len
+    out = {"training": (6 * w if mode == "full" else 4 * w + 6 * a) + 3 * attention}
+    if reference:
+        out["reference"] = 2 * w + 2 * r + attention
+    if kl:
+        out["kl"] = (2 * n + 2 * a + attention) + (2 * n + 2 * r + attention)
+    if generation:
+        out["generation"] = 2 * w + 2 * a + attention
+    return out
 
 
 def mfu(
     flops_per_token: float, tokens_per_s: float, gpu_name: str | None, *, precision: str = "bf16", processes: int = 1
 ) -> float | None:
-    """Model FLOPs utilization: training FLOPs per token (flops_per_token) x tokens/s of one card (`tokens_per_s` is
-    the sum over `processes`, one card each), divided by the card's peak 16-bit tensor rate. None when the card's
-    peak is unknown (and on CPU), and for fp32 training, which the 16-bit peak does not measure."""
+    """Model FLOPs utilization: FLOPs per token trained (every pass included: flops_by_pass) x tokens/s of one card
+    (`tokens_per_s` is the sum over `processes`, one card each), divided by the card's peak 16-bit tensor rate. None
+    when the card's peak is unknown (and on CPU), and for fp32 training, which the 16-bit peak does not measure."""
     peak = peak_flops(gpu_name)
     if not peak or precision == "fp32":
         return None
     return flops_per_token * tokens_per_s / max(processes, 1) / peak
+
+
+def flops_figures(
+    counts: dict,
+    mode: str,
+    passes: dict,
+    *,
+    tokens: int,
+    samples: int,
+    generated: int,
+    tokens_per_s: float,
+    gpu_name: str | None,
+    precision: str,
+    processes: int,
+    cuda: bool,
+) -> dict:
+    """The report's FLOPs figures: FLOPs per token trained (every pass a step runs: `passes`, from the trainer), by
+    pass, for `tokens` trained in `samples` sequences of which `generated` were generated (GRPO's logits are computed
+    over its answers only); the FLOP/s they make at tokens/s (per process: one card each); MFU on a GPU."""
+    share = generated / tokens if passes.get("generation") and tokens else 1.0
+    seq_len = tokens / samples if samples else 0.0
+    by_pass = flops_by_pass(counts, mode, seq_len, answer_share=share, **passes)
+    per_token = sum(by_pass.values())
+    return {
+        "flops_per_token": per_token,
+        "flops_by_pass": by_pass,
+        "flops_per_s": per_token * tokens_per_s / max(processes, 1),
+        "peak_flops": peak_flops(gpu_name) if cuda else None,
+        "mfu": mfu(per_token, tokens_per_s, gpu_name, precision=precision, processes=processes) if cuda else None,
+    }
 
 
 def parameter_counts(model) -> tuple[int, int]:
@@ -326,19 +402,23 @@ def memory_summary_text(mem: dict) -> str:
 
 PREFERENCE_KEYS = (
     "step",
+    "window_steps",
     "rewards/chosen",
     "rewards/rejected",
     "rewards/margins",
     "rewards/accuracies",
     "kl",
     "nll_loss",
+    "log_odds_chosen",
     "log_odds_ratio",
 )
 
 
 def preference_summary(rows: list[dict], method: str) -> dict | None:
-    """A preference run's figures at its first and last logged step with both answers' rewards (TRL's averages since
-    its previous log; a KTO log window may hold only one kind of answer): those of PREFERENCE_KEYS its trainer logs."""
+    """A preference run's figures in its first and last logging window with both answers' rewards (a KTO window may
+    hold only one kind of answer): those of PREFERENCE_KEYS its trainer logs. Each is TRL's mean over the window's
+    micro-batches (window_steps steps ending at step), each micro-batch's figure a mean over its pairs (KTO: rewards
+    over the micro-batches holding that kind of answer, the margin over those holding both)."""
     logged = [r for r in rows if "rewards/margins" in r]
     if not logged:
         return None
@@ -348,6 +428,7 @@ def preference_summary(rows: list[dict], method: str) -> dict | None:
 
 GRPO_KEYS = (
     "step",
+    "window_steps",
     "reward",
     "reward_std",
     "frac_reward_zero_std",

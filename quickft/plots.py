@@ -15,7 +15,7 @@ PLOTS = {
     "groups.png": "GRPO: the share of groups whose answers all scored the same (nothing to learn), and of answers "
     "cut at max_completion_length",
     "preference.png": "DPO, ORPO, SimPO, KTO: the chosen (desirable) and rejected (undesirable) answers' rewards and "
-    "their margin per step, and how often the chosen answer wins (pairs)",
+    "their margin, and how often the chosen answer wins (pairs), each TRL's mean over a logging window",
 }
 
 
@@ -164,7 +164,9 @@ def _preference_plot(save, rows: list[dict]) -> None:
     def rewards(ax):
         ax.plot(steps, [r["rewards/chosen"] for r in rows], label=f"{chosen} answers' reward")
         ax.plot(steps, [r["rewards/rejected"] for r in rows], label=f"{rejected} answers' reward")
-        ax.plot(steps, [r["rewards/margins"] for r in rows], linewidth=2, label="margin")
+        # KTO's margin is TRL's mean over the micro-batches holding both kinds: not the difference of the two curves
+        margin = "margin" if paired else "margin (micro-batches with both kinds)"
+        ax.plot(steps, [r["rewards/margins"] for r in rows], linewidth=2, label=margin)
         ax.axhline(0, color="gray", linewidth=0.8)
         if paired:
             wins = ax.twinx()
@@ -172,7 +174,7 @@ def _preference_plot(save, rows: list[dict]) -> None:
             wins.set_ylabel("chosen wins (%, dashed)")
             wins.set_ylim(0, 100)
 
-    save("preference.png", "preference rewards", "reward", rewards)
+    save("preference.png", "preference rewards (mean over each logging window)", "reward", rewards)
 
 
 def _grpo_plots(save, rows: list[dict]) -> None:

@@ -225,6 +225,9 @@ class GRPO:
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """Divide each advantage by its group's reward spread (group), the batch's (batch) or not at all (none:
     Dr. GRPO)."""
+    mask_truncated_completions: bool = False
+    """DAPO's overlong filtering (TRL's option of that name): an answer cut at max_completion_length adds nothing to
+    the loss. It is still generated, scored, read by the step's passes and counted in the tokens."""
 
 
 PAIRED_METHODS = ("dpo", "orpo", "simpo")

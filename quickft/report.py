@@ -287,11 +287,17 @@ class Reporter:
         )
         if t["total_flos"]:  # 0: the trainer had no estimate (GRPO's)
             table.add_row("total FLOPs", f"{t['total_flos']:.3e}")
+        passes = " + ".join(f"{m.PASSES[name]} {flops:.2e}" for name, flops in t["flops_by_pass"].items())
+        table.add_row(
+            "model FLOPs",
+            f"{t['flops_per_token']:.3e} per token trained ({passes}) × tokens/s = {t['flops_per_s']:.3e} FLOP/s"
+            + (" per process" if t.get("processes", 1) > 1 else ""),
+        )
         if t["mfu"] is not None:
             table.add_row(
                 "MFU",
-                f"{100 * t['mfu']:.1f}% ({t['flops_per_token']:.3e} training FLOPs per token × tokens/s ÷ the card's "
-                "peak 16-bit FLOP/s)",
+                f"{100 * t['mfu']:.1f}% (the model FLOP/s above ÷ the card's peak dense 16-bit rate, "
+                f"{t['peak_flops'] / 1e12:,.1f} TFLOP/s)",
             )
         table.add_row(
             "memory",
@@ -323,18 +329,24 @@ class Reporter:
             table.add_row("improvement by third", thirds)
         if pref := s.get("preference"):
             first, last = pref["first"], pref["last"]
-            wins = f"chosen wins {first['rewards/accuracies']:.0%}, " if "rewards/accuracies" in first else ""
+            if first["rewards/chosen"] == first["rewards/rejected"] == 0.0:  # before the first update (DPO, KTO)
+                start = "rewards 0, the policy still the reference model"
+            else:
+                wins = f"chosen wins {first['rewards/accuracies']:.0%}, " if "rewards/accuracies" in first else ""
+                start = f"{wins}margin {first['rewards/margins']:+.3f}"
+            earlier = f"; {window_text(first)}: {start}" if first["step"] != last["step"] else ""
             table.add_row(
                 "preference",
-                f"step {last['step']}: {preference_text(last)}; at step {first['step']}: {wins}"
-                f"margin {first['rewards/margins']:+.3f}",
+                f"{window_text(last)}: {preference_text(last)}{earlier} (TRL's means over each logging window's "
+                "micro-batches"
+                + ("; KTO's margin over those holding both kinds of answer)" if pref["method"] == "kto" else ")"),
             )
         if g := s.get("grpo"):
             first, last = g["first"], g["last"]
             table.add_row(
                 "rewards",
-                f"step {last['step']}: {grpo_text(last)}; at step {first['step']}: reward {first['reward']:.3f}, "
-                f"no spread in {first['frac_reward_zero_std']:.0%} of groups",
+                f"{window_text(last)}: {grpo_text(last)}; {window_text(first)}: reward {first['reward']:.3f}, "
+                f"no spread in {first['frac_reward_zero_std']:.0%} of groups (TRL's means over each logging window)",
             )
             table.add_row(
                 "generation",
@@ -551,19 +563,37 @@ def generation_text(row: dict, sep: str = " ") -> str:
 
 
 def preference_text(row: dict, sep: str = " ") -> str:
-    """A preference row's figures, as its trainer logged them: how often the chosen answer wins (pairs only), by how
-    much, each side's reward (DPO, KTO: beta times the log-probability ratio to the reference model; ORPO, SimPO:
-    beta times the answer's own log-probability, SimPO's per token), KTO's KL estimate, ORPO's and CPO-SimPO's
-    SFT loss and ORPO's log odds ratio."""
+    """A preference row's figures, as its trainer logged them (TRL's means over the logging window's micro-batches):
+    how often the chosen answer wins (pairs only), by how much, each side's reward (DPO, KTO: beta times the
+    log-probability ratio to the reference model; ORPO, SimPO: beta times the answer's own log-probability, SimPO's
+    per token), KTO's KL estimate, ORPO's and CPO-SimPO's SFT loss, and ORPO's log odds ratio (TRL's
+    log_odds_chosen: log odds of the chosen answer less the rejected one's, 0 when neither is preferred) and its
+    odds-ratio loss (-log σ of it: TRL's log_odds_ratio negated, ln 2 = 0.693 when neither is preferred).
+
+    Before DPO's or KTO's first update the policy is the reference: every reward is exactly 0, and TRL counts each tie
+    as the chosen answer losing ("chosen wins 0%"). That window is said to be so, not shown as a measurement. KTO's
+    answers are judged one at a time: its margin is averaged over the micro-batches holding both kinds, each reward
+    over those holding its kind, so the margin need not be the difference of the two rewards shown."""
     paired = "rewards/accuracies" in row  # KTO's answers are judged one at a time: no pair to win
     chosen, rejected = ("chosen", "rejected") if paired else ("desirable", "undesirable")
-    parts = [f"chosen wins {row['rewards/accuracies']:.0%}"] if paired else []
-    parts.append(f"margin {row['rewards/margins']:+.3f}")
-    parts.append(f"rewards {row['rewards/chosen']:+.3f} {chosen}, {row['rewards/rejected']:+.3f} {rejected}")
+    if row["rewards/chosen"] == row["rewards/rejected"] == 0.0:
+        parts = ["rewards 0: the policy is still the reference model (no preference measured yet)"]
+    else:
+        parts = [f"chosen wins {row['rewards/accuracies']:.0%}"] if paired else []
+        parts.append(f"margin {row['rewards/margins']:+.3f}" + ("" if paired else " (micro-batches with both kinds)"))
+        parts.append(f"rewards {row['rewards/chosen']:+.3f} {chosen}, {row['rewards/rejected']:+.3f} {rejected}")
     if not paired and "kl" in row:
         parts.append(f"KL {row['kl']:.3f}")
     if row.get("nll_loss"):  # CPO logs 0 when it adds no SFT loss
         parts.append(f"SFT loss {row['nll_loss']:.4f}")
+    if "log_odds_chosen" in row:
+        parts.append(f"log odds ratio {row['log_odds_chosen']:+.3f}")
     if "log_odds_ratio" in row:
-        parts.append(f"log odds ratio {row['log_odds_ratio']:+.3f}")
+        parts.append(f"odds-ratio loss {-row['log_odds_ratio']:.4f}")
     return sep.join(parts)
+
+
+def window_text(row: dict) -> str:
+    """The steps a logged row's method figures average over (TRL's means since its previous log): 'steps 5-8'."""
+    steps = row["window_steps"]
+    return f"step {row['step']}" if steps == 1 else f"steps {row['step'] - steps + 1}-{row['step']}"

@@ -470,7 +470,8 @@ def reference_notes(recipe: Recipe, trainer) -> list[str]:
         )
         lines = [
             f"GRPO: {args.num_generations} answers per prompt (temperature {args.temperature:g}, up to "
-            f"{args.max_completion_length} tokens), loss {args.loss_type}, clip {args.epsilon:g}",
+            f"{args.max_completion_length} tokens), loss {args.loss_type}, clip {args.epsilon:g}"
+            + ("; an answer cut at the limit adds nothing to the loss" if args.mask_truncated_completions else ""),
             f"GRPO's reward: {rewards}",
         ]
         if args.beta == 0:
@@ -650,16 +651,19 @@ def summarize_run(recorder, trainer, reporter, choice, header, run_dir, samples,
     train = summary["train"]
     train["after_phases"] = after  # every second after training, by phase (saving, answering, plots)
     train["process_start_s"] = reporter.process_start_s  # and before the verb: Python's start, quickft's imports
-    seq_len = train["tokens"] / train["samples"] if train["samples"] else 0.0
-    train["flops_per_token"] = m.flops_per_token(header["flop_counts"], header["mode"], seq_len)
-    gpu_name = choice.hardware.gpu_name
     processes = len(recorder.per_process)
-    train["mfu"] = (
-        m.mfu(
-            train["flops_per_token"], train["tokens_per_s"], gpu_name, precision=choice.precision, processes=processes
-        )
-        if choice.device == "cuda"
-        else None
+    train |= m.flops_figures(
+        header["flop_counts"],
+        header["mode"],
+        trainer.passes(),
+        tokens=train["tokens"],
+        samples=train["samples"],
+        generated=recorder.earlier["generated"] + recorder.totals["generated_tokens"],
+        tokens_per_s=train["tokens_per_s"],
+        gpu_name=choice.hardware.gpu_name,
+        precision=choice.precision,
+        processes=processes,
+        cuda=choice.device == "cuda",
     )
     train["processes"] = processes
     if len(recorder.per_process) > 1:  # what each process counted and peaked at; the report shows sum and max
@@ -935,6 +939,7 @@ def grpo_trainer(recipe: Recipe, model, tokenizer, dataset, common: dict, counte
         loss_type=g.loss_type,
         scale_rewards=g.scale_rewards,
         reward_weights=g.reward_weights,
+        mask_truncated_completions=g.mask_truncated_completions,
         **(settings or {}),
     )
     one_gpu_per_process(args)

@@ -42,6 +42,10 @@ class CountingTrainer(SFTTrainer):
         self.counter.add(inputs)  # after the step: a batch that failed (out of memory) was not trained
         return loss
 
+    def passes(self) -> dict:
+        """The passes a step runs besides the policy's forward and backward (quickft.metrics.flops_by_pass): none."""
+        return {}
+
 
 class _ResumesWithRef:
     """For the trainers that keep TRL's frozen "ref" copy of the starting adapter (DPO, KTO, GRPO with a KL term):
@@ -78,6 +82,10 @@ class CountingDPOTrainer(_ResumesWithRef, DPOTrainer):
         self.counter.add(inputs)
         return loss
 
+    def passes(self) -> dict:
+        """The reference model's forward pass over the same sequences, each step (none when TRL precomputed it)."""
+        return {"reference": not self.precompute_ref_logps}
+
 
 class _PairRows:
     """For TRL's ORPO and CPO trainers, which tokenize text pairs row by row: train on the pairs quickft tokenized
@@ -110,6 +118,10 @@ class _PairRows:
                 {"input_ids": inputs[f"{key}_input_ids"], "attention_mask": inputs[f"{key}_attention_mask"]}
             )
         return loss
+
+    def passes(self) -> dict:
+        """No reference model (ORPO, SimPO): the policy's forward and backward pass only."""
+        return {}
 
 
 class CountingORPOTrainer(_PairRows, ORPOTrainer):
@@ -145,21 +157,32 @@ class CountingKTOTrainer(_ResumesWithRef, KTOTrainer):
         self.counter.add({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]})
         return loss
 
+    def passes(self) -> dict:
+        """The reference's forward pass over the answers; with the KL estimate (loss "kto"), the policy's and the
+        reference's forward passes over the mismatched prompt/answer pairs too."""
+        return {"reference": not self.precompute_ref_logps, "kl": self.calculate_KL}
+
 
 class CountingGRPOTrainer(_ResumesWithRef, GRPOTrainer):
     """GRPOTrainer that counts what it generates and what it trains, and times generation and rewards apart from the
     rest of the step (generation is where GRPO's time goes), into the run's TokenCounter:
+    - generated: the completion tokens sampled (its end-of-sequence token included, padding not), as TRL's
+      completion lengths count them;
     - trained: each micro-batch's prompt and completion tokens (padding not counted), the sequences the forward and
-      backward passes read, counted after the step as for SFT;
-    - generated: the completion tokens sampled (its end-of-sequence token included, padding not);
+      backward passes read, counted after the step as for SFT; as TRL's num_tokens counts them, an answer cut at
+      max_completion_length is in both even when mask_truncated_completions leaves it out of the loss (TRL zeroes its
+      completion mask, so the mask cannot count it: its length travels with the batch instead);
     - generation_s / reward_s: wall time inside TRL's generate and reward calls.
     Prompts are tokenized as `quickft chat` and the test cases tokenize them (quickft.grpo.prompt_ids), not by TRL's
     own rules: a chat template's text already holds its special tokens."""
 
+    LENGTHS = "quickft_completion_lengths"
+    """The batch key of each answer's length as generated (split and shuffled with the batch, read by no loss)."""
+
     def __init__(self, *args, counter: TokenCounter, chat: bool, **kwargs):
         super().__init__(*args, **kwargs)
         self.counter, self.chat = counter, chat
-        self._prepared = None
+        self._prepared = self._lengths = None
 
     def _tokenize_prompts(self, prompts: list):
         from quickft.grpo import prompt_ids
@@ -170,6 +193,7 @@ class CountingGRPOTrainer(_ResumesWithRef, GRPOTrainer):
         started = time.perf_counter()
         out = super()._generate(prompts)
         self.counter.timed("generation_s", time.perf_counter() - started)
+        self._lengths = [len(ids) for ids in out[1]]  # (prompt ids, completion ids, ...): each answer as sampled
         return out
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -179,8 +203,12 @@ class CountingGRPOTrainer(_ResumesWithRef, GRPOTrainer):
         return out
 
     def _generate_and_score_completions(self, inputs):
+        import torch
+
         out = super()._generate_and_score_completions(inputs)
-        self.counter.add_generated(out["completion_mask"].sum())
+        lengths = torch.tensor(self._lengths, device=out["completion_ids"].device)
+        out[self.LENGTHS] = lengths
+        self.counter.add_generated(lengths.sum())
         return out
 
     def _prepare_inputs(self, generation_batch):
@@ -192,13 +220,19 @@ class CountingGRPOTrainer(_ResumesWithRef, GRPOTrainer):
         import torch
 
         batch = self._prepared
+        completion = batch["completion_ids"]
+        generated = torch.arange(completion.shape[1], device=completion.device) < batch[self.LENGTHS][:, None]
         self.counter.add(
             {
-                "input_ids": torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1),
-                "attention_mask": torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1),
+                "input_ids": torch.cat([batch["prompt_ids"], completion], dim=1),
+                "attention_mask": torch.cat([batch["prompt_mask"], generated.to(batch["prompt_mask"].dtype)], dim=1),
             }
         )
         return loss
+
+    def passes(self) -> dict:
+        """Generating the answers; the reference's forward pass over them when beta > 0 (the KL term)."""
+        return {"reference": self.beta != 0.0, "generation": True}
 
 
 class StopCallback(TrainerCallback):

@@ -159,7 +159,13 @@ def shortest(completions, **kwargs):
 @pytest.fixture(scope="module")
 def grpo_run(tmp_path_factory, tiny_model_dir, sums_file):
     """A GRPO run on the tiny model (LoRA: the reference is the base with the adapter off): the sums' answers
-    rewarded by exact_answer, plus a reward of the recipe's own, weighted."""
+    rewarded by exact_answer, plus a reward of the recipe's own, weighted. Clocks of our own time each optimizer step
+    and TRL's generate calls within it, by step, into clocks.json beside the run."""
+    import time
+
+    import transformers
+    from trl import GRPOTrainer
+
     tmp = tmp_path_factory.mktemp("grpo")
     recipe = write_recipe(
         tmp / "grpo.py",
@@ -183,8 +189,38 @@ def grpo_run(tmp_path_factory, tiny_model_dir, sums_file):
         )
         """,
     )
+    clocks, now = {"step_s": {}, "generation_s": {}}, {}
+
+    class StepClock(transformers.TrainerCallback):  # a spy: its own clock around each optimizer step
+        def on_step_begin(self, args, state, control, **kwargs):
+            now.update(step=state.global_step + 1, began=time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            clocks["step_s"][now["step"]] = time.perf_counter() - now["began"]
+
+    original_generate, original_train = GRPOTrainer._generate, transformers.Trainer.train
+
+    def timed_generate(self, prompts):  # a spy: times TRL's generate call, changes nothing
+        began = time.perf_counter()
+        try:
+            return original_generate(self, prompts)
+        finally:
+            spent = clocks["generation_s"].get(now["step"], 0.0)
+            clocks["generation_s"][now["step"]] = spent + time.perf_counter() - began
+
+    def timed_train(self, *args, **kwargs):
+        self.add_callback(StepClock())
+        return original_train(self, *args, **kwargs)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(GRPOTrainer, "_generate", timed_generate)
+    mp.setattr(transformers.Trainer, "train", timed_train)
     out = tmp / "run"
-    assert main(["run", str(recipe), "--output-dir", str(out), "--quiet"]) == 0
+    try:
+        assert main(["run", str(recipe), "--output-dir", str(out), "--quiet"]) == 0
+    finally:
+        mp.undo()
+    (tmp / "clocks.json").write_text(json.dumps(clocks))
     return out, recipe
 
 
@@ -207,30 +243,39 @@ def test_grpo_logs_each_reward_and_the_weighted_total(grpo_run):
 
 def test_grpo_counts_generated_and_trained_tokens_as_trl_logs_them(grpo_run):
     """Each step generates one batch (8 answers, 2 prompts x 4): the generated tokens are TRL's mean completion
-    length x 8; the trained tokens are those plus each prompt's tokens once per answer; generation time is inside
-    the steps' time, and each row's rates recompute from the rows' running totals."""
+    length x 8; the trained tokens are those plus each prompt's tokens once per answer. The generation figures are
+    recomputed from our own clocks (clocks.json): a step's generation share is the time inside TRL's generate calls
+    over the step's time, the rate while generating those tokens over that time."""
     run_dir, _ = grpo_run
+    clocks = {
+        k: {int(step): s for step, s in v.items()}
+        for k, v in json.loads(run_dir.with_name("clocks.json").read_text()).items()
+    }
     rows = [r for r in rows_of(run_dir) if "loss" in r]
-    previous = {"generated_tokens": 0, "tokens": 0, "samples": 0, "generation_s": 0.0}
+    previous = {"generated_tokens": 0, "tokens": 0, "samples": 0}
     prompt_lengths = {len(PROMPT.format(prompt=f"¿Cuánto es {a} + {b}?")) for a, b in SUMS}  # characters >= tokens
+    generated_by_trl = 0.0
     for r in rows:
         generated = r["generated_tokens"] - previous["generated_tokens"]
         samples = r["samples"] - previous["samples"]
         assert samples == 8
         assert generated == pytest.approx(r["completions/mean_length"] * 8, abs=1e-6)
+        generated_by_trl += r["completions/mean_length"] * 8
         prompt_tokens = r["tokens"] - previous["tokens"] - generated
         assert prompt_tokens % 4 == 0 and 0 < prompt_tokens <= 8 * max(prompt_lengths)
-        window_generation_s = r["generation_s"] - previous["generation_s"]
-        assert r["generated_tokens_per_s"] == pytest.approx(generated / window_generation_s, rel=1e-6)
-        assert r["generation_share"] == pytest.approx(window_generation_s / r["window_s"], rel=1e-6)
+        step, generation_s = clocks["step_s"][r["step"]], clocks["generation_s"][r["step"]]
+        assert r["window_s"] == pytest.approx(step, rel=0.05)
+        assert r["generation_share"] == pytest.approx(generation_s / step, rel=0.05)
+        assert r["generated_tokens_per_s"] == pytest.approx(r["completions/mean_length"] * 8 / generation_s, rel=0.05)
         assert 0 < r["generation_share"] < 1
         previous = r
     summary = json.loads((run_dir / "summary.json").read_text())
     g = summary["grpo"]
-    assert g["generated_tokens"] == rows[-1]["generated_tokens"] == g["session_generated_tokens"]
-    assert g["generation_s"] == pytest.approx(rows[-1]["generation_s"])
-    assert g["generation_share"] == pytest.approx(g["generation_s"] / summary["train"]["steps_time_s"])
-    assert g["generated_tokens_per_s"] == pytest.approx(g["generated_tokens"] / g["generation_s"])
+    assert g["generated_tokens"] == rows[-1]["generated_tokens"] == g["session_generated_tokens"] == generated_by_trl
+    steps_s, generation_s = sum(clocks["step_s"].values()), sum(clocks["generation_s"].values())
+    assert g["generation_s"] == pytest.approx(generation_s, rel=0.05)
+    assert g["generation_share"] == pytest.approx(generation_s / steps_s, rel=0.05)
+    assert g["generated_tokens_per_s"] == pytest.approx(generated_by_trl / generation_s, rel=0.05)
     assert summary["train"]["tokens"] == rows[-1]["tokens"] and summary["train"]["samples"] == 4 * 8
     keys = set(g["last"])
     assert {"reward", "rewards/exact_answer/mean", "rewards/shortest/std", "frac_reward_zero_std", "kl"} <= keys
@@ -330,6 +375,50 @@ def test_grpo_recipe_mistakes_exit_2(tmp_path, tiny_model_dir, sums_file, capsys
         assert main(["run", str(recipe), "--output-dir", str(tmp_path / "never")]) == 2, extra
         assert says in " ".join(capsys.readouterr().err.split()), extra
         assert not (tmp_path / "never").exists()
+
+
+def test_answers_cut_and_left_out_of_the_loss_are_still_generated_and_read(tmp_path, tiny_model_dir, sums_file, capsys):
+    """grpo.mask_truncated_completions (DAPO's overlong filtering) takes an answer cut at max_completion_length out of
+    the loss by zeroing its completion mask; the answer was still generated, scored and read by the step's passes.
+    The counts agree with TRL's own logs (a checkpoint's trainer_state.json): its completion lengths (the answers as
+    sampled) and num_tokens (prompts and answers as the passes read them). Before, a cut answer counted as neither."""
+    recipe = write_recipe(
+        tmp_path / "r.py",
+        f"""
+        from quickft import GRPO
+        from quickft.rewards import exact_answer
+
+        recipe = Recipe(
+            model={str(tiny_model_dir)!r},
+            method="grpo",
+            grpo=GRPO(rewards=[exact_answer()], num_generations=4, mask_truncated_completions=True),
+            data=Data(path={str(sums_file)!r}, prompt_template={PROMPT!r}, holdout=0),
+            max_seq_length=48,
+            micro_batch_size=8,
+            max_steps=2,
+            save_every=2,
+            max_new_tokens=3,
+        )
+        """,
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--output-dir", str(out)]) == 0
+    state = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    trl = {e["step"]: e for e in state["log_history"] if "loss" in e}
+    rows = [r for r in rows_of(out) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2] == sorted(trl)
+    assert all(trl[s]["completions/clipped_ratio"] > 0 for s in trl)  # answers were cut: the case under test
+    generated = 0
+    for row in rows:
+        step = trl[row["step"]]
+        assert row["generated_tokens"] - generated == pytest.approx(8 * step["completions/mean_length"], abs=1e-6)
+        assert row["tokens"] == step["num_tokens"]
+        generated = row["generated_tokens"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["grpo"]["generated_tokens"] == generated and summary["train"]["tokens"] == rows[-1]["tokens"]
+    assert "loss dapo, clip 0.2; an answer cut at the limit adds nothing to the loss" in " ".join(
+        capsys.readouterr().out.split()
+    )
 
 
 @requires_unsloth

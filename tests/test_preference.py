@@ -227,6 +227,11 @@ def rows_of(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
 def test_dpo_trains_against_the_starting_model(dpo_run):
     """The reference is the base with LoRA's starting adapter: at the first step, before any update, the policy is
     the reference, so both rewards (beta x the log-probability ratio) are 0 and the loss is ln 2."""
@@ -259,6 +264,29 @@ def test_dpo_reports_what_it_measured(dpo_run, capsys):
     assert "DPO (beta 0.1, loss sigmoid) against a reference model: the base with LoRA's starting adapter" in out
     assert "no second model in memory" in out and "method dpo (TRL's DPOTrainer)" in out
     assert "296 preference pairs" in out and "sequences (each pair's chosen and rejected)" in out
+    # step 1 is before any update: every reward is 0 (test_dpo_trains_against_the_starting_model) and TRL counts the
+    # ties as the chosen answer losing; that is said, not shown as "chosen wins 0%"
+    assert "rewards 0: the policy is still the reference model (no preference measured yet)" in out
+    assert "step 1: rewards 0: the policy is still the reference model" in out and "chosen wins 0%" not in out
+
+
+def test_preference_figures_are_trls_means_over_each_logging_window(dpo_run, capsys):
+    """A row's (and the report's) preference figures are TRL's means over the steps since its previous log, one
+    micro-batch per step here: recomputed from the same run logged every step, and the report names the steps."""
+    from quickft.report import preference_text
+
+    run_dir, recipe = dpo_run
+    every = rows_of(run_dir)
+    assert main(["run", str(recipe), "--output-dir", str(run_dir.parent / "windows"), "logging_steps=3"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    windows = rows_of(run_dir.parent / "windows")
+    assert [w["step"] for w in windows] == [3, 6] and all(w["window_steps"] == 3 for w in windows)
+    for window in windows:
+        steps = [r for r in every if window["step"] - 3 < r["step"] <= window["step"]]
+        for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+            assert window[key] == pytest.approx(mean(r[key] for r in steps), abs=1e-5), (window["step"], key)
+    first, last = windows
+    assert f"steps 4-6: {preference_text(last)}; steps 1-3: chosen wins {first['rewards/accuracies']:.0%}" in out
 
 
 def test_a_dpo_run_chats_and_scores_its_test_cases(dpo_run, capsys):

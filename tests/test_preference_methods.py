@@ -9,6 +9,7 @@ import io
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 
@@ -242,7 +243,7 @@ def mean(values) -> float:
 def test_the_first_steps_figures_are_the_starting_models(method_run, tiny_model_dir):
     """Step 1's batch is the whole data set and the policy is still the starting model: each logged figure is
     recomputed here from the starting model's log-probabilities of quickft's tokens, with each paper's formula."""
-    method, run_dir, _, pairs_path, _ = method_run
+    method, run_dir, _, pairs_path, out = method_run
     first = rows_of(run_dir)[0]
     pairs = starting_logps(tiny_model_dir, pairs_path)
     assert first["tokens"] == sum(p["tokens"] for p in pairs)  # every sequence of the step, no padding
@@ -268,8 +269,14 @@ def test_the_first_steps_figures_are_the_starting_models(method_run, tiny_model_
         odds = [(c - r) - (log1mexp(c) - log1mexp(r)) for c, r in zip(chosen, rejected, strict=True)]
         ratio = mean(logsigmoid(o) for o in odds)
         assert first["nll_loss"] == pytest.approx(nll, rel=1e-4)
-        assert first["log_odds_ratio"] == pytest.approx(ratio, rel=1e-4)
+        assert first["log_odds_chosen"] == pytest.approx(mean(odds), rel=1e-4)  # the log odds ratio itself
+        assert first["log_odds_ratio"] == pytest.approx(ratio, rel=1e-4)  # TRL's name for mean log σ(log odds ratio)
         assert first["loss"] == pytest.approx(nll - beta * ratio, rel=1e-4)
+        # printed under their own names: the log odds ratio, and the odds-ratio loss -log σ(it) (ln 2 at no preference)
+        line = next(line for line in out.splitlines() if line.startswith("step      1/"))
+        shown = float(re.search(r"log odds ratio ([+-]\d+\.\d+)", line)[1])
+        assert shown == pytest.approx(mean(odds), abs=5e-4 + 1e-6)
+        assert float(re.search(r"odds-ratio loss (\d+\.\d+)", line)[1]) == pytest.approx(-ratio, abs=5e-5 + 1e-7)
     else:  # SimPO: -log σ(beta x (chosen - rejected) - gamma), gamma = 0.5 x beta
         gamma = 0.5 * beta
         loss = mean(-logsigmoid(beta * (c - r) - gamma) for c, r in zip(chosen, rejected, strict=True))
@@ -320,6 +327,53 @@ def test_the_adapter_trained_and_the_run_chats(method_run):
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert [s["reference"] for s in samples] == ["7"] and all(isinstance(s["correct"], bool) for s in samples)
     assert main(["chat", str(run_dir), "--prompt", "¿Cuánto es 3 + 4?"]) == 0
+
+
+def test_ktos_rewards_and_margin_are_means_over_different_micro_batches(tmp_path, tiny_model_dir, capsys):
+    """KTO judges answers one at a time: TRL averages a window's desirable reward over the micro-batches holding
+    desirable answers, the undesirable one over those holding undesirable ones, and the margin over those holding
+    both. Recomputed here from a run that logs every step (one micro-batch each) against one that logs every 4;
+    the report says what the margin is, since it need not be the difference of the two rewards shown."""
+    pairs = sums_pairs(tmp_path, 8)
+    recipe = write_recipe(
+        tmp_path / "kto.py",
+        f"""
+        recipe = Recipe(
+            model={str(tiny_model_dir)!r},
+            method="kto",
+            data=Data(path={str(pairs)!r}, prompt_template={PROMPT!r}, holdout=0),
+            lora=LoRA(r=4, alpha=8, dropout=0.0),
+            max_seq_length=64,
+            micro_batch_size=2,
+            max_steps=8,
+            learning_rate=5e-3,
+            backend="peft",
+        )
+        """,
+    )
+    assert main(["run", str(recipe), "--output-dir", str(tmp_path / "every"), "--quiet"]) == 0
+    every = rows_of(tmp_path / "every")
+    capsys.readouterr()
+    assert main(["run", str(recipe), "--output-dir", str(tmp_path / "windows"), "logging_steps=4"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    windows = rows_of(tmp_path / "windows")
+    one_kind = [r for r in every if "rewards/margins" not in r]
+    assert one_kind, "some micro-batch holds one kind of answer: the case under test"
+    differs = 0
+    for window in windows:
+        steps = [r for r in every if window["step"] - 4 < r["step"] <= window["step"]]
+        for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+            held = [r[key] for r in steps if key in r]
+            assert (key in window) == bool(held)
+            if held:
+                assert window[key] == pytest.approx(mean(held), abs=1e-5), (window["step"], key)
+        if "rewards/margins" in window:
+            differs += abs(window["rewards/margins"] - (window["rewards/chosen"] - window["rewards/rejected"])) > 1e-4
+    assert differs, "a window's margin is not the difference of its two rewards"
+    last = json.loads((tmp_path / "windows" / "summary.json").read_text())["preference"]["last"]
+    assert last["window_steps"] == 4
+    assert f"steps 5-8: margin {last['rewards/margins']:+.3f} (micro-batches with both kinds)" in out
+    assert "(TRL's means over each logging window's micro-batches; KTO's margin over those holding both" in out
 
 
 @pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])

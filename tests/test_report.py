@@ -104,12 +104,6 @@ def test_tokens_per_second_counts_real_tokens(epoch_run, tiny_model_dir):
     assert s["train"]["samples_per_s"] == pytest.approx(len(train) / epoch_run["steps_s"], rel=0.10)
     t = s["train"]
     assert 0 < t["steps_time_s"] <= t["runtime_s"] and t["other_s"] == pytest.approx(t["runtime_s"] - t["steps_time_s"])
-    # FLOPs per token for this LoRA run, by hand: r=4 on every linear layer of the 2-layer, 64-wide tiny Llama
-    vocab = len(tok)
-    n = 2 * (4 * 64 * 64 + 3 * 64 * 128) + vocab * 64  # projections + MLP per layer, and the output head
-    adapters = 2 * (4 * (64 * 4 + 4 * 64) + 3 * (64 * 4 + 4 * 128))  # q k v o, and gate up down (64 <-> 128)
-    seq_len = t["tokens"] / t["samples"]
-    assert t["flops_per_token"] == pytest.approx(4 * n + 6 * adapters + 12 * 2 * 64 * seq_len)
     # setup is everything from the verb's start to training's: reading, imports, model load, tokenizing, the trainer
     assert t["setup_s"] == pytest.approx(epoch_run["setup_s"], abs=0.05)
     phases = t["setup_phases"]
@@ -208,6 +202,8 @@ def test_console_header_lines_and_report(epoch_run):
     assert f"loss {first['loss']:.4f}" in lines[0] and f"{first['tokens_per_s']:,.0f} tok/s" in lines[0]
     t = s["train"]
     assert f"{t['tokens_per_s']:,.0f} tokens/s · {t['samples_per_s']:,.2f} samples/s" in text
+    flops = f"{t['flops_per_token']:.3e} per token trained (policy forward and backward {t['flops_per_token']:.2e})"
+    assert f"{flops} × tokens/s = {t['flops_per_s']:.3e} FLOP/s" in text
     assert f"initial {s['loss']['initial']:.4f} → final {s['loss']['final']:.4f}" in text
     assert f"peak RSS {s['memory']['peak_rss_mb']:,.1f} MB" in text
 
@@ -283,11 +279,12 @@ def test_compare_refuses_what_is_not_a_finished_run(tmp_path, capsys):
 
 
 def test_mfu_uses_the_cards_peak_rate():
+    """Which card's peak a GPU name gets, and whose share MFU is. (tests/test_flops.py recomputes the figures
+    themselves: the FLOP/s from torch's count of the real steps over our own clock, each peak from the card's SMs.)"""
     from quickft.metrics import mfu, peak_flops
 
     assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_flops("NVIDIA GeForce GTX 1050 Ti") is None and mfu(10, 1.0, None) is None
-    assert mfu(6_000_000_000, 10_000, "NVIDIA A100-SXM4-80GB") == pytest.approx(6e13 / 312e12)
     # whole model names, as torch.cuda.get_device_name() gives them: no substring borrows another card's peak
     assert (
         peak_flops("NVIDIA L40") == 181e12 and peak_flops("NVIDIA L4") == 121e12 and peak_flops("NVIDIA L40S") == 362e12
@@ -296,26 +293,39 @@ def test_mfu_uses_the_cards_peak_rate():
     assert peak_flops("Tesla T4") == 65e12 and peak_flops("Tesla V100-SXM2-16GB") == 125e12
     assert peak_flops("NVIDIA A100 80GB PCIe") == 312e12 and peak_flops("NVIDIA A10G") == 70e12
     # one card's share under torchrun (tokens/s is the sum of the processes), and no 16-bit peak for fp32 training
-    assert mfu(6e9, 20_000, "NVIDIA A100-SXM4-80GB", processes=2) == pytest.approx(6e13 / 312e12)
+    assert mfu(6e9, 20_000, "NVIDIA A100-SXM4-80GB", processes=2) == mfu(6e9, 10_000, "NVIDIA A100-SXM4-80GB")
     assert mfu(6e9, 10_000, "NVIDIA A100-SXM4-80GB", precision="fp32") is None
 
 
-def test_flops_per_token_by_mode_match_a_hand_count(tiny_model_dir):
-    """The tiny Llama (hidden 64, 2 layers, MLP 128, vocab 320), counted by hand from its config."""
+def test_flop_counts_read_the_weights_each_pass_multiplies(tiny_model_dir):
+    """The tiny Llama (hidden 64, 2 layers, MLP 128), its weights counted by hand from its config: the matmul weights,
+    the output head's share, the adapter being trained, and TRL's frozen "ref" copy of it (DPO's, KTO's and GRPO's
+    reference), which is not trained and runs in the reference's pass only. (tests/test_flops.py checks the FLOPs
+    each pass makes against torch's count of the real steps.)"""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from quickft.metrics import flop_counts, flops_per_token
+    from quickft.metrics import flop_counts
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     vocab = model.config.vocab_size
     per_layer = 4 * 64 * 64 + 3 * 64 * 128  # q, k, v, o projections + gate, up, down
-    n = 2 * per_layer + vocab * 64  # and the output head (tied to the embedding, but still a matmul)
-    attention = 12 * 2 * 64 * 32  # 12 x layers x width x T, for sequences of T = 32 tokens
-    assert flops_per_token(flop_counts(model), "full", 32) == 6 * n + attention
-    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    head = vocab * 64  # the output head (tied to the embedding, but still a matmul)
+    assert flop_counts(model) == {
+        "matmul_parameters": 2 * per_layer + head,
+        "head_parameters": head,
+        "adapter_parameters": 0,
+        "reference_adapter_parameters": 0,
+        "layers": 2,
+        "hidden_size": 64,
+    }
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    lora = get_peft_model(model, config)
     adapters = 2 * 2 * (64 * 4 + 4 * 64)  # A and B of q_proj and v_proj, in both layers
-    assert flops_per_token(flop_counts(lora), "lora", 32) == 4 * n + 6 * adapters + attention
+    lora.add_adapter("ref", config)  # as TRL copies the starting adapter for the reference
+    counts = flop_counts(lora)
+    assert (counts["matmul_parameters"], counts["head_parameters"]) == (2 * per_layer + head, head)
+    assert (counts["adapter_parameters"], counts["reference_adapter_parameters"]) == (adapters, adapters)
 
 
 def test_gpu_memory_line_recomputes_the_notebook_block():
