@@ -258,8 +258,9 @@ def read_gguf(path: Path, *, origin: str) -> GGUF:
     weights = Counter()
     for t in reader.tensors:
         weights[t.tensor_type.name] += int(t.n_elements)
-    # transformers reads a few architectures under other names (qwen2moe -> qwen2_moe...): those it maps itself
-    supported = set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"}
+    # transformers reads a few architectures under other names (qwen2moe -> qwen2_moe...): those it maps itself;
+    # T5's are encoder-decoder models, not the causal language models quickft trains
+    supported = set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer", "t5", "umt5"}
     aliases = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2"}
     problems = []
     if aliases.get(architecture, architecture) not in supported:

