@@ -101,6 +101,8 @@ class BodyError(Exception):
 async def read_body(request, *, limit: int, drain: int) -> bytes:
     """The request's body: BodyError 413 past `limit` bytes (read and dropped up to `drain`, so the client gets the
     413 rather than a broken pipe), 408 when it takes over READ_TIMEOUT_S to arrive."""
+    from starlette.requests import ClientDisconnect
+
     length = request.headers.get("content-length")
     too_big = BodyError(413, f"the body is over {limit:,} bytes", "request_too_large")
     if length and length.isdigit() and int(length) > drain:
@@ -116,6 +118,8 @@ async def read_body(request, *, limit: int, drain: int) -> bytes:
                     break
     except TimeoutError:
         raise BodyError(408, f"the body did not arrive within {READ_TIMEOUT_S} s", "request_timeout") from None
+    except ClientDisconnect:  # gone mid-body: nothing to answer, and no traceback in the log for it
+        raise BodyError(400, "the client went away before its body ended", "client_gone") from None
     if size > limit:
         raise too_big
     return bytes(body)
