@@ -210,12 +210,15 @@ def serve(
             help="Require Authorization: Bearer KEY on every /v1 request.",
         ),
     ] = None,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", metavar="N", min=1, help="Requests that may wait their turn (503 past it).")
+    ] = 32,
 ) -> None:
     """Serve a run over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models), one
     request at a time in arrival order."""
     from quickft.serve import main as serve_main
 
-    serve_main(run_dir, host=host, port=port, api_key=api_key, allow_remote=allow_remote)
+    serve_main(run_dir, host=host, port=port, api_key=api_key, allow_remote=allow_remote, max_queue=max_queue)
 
 
 @app.command(

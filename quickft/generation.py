@@ -161,16 +161,22 @@ class StopWhenSet:
 
 class StopAtText:
     """A stopping criterion for `generate`: stop once the generated text (decoded as Utf8Streamer decodes it) holds
-    one of `stops`."""
+    one of `stops`. Only the newly decoded tail is searched (with the end of the text before it that a stop could
+    start in), so a long stop string costs its length once per token, not once per character generated."""
 
     def __init__(self, tokenizer, prompt_length: int, stops: list[str]):
         self.tokenizer, self.prompt_length, self.stops = tokenizer, prompt_length, stops
+        self.longest = max(map(len, stops), default=0)
+        self.seen = 0
 
     def __call__(self, input_ids, scores, **kwargs) -> bool:
         ids = input_ids[0, self.prompt_length :]
         text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         text = text.replace("\ufffd", "")  # as the streamer leaves out bytes that are no character (yet)
-        return any(s in text for s in self.stops)
+        # a stop not found before must end in the new text; 4 more characters in case decoding rewrote the last ones
+        tail = text[max(0, self.seen - self.longest - 4) :]
+        self.seen = len(text)
+        return any(s in tail for s in self.stops)
 
 
 class Utf8Streamer:
@@ -223,13 +229,18 @@ class Utf8Streamer:
             yield piece
 
 
+GREEDY_BELOW = 1e-5
+"""A temperature below this is greedy decoding (vLLM's _SAMPLING_EPS): dividing the logits by 1e-300 overflows them
+to infinities, and sampling from those fails."""
+
+
 def _sampling(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
     kwargs = {
         "max_new_tokens": max_new_tokens,
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
-    if temperature > 0:
+    if temperature >= GREEDY_BELOW:
         return kwargs | {"do_sample": True, "temperature": temperature, "top_p": top_p}
     return kwargs | {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
 

@@ -352,6 +352,133 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(server, client, qa_run, 
     assert ask(client, QUESTIONS[0])[0] == expected[QUESTIONS[0]], "and the server goes on answering"
 
 
+# ---------------------------------------------------------------------------------------------- hostile clients
+
+
+def raw_post(server: Server, body: bytes, *, path: str = "/v1/chat/completions", length: int | None = None):
+    """A socket that has sent one POST (its headers say `length` bytes, the body's own by default)."""
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body) if length is None else length}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def test_a_long_or_a_fifth_stop_string_is_refused_at_once(client, qa_run, expected):
+    """A stop string's cost was the square of its length, per generated piece (a 900,000-character one held the one
+    generation thread for hours): stops are capped as OpenAI caps them, and only the new text is searched."""
+    from quickft.serve.schema import MAX_STOP_CHARS
+
+    quick = client.with_options(timeout=20)
+    question = QUESTIONS[0]
+    user = [{"role": "user", "content": question}]
+    for stop, says in ((["x"] * 5, "stop: at most 4 sequences"), ("x" * 900_000, "stop: at most 256 characters")):
+        started = time.monotonic()
+        with pytest.raises(openai.BadRequestError, match=says):
+            quick.chat.completions.create(model=qa_run.name, messages=user, stop=stop, max_tokens=20)
+        assert time.monotonic() - started < 10
+    # four of the longest allowed, each beginning as the answer does: every piece is held back as a possible stop
+    # until the end shows it is none; the answer comes out whole
+    answer = expected[question]
+    stops = [answer[:k] + "\u00a7" * (MAX_STOP_CHARS - k) for k in range(len(answer) - 3, len(answer) + 1)]
+    assert len(stops) == 4 and all(len(s) == MAX_STOP_CHARS for s in stops)
+    for stream in (False, True):
+        assert ask(quick, question, stream=stream, stop=stops)[:2] == (answer, "stop")
+
+
+def test_dns_rebinding_and_cross_site_requests_are_refused(server, qa_run, expected):
+    """A web page can make the browser send requests to 127.0.0.1: under its own host name after DNS rebinding
+    (refused: only loopback names are served without --allow-remote), or from its own origin (refused: only the
+    server's own origin is taken; a text/plain POST needs no CORS preflight, so the browser would send it)."""
+    import httpx
+
+    key = {"Authorization": f"Bearer {KEY}"}
+    question = QUESTIONS[3]
+    body = json.dumps({"model": qa_run.name, "messages": [{"role": "user", "content": question}]})
+    for path in ("/v1/models", "/health"):
+        rebound = httpx.get(server.url + path, headers=key | {"Host": f"attacker.example:{server.port}"}, timeout=30)
+        assert rebound.status_code == 400 and qa_run.name not in rebound.text, path
+        for name in ("127.0.0.1", "localhost"):
+            assert httpx.get(server.url + path, headers=key | {"Host": f"{name}:{server.port}"}).status_code == 200
+    cross = httpx.post(
+        server.url + "/v1/chat/completions",
+        content=body,
+        headers=key | {"Content-Type": "text/plain", "Origin": "http://evil.example"},
+        timeout=30,
+    )
+    assert cross.status_code == 403 and "http://evil.example is refused" in cross.json()["error"]["message"]
+    own = httpx.post(
+        server.url + "/v1/chat/completions",
+        content=body,
+        headers=key | {"Content-Type": "application/json", "Origin": server.url},
+        timeout=60,
+    )
+    assert own.status_code == 200 and own.json()["choices"][0]["message"]["content"] == expected[question]
+
+
+def test_a_tiny_temperature_is_greedy_and_deep_json_is_a_400(server, client, expected):
+    import httpx
+
+    question = QUESTIONS[2]
+    assert ask(client, question, temperature=1e-300)[:2] == (expected[question], "stop")  # was a 500 (inf logits)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    response = httpx.post(
+        server.url + "/v1/chat/completions",
+        content=deep,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400 and response.json()["error"]["message"] == (
+        "the body is nested too deeply to be a request"
+    )
+
+
+def test_a_seed_does_not_make_the_next_unseeded_request_predictable(client):
+    """A seeded request samples from a generator of its own: the unseeded request after it is not fixed by it."""
+
+    def sample(seed=None) -> str:
+        return ask(client, QUESTIONS[0], temperature=2.0, top_p=1.0, seed=seed, max_tokens=12)[0]
+
+    seeded, after = [], []
+    for _ in range(5):
+        seeded.append(sample(11))
+        after.append(sample())
+    assert len(set(seeded)) == 1, "a seed still fixes its own request's answer"
+    assert len(set(after)) >= 2, after  # reseeding torch's global generator made all five the same
+
+
+def test_slow_clients_are_cut_off(server):
+    """A client that sends a byte of its headers, or a byte of its body, no longer holds its connection: the
+    headers must arrive within READ_TIMEOUT_S (then the connection is closed), the body within as long again (408)."""
+    import socket
+
+    from quickft.listen import READ_TIMEOUT_S
+
+    started = time.monotonic()
+    headers = socket.create_connection(("127.0.0.1", server.port), timeout=READ_TIMEOUT_S + 15)
+    headers.sendall(b"P")
+    body = raw_post(server, b"{", length=1000)
+    body.settimeout(READ_TIMEOUT_S + 15)
+    raw_post(server, b"{", length=1000).close()  # gone mid-body: no traceback in the log for it
+    assert headers.recv(1024) == b"", "closed by the server, with nothing said"
+    took = time.monotonic() - started
+    assert READ_TIMEOUT_S - 1 < took < READ_TIMEOUT_S + 5, took
+    answer = b""
+    while b"}}" not in answer and (more := body.recv(65536)):  # the head and the JSON error may come apart
+        answer += more
+    head, _, error = answer.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 408 "), answer
+    assert json.loads(error)["error"]["code"] == "request_timeout"
+    assert time.monotonic() - started < READ_TIMEOUT_S + 5
+    headers.close()
+    body.close()
+    assert "Traceback" not in server.log.read_text()
+
+
 # ---------------------------------------------------------------------------------------------- the command
 
 

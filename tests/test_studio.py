@@ -51,11 +51,13 @@ def lora_body(model: Path, sums: Path, *, learning_rate: float, r: int, max_step
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory, tiny_model_dir, sums_file) -> Path:
-    """An outputs directory with two finished runs that differ in learning rate and LoRA rank (the real training)."""
+    """An outputs directory with two finished runs that differ in learning rate and LoRA rank (the real training).
+    Their data lie beside it, in the directory the studio is started from (it reads no data elsewhere)."""
     from quickft.cli import main
 
     tmp = tmp_path_factory.mktemp("studio")
     out = tmp / "outputs"
+    sums_file = Path(shutil.copy(sums_file, tmp / "sums.txt"))
     # sums_a trains long enough to answer with digits (two-digit answers: streamed as two tokens)
     for name, lr, r, steps in (("sums_a", 1e-2, 4, 40), ("sums_b", 2e-3, 8, 12)):
         recipe = write_recipe(
@@ -88,24 +90,39 @@ def stop_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
-@pytest.fixture(scope="module")
-def studio(outputs):
-    """`quickft studio OUTPUTS --port 0` in its own process group; yields its URL."""
+def start_studio(outputs: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`quickft studio OUTPUTS --port 0 ARGS` in its own process group, started from the outputs' parent (where
+    the runs' data are): the process and the address it printed."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "quickft", "studio", str(outputs), "--port", "0"],
+        [sys.executable, "-m", "quickft", "studio", str(outputs), "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        cwd=ROOT,
+        cwd=outputs.parent,
+        env=os.environ | (env or {}),
     )
+    line = process.stdout.readline()
+    found = re.search(r"http://127\.0\.0\.1:\d+/\S*", line)
+    if not found:
+        stop_group(process)
+        raise AssertionError(f"no URL in the studio's first line: {line!r}")
+    return process, found.group(0)
+
+
+@pytest.fixture(scope="module")
+def studio_process(outputs):
+    """The module's studio: (its process, its URL)."""
+    process, url = start_studio(outputs)
     try:
-        line = process.stdout.readline()
-        found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        assert found, f"no URL in the studio's first line: {line!r}"
-        yield found.group(0)
+        yield process, url
     finally:
         stop_group(process)
+
+
+@pytest.fixture(scope="module")
+def studio(studio_process) -> str:
+    return studio_process[1]
 
 
 def get(url: str):
@@ -208,8 +225,16 @@ def test_every_asset_is_served_by_the_studio_itself(studio):
     assert not re.search(r"https?://", script), "the page's script fetches nothing from elsewhere"
 
 
+def post(url: str, body: dict, **options):
+    import httpx
+
+    return httpx.post(url, json=body, timeout=options.pop("timeout", 300), **options)
+
+
 def test_masking_preview_is_quickft_datas(studio, outputs):
-    data = get(studio + "api/runs/sums_a/masking?n=2")
+    response = post(studio + "api/runs/sums_a/masking", {"n": 2})
+    assert response.status_code == 200, response.text
+    data = response.json()
     assert len(data["examples"]) == 2
     for example in data["examples"]:
         masked = "".join(p["text"] for p in example["pieces"] if not p["trained"])
@@ -278,6 +303,187 @@ def test_chat_is_refused_for_a_run_that_is_not_completed(studio, outputs):
     finally:
         shutil.rmtree(unfinished)
     assert response.status_code == 400 and "interrupted, not completed" in response.json()["error"]
+
+
+# ------------------------------------------------------------------------------------------------ hostile pages and files
+
+
+def children_of(process: subprocess.Popen) -> dict[int, str]:
+    """The studio's child processes now: pid -> "serve RUN" or "base RUN"."""
+    import psutil
+
+    found = {}
+    for child in psutil.Process(process.pid).children():
+        try:
+            args = child.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if "serve" in args:
+            found[child.pid] = f"serve {Path(args[args.index('serve') + 1]).name}"
+        elif "quickft.studio.base" in args:
+            found[child.pid] = f"base {Path(args[-1]).name}"
+    return found
+
+
+def test_dns_rebinding_cross_site_requests_and_forms_are_refused(studio_process, studio):
+    """A web page can make the browser send requests to 127.0.0.1: under its own host name after DNS rebinding
+    (refused: loopback names only), from its own origin (refused), or as a form post, which cannot send JSON (415).
+    The routes that do work are POSTs: a GET (an <img> or a link) starts nothing."""
+    import httpx
+
+    port = studio.split(":")[2].rstrip("/")
+    rebound = httpx.get(studio + "api/runs", headers={"Host": f"attacker.example:{port}"}, timeout=30)
+    assert rebound.status_code == 400 and "sums_a" not in rebound.text
+    assert httpx.get(studio + "api/runs", headers={"Host": f"localhost:{port}"}, timeout=30).status_code == 200
+    before = children_of(studio_process[0])
+    chat = {"messages": [{"role": "user", "content": "1 + 1"}]}
+    cross = post(studio + "api/runs/sums_b/chat", chat, headers={"Origin": "http://evil.example"})
+    assert cross.status_code == 403 and "http://evil.example is refused" in cross.json()["error"]
+    form = httpx.post(
+        studio + "api/runs/sums_b/chat",
+        content=json.dumps(chat),
+        headers={"Content-Type": "text/plain", "Origin": studio.rstrip("/")},  # the page's own origin, even
+        timeout=30,
+    )
+    assert form.status_code == 415
+    for path in ("api/runs/sums_b/masking?n=2", "api/runs/sums_b/chat"):
+        assert httpx.get(studio + path, timeout=30).status_code == 405, path
+    assert children_of(studio_process[0]) == before, "no serve child was started for them"
+
+
+def test_nothing_outside_the_outputs_folder_is_read(studio, outputs, tmp_path):
+    """Symlinks (a run folder, a plot) and a run's recipe (its data paths) cannot make the studio read elsewhere."""
+    import httpx
+
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(outputs / "sums_b", elsewhere)
+    linked, with_passwd, reads_passwd = outputs / "sums_linked", outputs / "sums_passwd", outputs / "sums_etc"
+    linked.symlink_to(elsewhere, target_is_directory=True)
+    shutil.copytree(outputs / "sums_b", with_passwd)
+    (with_passwd / "passwd.png").symlink_to("/etc/passwd")
+    shutil.copytree(outputs / "sums_b", reads_passwd)
+    recipe = json.loads((reads_passwd / "recipe.json").read_text())
+    recipe["data"]["path"] = "/etc/passwd"
+    (reads_passwd / "recipe.json").write_text(json.dumps(recipe))
+    try:
+        listed = {r["name"] for r in get(studio + "api/runs")["runs"]}
+        assert "sums_b" in listed and "sums_etc" in listed
+        assert not {"sums_linked", "sums_passwd"} & listed
+        for path in ("api/runs/sums_linked", "api/runs/sums_linked/metrics", "api/runs/sums_passwd/plots/passwd.png"):
+            refused = httpx.get(studio + path, timeout=30)
+            assert refused.status_code == 403 and "links outside" in refused.json()["error"], path
+            assert "root:" not in refused.text
+        masking = post(studio + "api/runs/sums_etc/masking", {"n": 2})
+        assert masking.status_code == 403 and "root:" not in masking.text
+        assert masking.json()["error"].startswith("data.path '/etc/passwd' is outside ")
+    finally:
+        linked.unlink()
+        shutil.rmtree(with_passwd)
+        shutil.rmtree(reads_passwd)
+
+
+def test_deep_json_is_a_400(studio):
+    import httpx
+
+    deep = httpx.post(
+        studio + "api/runs/sums_a/chat",
+        content=b"[" * 100_000 + b"]" * 100_000,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert deep.status_code == 400 and deep.json() == {"detail": "the body is not a JSON object"}
+
+
+def test_allow_remote_needs_the_token_printed_at_start(outputs):
+    """--allow-remote (here still on loopback): every request needs the token in the address the studio printed,
+    as Jupyter's; the address sets it as a cookie (SameSite=Strict) and takes it out of the address bar."""
+    import httpx
+
+    process, url = start_studio(outputs, "--allow-remote")
+    try:
+        base, token = url.split("?token=")
+        assert len(token) >= 32
+        for refused in (base + "api/runs", base + "api/runs?token=wrong", base):
+            response = httpx.get(refused, timeout=30)
+            assert response.status_code == 401 and "needs its token" in response.json()["error"], refused
+        opened = httpx.get(url, timeout=30)  # no redirects followed: the cookie it sets
+        assert opened.status_code == 303 and opened.headers["location"] == "/"
+        cookie = opened.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+        name = cookie.split("=", 1)[0]
+        assert httpx.get(base + "api/runs", cookies={name: token}, timeout=30).json()["runs"]
+        assert httpx.get(base + "api/runs", headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code == 200
+        cross = post(
+            base + "api/runs/sums_b/chat",
+            {"messages": [{"role": "user", "content": "1"}]},
+            cookies={name: token},
+            headers={"Origin": "http://evil.example"},
+        )
+        assert cross.status_code == 403
+    finally:
+        stop_group(process)
+
+
+def test_children_are_keyed_bounded_and_stop_with_a_sigterm(outputs):
+    """With QUICKFT_API_KEY set (the studio's serve children get a key of the studio's own, so chat works and only
+    the studio can talk to them), three children asked for: at most MAX_CHILDREN run, the least recently used is
+    stopped. Then SIGTERM to the studio alone: its children go with it."""
+    import httpx
+    import psutil
+
+    from quickft.studio.children import MAX_CHILDREN
+
+    assert MAX_CHILDREN == 2
+    process, url = start_studio(outputs, env={"QUICKFT_API_KEY": "the-users-own-key"})
+    try:
+        case = two_token_case(outputs / "sums_a")
+        question_ = {"messages": [{"role": "user", "content": question(case)}]}
+        events = sse_texts(post(url + "api/runs/sums_a/chat", question_))
+        assert events[-1] == {"done": True}, events
+        assert "".join(e["text"] for e in events if "text" in e).strip() == case["answer"].strip()
+        (serve_a,) = children_of(process)
+        ports = [c.laddr.port for c in psutil.Process(serve_a).net_connections("tcp") if c.status == "LISTEN"]
+        for key in (None, "the-users-own-key"):
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            assert httpx.get(f"http://127.0.0.1:{ports[0]}/v1/models", headers=headers).status_code == 401
+
+        assert sse_texts(post(url + "api/runs/sums_b/chat", question_))[-1] == {"done": True}
+        assert sorted(children_of(process).values()) == ["serve sums_a", "serve sums_b"]
+        both = post(url + "api/runs/sums_a/compare-base", question_).json()
+        assert both["tuned"].strip() == case["answer"].strip(), both
+        # the third child took the place of the least recently used one
+        assert sorted(children_of(process).values()) == ["base sums_a", "serve sums_b"]
+        assert not psutil.pid_exists(serve_a) or psutil.Process(serve_a).status() == psutil.STATUS_ZOMBIE
+
+        children = list(children_of(process))
+        process.send_signal(signal.SIGTERM)  # the studio alone, not its process group
+        process.wait(30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(psutil.pid_exists(pid) for pid in children):
+            time.sleep(0.2)
+        assert not any(psutil.pid_exists(pid) for pid in children), "the children outlived the studio"
+    finally:
+        stop_group(process)
+
+
+def test_a_child_in_use_is_never_stopped_to_make_room(outputs):
+    """One child allowed: while it answers, another run's child is refused (Busy, a 503 in the app); once it is
+    handed back, the new one takes its place."""
+    from quickft.studio.children import Busy, Children
+
+    children = Children(limit=1)
+    try:
+        base = children.base_worker(outputs / "sums_a")
+        with pytest.raises(Busy, match="already runs 1 models"):
+            children.serve(outputs / "sums_b")
+        assert base.child.alive()
+        base.release()
+        base.release()  # idempotent: the stream's end and the response's background task may both release it
+        serve = children.serve(outputs / "sums_b")
+        assert serve.child.alive() and not base.child.alive()
+        serve.release()
+    finally:
+        children.stop_all()
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -428,3 +634,9 @@ def test_the_page_follows_a_run_as_it_trains_compares_and_chats(studio, outputs,
     assert answer.text.strip() == case["answer"].strip()
     assert int(answer.get_attribute("data-chunks")) >= 2
     browser.save_screenshot(str(shots / "chat.png"))
+
+    # the masking preview: a POST of JSON from the page, each example's tokens shown (they were once "[object ...]")
+    browser.find_element("css selector", "button[data-tab='data masking']").click()
+    browser.find_element("id", "masking-show").click()
+    trained = wait_for(lambda: browser.find_elements("css selector", "#masking .tokens .trained"), 120, "the preview")
+    assert trained[0].text.strip().isdigit(), "the answer (a sum) is what the loss sees"

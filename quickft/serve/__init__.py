@@ -16,12 +16,15 @@ text-format run continues the text, as chat does).
 Concurrency: one model and ONE generation thread. Requests wait in a first-in-first-out queue and are answered one
 at a time, in the order they arrived (no batching), so two clients never share a generation and outputs never mix;
 a client waits while the answers before it are generated. Rendering and token counting happen on that thread too
-(the tokenizer is not shared between threads).
+(the tokenizer is not shared between threads). At most --max-queue requests wait (503 past it, as Ollama), and a
+client that disconnects, streamed or not, waiting or answered, stops its generation.
 
 Errors are OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: 400 a malformed or unsupported
 request (bad JSON, a missing or mistyped field, n > 1, max_tokens past the model's context, a parameter quickft does
-not implement), 401 a missing or wrong API key, 404 an unknown model or route, 413 a body over MAX_BODY_BYTES.
+not implement), 401 a missing or wrong API key, 403 a request from a web page of another origin, 404 an unknown
+model or route, 408 a body that does not arrive in time, 413 a body over MAX_BODY_BYTES, 503 a full queue.
 It listens on 127.0.0.1 unless told otherwise: another address needs --allow-remote, and the startup line says who
+can reach it. Who may reach it, and slow clients: quickft/listen.py.
 
 Files: schema.py (request bodies, OpenAI's error shape), worker.py (the one generation thread and its queue),
 app.py (the routes), and here the command: what to serve, loading it, the socket, uvicorn.
@@ -29,12 +32,14 @@ app.py (the routes), and here the command: what to serve, loading it, the socket
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 import sys
 from pathlib import Path
 
 from quickft.errors import UserError
+from quickft.listen import bind, is_loopback, uvicorn_config
+
+MAX_QUEUE = 32
+"""Requests that may wait for their turn by default (--max-queue); past it a request gets 503 at once."""
 
 # ---------------------------------------------------------------------------------------------- loading
 
@@ -89,34 +94,14 @@ def load_merged(target: dict):
     return Session(model, tokenizer, recipe, chat_style(recipe), default_params(recipe), description=description)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before the (slow) model load: a port in use is an error at once."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except socket.gaierror as e:
-        raise UserError(f"--host {host}: {e.strerror}", hint="use an address such as 127.0.0.1 or 0.0.0.0") from None
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as e:
-        sock.close()
-        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}", hint="choose another --port") from None
-    sock.listen(128)
-    return sock
-
-
 def main(
-    run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, allow_remote: bool = False
+    run_dir: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    allow_remote: bool = False,
+    max_queue: int = MAX_QUEUE,
 ) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -139,8 +124,8 @@ def main(
     session = load_merged(target) if target["kind"] == "merged" else load_session(target["dir"])
     run_path: Path = target["run"]["dir"]
     model_id = run_path.name + ("-merged" if target["kind"] == "merged" else "")
-    service = Service(session, model_id, created=int((run_path / "status.json").stat().st_mtime))
-    app = make_app(service, api_key=api_key)
+    service = Service(session, model_id, created=int((run_path / "status.json").stat().st_mtime), max_queue=max_queue)
+    app = make_app(service, api_key=api_key, host=host, allow_remote=allow_remote)
     bound_host, bound_port = sock.getsockname()[:2]
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     reach = (
@@ -163,5 +148,8 @@ def main(
     sys.stderr.flush()
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5, lifespan="off")
+    # the connections: the waiting requests, the one answered, and room for /health and /v1/models beside them
+    config = uvicorn_config(
+        app, limit_concurrency=max_queue + 32, log_level="info", timeout_graceful_shutdown=5, lifespan="off"
+    )
     uvicorn.Server(config).run(sockets=[sock])

@@ -10,6 +10,7 @@ import uuid
 
 from fastapi import Request  # at module level: FastAPI reads the handlers' annotations (postponed, as strings)
 
+from quickft.listen import BodyError, guard, read_body
 from quickft.serve.schema import ApiError, ApiRequest, ChatRequest, CompletionRequest, parse
 from quickft.serve.worker import CONCURRENCY, Job, Service
 
@@ -22,14 +23,26 @@ DRAIN_BYTES = 64_000_000
 # ---------------------------------------------------------------------------------------------- the app
 
 
-def make_app(service: Service, *, api_key: str | None = None):
-    """The FastAPI app over `service`. Bodies are read and checked here (schema.parse), not by FastAPI's own
-    validation, so that every error, 413 included, is OpenAI's shape."""
+class ClientGone(Exception):
+    """The client disconnected before its answer: nothing is sent (there is no one to send it to)."""
+
+
+def make_app(service: Service, *, api_key: str | None = None, host: str = "127.0.0.1", allow_remote: bool = False):
+    """The FastAPI app over `service`, behind listen.guard (the Host and Origin checks). Bodies are read and checked
+    here (schema.parse), not by FastAPI's own validation, so that every error, 413 included, is OpenAI's shape."""
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException
 
     app = FastAPI(title="quickft serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ClientGone)
+    async def _client_gone(request, e: ClientGone):
+        return Response(status_code=499)  # nginx's "client closed request"; uvicorn sends nothing on a closed socket
+
+    @app.exception_handler(Exception)
+    async def _bug(request, e: Exception):  # a bug: still OpenAI's shape (uvicorn logs the traceback)
+        return JSONResponse(ApiError(500, f"{type(e).__name__}: {e}").body(), status_code=500)
 
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
@@ -54,21 +67,27 @@ def make_app(service: Service, *, api_key: str | None = None):
                 code="invalid_api_key",
             )
 
-    async def read_body(request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        too_big = ApiError(413, f"the body is over {MAX_BODY_BYTES:,} bytes", code="request_too_large")
-        if length and length.isdigit() and int(length) > DRAIN_BYTES:
-            raise too_big
-        body, size = bytearray(), 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size <= MAX_BODY_BYTES:
-                body += chunk
-            elif size > DRAIN_BYTES:
-                break
-        if size > MAX_BODY_BYTES:
-            raise too_big
-        return bytes(body)
+    async def body_of(request: Request) -> bytes:
+        try:
+            return await read_body(request, limit=MAX_BODY_BYTES, drain=DRAIN_BYTES)
+        except BodyError as e:
+            raise ApiError(e.status, e.message, code=e.code) from None
+
+    async def watch(request: Request, job: Job) -> None:
+        """Halts `job` when its client disconnects, queued or answering (streamed or not), and wakes its handler.
+        The body has been read: the next message the server has for this request is its disconnection."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        job.halt.set()
+        job.events.put_nowait(("gone", None))
+
+    async def next_event(job: Job) -> tuple[str, object]:
+        kind, value = await job.events.get()
+        if kind == "gone":
+            raise ClientGone
+        if kind == "error":
+            raise value
+        return kind, value
 
     def model_card() -> dict:
         return {
@@ -94,7 +113,7 @@ def make_app(service: Service, *, api_key: str | None = None):
         """Parse and check a request, queue it, and wait for its turn: the first event says it is under way
         (with its prompt's token count), or is the 4xx its rendering raised."""
         check_key(request)
-        body = parse(await read_body(request), kind)
+        body = parse(await body_of(request), kind)
         check_model(body.model)
         if body.n not in (None, 1):
             raise ApiError(400, f"n: quickft serve answers one choice per request (n=1), got {body.n}", param="n")
@@ -125,28 +144,29 @@ def make_app(service: Service, *, api_key: str | None = None):
             loop=asyncio.get_running_loop(),
         )
         service.submit(job)
+        job.watcher = asyncio.create_task(watch(request, job))
         try:
-            kind_, value = await job.events.get()
+            _, value = await next_event(job)  # its turn has come
         except BaseException:
-            job.halt.set()
+            finish(job)
             raise
-        if kind_ == "error":
-            raise value
         return body, job, value
+
+    def finish(job: Job) -> None:
+        job.halt.set()  # answered, failed, or the client went away: generation stops, a queued job is dropped
+        job.watcher.cancel()
 
     async def answer(job: Job) -> tuple[str, dict]:
         pieces = []
         try:
             while True:
-                kind, value = await job.events.get()
+                kind, value = await next_event(job)
                 if kind == "text":
                     pieces.append(value)
-                elif kind == "error":
-                    raise value
                 else:
                     return "".join(pieces), value
         finally:
-            job.halt.set()
+            finish(job)
 
     def usage(start_info: dict, done: dict) -> dict:
         p, c = start_info["prompt_tokens"], done["completion_tokens"]
@@ -183,6 +203,8 @@ def make_app(service: Service, *, api_key: str | None = None):
                     elif kind == "error":
                         yield sse(value.body())
                         break
+                    elif kind == "gone":
+                        return
                     else:
                         yield sse(chunk(None if chat else "", value["finish_reason"]))
                         if body.stream_options and body.stream_options.include_usage:
@@ -190,13 +212,18 @@ def make_app(service: Service, *, api_key: str | None = None):
                         break
                 yield "data: [DONE]\n\n"
             finally:
-                job.halt.set()  # the client went away (or the answer is done): stop generating
+                finish(job)  # the client went away (or the answer is done): stop generating
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": service.model_id, "waiting": service.jobs.qsize()}
+        return {
+            "status": "ok",
+            "model": service.model_id,
+            "waiting": service.waiting(),
+            "answering": bool(service.answering),
+        }
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -246,4 +273,7 @@ def make_app(service: Service, *, api_key: str | None = None):
             "usage": usage(start_info, done),
         }
 
-    return app
+    def refuse(status: int, message: str):
+        return JSONResponse(ApiError(status, message).body(), status_code=status)
+
+    return guard(app, host=host, allow_remote=allow_remote, refuse=refuse)

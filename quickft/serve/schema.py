@@ -8,6 +8,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MAX_STOP = 4
+"""Stop sequences per request (OpenAI's limit)."""
+MAX_STOP_CHARS = 256
+"""The longest stop sequence: ample for an end marker, and a bound on what each generated piece is checked against."""
 
 
 class _Strict(BaseModel):
@@ -50,6 +53,10 @@ class ApiRequest(_Strict):
             raise ApiError(400, f"stop: at most {MAX_STOP} sequences, got {len(stops)}", param="stop")
         if any(not s for s in stops):
             raise ApiError(400, "stop: an empty string would stop at once", param="stop")
+        if longest := max((len(s) for s in stops if len(s) > MAX_STOP_CHARS), default=0):
+            raise ApiError(
+                400, f"stop: at most {MAX_STOP_CHARS} characters per sequence, got {longest:,}", param="stop"
+            )
         return stops
 
 
@@ -82,6 +89,8 @@ def parse(raw: bytes, model: type[ApiRequest]) -> ApiRequest:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, f"the body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:  # the decoder's own guard against deep nesting ([[[[...) of Python's recursion limit
+        raise ApiError(400, "the body is nested too deeply to be a request", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the body must be a JSON object, got {type(data).__name__}", code="invalid_json")
     try:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import queue
+import collections
+import contextlib
 import threading
 from dataclasses import dataclass, field, replace
 
@@ -18,7 +19,8 @@ CONCURRENCY = "one request at a time, in arrival order (a queue, no batching)"
 
 class StopCut:
     """Cuts streamed text at the first stop string; text that may be the start of one is held back until it is
-    known not to be."""
+    known not to be. Only the held-back text and the new piece are searched (a stop found nowhere before must end in
+    the new piece), so each piece costs about the stops' length, however long the answer."""
 
     def __init__(self, stops: list[str]):
         self.stops = [s for s in stops if s]
@@ -31,10 +33,20 @@ class StopCut:
         if found:
             text, self.pending, self.hit = self.pending[: min(found)], "", True
             return text
-        keep = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        keep = max((self._start_of(s) for s in self.stops), default=0)
         text = self.pending[: len(self.pending) - keep]
         self.pending = self.pending[len(self.pending) - keep :]
         return text
+
+    def _start_of(self, stop: str) -> int:
+        """The length of the longest end of the pending text that is a beginning of `stop` (0: none)."""
+        pending = self.pending
+        at = pending.find(stop[0], max(0, len(pending) - len(stop) + 1))
+        while at >= 0:  # only where the stop's first character is: one comparison each
+            if stop.startswith(pending[at:]):
+                return len(pending) - at
+            at = pending.find(stop[0], at + 1)
+        return 0
 
     def flush(self) -> str:
         text, self.pending = self.pending, ""
@@ -59,6 +71,8 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     halt: threading.Event = field(default_factory=threading.Event)
     """Set when the client has gone (or the answer is done): generation stops, a queued job is skipped."""
+    watcher: asyncio.Task | None = None
+    """The task that sets `halt` when the client disconnects (app.watch)."""
 
     def send(self, kind: str, value=None) -> None:
         try:
@@ -70,26 +84,58 @@ class Job:
 class Service:
     """The served model, and the single thread that answers every request in turn."""
 
-    def __init__(self, session, model_id: str, *, created: int):
+    def __init__(self, session, model_id: str, *, created: int, max_queue: int):
+        import torch
+
         self.session, self.model_id, self.created = session, model_id, created
         self.context = context_length(session.model, session.tokenizer)
-        self.jobs: queue.Queue[Job] = queue.Queue()
+        self.max_queue = max_queue
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._turn = threading.Condition()
+        self.answering: Job | None = None
+        torch.seed()  # unseeded requests sample from a generator seeded by the OS, not from torch's fixed default
         threading.Thread(target=self._work, name="quickft-generation", daemon=True).start()
 
     def submit(self, job: Job) -> None:
-        self.jobs.put(job)
+        """Queue `job`, or ApiError 503 when max_queue requests already wait (as Ollama past OLLAMA_MAX_QUEUE);
+        requests whose clients have gone do not count."""
+        with self._turn:
+            self._waiting = collections.deque(j for j in self._waiting if not j.halt.is_set())
+            if len(self._waiting) >= self.max_queue:
+                raise ApiError(
+                    503,
+                    f"the server is busy: {len(self._waiting)} requests are waiting for their turn (its --max-queue); "
+                    "try again later",
+                    code="server_busy",
+                )
+            self._waiting.append(job)
+            self._turn.notify()
+
+    def waiting(self) -> int:
+        with self._turn:
+            return sum(not j.halt.is_set() for j in self._waiting)
+
+    def _next(self) -> Job:
+        """The first queued job whose client is still there (the others are dropped unanswered)."""
+        with self._turn:
+            while True:
+                while self._waiting:
+                    job = self._waiting.popleft()
+                    if not job.halt.is_set():
+                        return job
+                self._turn.wait()
 
     def _work(self) -> None:
         while True:
-            job = self.jobs.get()
-            if job.halt.is_set():
-                continue
+            job = self.answering = self._next()
             try:
                 self._answer(job)
             except ApiError as e:
                 job.send("error", e)
             except Exception as e:  # generation failed (out of memory, a bug): a 500 for this request only
                 job.send("error", ApiError(500, f"generation failed: {type(e).__name__}: {e}"))
+            finally:
+                self.answering = None
 
     def render(self, job: Job) -> str:
         """The prompt exactly as `quickft chat` frames it (chat.build_prompt)."""
@@ -121,8 +167,6 @@ class Service:
             raise ApiError(400, f"messages: {e.message}", param="messages") from None
 
     def _answer(self, job: Job) -> None:
-        import contextlib
-
         from quickft.generation import prompt_batch, stream
 
         session = self.session
@@ -151,10 +195,6 @@ class Service:
                 min(session.params["max_new_tokens"], room) if self.context else session.params["max_new_tokens"]
             )
         job.send("start", {"prompt_tokens": prompt_tokens})
-        if job.seed is not None:
-            import torch
-
-            torch.manual_seed(job.seed)  # one request at a time: the global generator is this request's
         stats: dict = {}
         cut = StopCut(job.stops)
         pieces = stream(
@@ -168,7 +208,8 @@ class Service:
             stop_strings=job.stops,
             stats=stats,
         )
-        with contextlib.closing(pieces):  # closing it ends generation (a stop string, or the client went away)
+        # closing `pieces` ends generation (a stop string, or the client went away)
+        with own_generator(job.seed, session.model.device), contextlib.closing(pieces):
             for piece in pieces:
                 if text := cut.feed(piece):
                     job.send("text", text)
@@ -180,6 +221,21 @@ class Service:
         # "length" only when max_tokens cut the answer: an end-of-sequence as the last allowed token is a natural stop
         reason = "stop" if cut.hit or stats.get("eos") or tokens < max_tokens else "length"
         job.send("done", {"finish_reason": reason, "completion_tokens": tokens})
+
+
+@contextlib.contextmanager
+def own_generator(seed: int | None, device):
+    """A seeded request samples from a generator of its own: torch's, forked for it (torch.random.fork_rng) and
+    seeded, then put back as it was. Reseeding the shared one would make the next unseeded request's sampling
+    predictable."""
+    if seed is None:
+        yield
+        return
+    import torch
+
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def context_length(model, tokenizer) -> int | None:

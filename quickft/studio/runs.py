@@ -39,11 +39,30 @@ def check_outputs_dir(path: Path) -> None:
         )
 
 
+class Outside(UserError):
+    """A run, or a file in it, that links to somewhere outside the outputs folder: the studio serves nothing there."""
+
+
+def inside(folder: Path, path: Path) -> bool:
+    """Whether `path`, links followed, is in `folder` (links followed too)."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def check_inside(outputs: Path, path: Path) -> None:
+    """Outside unless the run folder and every entry directly in it (the files the studio reads, serves, or hands to
+    its children: recipe, metrics, plots, the adapter) resolve inside `outputs`."""
+    for entry in (path, *path.iterdir()):
+        if not inside(outputs, entry):
+            raise Outside(f"{entry} links outside {outputs}: the studio reads nothing outside its outputs folder")
+
+
 def run_dir(outputs: Path, name: str) -> Path:
-    """outputs/<name>, if it is a run: the only paths the studio reads (no '..', no nested paths)."""
+    """outputs/<name>, if it is a run: the only paths the studio reads (no '..', no nested paths); KeyError if it is
+    not one, Outside if it (or a file in it) links outside `outputs`."""
     path = outputs / name
     if "/" in name or "\\" in name or name.startswith(".") or not is_run(path):
         raise KeyError(name)
+    check_inside(outputs, path)
     return path
 
 
@@ -106,8 +125,15 @@ def run_entry(path: Path) -> dict:
 
 
 def list_runs(outputs: Path) -> list[dict]:
-    """Every run under `outputs`, the most recently updated first."""
-    runs = [run_entry(p) for p in outputs.iterdir() if is_run(p)]
+    """Every run under `outputs`, the most recently updated first (not those that link outside it)."""
+    runs = []
+    for path in outputs.iterdir():
+        try:
+            if is_run(path):
+                check_inside(outputs, path)
+                runs.append(run_entry(path))
+        except Outside:
+            continue
     return sorted(runs, key=lambda r: -r["mtime"])
 
 
@@ -163,14 +189,32 @@ def compare_runs(paths: list[Path]) -> dict:
     }
 
 
-def masking_preview(path: Path, n: int = 3) -> dict:
+def check_data_paths(recipe, roots: list[Path]) -> None:
+    """Outside unless each data file the recipe names (data.path, data.test_path, eval.path) lies in one of `roots`
+    (the studio's working directory, where relative paths are read from, and the outputs folder): recipe.json is a
+    file in the outputs folder, and whoever wrote it must not make the studio show /etc/passwd."""
+    for key, value in (
+        ("data.path", recipe.data.path),
+        ("data.test_path", recipe.data.test_path),
+        ("eval.path", recipe.eval.path),
+    ):
+        if value and not any(inside(root, Path(value)) for root in roots):
+            raise Outside(
+                f"{key} {value!r} is outside {' and '.join(str(r) for r in roots)}: the studio reads no data there",
+                hint="start the studio from the directory the run was started in (relative data paths are read from "
+                "there), or run `quickft data RECIPE --show N` yourself",
+            )
+
+
+def masking_preview(path: Path, roots: list[Path], n: int = 3) -> dict:
     """`quickft data --show N` for the run's recipe (recipe.json; relative data paths are read from the studio's
-    working directory, as `quickft data` reads them): counts, token lengths, and each example's pieces, trained or
-    masked."""
+    working directory, as `quickft data` reads them, and must lie in one of `roots`): counts, token lengths, and each
+    example's pieces, trained or masked."""
     from quickft.datareport import preview_pieces, recipe_report
     from quickft.recipe import recipe_from_dict
 
     recipe = recipe_from_dict(read_json(path / "recipe.json"))
+    check_data_paths(recipe, roots)
     report, rows, tokenizer = recipe_report(recipe, str(path / "recipe.json"))
     examples = [
         {"pieces": [{"text": text, "trained": trained} for text, trained in pieces], "more_tokens": more}

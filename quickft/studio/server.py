@@ -3,22 +3,24 @@ preview, as a local web page.
 
 Offline: the page, its script and plotly.min.js (from the installed plotly package) are served from this machine;
 nothing is fetched from elsewhere. It listens on 127.0.0.1 unless told otherwise (another address needs
---allow-remote, as `quickft serve`).
+--allow-remote, as `quickft serve`, and then a token, printed at start, as Jupyter does). Who may reach it:
+quickft/listen.py (the Host and Origin checks); the routes that do work (chat, base vs fine-tuned, the masking
+preview) are POSTs of JSON, which a form on another site cannot send. Nothing outside the outputs folder is read
+(runs.check_inside, runs.check_data_paths).
 
-Chat goes through `quickft serve RUN --port 0`, started as a child process (on loopback) the first time a run is
-chatted with, and stopped with the studio: the studio proxies the page's request to it and streams the answer back.
-Base vs fine-tuned goes through a child running chat's --compare-base code (studio/base.py), one per run.
+Chat goes through `quickft serve RUN --port 0`, started as a child process the first time a run is chatted with:
+the studio proxies the page's request to it and streams the answer back. Base vs fine-tuned goes through a child
+running chat's --compare-base code (studio/base.py). The children (children.py) stop with the studio, on Ctrl-C or
+SIGTERM alike (the app's lifespan).
 """
 
 from __future__ import annotations
 
-import collections
+import contextlib
+import hmac
 import importlib.util
 import json
-import re
-import subprocess
-import sys
-import threading
+import secrets
 from pathlib import Path
 from typing import Annotated
 
@@ -26,13 +28,11 @@ from fastapi import Query, Request  # at module level: FastAPI reads the handler
 
 from quickft.errors import UserError
 from quickft.studio import runs as r
+from quickft.studio.children import Busy, Children, ask_base
 
 STATIC = Path(__file__).parent / "static"
-CHILD_START_S = 300
-"""How long a child may take to load its model before the request fails."""
-SERVE_READY = r"serving .* on (http://127\.0\.0\.1:\d+/v1)"
-"""serve's startup line, once the model is loaded (it names the port --port 0 got)."""
-BASE_READY = r"^ready"
+MAX_BODY_BYTES = 1_000_000
+"""The largest request body (a conversation) the studio reads."""
 
 
 def plotly_js() -> Path:
@@ -47,120 +47,53 @@ def plotly_js() -> Path:
     return path
 
 
-class Child:
-    """A quickft child process on loopback (serve, or the base-vs-fine-tuned worker), its stderr kept for errors."""
-
-    def __init__(self, args: list[str], *, ready: str, stdin: bool = False):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", *args],
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-        )
-        self.lines: collections.deque[str] = collections.deque(maxlen=40)
-        self.ready = threading.Event()
-        self.ready_pattern = re.compile(ready)
-        self.url: str | None = None
-        """What the ready line named: serve's /v1 URL."""
-        self.started = False
-        self.lock = threading.Lock()  # one question at a time for the base worker (it answers in order)
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-
-    def _read_stderr(self) -> None:
-        # read to the end: a child whose stderr pipe fills up (uvicorn logs every request) would block
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip())
-            if not self.started and (found := self.ready_pattern.search(line)):
-                self.url = found.group(1) if found.groups() else None
-                self.started = True
-                self.ready.set()
-        self.ready.set()
-
-    def wait_ready(self, what: str) -> None:
-        if not self.ready.wait(CHILD_START_S) or not self.started:
-            self.stop()
-            said = "\n".join(line for line in self.lines if line.strip())[-2000:]
-            raise UserError(f"{what} did not start:\n{said}" if said else f"{what} did not start")
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-class Children:
-    """The studio's child processes, one of each kind per run, started on demand and stopped with the studio."""
-
-    def __init__(self):
-        self._children: dict[tuple[str, str], Child] = {}
-        self._lock = threading.Lock()
-
-    def serve_url(self, path: Path) -> str:
-        """The /v1 URL of `quickft serve RUN --port 0` for this run, started if it is not running."""
-        child = self._get(
-            ("serve", str(path)), lambda: Child(["quickft", "serve", str(path), "--port", "0"], ready=SERVE_READY)
-        )
-        child.wait_ready(f"quickft serve {path}")
-        return child.url
-
-    def base_worker(self, path: Path) -> Child:
-        child = self._get(
-            ("base", str(path)), lambda: Child(["quickft.studio.base", str(path)], ready=BASE_READY, stdin=True)
-        )
-        child.wait_ready(f"the base model of {path}")
-        return child
-
-    def _get(self, key: tuple[str, str], start) -> Child:
-        with self._lock:
-            child = self._children.get(key)
-            if child is None or not child.alive():
-                child = self._children[key] = start()
-            return child
-
-    def stop_all(self) -> None:
-        with self._lock:
-            children, self._children = list(self._children.values()), {}
-        for child in children:
-            child.stop()
-
-
-def ask_base(worker: Child, messages: list[dict]) -> dict:
-    """The fine-tuned and the base model's answers to the last user message (studio/base.py answers)."""
-    with worker.lock:
-        worker.process.stdin.write(json.dumps({"messages": messages}) + "\n")
-        worker.process.stdin.flush()
-        line = worker.process.stdout.readline()
-    if not line:
-        raise UserError("the base-model worker stopped:\n" + "\n".join(worker.lines))
-    return json.loads(line)
-
-
-def make_app(outputs: Path, plotly: Path, children: Children):
+def make_app(outputs: Path, plotly: Path, children: Children, *, host: str = "127.0.0.1", token: str | None = None):
+    """The studio's app, behind listen.guard (Host and Origin) and, with a token (--allow-remote), TokenRequired."""
     import httpx
     from fastapi import FastAPI, HTTPException
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+    from starlette.background import BackgroundTask
 
-    app = FastAPI(title="quickft studio", docs_url=None, redoc_url=None, openapi_url=None)
+    from quickft.listen import BodyError, guard, read_body
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        # on the way out, Ctrl-C or SIGTERM alike (uvicorn re-raises SIGTERM after this, so no `finally` runs then)
+        await run_in_threadpool(children.stop_all)
+
+    app = FastAPI(title="quickft studio", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    roots = [Path.cwd(), outputs]
+    """Where the data files a run's recipe names may lie: relative paths are read from the working directory."""
 
     @app.exception_handler(UserError)
     async def _user_error(request, e: UserError):
-        return JSONResponse({"error": e.message, "hint": e.hint}, status_code=400)
+        status = 503 if isinstance(e, Busy) else 403 if isinstance(e, r.Outside) else 400
+        return JSONResponse({"error": e.message, "hint": e.hint}, status_code=status)
 
     def find(name: str) -> Path:
         try:
             return r.run_dir(outputs, name)
         except KeyError:
             raise HTTPException(404, f"no run {name!r} in {outputs}") from None
+
+    async def json_of(request: Request) -> dict:
+        """The body of a POST: JSON, which a form on another site cannot send (415 otherwise), of bounded size,
+        read within listen.READ_TIMEOUT_S."""
+        if request.headers.get("content-type", "").partition(";")[0].strip().lower() != "application/json":
+            raise HTTPException(415, "send the body as JSON, with Content-Type: application/json")
+        try:
+            raw = await read_body(request, limit=MAX_BODY_BYTES, drain=MAX_BODY_BYTES)
+        except BodyError as e:
+            raise HTTPException(e.status, e.message) from None
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply ([[[[...)
+            raise HTTPException(400, "the body is not a JSON object") from None
+        if not isinstance(data, dict):
+            raise HTTPException(400, "the body is not a JSON object")
+        return data
 
     files = {"studio.js": "text/javascript", "studio.css": "text/css"}
 
@@ -192,7 +125,7 @@ def make_app(outputs: Path, plotly: Path, children: Children):
 
     @app.get("/api/runs/{name}/plots/{file}")
     async def plot(name: str, file: str):
-        path = find(name) / file
+        path = find(name) / file  # find: no file of the run links outside the outputs folder
         if not file.endswith(".png") or "/" in file or not path.is_file():
             raise HTTPException(404, file)
         return FileResponse(path, media_type="image/png")
@@ -201,17 +134,18 @@ def make_app(outputs: Path, plotly: Path, children: Children):
     def compare(run: Annotated[list[str], Query()]):  # ?run=a&run=b
         return r.compare_runs([find(name) for name in run])
 
-    @app.get("/api/runs/{name}/masking")
-    def masking(name: str, n: int = 3):
-        return r.masking_preview(find(name), n=min(max(n, 1), 20))
+    @app.post("/api/runs/{name}/masking")
+    async def masking(name: str, request: Request):
+        """{"n": N}: the first N training sequences (a POST: it reads the data and loads a tokenizer)."""
+        path, n = find(name), (await json_of(request)).get("n", 3)
+        if not isinstance(n, int):
+            raise HTTPException(400, "n: a whole number of examples")
+        return await run_in_threadpool(r.masking_preview, path, roots, min(max(n, 1), 20))
 
     async def messages_of(request: Request) -> list[dict]:
-        try:
-            messages = (await request.json())["messages"]
-        except (ValueError, KeyError, TypeError):
-            raise HTTPException(400, 'send {"messages": [{"role": "user", "content": "..."}]}') from None
+        messages = (await json_of(request)).get("messages")
         if not isinstance(messages, list) or not messages:
-            raise HTTPException(400, "messages: a non-empty list")
+            raise HTTPException(400, 'send {"messages": [{"role": "user", "content": "..."}]}')
         return messages
 
     @app.post("/api/runs/{name}/chat")
@@ -219,13 +153,15 @@ def make_app(outputs: Path, plotly: Path, children: Children):
         """The page's conversation, sent to the run's `quickft serve` child; its answer streamed back as server-sent
         events: {"text": piece} ... then {"done": true} (or {"error": message})."""
         path, messages = find(name), await messages_of(request)
-        url = await run_in_threadpool(children.serve_url, path)
+        lease = await run_in_threadpool(children.serve, path)
         payload = {"model": path.name, "messages": messages, "stream": True}
+        headers = {"Authorization": f"Bearer {children.key}"}
 
         async def events():
             try:
                 async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10)) as client:
-                    async with client.stream("POST", f"{url}/chat/completions", json=payload) as answer:
+                    url = f"{lease.child.url}/chat/completions"
+                    async with client.stream("POST", url, json=payload, headers=headers) as answer:
                         if answer.status_code != 200:
                             body = json.loads(await answer.aread())
                             yield sse({"error": body.get("error", {}).get("message", str(body))})
@@ -239,18 +175,63 @@ def make_app(outputs: Path, plotly: Path, children: Children):
             except httpx.HTTPError as e:
                 yield sse({"error": f"quickft serve stopped answering: {e}"})
                 return
+            finally:
+                lease.release()
             yield sse({"done": True})
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        # released by the stream's end, or (a client gone before it began) by the background task
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+            background=BackgroundTask(lease.release),
+        )
 
     @app.post("/api/runs/{name}/compare-base")
     async def compare_base(name: str, request: Request):
         """The last user message answered by the fine-tuned and by the base model (chat's --compare-base)."""
         path, messages = find(name), await messages_of(request)
-        worker = await run_in_threadpool(children.base_worker, path)
-        return await run_in_threadpool(ask_base, worker, messages)
+        lease = await run_in_threadpool(children.base_worker, path)
+        try:
+            return await run_in_threadpool(ask_base, lease.child, messages)
+        finally:
+            lease.release()
 
-    return app
+    def refuse(status: int, message: str):
+        return JSONResponse({"error": message, "hint": None}, status_code=status)
+
+    secured = TokenRequired(app, token, refuse) if token else app
+    return guard(secured, host=host, allow_remote=token is not None, refuse=refuse)
+
+
+class TokenRequired:
+    """--allow-remote: every request needs the token the studio printed, as Jupyter's: the address printed at start
+    (/?token=...) sets it as a cookie the browser sends back (SameSite=Strict: never from another site's page); a
+    script sends it as Authorization: Bearer TOKEN or ?token=."""
+
+    def __init__(self, app, token: str, refuse):
+        self.app, self.token, self.refuse = app, token, refuse
+
+    async def __call__(self, scope, receive, send):
+        from starlette.requests import Request as Incoming
+        from starlette.responses import RedirectResponse
+
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Incoming(scope)
+        cookie = f"quickft_studio_{scope['server'][1]}"  # cookies ignore ports: one per studio
+        scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+        in_query = request.query_params.get("token")
+        given = in_query or request.cookies.get(cookie) or (bearer.strip() if scheme.lower() == "bearer" else "")
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            message = "this studio needs its token: open the address it printed at start (it ends in ?token=...)"
+            return await self.refuse(401, message)(scope, receive, send)
+        if in_query and request.method == "GET" and scope["path"] == "/":
+            # from the address bar into a cookie, and out of the address bar (and the browser's history)
+            response = RedirectResponse("/", status_code=303)
+            response.set_cookie(cookie, self.token, httponly=True, samesite="strict")
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def sse(data: dict) -> str:
@@ -258,30 +239,35 @@ def sse(data: dict) -> str:
 
 
 def main(outputs_dir: str = "outputs", *, host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False) -> None:
-    from quickft.serve import bind, is_loopback
+    from quickft.listen import bind, is_loopback, uvicorn_config
 
     if not is_loopback(host) and not allow_remote:
         raise UserError(
             f"--host {host} listens beyond this machine: anyone who can reach it sees your runs and can chat with them",
-            hint="add --allow-remote to mean it, or leave --host at 127.0.0.1",
+            hint="add --allow-remote to mean it (the studio then asks for a token it prints), or leave --host at "
+            "127.0.0.1",
         )
     outputs = Path(outputs_dir)
     r.check_outputs_dir(outputs)
     plotly = plotly_js()
     sock = bind(host, port)
     children = Children()
-    app = make_app(outputs, plotly, children)
+    token = secrets.token_urlsafe(24) if allow_remote else None
+    app = make_app(outputs, plotly, children, host=host, token=token)
     bound_host, bound_port = sock.getsockname()[:2]
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     reach = "loopback only (this machine)" if is_loopback(host) else "reachable from other machines (--allow-remote)"
-    print(
-        f"quickft studio: http://{url_host}:{bound_port}/ · {len(r.list_runs(outputs))} runs in {outputs} · {reach}",
-        flush=True,
-    )
+    address = f"http://{url_host}:{bound_port}/" + (f"?token={token}" if token else "")
+    print(f"quickft studio: {address} · {len(r.list_runs(outputs))} runs in {outputs} · {reach}", flush=True)
+    if token:
+        print(
+            "  the token in that address is required (--allow-remote): share it only with whom may use the studio",
+            flush=True,
+        )
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3, lifespan="off")
+    config = uvicorn_config(app, limit_concurrency=64, log_level="warning", timeout_graceful_shutdown=3)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
-        children.stop_all()  # the serve children go with the studio (Ctrl-C, SIGTERM)
+        children.stop_all()  # the lifespan's shutdown did it, unless the server never started

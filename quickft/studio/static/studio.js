@@ -360,7 +360,8 @@ function maskingPane(run) {
     go.disabled = true;
     out.replaceChildren(el("p", { class: "dim" }, "reading the data and tokenizing, as quickft data does ..."));
     try {
-      const data = await api(`/api/runs/${encodeURIComponent(run.name)}/masking?n=${count.value}`);
+      const data = await api(`/api/runs/${encodeURIComponent(run.name)}/masking`, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ n: Number(count.value) }) });
       const c = data.report.counts, t = data.report.tokens;
       out.replaceChildren(
         el("p", {}, `${c.read} read, ${c.kept_for_training} kept for training; ${t.total.toLocaleString()} tokens, `
@@ -368,7 +369,7 @@ function maskingPane(run) {
           + `p99 ${t.p99}, max ${t.max} (max_seq_length ${data.report.max_seq_length}).`),
         el("p", {}, el("span", { class: "tokens-key trained" }, "trained tokens"), " are highlighted; ",
           el("span", { class: "dim" }, "masked tokens (the prompt: no loss) are grey")),
-        data.examples.map((ex, i) => el("div", {}, el("h3", {}, "example " + (i + 1)),
+        ...data.examples.map((ex, i) => el("div", {}, el("h3", {}, "example " + (i + 1)),
           el("div", { class: "tokens" }, ex.pieces.map((p) => el("span", { class: p.trained ? "trained" : "masked" },
             p.text)), ex.more_tokens ? el("i", {}, ` … (${ex.more_tokens} more tokens)`) : null))));
     } catch (e) {
