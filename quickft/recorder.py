@@ -232,8 +232,8 @@ class Recorder(TrainerCallback):
         )
         if self._reserved_at_start is not None:
             own["gpu_reserved_at_start_mb"] = self._reserved_at_start
-        self.per_process = distributed.gather(own)
-        combined = distributed.combine(self.per_process)
+        self.per_process = distributed.gather(own | distributed.whereabouts())  # and where each process ran
+        combined = distributed.combine([{k: p[k] for k in own} for p in self.per_process])
         self.totals = {k: combined[k] for k in ("tokens", "samples", "padding", "generated_tokens")}
         self.totals |= self.counter.seconds  # GRPO's generation_s and reward_s (the first process's clock)
         self.memory = {k: v for k, v in combined.items() if k not in distributed.COUNTS}
