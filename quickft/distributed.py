@@ -1,8 +1,8 @@
 """Several processes, one run: which process this is, and the figures combined across processes.
 
 quickft launches and shards nothing itself. torchrun or `accelerate launch` start the processes (on one machine or
-several) and set RANK, WORLD_SIZE and LOCAL_RANK; transformers' Trainer (through accelerate) wraps the model in DDP
-and gives each process its share of every batch. What quickft
+several) and set RANK, WORLD_SIZE and LOCAL_RANK; transformers' Trainer (through accelerate) wraps the model in DDP,
+or shards it with FSDP2 (recipe.distributed="fsdp"), and gives each process its share of every batch. What quickft
 adds: every process agrees on one run directory, only the first process (rank 0) writes it and the console, and the
 figures it writes are combined from all of them (tokens and samples summed, memory peaks as the largest process's);
 an input error on any process stops all of them with its message, and a process that is lost (its node killed or
@@ -301,6 +301,59 @@ def same_launcher(command: str, device: str) -> str:
     if device == "cuda":
         return f"{command} --gpus {world_size()}"
     return f"torchrun --standalone --nproc-per-node {world_size()} -m {command}"
+
+
+def fsdp_settings(recipe) -> dict:
+    """transformers' arguments for recipe.distributed="fsdp" with several processes: FSDP2 through accelerate, each
+    decoder layer a unit of its own (the model's _no_split_modules), weights gathered back whole when saved (the run
+    directory holds an ordinary model or adapter)."""
+    if recipe.distributed != "fsdp" or world_size() == 1:
+        return {}
+    return {"fsdp": True, "fsdp_config": {"version": 2, "state_dict_type": "FULL_STATE_DICT"}}
+
+
+@contextlib.contextmanager
+def fsdp_on_cpu(args):
+    """accelerate shards with FSDP on accelerators only: on CPU processes it keeps DDP and drops the FSDP plugin
+    transformers gives it, silently. torch's FSDP2 runs on CPUs with gloo, so while the trainer builds its
+    Accelerator, quickft takes the plugin as accelerate does on GPUs, and the very same sharding (accelerate's
+    fsdp2_prepare_model, transformers' saving and loading) runs on CPU processes: how quickft tests it here."""
+    if not getattr(args, "fsdp", None) or not args.use_cpu:
+        yield
+        return
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    original = AcceleratorState.__init__
+
+    def init(self, *a, fsdp_plugin=None, **kw):
+        original(self, *a, fsdp_plugin=fsdp_plugin, **kw)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+            # every later AcceleratorState() copies PartialState's type: keep it FSDP for this process
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+    AcceleratorState.__init__ = init
+    try:
+        yield
+    finally:
+        AcceleratorState.__init__ = original
+
+
+def sharded(model) -> bool:
+    """Whether FSDP shards `model`: then every forward pass gathers weights from all processes, so the processes
+    answer test cases together (transformers' generate keeps them in step), never rank 0 alone."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return world_size() > 1 and any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def weights_held(model) -> int:
+    """How many of the model's weights this process holds: all of them, or under FSDP its shard of each."""
+    from torch.distributed.tensor import DTensor
+
+    return sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in model.parameters())
 
 
 def leave() -> None:

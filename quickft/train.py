@@ -364,6 +364,12 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     data = prepare_data(recipe, split, tokenizer, reporter)
     open_run_dir(run_dir, recipe, recipe_path, checkpoint)
     storage = distributed.check_storage(run_dir / "status.json")  # do the other machines see the run directory?
+    if storage["unseen"] and recipe.distributed == "fsdp":  # every process learns the same: all of them stop
+        raise UserError(
+            f"distributed='fsdp' needs the run directory on storage every machine sees: {', '.join(storage['unseen'])} "
+            f"do not see {run_dir}, and FSDP's checkpoints (the gathered optimizer state) are written by rank 0 only",
+            hint="give --output-dir a path on shared storage (NFS, Lustre ...), or use distributed='ddp'",
+        )
     other_machine(storage, run_dir)
     counter = TokenCounter()  # every trainer of this run (a new one after an out-of-memory retry) counts into it
 
@@ -384,7 +390,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         run_dir,
         reporter,
         precision_notes + reference_notes(recipe, trainer),
-        placement_rows(storage["unseen"]),
+        placement_rows(recipe, storage["unseen"]),
     )
     recorder = make_recorder(run_dir, choice, counter, reporter, checkpoint)
     trainer, evaluator, stopper = train_with_recovery(
@@ -406,10 +412,13 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         if main:
             tokenizer.save_pretrained(run_dir)
     evaluation = evaluator.summary() if evaluator else final_evaluation(trainer, recorder, reporter)
-    if not main:  # the others' share is done
+    sharded = distributed.sharded(trainer.model)
+    if not main and not sharded:  # the others' share is done
         return
-    with recorder.peaks.phase("answering"):
+    with recorder.peaks.phase("answering"):  # under FSDP every process takes part (the weights are spread)
         samples = _answer_cases(loaded.model, tokenizer, recipe, split.cases, reporter)
+    if not main:
+        return
     rundir.write_jsonl(run_dir / "samples.jsonl", samples)
     with reporter.phase("writing plots and metrics.csv"):
         write_metric_files(recorder, run_dir, recipe)
@@ -623,10 +632,22 @@ def other_machine(storage: dict, run_dir: Path) -> None:
     )
 
 
-def placement_rows(unseen: list[str]) -> list[tuple[str, str]]:
-    """The header's rows on several machines: how many, where they met, and who sees the run directory."""
+def placement_rows(recipe: Recipe, unseen: list[str]) -> list[tuple[str, str]]:
+    """The header's rows on several processes: FSDP's sharding; on several machines, how many, where they met, and
+    who sees the run directory."""
+    rows = []
+    if recipe.distributed == "fsdp":
+        rows.append(
+            (
+                "sharding",
+                f"FSDP2 (accelerate): weights, gradients and optimizer state split across {distributed.world_size()} "
+                "processes, one unit per decoder layer; saved whole"
+                if distributed.world_size() > 1
+                else "distributed='fsdp' with one process: nothing to shard, trained as usual",
+            )
+        )
     if distributed.nodes() == 1:
-        return []
+        return rows
     import socket
 
     from quickft.launch import launched
@@ -641,7 +662,7 @@ def placement_rows(unseen: list[str]) -> list[tuple[str, str]]:
         else f"on rank 0's machine ({here}) only: {', '.join(unseen)} do not see it, and keep their own copy of each "
         "checkpoint at the same path (for --resume)"
     )
-    return [
+    return rows + [
         (
             "nodes",
             f"{distributed.nodes()} machines × {per_node} process{'es' if per_node > 1 else ''}{met}; rank 0 on {here}",
@@ -899,6 +920,7 @@ def make_trainer(
         ddp_find_unused_parameters=False
         if distributed.world_size() > 1 and recipe.lora.target_modules != "all-linear"
         else None,
+        **distributed.fsdp_settings(recipe),  # FSDP2 sharding, for recipe.distributed="fsdp" on several processes
         # evaluation in the training precision, never the model cast to 16-bit in place (Unsloth's default)
         fp16_full_eval=False,
         bf16_full_eval=False,
@@ -963,14 +985,15 @@ def make_trainer(
             **(settings or {}),
         )
     one_gpu_per_process(args)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        counter=counter or TokenCounter(),
-    )
+    with distributed.fsdp_on_cpu(args):  # accelerate's FSDP on CPU processes too (gloo)
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            counter=counter or TokenCounter(),
+        )
     return _quiet(trainer)
 
 
