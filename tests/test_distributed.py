@@ -528,3 +528,14 @@ def test_machine_options_are_checked_before_anything_starts(dp_recipe, options, 
     assert main(["run", str(dp_recipe), *options]) == 2
     err = capsys.readouterr().err
     assert err.count("error: ") == 1 and said in err and "fix: " in err
+
+
+def test_node_0_says_when_it_cannot_serve_the_rendezvous(dp_recipe, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        options = ["--nnodes", "2", "--node-rank", "0", "--master", f"127.0.0.1:{port}"]
+        assert main(["run", str(dp_recipe), *options]) == 2
+    err = capsys.readouterr().err
+    assert f"--master 127.0.0.1:{port}: node 0 cannot listen there" in err and "a free port" in err
