@@ -90,7 +90,7 @@ def slurm_nodes(env: dict | None = None) -> Nodes | None:
         raise UserError("SLURM: no SLURM_STEP_NODELIST to find node 0 in", hint="export MASTER_ADDR=<node 0's address>")
     port = env.get("MASTER_PORT", str(DEFAULT_PORT))
     endpoint = parse_endpoint(f"{host}:{port}", "MASTER_ADDR:MASTER_PORT")
-    return Nodes(count, int(env["SLURM_NODEID"]), endpoint, "SLURM", env.get("SLURM_JOB_ID", "quickft"))
+    return Nodes(count, int(env.get("SLURM_NODEID", "0")), endpoint, "SLURM", env.get("SLURM_JOB_ID", "quickft"))
 
 
 def command_line_nodes(nnodes: int | None, node_rank: int | None, master: str | None) -> Nodes | None:
