@@ -168,17 +168,18 @@ def launch(argv: list[str], *, gpus: int | None, nnodes: int | None, node_rank: 
     arguments = torchrun_arguments(argv, per_node, nodes)
     # the processes touch `joined` once connected: a rendezvous lost after that is node 0 lost, not a bad address
     scratch = Path(tempfile.mkdtemp(prefix="quickft-launch-"))
-    os.environ[LAUNCHED] = json.dumps(
-        {"flags": _flags(gpus, nodes), "per_node": per_node, "joined": str(scratch / "joined")}
-        | ({"nodes": nodes.count, "endpoint": nodes.endpoint, "via": nodes.via} if nodes else {})
-    )
-    print("torchrun " + " ".join(arguments), file=sys.stderr, flush=True)
     try:
+        os.environ[LAUNCHED] = json.dumps(
+            {"flags": _flags(gpus, nodes), "per_node": per_node, "joined": str(scratch / "joined")}
+            | ({"nodes": nodes.count, "endpoint": nodes.endpoint, "via": nodes.via} if nodes else {})
+        )
+        print("torchrun " + " ".join(arguments), file=sys.stderr, flush=True)
         with _rendezvous(nodes) as store:
             code = _run_torchrun(arguments, nodes, scratch / "joined")
             _leave_together(store, nodes, code)
         return code
-    finally:
+    finally:  # nothing of the launch stays behind in this process
+        os.environ.pop(LAUNCHED, None)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -298,14 +299,14 @@ def _run_torchrun(arguments: list[str], nodes: Nodes | None, joined: Path) -> in
             os.environ["OMP_NUM_THREADS"] = threads
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-        os.environ.pop(LAUNCHED, None)
     return 0
 
 
 def joined() -> None:
     """In a training process, once connected to the others: tell the launcher (quickft.launch), if it started us."""
     if path := launched().get("joined"):
-        Path(path).touch()
+        with contextlib.suppress(OSError):  # a marker, never a reason to stop training
+            Path(path).touch()
 
 
 def launched() -> dict:

@@ -539,3 +539,4 @@ def test_node_0_says_when_it_cannot_serve_the_rendezvous(dp_recipe, capsys):
         assert main(["run", str(dp_recipe), *options]) == 2
     err = capsys.readouterr().err
     assert f"--master 127.0.0.1:{port}: node 0 cannot listen there" in err and "a free port" in err
+    assert "QUICKFT_LAUNCHED" not in os.environ  # nothing of the launch left in this process
