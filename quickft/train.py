@@ -895,7 +895,7 @@ def materialize(
         return str(dense_checkpoint(model_ref, dtype).path)
     if not isinstance(model_ref, Scratch):
         return model_ref
-    from quickft.scratch import build_scratch
+    from quickft.models.scratch import build_scratch
 
     corpus = [training_text(ex, recipe.data) for ex in train_examples]
     return str(build_scratch(model_ref, corpus, seed=recipe.seed))
