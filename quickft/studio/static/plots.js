@@ -19,7 +19,8 @@ function layout(title, ytitle, extra = {}) {
   return merged({
     title: { text: title }, margin: { l: 70, r: 20, t: 12, b: 40 },
     xaxis: { title: { text: "step" }, automargin: true }, yaxis: { title: { text: ytitle }, automargin: true },
-    legend: { orientation: "h", x: 0, xanchor: "left", y: 1.0, yanchor: "bottom", traceorder: "normal" }, uirevision: "keep",
+    legend: { orientation: "h", x: 0, xanchor: "left", y: 1.0, yanchor: "bottom", traceorder: "normal" },
+    uirevision: "keep",
   }, extra);
 }
 
@@ -105,8 +106,8 @@ function preferencePanels(train, run) {
       + "model), which TRL would count as 0% wins." : ""));
   } else {
     panels.kl = panel([{ ...series(train, "kl"), name: "KL estimate", mode: "lines+markers", marker: { size: 4 } }],
-      layout("KL estimate", "KL", { yaxis: { rangemode: "tozero" } }), "KTO's estimate of the KL divergence from the reference model, from the other "
-      + "answers of each micro-batch.");
+      layout("KL estimate", "KL", { yaxis: { rangemode: "tozero" } }), "KTO's estimate of the KL divergence from the "
+      + "reference model, from the other answers of each micro-batch.");
   }
   return panels;
 }

@@ -37,7 +37,7 @@ function settingsPane(run) {
     el("p", { class: "dim" }, "recipe.json: the settings the run trained with. ", el("span", { class: "differs-key" },
       `${differ} highlighted`), " differ from the Recipe defaults (quickft/recipe.py): set in the recipe file, on "
       + "the command line, or filled in by quickft run." + (view.hidden_sections.length ? " Not shown: the "
-      + `settings of other methods (${view.hidden_sections.join(", ")}), which a ${view.method} run does not read.`
+      + `settings of other methods (${view.hidden_sections.join(", ")}), which this ${view.method} run does not read.`
       : "")),
     el("p", {}, el("label", {}, only, " only what differs from the defaults")),
     table,
