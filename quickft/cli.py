@@ -215,6 +215,7 @@ def chat(
         "quickft serve outputs/tiny_math    # http://127.0.0.1:8000/v1, for any OpenAI client",
         "quickft serve outputs/tiny_math/merged --port 8080    # a merged export (quickft export)",
         "QUICKFT_API_KEY=secret quickft serve outputs/tiny_math --host 0.0.0.0 --allow-remote",
+        "quickft serve outputs/tiny_math --system-message refuse    # strict: a system message is a 400",
     ),
 )
 def serve(
@@ -237,12 +238,29 @@ def serve(
     max_queue: Annotated[
         int, typer.Option("--max-queue", metavar="N", min=1, help="Requests that may wait their turn (503 past it).")
     ] = 32,
+    system_message: Annotated[
+        str,
+        typer.Option(
+            "--system-message",
+            metavar="drop|prepend|refuse",
+            help="A system message to a run trained without a system prompt (prompt/response or text data): drop "
+            "it, prepend it to the user's message, or refuse the request (400).",
+        ),
+    ] = "drop",
 ) -> None:
     """Serve a run over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models), one
     request at a time in arrival order."""
     from quickft.serve import main as serve_main
 
-    serve_main(run_dir, host=host, port=port, api_key=api_key, allow_remote=allow_remote, max_queue=max_queue)
+    serve_main(
+        run_dir,
+        host=host,
+        port=port,
+        api_key=api_key,
+        allow_remote=allow_remote,
+        max_queue=max_queue,
+        system_message=system_message,
+    )
 
 
 @app.command(
