@@ -173,7 +173,24 @@ def test_peak_rss_covers_the_model(epoch_run):
     s = epoch_run["summary"]
     param_bytes = s["model"]["parameters_total"] * 4  # fp32 on CPU
     assert s["memory"]["peak_rss_mb"] * 2**20 >= param_bytes
-    assert all(r["peak_rss_mb"] >= r["rss_mb"] * 0.99 for r in epoch_run["rows"])
+    assert all(r["peak_rss_mb"] >= r["rss_mb"] for r in epoch_run["rows"])
+
+
+def test_the_peak_rss_is_never_below_the_current_reading():
+    """Linux's high-water mark (getrusage) can trail the current resident size (/proc) read just before it: read
+    while memory grows and shrinks, the peak memory() quotes beside the current reading is never the smaller."""
+    import torch
+
+    from quickft import metrics as m
+
+    held, below = [], []
+    for i in range(400):
+        held.append(torch.ones(250_000 * (i % 7 + 1)))  # 1 to 7 MB
+        if i % 5 == 0:
+            held = held[-3:]
+        row = m.memory("cpu")
+        below += [row] if row["peak_rss_mb"] < row["rss_mb"] else []
+    assert not below, f"{len(below)} of 400 readings, e.g. {below[0]}"
 
 
 def test_console_header_lines_and_report(epoch_run):
