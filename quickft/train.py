@@ -741,13 +741,13 @@ def train_with_recovery(
 ):
     """trainer.train() with quickft's callbacks; out of memory with auto_batch goes on from a checkpoint with a
     smaller micro-batch (`build` makes the new trainer). Returns (the trainer that finished, evaluator, stopper)."""
-    from quickft.trainer import Evaluator, StopCallback
+    from quickft.trainer import Evaluator, LogTheLastStep, StopCallback
 
     evaluator = Evaluator(recipe, split.cases, run_dir, recorder) if recipe.eval.every else None
     stopper = StopOnSignal()
     try:
         while True:
-            for callback in (recorder, evaluator, StopCallback(stopper)):
+            for callback in (recorder, evaluator, StopCallback(stopper), LogTheLastStep()):
                 if callback is not None:
                     trainer.add_callback(callback)
             tracker_callbacks_last(trainer)

@@ -248,6 +248,17 @@ class StopCallback(TrainerCallback):
             control.should_training_stop = True
 
 
+class LogTheLastStep(TrainerCallback):
+    """Log the step training ends at, whatever logging_steps says: the end of max_steps or of the epochs, an early
+    stop, a target reached, Ctrl-C. transformers logs only every logging_steps, so a run of 40 steps logging every 25
+    would end with step 25's figures, and steps 26-40 would be in no row. Added after every callback that may stop
+    training (transformers' own flow callback comes first, quickft's Evaluator and StopCallback before this one)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_training_stop or state.global_step >= state.max_steps:
+            control.should_log = True
+
+
 class Evaluator(TrainerCallback):
     """Every `eval.every` steps: eval loss, test-case score, early stopping, target. Its results go to the recorder.
 

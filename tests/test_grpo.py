@@ -307,6 +307,21 @@ def test_grpo_says_what_it_runs_and_reports_where_the_time_went(grpo_run, capsys
     assert not (run_dir / "loss_log.png").exists()  # GRPO's objective crosses 0: no log scale
 
 
+def test_the_last_grpo_step_is_logged_whatever_logging_steps_says(grpo_run, tmp_path):
+    """max_steps=4 logging every 3 steps: step 4 is logged too, its figures those of step 4 alone (the fixture's run
+    logs every step, from the same seed), and the report's last figures are step 4's."""
+    run_dir, recipe = grpo_run
+    out = tmp_path / "windows"
+    assert main(["run", str(recipe), "--output-dir", str(out), "logging_steps=3", "--quiet"]) == 0
+    each, windows = rows_of(run_dir), rows_of(out)
+    assert [r["step"] for r in windows] == [3, 4] and windows[-1]["window_steps"] == 1
+    for key in ("loss", "reward", "reward_std", "frac_reward_zero_std", "completions/mean_length"):
+        assert windows[-1][key] == pytest.approx(each[3][key], abs=1e-5), key
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["grpo"]["last"]["step"] == 4 and summary["grpo"]["last"]["reward"] == windows[-1]["reward"]
+    assert summary["loss"]["final"] == windows[-1]["loss"]
+
+
 def test_a_grpo_run_chats_and_scores_its_test_cases(grpo_run):
     run_dir, _ = grpo_run
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]

@@ -138,7 +138,10 @@ def test_steps_and_epochs_match_the_trainer(epoch_run):
     assert s["train"]["epochs"] == pytest.approx(1.0)
     assert s["train"]["session_steps"] == s["train"]["steps"]  # not resumed: this session is the whole run
     assert s["train"]["steps_per_s"] == pytest.approx(s["train"]["steps"] / s["train"]["steps_time_s"])
-    assert [r["step"] for r in epoch_run["rows"]] == list(range(3, s["train"]["steps"] + 1, 3))
+    # every logging_steps, and the last step whatever logging_steps says
+    assert [r["step"] for r in epoch_run["rows"]] == sorted(
+        {*range(3, s["train"]["steps"] + 1, 3), s["train"]["steps"]}
+    )
 
 
 def test_loss_summary_matches_metrics(epoch_run):
@@ -254,6 +257,24 @@ def test_live_display_on_a_terminal(tmp_path, lora_recipe):
     text = out.getvalue()
     assert "\x1b[" in text and "training" in text and "ETA" in text and "tok/s" in text
     assert not re.search(r"^step\s+\d+/", text, re.M), "no plain lines on a terminal"
+
+
+def test_the_last_step_is_logged_whatever_logging_steps_says(tmp_path, lora_recipe):
+    """max_steps=5 logging every 2 steps: step 5 is logged too, its figures those of step 5 alone (the run that logs
+    every step has the same loss there), and the report's final loss is step 5's."""
+    rows, summaries = {}, {}
+    for every in (1, 2):
+        out = tmp_path / f"every_{every}"
+        args = ["run", str(lora_recipe), "max_steps=5", f"logging_steps={every}", "--output-dir", str(out), "--quiet"]
+        assert main(args) == 0
+        rows[every] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        summaries[every] = json.loads((out / "summary.json").read_text())
+    each, windows, s = rows[1], rows[2], summaries[2]
+    assert [r["step"] for r in windows] == [2, 4, 5] and windows[-1]["window_steps"] == 1
+    assert windows[-1]["loss"] == pytest.approx(each[4]["loss"], abs=1e-5)
+    assert windows[1]["loss"] == pytest.approx((each[2]["loss"] + each[3]["loss"]) / 2, abs=1e-5)
+    assert s["train"]["steps"] == 5 and s["loss"]["final"] == windows[-1]["loss"]
+    assert sum(r["window_s"] for r in windows) == pytest.approx(s["train"]["steps_time_s"]), "every step in a window"
 
 
 def test_quiet_prints_only_the_report(tmp_path, lora_recipe, capsys):
