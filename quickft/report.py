@@ -216,7 +216,11 @@ class Reporter:
         table.add_row(
             "step",
             f"{cb.step}/{total}   elapsed {_duration(elapsed)}{resumed}   "
-            + (f"ETA {_duration(eta)} (this session's pace)" if eta is not None else "ETA after the first step"),
+            + (
+                f"ETA {_duration(eta)} (the last {len(cb.recent_steps)} steps' pace)"
+                if eta is not None
+                else "ETA estimating (from the steps after the first)"
+            ),
         )
         row = cb.rows[-1] if cb.rows else None
         if row is None or row["step"] <= cb.start_step:  # nothing logged in this session yet

@@ -452,13 +452,66 @@ def test_live_panel_redraws_between_logging_steps(tmp_path, lora_recipe):
     before_log = text.split("smoothed", 1)[0]  # everything drawn before the first logged loss
     elapsed = set(re.findall(r"elapsed 0m0(\d)s", before_log))
     assert {"1", "2"} <= elapsed, "the clock moved between logging steps"
-    assert re.search(r"step\s+[123]/4\s+elapsed \S+\s+ETA 0m0\ds \(this session's pace\)", before_log)
-    assert "ETA after the first step" in before_log
+    # 4 steps: the first is warm-up, and 3 more are timed only as the last ends
+    assert re.search(r"step\s+[123]/4\s+elapsed \S+\s+ETA estimating \(from the steps after the first\)", before_log)
     assert "now       evaluating at step 2: answering 4 test cases ..." in before_log
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [4], "only the last step logged"
     for phase in ("✓ reading the recipe and data", "✓ loading the model", "✓ building the trainer"):
         assert phase in text
+
+
+class _ClockedWrites(io.StringIO):
+    """A console's file that notes when each write came (a clock of the test's own)."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes: list[tuple[float, str]] = []
+
+    def write(self, text):
+        self.writes.append((time.perf_counter(), text))
+        return super().write(text)
+
+
+def test_the_eta_is_the_recent_pace_and_says_estimating_until_then(tmp_path, lora_recipe):
+    """A first step slowed by warm-up (3 s, faked with a sleep inside the real step; 0.5 s each after it) does not
+    inflate the ETA: the panel says "estimating" until 3 steps after the first are timed, and from then on its ETA is
+    within a second and a half (or a quarter) of the time the run really took from that frame to its last step."""
+    import transformers
+
+    original, ended = transformers.Trainer.training_step, {}
+
+    def step(self, *args, **kwargs):
+        time.sleep(3.0 if self.state.global_step == 0 else 0.5)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            ended["last"] = time.perf_counter()
+
+    file = _ClockedWrites()
+    console = Console(file=file, force_terminal=True, width=120, color_system=None)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(transformers.Trainer, "training_step", step)
+    try:
+        train_run(
+            str(lora_recipe),
+            ["max_steps=10", "logging_steps=10"],
+            output_dir=str(tmp_path / "run"),
+            reporter=Reporter(console, live=True),
+        )
+    finally:
+        mp.undo()
+    frames = []
+    for at, text in file.writes:
+        for found in re.finditer(r"step\s+(\d+)/10\s+elapsed \S+\s+ETA (estimating|(\d+)m(\d+)s)", text):
+            eta = None if found[2] == "estimating" else 60 * int(found[3]) + int(found[4])
+            frames.append((int(found[1]), eta, ended["last"] - at))
+    assert {n for n, _, _ in frames} >= {1, 3, 4, 8}, "frames of the steps before and after the ETA settles"
+    for n, eta, left in frames:
+        if n <= 3:
+            assert eta is None, f"step {n}: an ETA from {n} step(s), the first of them warm-up"
+        elif n < 10:
+            assert eta is not None and abs(eta - left) <= max(1.5, 0.25 * left), (n, eta, left)
 
 
 def test_smoothing_is_a_centered_mean():
