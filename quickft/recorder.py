@@ -233,6 +233,15 @@ class Recorder(TrainerCallback):
         """Say what is happening between steps (an evaluation), or None when it is over."""
         self.activity = text
 
+    def record_start(self, row: dict) -> None:
+        """The starting model's test-case score (step 0), answered before training begins: metrics file, display."""
+        self.eval_rows.append(row)
+        self.last_eval = row
+        if distributed.is_main():  # the file opens with training; this row comes before
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        self.display.evaluated(row, None)
+
     def record_eval(self, row: dict, stopped: str | None) -> None:
         """An evaluation's results (eval loss, test-case score): metrics file, display."""
         self.eval_rows.append(row)

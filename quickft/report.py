@@ -196,11 +196,12 @@ class Reporter:
         )
 
     def _eval_line(self, row: dict) -> str:
-        parts = [f"eval   {row['step']:>6}/{self.planned_steps or row['step']}"]
+        start = row["step"] == 0  # the starting model, scored before the first step (DPO, GRPO, ...)
+        parts = ["eval   before training" if start else f"eval   {row['step']:>6}/{self.planned_steps or row['step']}"]
         if "eval_loss" in row:
             parts.append(f"eval loss {row['eval_loss']:.4f}")
         if "case_score" in row:
-            parts.append(f"test cases {row['case_score']:.1%}")
+            parts.append(f"test cases {row['case_score']:.1%}" + (" (the starting model)" if start else ""))
         return " | ".join(parts)
 
     def _panel(self, cb) -> Panel:
@@ -374,7 +375,16 @@ class Reporter:
             table.add_row("best checkpoint", ev["best_dir"])
         if "test_cases" in s:
             h = s["test_cases"]
-            table.add_row(f"test cases ({h['match']})", f"{h['score']:.1%} ({h['correct']}/{h['n']})")
+            before = h.get("before_training")
+            table.add_row(
+                f"test cases ({h['match']})",
+                f"{h['score']:.1%} ({h['correct']}/{h['n']})"
+                + (
+                    f", from {before:.1%} before training ({100 * (h['score'] - before):+.1f} points)"
+                    if before is not None
+                    else ""
+                ),
+            )
         table.add_row("run directory", s["run_dir"])
         self.console.print(table)
         if samples:
@@ -517,6 +527,8 @@ def _eval_text(recipe, n_eval: int, n_cases: int) -> str:
         held = "pairs" if recipe.method in PAIRED_METHODS else held
         parts.append(f"eval loss on {n_eval} {held}")
     parts.append(f"every {e.every} steps" if e.every else "after training")
+    if n_cases and recipe.method != "sft":  # quickft.train.score_the_start
+        parts.append("the starting model's score first")
     if e.patience:
         parts.append(f"early stopping after {e.patience} evaluations without improvement")
     if e.target:

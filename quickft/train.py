@@ -416,6 +416,8 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         base=base,
     )
     recorder = make_recorder(run_dir, choice, counter, reporter, checkpoint)
+    if checkpoint is None:  # a resumed run has its starting score in its earlier rows
+        score_the_start(recipe, trainer, split, recorder, reporter)
     trainer, evaluator, stopper = train_with_recovery(
         trainer, build, recipe, choice, split, run_dir, recorder, checkpoint
     )
@@ -736,6 +738,34 @@ def make_recorder(run_dir: Path, choice: Choice, counter, reporter: Reporter, ch
     return Recorder(metrics, choice.device, counter, reporter, earlier_rows=earlier)
 
 
+def score_the_start(recipe: Recipe, trainer, split: Split, recorder, reporter: Reporter) -> None:
+    """DPO, ORPO, SimPO, KTO and GRPO start from a model that was trained already: its test-case score is what the
+    run's end score is read against (it may fall). It costs one pass over the test cases before the first step (a
+    setup phase of its own, timed in the report); its row is step 0 of metrics.jsonl. SFT runs skip it: they start
+    from a base model or random weights, and `quickft eval RUN --base` scores the base afterwards when wanted."""
+    from quickft.generation import score_cases
+
+    if recipe.method == "sft" or not split.cases:
+        return
+    import torch
+
+    row = {"step": 0, "epoch": 0.0}
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    # the random state is put back afterwards: the run trains exactly as it would without this score
+    with reporter.phase(f"scoring the starting model on {len(split.cases)} test cases"), torch.random.fork_rng(cuda):
+        if distributed.is_main():  # the first process answers; the others wait for its score
+            scored = score_cases(
+                trainer.model,
+                trainer.processing_class,
+                split.cases,
+                how=recipe.eval.match,
+                max_new_tokens=recipe.max_new_tokens,
+            )
+            row["case_score"] = sum(s["correct"] for s in scored) / len(scored)
+        row = distributed.broadcast(row)
+    recorder.record_start(row)
+
+
 def train_with_recovery(
     trainer, build, recipe: Recipe, choice: Choice, split: Split, run_dir: Path, recorder, checkpoint
 ):
@@ -827,6 +857,9 @@ def summarize_run(recorder, trainer, reporter, choice, header, run_dir, samples,
     if samples:
         correct = sum(s["correct"] for s in samples)
         summary["test_cases"] = {"n": len(samples), "score": correct / len(samples), "correct": correct, "match": match}
+        start = next((r for r in recorder.eval_rows if r["step"] == 0 and "case_score" in r), None)
+        if start is not None:  # the starting model's score (score_the_start)
+            summary["test_cases"]["before_training"] = start["case_score"]
     summary["evaluation"] = evaluation
     if recorder.eval_rows:
         summary["evaluation"] = (evaluation or {}) | {"history": recorder.eval_rows}

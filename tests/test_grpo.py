@@ -4,6 +4,7 @@ figures are recomputed from TRL's own logs."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -16,6 +17,7 @@ from conftest import (
     write_blocks,
     write_recipe,
 )
+from rich.console import Console
 
 from quickft.cli import main
 from quickft.errors import UserError
@@ -225,7 +227,9 @@ def grpo_run(tmp_path_factory, tiny_model_dir, sums_file):
 
 
 def rows_of(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The training rows of metrics.jsonl (evaluations, and the starting model's score at step 0, left out)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
 
 
 def test_grpo_logs_each_reward_and_the_weighted_total(grpo_run):
@@ -320,6 +324,31 @@ def test_the_last_grpo_step_is_logged_whatever_logging_steps_says(grpo_run, tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["grpo"]["last"]["step"] == 4 and summary["grpo"]["last"]["reward"] == windows[-1]["reward"]
     assert summary["loss"]["final"] == windows[-1]["loss"]
+
+
+def test_the_starting_models_score_is_beside_the_end_score(grpo_run, capsys):
+    """GRPO starts from a trained model: its test-case score is taken before the first step (metrics.jsonl's step 0)
+    and the report sets the end score beside it. It is the score `quickft eval RUN --base` gives afterwards: the
+    model the run started from, loaded and answered on its own."""
+    from quickft.report import Reporter
+
+    run_dir, _ = grpo_run
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    start = [r for r in rows if r["step"] == 0]
+    assert rows[0] == start[0] and len(start) == 1, "the first row, before any training row"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    h = summary["test_cases"]
+    assert h["before_training"] == start[0]["case_score"]
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--base", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == h["before_training"]
+    console = Console(record=True, width=200, file=io.StringIO())
+    Reporter(console).report(summary, [])
+    shown = " ".join(console.export_text().split())
+    assert (
+        f"{h['score']:.1%} ({h['correct']}/{h['n']}), from {h['before_training']:.1%} before training "
+        f"({100 * (h['score'] - h['before_training']):+.1f} points)" in shown
+    )
 
 
 def test_a_grpo_run_chats_and_scores_its_test_cases(grpo_run):

@@ -189,7 +189,9 @@ def method_run(request, tmp_path_factory, tiny_model_dir):
 
 
 def rows_of(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The training rows of metrics.jsonl (evaluations, and the starting model's score at step 0, left out)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
 
 
 def starting_logps(tiny_model_dir, pairs_path, adapter=None, only=None):
@@ -311,6 +313,26 @@ def test_each_method_says_what_it_ran_and_prints_what_it_logged(method_run):
     assert summary["train"]["tokens"] == rows[-1]["tokens"] == 3 * rows[0]["tokens"]
 
 
+def test_the_last_step_is_logged_whatever_logging_steps_says(method_run, tmp_path, capsys):
+    """max_steps=3 logging every 2 steps: step 3 is logged too, its figures those of step 3 alone (the fixture's run
+    logs every step), the report's last figures are step 3's, and the starting model's score is step 0's row, as
+    `quickft eval RUN --base` scores it afterwards."""
+    _, run_dir, recipe, _, _ = method_run
+    out = tmp_path / "windows"
+    assert main(["run", str(recipe), "--output-dir", str(out), "logging_steps=2", "--quiet"]) == 0
+    each, windows = rows_of(run_dir), rows_of(out)
+    assert [r["step"] for r in windows] == [2, 3] and windows[-1]["window_steps"] == 1
+    for key in ("loss", "rewards/chosen", "rewards/rejected"):
+        assert windows[-1][key] == pytest.approx(each[2][key], abs=1e-5), key
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preference"]["last"]["step"] == 3 and summary["loss"]["final"] == windows[-1]["loss"]
+    start = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["step"] == 0]
+    assert len(start) == 1 and summary["test_cases"]["before_training"] == start[0]["case_score"]
+    capsys.readouterr()
+    assert main(["eval", str(out), "--base", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == start[0]["case_score"]
+
+
 def test_the_adapter_trained_and_the_run_chats(method_run):
     """The adapter moved from its zero start (a LoRA run saves the adapter only) with no frozen reference copy in
     it, the method's own plot is drawn, the held-out case was answered and scored, and chat answers."""
@@ -404,7 +426,7 @@ def test_eval_loss_on_held_out_pairs(method, tmp_path, tiny_model_dir):
     )
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--output-dir", str(out), "--quiet"]) == 0
-    evals = [r for r in rows_of(out) if "eval_loss" in r]
+    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
     assert [r["step"] for r in evals] == [2, 4] and all(math.isfinite(r["eval_loss"]) for r in evals)
     best = out / "best"  # the trained adapter only, as the run's own save
     assert (best / "adapter_model.safetensors").is_file() and not (best / "ref").exists()
