@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 from conftest import (
@@ -349,6 +350,34 @@ def test_the_starting_models_score_is_beside_the_end_score(grpo_run, capsys):
         f"{h['score']:.1%} ({h['correct']}/{h['n']}), from {h['before_training']:.1%} before training "
         f"({100 * (h['score'] - h['before_training']):+.1f} points)" in shown
     )
+
+
+def test_compare_with_an_sft_run_says_what_cannot_be_compared(grpo_run, tmp_path, tiny_model_dir, sums_file, capsys):
+    """GRPO's trainer makes no FLOPs estimate and its loss is an objective around 0: beside an SFT run, compare says
+    "n/a" for both, never a ratio of a GRPO objective to an SFT loss, nor 0 FLOPs; the test-case scores compare."""
+    run_dir, _ = grpo_run
+    sft = write_recipe(
+        tmp_path / "sft.py",
+        f"""
+        recipe = Recipe(model={str(tiny_model_dir)!r}, data=Data(path={str(sums_file)!r}, prompt_template={PROMPT!r},
+                        holdout=4), lora=LoRA(r=4, alpha=8), max_seq_length=32, micro_batch_size=8, max_steps=2,
+                        max_new_tokens=6)
+        """,
+    )
+    assert main(["run", str(sft), "--output-dir", str(tmp_path / "sft"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "sft"), str(run_dir), "--json"]) == 0
+    first, grpo = json.loads(capsys.readouterr().out)
+    assert (first["method"], grpo["method"]) == ("sft", "grpo")
+    assert grpo["total_flos"] is None and grpo["ratios"]["total_flos"]["text"].startswith("n/a")
+    for key in ("final_loss", "min_loss"):
+        assert grpo["ratios"][key] == {"ratio": None, "text": "n/a (GRPO loss vs SFT loss: different quantities)"}
+    assert grpo["ratios"]["case_score"]["text"].endswith(" points") or grpo["ratios"]["case_score"]["text"] == "same"
+    assert main(["compare", str(tmp_path / "sft"), str(run_dir)]) == 0
+    table = capsys.readouterr().out
+    assert "0.000e+00" not in table and "-0.00×" not in table and not re.search(r"1\.0× (less|more)", table)
+    assert re.search(r"total FLOPs\s*│\s*\S+\s*│\s*n/a", table)
+    assert "different methods (sft, grpo)" in " ".join(table.split())
 
 
 def test_a_grpo_run_chats_and_scores_its_test_cases(grpo_run):

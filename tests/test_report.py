@@ -309,6 +309,40 @@ def test_compare_two_real_runs(tmp_path, lora_recipe, capsys):
     assert not re.search("faster|slower", table)
 
 
+def test_compare_names_runs_by_the_part_of_their_path_that_differs(tmp_path, lora_recipe, capsys):
+    """On an 80-column terminal each run's column is headed by its distinct tail, whole; the whole paths are printed
+    once above the table. Peak memory says a small difference as a share, never "1.0× less memory"."""
+    from quickft.compare import main as compare_main
+
+    shared = tmp_path / "a_folder_with_a_long_name_shared_by_every_run" / "experiments"
+    a, b = shared / "lora_four_steps", shared / "lora_six_steps"
+    for run, steps in ((a, 4), (b, 6)):
+        assert main(["run", str(lora_recipe), f"max_steps={steps}", "--output-dir", str(run), "--quiet"]) == 0
+    out = io.StringIO()
+    rows = compare_main([str(a), str(b)], console=Console(file=out, width=80))
+    table = out.getvalue()
+    assert "A: lora_four_steps" in table and "B: lora_six_steps" in table and "…" not in table
+    assert f"A {a}\n" in table and f"B {b}\n" in table
+    assert [r["name"] for r in rows] == ["lora_four_steps", "lora_six_steps"]
+    peaks = [json.loads((d / "summary.json").read_text())["memory"]["peak_rss_mb"] for d in (a, b)]
+    text = rows[1]["ratios"]["peak_memory_mb"]["text"]
+    assert not re.search(r"\b1\.0× (less|more)", text)
+    if share := re.fullmatch(r"(\d+)% (less|more) memory", text):
+        assert int(share[1]) == pytest.approx(100 * abs(peaks[1] / peaks[0] - 1), abs=0.5)
+        assert (share[2] == "less") == (peaks[1] < peaks[0])
+
+
+def test_memory_ratios_in_words():
+    from quickft.compare import ratio_text
+
+    assert ratio_text("peak_memory_mb", "lower", 1000.0, 960.0)[1] == "4% less memory"
+    assert ratio_text("peak_memory_mb", "lower", 1000.0, 1040.0)[1] == "4% more memory"
+    assert ratio_text("peak_memory_mb", "lower", 1000.0, 250.0)[1] == "4.0× less memory"
+    assert ratio_text("peak_memory_mb", "lower", 1000.0, 1002.0)[1] == "same"
+    assert ratio_text("total_flos", "neutral", None, 1e9) == (None, "n/a (not measured in both runs)")
+    assert ratio_text("case_score", "points", 0.111, 0.097)[1] == "-1.4 points"
+
+
 def test_compare_refuses_what_is_not_a_finished_run(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["compare", str(tmp_path / "empty"), str(tmp_path / "nope")]) == 2
