@@ -187,11 +187,13 @@ def turn(session: Session, user_text: str, *, out=None, err: Console | None = No
     stats: dict = {}
     pieces = []
     view = ThinkingView(out, thinking=opens_thinking(prompt), show=session.show_thinking)
+    stopped = False
     try:
         for piece in stream(session.model, session.tokenizer, prompt, stats=stats, **_gen_kwargs(session)):
             pieces.append(piece)
             view.write(piece)
     except KeyboardInterrupt:
+        stopped = True
         err.print("[dim](stopped)[/dim]")
     view.flush()
     out.write("\n")
@@ -201,7 +203,7 @@ def turn(session: Session, user_text: str, *, out=None, err: Console | None = No
         reply = {"role": "assistant", "content": answer} | ({"reasoning": reasoning} if reasoning else {})
         session.history += [{"role": "user", "content": user_text}, reply]
     err.print(f"[dim]{escape(timing_text(stats))}[/dim]", highlight=False)
-    if not answer:
+    if not answer and not stopped:  # stopped before any text: the user ended it, not the model
         err.print(f"[yellow]empty answer[/yellow]: {escape(empty_hint(session))}", highlight=False)
     return answer
 
@@ -371,8 +373,8 @@ def main(
     hide_thinking: bool = False,
 ) -> None:
     err = Console(stderr=True, soft_wrap=True)
-    if system is not None:  # checked before the (slow) model load
-        recipe = recipe_from_dict(open_run(run_dir)["recipe"])
+    recipe = recipe_from_dict(open_run(run_dir)["recipe"])  # a run that is not there fails before the model loads
+    if system is not None:
         if chat_style(recipe) != "chat":
             raise UserError(
                 f"--system: {run_dir} was trained on {recipe.data.format} data, which has no system prompt",

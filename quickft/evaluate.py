@@ -65,8 +65,9 @@ def evaluate(
 
     reporter = reporter or Reporter(quiet=True)
     read = read_as = None
+    run = open_run(run_dir)  # a run that is not there fails before the model loads
     if cases_path or settings:  # read before the model loads: a bad file or setting fails at once
-        data = cases_data(recipe_from_dict(open_run(run_dir)["recipe"]).data, cases_path, list(settings))
+        data = cases_data(recipe_from_dict(run["recipe"]).data, cases_path, list(settings))
         read = read_data(cases_path, data, setting="--cases")
         if all(ex.document for ex in read.examples):
             raise UserError(
