@@ -212,11 +212,9 @@ def model_facts(model) -> dict:
 
 def quiet_libraries() -> None:
     """quickft's own display replaces the libraries' progress bars; real warnings still come through."""
-    import logging
+    from quickft.noise import hide_known_harmless
 
-    # import-time chatter that says nothing about this run
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao registering enums
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # optional `kernels` package missing
+    hide_known_harmless()  # import-time chatter that says nothing about this run (the CLI installs it first)
     import datasets
     import transformers
 

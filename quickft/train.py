@@ -6,6 +6,7 @@ slow imports; unsloth, when chosen, is imported before transformers/trl/peft.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -784,7 +785,7 @@ def train_with_recovery(
             if evaluator:
                 evaluator.attach(trainer)
             try:
-                with stopper:
+                with stopper, resuming_quietly(trainer.model, checkpoint):
                     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
                 return trainer, evaluator, stopper
             except Exception as e:
@@ -794,6 +795,22 @@ def train_with_recovery(
                 trainer = build(recipe)
     finally:
         recorder.close()
+
+
+@contextlib.contextmanager
+def resuming_quietly(model, checkpoint: Path | None):
+    """Resuming a full fine-tune of a model with tied weights, transformers warns that the checkpoint lacks the tied
+    copy it never saves ("missing keys ... lm_head.weight"): hidden, as known harmless (quickft.noise)."""
+    import logging
+
+    from quickft.noise import tied_weights_not_missing
+
+    harmless = tied_weights_not_missing(model) if checkpoint is not None else None
+    try:
+        yield
+    finally:
+        if harmless is not None:
+            logging.getLogger("transformers.trainer").removeFilter(harmless)
 
 
 def final_evaluation(trainer, recorder, reporter: Reporter) -> dict | None:
