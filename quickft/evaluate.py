@@ -95,7 +95,7 @@ def evaluate(
     who = session.base_label if base else "the fine-tuned model"
     with (
         session.base(session) if base else contextlib.nullcontext(),
-        reporter.phase(f"answering {len(cases)} test cases with {who}"),
+        reporter.phase(f"answering {len(cases)} test cases" + (f" with the {who}" if base else "")),
     ):
         scored = score_cases(
             session.model, session.tokenizer, cases, how=recipe.eval.match, max_new_tokens=recipe.max_new_tokens

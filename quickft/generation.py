@@ -54,7 +54,9 @@ def generate(
                     torch.cuda.empty_cache()
                 continue
             new_tokens = out[:, batch["input_ids"].shape[1] :]
-            answers += [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            # bytes that form no character (an answer cut inside one) are left out, as stream() leaves them out
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            answers += [text.replace("\ufffd", "").strip() for text in texts]
             i += len(new_tokens)
     finally:
         tokenizer.padding_side = side
