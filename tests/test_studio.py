@@ -1009,3 +1009,13 @@ def test_base_vs_fine_tuned_leaves_invalid_utf8_out_as_chat_does(studio, outputs
     shown = browser.find_element("id", "chat-compare").text
     assert "\ufffd" not in shown and f"{invalid} piece(s) of invalid UTF-8 left out" in shown
     browser.save_screenshot(str(shots / "base_vs_fine_tuned.png"))
+
+
+def test_best_score_leaves_out_the_starting_model():
+    """Preference and GRPO runs record the starting model's score at step 0: a run that fell from 40% to 30% has a
+    best score of 30%, not its start."""
+    from quickft.studio.runs import best_score
+
+    rows = [{"step": 0, "case_score": 0.4}, {"step": 5, "case_score": 0.2}]
+    assert best_score(rows, {"test_cases": {"score": 0.3}}) == 0.3
+    assert best_score(rows[:1], None) is None
