@@ -137,8 +137,8 @@ def prepare(work: Path) -> dict:
     from transformers import AutoTokenizer
 
     from quickft.data import read_examples
-    from quickft.encode import prepare as encode_rows
-    from quickft.encode import training_text
+    from quickft.data.encode import prepare as encode_rows
+    from quickft.data.encode import training_text
     from quickft.models.scratch import build_scratch
     from quickft.recipe import Data, Scratch, load_recipe
 

@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from quickft.chat_template import opens_thinking, split_thinking
-from quickft.encode import chat_prompt, format_prompt
+from quickft.data.chat_template import opens_thinking, split_thinking
+from quickft.data.encode import chat_prompt, format_prompt
 from quickft.errors import UserError
 from quickft.recipe import Recipe, Scratch, recipe_from_dict
 from quickft.rundir import open_run

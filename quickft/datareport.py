@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from quickft.encode import history_costs, prepare
+from quickft.data.encode import history_costs, prepare
 from quickft.recipe import PAIRED_METHODS, Scratch, load_recipe
 from quickft.report import grouped_reasons
 
@@ -65,17 +65,17 @@ def recipe_report(recipe, recipe_path: str) -> tuple[dict, object, object]:
     tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=local)
     training_tokenizer(tokenizer, recipe, split.train)
     if recipe.method in PAIRED_METHODS:
-        from quickft.preference import prepare_pairs, sequences
+        from quickft.data.pairs import prepare_pairs, sequences
 
         prepared = prepare_pairs(split.train, tokenizer, recipe)
         rows = sequences(prepared.rows)  # what the model reads: prompt + chosen, prompt + rejected
     elif recipe.method == "kto":
-        from quickft.preference import prepare_judged, sequences
+        from quickft.data.pairs import prepare_judged, sequences
 
         prepared = prepare_judged(split.train, tokenizer, recipe)
         rows = sequences(prepared.rows)
     elif recipe.method == "grpo":
-        from quickft.grpo import prepare_tasks, prompt_ids
+        from quickft.data.tasks import prepare_tasks, prompt_ids
 
         prepared = prepare_tasks(split.train, tokenizer, recipe)
         chat = recipe.data.format == "chat"
@@ -92,7 +92,7 @@ def recipe_report(recipe, recipe_path: str) -> tuple[dict, object, object]:
     p99 = percentile(lengths, 99)
     room = 0  # GRPO: each prompt needs room for its generated answer
     if recipe.method == "grpo":
-        from quickft.grpo import completion_length
+        from quickft.data.tasks import completion_length
 
         room = completion_length(recipe)
     recommended = 8 * math.ceil((p99 + room) / 8)

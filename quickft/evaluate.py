@@ -17,7 +17,7 @@ from rich.table import Table
 
 from quickft.chat import load_session
 from quickft.data import read_data
-from quickft.encode import make_cases
+from quickft.data.encode import make_cases
 from quickft.errors import UserError
 from quickft.generation import score_cases
 from quickft.recipe import Data, Recipe, apply_overrides, recipe_from_dict

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from quickft import distributed, rundir
 from quickft.data import Example, clean_examples, read_data
-from quickft.encode import Prepared, make_cases, prepare, training_text
+from quickft.data.encode import Prepared, make_cases, prepare, training_text
+from quickft.data.pairs import Judged
 from quickft.errors import ProcessLost, RunInterrupted, UserError
 from quickft.hardware import Choice
 from quickft.models import (
@@ -29,7 +30,6 @@ from quickft.models import (
     locate,
     model_max_length,
 )
-from quickft.preference import Judged
 from quickft.recipe import (
     PAIRED_METHODS,
     PREFERENCE_METHODS,
@@ -267,7 +267,7 @@ def read_pairs_split(recipe: Recipe) -> Split:
     """method="dpo", "orpo", "simpo": preference pairs to train on, and held-out pairs as test cases (their prompt,
     answered and scored against the chosen answer). method="kto": labelled answers, and held-out desirable ones as
     test cases."""
-    from quickft.preference import read_judged, read_pairs
+    from quickft.data.pairs import read_judged, read_pairs
 
     reader, what = (read_judged, "labelled answers") if recipe.method == "kto" else (read_pairs, "preference pairs")
     shape, pairs, dropped = reader(recipe.data.path, recipe.data)
@@ -331,7 +331,7 @@ def _expected(item):
 def read_tasks_split(recipe: Recipe) -> Split:
     """method="grpo": prompts to train on (with the columns the rewards read), and held-out prompts with answers as
     test cases."""
-    from quickft.grpo import read_tasks
+    from quickft.data.tasks import read_tasks
 
     shape, tasks, dropped = read_tasks(recipe.data.path, recipe.data)
     recipe.data.format = "chat" if tasks[0].chat else "pairs"  # how chat and the test cases frame a prompt
@@ -508,15 +508,15 @@ def training_rows(recipe: Recipe, items: list, tokenizer) -> Prepared:
     """The training rows of each method: SFT's sequences, preference pairs, KTO's labelled answers, GRPO's prompts
     (shared with `quickft bench`)."""
     if recipe.method == "kto":
-        from quickft.preference import prepare_judged
+        from quickft.data.pairs import prepare_judged
 
         return prepare_judged(items, tokenizer, recipe)
     if recipe.method in PAIRED_METHODS:
-        from quickft.preference import prepare_pairs
+        from quickft.data.pairs import prepare_pairs
 
         return prepare_pairs(items, tokenizer, recipe)
     if recipe.method == "grpo":
-        from quickft.grpo import prepare_tasks
+        from quickft.data.tasks import prepare_tasks
 
         return prepare_tasks(items, tokenizer, recipe)
     return prepare(items, tokenizer, recipe)
@@ -1123,7 +1123,7 @@ def grpo_trainer(recipe: Recipe, model, tokenizer, dataset, common: dict, counte
     that fails names itself and the example (quickft.rewards)."""
     from trl import GRPOConfig
 
-    from quickft.grpo import completion_length
+    from quickft.data.tasks import completion_length
     from quickft.rewards import guarded
     from quickft.trainer import CountingGRPOTrainer
 

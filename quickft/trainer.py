@@ -67,7 +67,7 @@ class _ResumesWithRef:
 
 class CountingDPOTrainer(_ResumesWithRef, DPOTrainer):
     """DPOTrainer that counts like CountingTrainer (a batch is each pair's chosen rows, then its rejected rows: the
-    samples counted are sequences, twice the pairs), and trains on the pairs quickft tokenized (quickft.preference:
+    samples counted are sequences, twice the pairs), and trains on the pairs quickft tokenized (quickft.data.pairs:
     the same tokens SFT's encoder makes), not on TRL's own tokenization of text."""
 
     def __init__(self, *args, counter: TokenCounter, **kwargs):
@@ -135,7 +135,7 @@ class CountingCPOTrainer(_PairRows, CPOTrainer):
 class CountingKTOTrainer(_ResumesWithRef, KTOTrainer):
     """KTOTrainer that counts like CountingTrainer (the labelled answers trained; the mismatched sequences of its KL
     estimate are read without gradient and not counted), and trains on the answers quickft tokenized
-    (quickft.preference.prepare_judged) in the order they were shuffled there."""
+    (quickft.data.pairs.prepare_judged) in the order they were shuffled there."""
 
     def __init__(self, *args, counter: TokenCounter, **kwargs):
         super().__init__(*args, **kwargs)
@@ -173,7 +173,7 @@ class CountingGRPOTrainer(_ResumesWithRef, GRPOTrainer):
       max_completion_length is in both even when mask_truncated_completions leaves it out of the loss (TRL zeroes its
       completion mask, so the mask cannot count it: its length travels with the batch instead);
     - generation_s / reward_s: wall time inside TRL's generate and reward calls.
-    Prompts are tokenized as `quickft chat` and the test cases tokenize them (quickft.grpo.prompt_ids), not by TRL's
+    Prompts are tokenized as `quickft chat` and the test cases tokenize them (quickft.data.tasks.prompt_ids), not by TRL's
     own rules: a chat template's text already holds its special tokens."""
 
     LENGTHS = "quickft_completion_lengths"
@@ -185,7 +185,7 @@ class CountingGRPOTrainer(_ResumesWithRef, GRPOTrainer):
         self._prepared = self._lengths = None
 
     def _tokenize_prompts(self, prompts: list):
-        from quickft.grpo import prompt_ids
+        from quickft.data.tasks import prompt_ids
 
         return [prompt_ids(p, self.processing_class, self.chat) for p in prompts], None, {}
 

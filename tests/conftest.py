@@ -70,7 +70,7 @@ def sums_file(tmp_path_factory) -> Path:
 def tiny_model_dir(sums_file) -> Path:
     """A tiny random Llama saved with save_pretrained, plus a tokenizer trained on the sums."""
     from quickft.data import read_examples
-    from quickft.encode import training_text
+    from quickft.data.encode import training_text
     from quickft.models.scratch import build_scratch
     from quickft.recipe import Data, Scratch
 

@@ -21,7 +21,9 @@ def documented_options() -> dict[str, set[str]]:
     text = (ROOT / "docs" / "commands.md").read_text(encoding="utf-8")
     sections = re.split(r"^### `quickft (\w+)`$", text, flags=re.M)
     return {
-        verb: {flag for line in body.splitlines() if line.startswith("- ") for flag in re.findall(r"`(--[\w-]+)`", line)}
+        verb: {
+            flag for line in body.splitlines() if line.startswith("- ") for flag in re.findall(r"`(--[\w-]+)`", line)
+        }
         for verb, body in zip(sections[1::2], sections[2::2], strict=True)
     }
 
@@ -39,7 +41,9 @@ def test_every_verb_in_the_readme_exists_and_its_help_runs():
     verbs = set(re.findall(r"^\| `quickft (\w+)", readme, flags=re.M))
     assert verbs == set(COMMANDS), "README's commands table and the CLI disagree"
     for verb in sorted(verbs):
-        done = subprocess.run([sys.executable, "-m", "quickft", verb, "--help"], capture_output=True, text=True, cwd=ROOT)
+        done = subprocess.run(
+            [sys.executable, "-m", "quickft", verb, "--help"], capture_output=True, text=True, cwd=ROOT
+        )
         assert done.returncode == 0 and "Usage:" in done.stdout, verb
 
 

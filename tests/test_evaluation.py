@@ -50,7 +50,7 @@ def test_early_stopping_keeps_the_best_adapter(tmp_path, tiny_model_dir, sums_fi
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from quickft.encode import prepare
+    from quickft.data.encode import prepare
     from quickft.hardware import Choice
     from quickft.recipe import load_recipe
     from quickft.train import make_trainer, read_recipe_data, to_dataset

@@ -21,8 +21,8 @@ from conftest import (
 from rich.console import Console
 
 from quickft.cli import main
+from quickft.data.tasks import read_tasks
 from quickft.errors import UserError
-from quickft.grpo import read_tasks
 from quickft.recipe import Data
 from quickft.rewards import exact_answer, format_match, guarded, length_penalty
 

@@ -12,9 +12,9 @@ import pytest
 from conftest import PROMPT, SUMS, check_eval_and_merged_export, requires_unsloth, unsloth_rows, write_recipe
 
 from quickft.cli import main
+from quickft.data.pairs import Pair, encode_pair, read_pairs
 from quickft.errors import UserError
 from quickft.metrics import PREFERENCE_KEYS
-from quickft.preference import Pair, encode_pair, read_pairs
 from quickft.recipe import Data
 
 # Records shaped as each project publishes them (field names, nesting, and where the prompt lives), with text of
@@ -148,7 +148,7 @@ def test_records_that_are_not_pairs_are_named(tmp_path, record, says):
 def chatml_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from quickft.encode import CHATML
+    from quickft.data.encode import CHATML
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.chat_template = CHATML
@@ -175,7 +175,7 @@ def test_a_text_pairs_tokens_are_sfts(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
     from quickft.data import Example
-    from quickft.encode import encode
+    from quickft.data.encode import encode
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     data = Data(path="x", prompt_template=PROMPT)
@@ -396,7 +396,7 @@ def test_a_pairs_tokens_count_both_sequences(tiny_model_dir):
     rejected) and what the loss sees (the two answers), recounted from the sequences themselves."""
     from transformers import AutoTokenizer
 
-    from quickft.preference import prepare_pairs, sequences
+    from quickft.data.pairs import prepare_pairs, sequences
     from quickft.recipe import Recipe
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)

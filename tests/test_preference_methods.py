@@ -17,8 +17,8 @@ import pytest
 from conftest import PROMPT, SUMS, check_eval_and_merged_export, requires_unsloth, unsloth_rows, write_recipe
 
 from quickft.cli import main
+from quickft.data.pairs import Judged, read_judged
 from quickft.errors import UserError
-from quickft.preference import Judged, read_judged
 from quickft.recipe import Data
 
 # ---------------------------------------------------------------------------------------------- KTO's data
@@ -201,7 +201,7 @@ def starting_logps(tiny_model_dir, pairs_path, adapter=None, only=None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from quickft.preference import encode_pair, read_pairs
+    from quickft.data.pairs import encode_pair, read_pairs
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()

@@ -87,7 +87,7 @@ def test_lora_from_the_gguf_trains_on_the_chat_template(chat_run, smollm2_dense)
     from transformers import AutoTokenizer
 
     from quickft.data import read_examples
-    from quickft.encode import prepare
+    from quickft.data.encode import prepare
     from quickft.recipe import recipe_from_dict
 
     gguf, dense = smollm2_dense

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from quickft.cli import main
 from quickft.data import read_examples
-from quickft.encode import encode
+from quickft.data.encode import encode
 from quickft.recipe import load_recipe
 from quickft.report import Reporter
 from quickft.train import run as train_run

@@ -114,7 +114,7 @@ def test_lora_training_changes_adapter_but_not_base(tmp_path, lora_recipe):
     """The trainer quickft builds updates only LoRA weights (trl's own test, on our path)."""
     from quickft.backends import load
     from quickft.data import read_examples
-    from quickft.encode import prepare
+    from quickft.data.encode import prepare
     from quickft.hardware import Choice
     from quickft.recipe import load_recipe
     from quickft.train import make_trainer, to_dataset
