@@ -15,26 +15,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from quickft import distributed
+from quickft import distributed, methods
 from quickft import metrics as m
-
-METHOD_METRICS = (
-    "rewards/",
-    "logps/",
-    "reward",
-    "frac_reward_zero_std",
-    "completions/",
-    "kl",
-    "clip_ratio/",
-    "entropy",
-    "nll_loss",
-    "log_odds_",
-)
-"""The prefixes of the figures TRL's preference and GRPO trainers log that go into metrics.jsonl as they are (DPO,
-ORPO, SimPO, KTO: rewards of chosen and rejected, margin, accuracy, log-probs, KTO's KL estimate, ORPO's and
-CPO-SimPO's SFT loss, ORPO's log odds; GRPO: each reward's mean and spread, the share of groups whose answers all
-scored the same, completion lengths, KL, clipping, entropy)."""
-
 
 ETA_WINDOW = 20
 """The ETA's pace is the mean time of the last 20 steps: the pace now, not since the start (a first step slowed by
@@ -201,9 +183,9 @@ class Recorder(TrainerCallback):
                 "generation_share": figures["window_generation_s"] / window_s if window_s else 0.0,
                 "reward_share": figures["window_reward_s"] / window_s if window_s else 0.0,
             }
-        # a method's own figures (DPO's, GRPO's: METHOD_METRICS), averaged by TRL over the steps since its last log,
+        # a method's own figures (DPO's, GRPO's: each method room's METRICS), averaged by TRL over the steps since its last log,
         # under TRL's names
-        row |= {k: float(v) for k, v in logs.items() if k.startswith(METHOD_METRICS) and v is not None}
+        row |= {k: float(v) for k, v in logs.items() if k.startswith(methods.METRICS) and v is not None}
         self.rows.append(row)
         # the same figures for an experiment tracker (recipe.track), whose callback runs after this one and sends
         # these logs; transformers' own copy (state.log_history) was taken before the callbacks ran

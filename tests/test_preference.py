@@ -14,7 +14,7 @@ from conftest import PROMPT, SUMS, check_eval_and_merged_export, requires_unslot
 from quickft.cli import main
 from quickft.data.pairs import Pair, encode_pair, read_pairs
 from quickft.errors import UserError
-from quickft.metrics import PREFERENCE_KEYS
+from quickft.methods.preference import KEYS as PREFERENCE_KEYS
 from quickft.recipe import Data
 
 # Records shaped as each project publishes them (field names, nesting, and where the prompt lives), with text of
@@ -276,7 +276,7 @@ def test_dpo_reports_what_it_measured(dpo_run, capsys):
 def test_preference_figures_are_trls_means_over_each_logging_window(dpo_run, capsys):
     """A row's (and the report's) preference figures are TRL's means over the steps since its previous log, one
     micro-batch per step here: recomputed from the same run logged every step, and the report names the steps."""
-    from quickft.report import preference_text
+    from quickft.methods.preference import line_text as preference_text
 
     run_dir, recipe = dpo_run
     every = rows_of(run_dir)

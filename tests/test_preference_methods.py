@@ -288,7 +288,7 @@ def test_the_first_steps_figures_are_the_starting_models(method_run, tiny_model_
 def test_each_method_says_what_it_ran_and_prints_what_it_logged(method_run):
     """The header names the trainer and its settings as the trainer holds them; every live line carries its row's
     preference figures, and summary.json the last row's."""
-    from quickft.report import preference_text
+    from quickft.methods.preference import line_text as preference_text
 
     method, run_dir, _, _, out = method_run
     rows = rows_of(run_dir)
@@ -434,10 +434,10 @@ def test_eval_loss_on_held_out_pairs(method, tmp_path, tiny_model_dir):
     assert summary["data"]["held_out_eval"] == (8 if method == "kto" else 4)  # 4 of 20 prompts (KTO: 2 answers each)
     if method == "kto":  # its loss leans on a KL estimate from mismatched pairs: checked present, not recomputed
         return
+    from quickft.pipeline import read_data
     from quickft.recipe import load_recipe
-    from quickft.train import read_recipe_data
 
-    split = read_recipe_data(load_recipe(recipe))  # the same split, from the same data and seed
+    _, split = read_data(load_recipe(recipe))  # the same split, from the same data and seed
     held = {p.prompt for p in split.eval}
     assert len(held) == 4 and not held & {p.prompt for p in split.train}
     final = starting_logps(tiny_model_dir, pairs, adapter=out, only=held)

@@ -176,10 +176,6 @@ def prepare_tasks(tasks: list[Task], tokenizer, recipe):
             continue
         row = {"prompt": str(text), "answer": task.answer, "where": task.where, "prompt_tokens": length}
         prepared.rows.append(row | {k: task.columns.get(k) for k in columns})
-    from quickft.rewards import check_signature
-
-    for fn in recipe.grpo.rewards:  # before the run directory exists: a reward asking for a column the data lacks
-        check_signature(fn, ["answer", "where", "prompt_tokens", *columns])
     if not prepared.rows:
         raise UserError(
             f"{recipe.data.path}: no prompt fits max_seq_length={recipe.max_seq_length} with room for a "
