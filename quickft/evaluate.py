@@ -15,13 +15,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from quickft.chat import load_session
 from quickft.data import read_data
 from quickft.data.encode import make_cases
 from quickft.errors import UserError
 from quickft.generation import score_cases
 from quickft.recipe import Data, Recipe, apply_overrides, recipe_from_dict
 from quickft.rundir import open_run
+from quickft.session import load_session
 
 READING_KEYS = (
     "data.question_column",

@@ -49,7 +49,7 @@ def show_header(run, trainer, model, model_path: str, data, notes=(), placement=
         model_path=model_path,
         n_examples=len(data.train),
         # fewer than examples when packed; a GRPO prompt is num_generations answers
-        n_sequences=len(trainer.train_dataset) * (recipe.grpo.num_generations if recipe.method == "grpo" else 1),
+        n_sequences=len(trainer.train_dataset) * methods.room(recipe.method).sequences_per_row(recipe),
         n_tokens=data.prepared.tokens,
         run_dir=run_dir,
         max_steps=trainer.args.max_steps if trainer.args.max_steps > 0 else None,

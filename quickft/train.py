@@ -248,7 +248,7 @@ def _train(run: Run) -> None:
             rundir.write_json(run_dir / "summary.json", summary | {"data": data.counts, "interrupted": True})
         raise RunInterrupted(run_dir, resume)
     with reporter.phase("saving the model"):
-        if recipe.method != "sft" and "ref" in getattr(loaded.model, "peft_config", {}):
+        if "ref" in getattr(loaded.model, "peft_config", {}):
             loaded.model.delete_adapter("ref")  # DPO's or GRPO's frozen starting adapter: the run is the trained one
         trainer.save_model(str(run_dir))  # adapter only for LoRA, the whole model; by the first process only
         if main:

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from quickft.chat import build_prompt, command, load_session, turn
+from quickft.chat import command, turn
 from quickft.cli import main
+from quickft.session import build_prompt, load_session
 from tests.conftest import ROOT
 
 

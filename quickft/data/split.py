@@ -114,11 +114,11 @@ def split_examples(recipe: Recipe) -> Split:
     return Split(examples, cases, eval_examples, dropped, data.format, read, [n for n in notes if n], separate)
 
 
-def split_judged(recipe: Recipe) -> Split:
+def split_judged(recipe: Recipe, *, labelled: bool) -> Split:
     """method="dpo", "orpo", "simpo": preference pairs to train on, and held-out pairs as test cases (their prompt,
     answered and scored against the chosen answer). method="kto": labelled answers, and held-out desirable ones as
     test cases. Items are held out by prompt: a KTO prompt's answers stay together."""
-    reader, what = (read_judged, "labelled answers") if recipe.method == "kto" else (read_pairs, "preference pairs")
+    reader, what = (read_judged, "labelled answers") if labelled else (read_pairs, "preference pairs")
     shape, pairs, dropped = reader(recipe.data.path, recipe.data)
     notes, read = [f"{what} read as {shape}"], len(pairs) + len(dropped)
     if recipe.data.test_path:  # any prompt/response file, as for SFT

@@ -112,6 +112,12 @@ def notes(recipe: Recipe, trainer) -> list[str]:
     return lines + reference_text(trainer, f"GRPO's KL term (beta {args.beta:g}) against a reference model: ")
 
 
+def sequences_per_row(recipe: Recipe) -> int:
+    """Sequences trained per training row, for the plan's steps per epoch (GRPO: a prompt is num_generations answers;
+    packing makes fewer rows than examples, which the trainer's own dataset length already says)."""
+    return recipe.grpo.num_generations
+
+
 def answer_room(recipe: Recipe) -> int:
     """Tokens each training row needs beyond its own length (GRPO: the answer it generates)."""
     return completion_length(recipe)

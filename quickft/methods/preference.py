@@ -48,7 +48,7 @@ KEYS = (
 
 
 def split(recipe: Recipe) -> Split:
-    return split_judged(recipe)
+    return split_judged(recipe, labelled=recipe.method == "kto")
 
 
 def rows(recipe: Recipe, items: list, tokenizer) -> Prepared:
@@ -139,6 +139,12 @@ def notes(recipe: Recipe, trainer) -> list[str]:
     names = ["the chosen answer's SFT loss" if t == "sft" else t for t in args.loss_type]
     loss = " + ".join(n if w == 1.0 else f"{w:g} × {n}" for n, w in zip(names, weights, strict=True))
     return reference_text(trainer, f"DPO (beta {args.beta:g}, loss {loss}) against a reference model: ")
+
+
+def sequences_per_row(recipe: Recipe) -> int:
+    """Sequences trained per training row, for the plan's steps per epoch (GRPO: a prompt is num_generations answers;
+    packing makes fewer rows than examples, which the trainer's own dataset length already says)."""
+    return 1
 
 
 def answer_room(recipe: Recipe) -> int:

@@ -49,6 +49,12 @@ def notes(recipe: Recipe, trainer) -> list[str]:
     return []
 
 
+def sequences_per_row(recipe: Recipe) -> int:
+    """Sequences trained per training row, for the plan's steps per epoch (GRPO: a prompt is num_generations answers;
+    packing makes fewer rows than examples, which the trainer's own dataset length already says)."""
+    return 1
+
+
 def answer_room(recipe: Recipe) -> int:
     """Tokens each training row needs beyond its own length (GRPO: the answer it generates)."""
     return 0
