@@ -123,6 +123,8 @@ def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, f
     if choice.load_in_4bit:
         exact_cpu_4bit(model, dtype)
     _fix_pad_token(model, tokenizer)
+    if for_training and recipe.data.batching == "packed":
+        attend_per_example(model)
     if not for_training or recipe.mode == "full":
         if for_training and recipe.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -143,7 +145,12 @@ def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, f
         target_modules=recipe.lora.target_modules,  # "all-linear": PEFT's (and Unsloth's) own
         task_type="CAUSAL_LM",
     )
-    return Loaded(get_peft_model(model, config), tokenizer, choice)
+    model = get_peft_model(model, config)
+    if choice.device == "cpu" and choice.precision == "bf16":  # as settle_cpu_precision trains a bf16 pick
+        from quickft.cpu_speed import keep_lora_sums_fp32
+
+        keep_lora_sums_fp32(model)
+    return Loaded(model, tokenizer, choice)
 
 
 def load_unsloth(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_training: bool = True) -> Loaded:
@@ -322,3 +329,88 @@ def _fix_pad_token(model, tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def settle_cpu_precision(recipe: Recipe, choice: Choice, model, batch: dict | None) -> Choice:
+    """precision=auto on a CPU with bf16 matrix instructions: time `batch` (a micro-batch of the run's own shape)
+    forward and backward through the loaded model in fp32 and in bf16 (quickft.cpu_speed.time_passes), and train in the
+    faster (hardware.pick_cpu_precision). bf16 casts a LoRA run's frozen weights to bf16 now, as loading the model in
+    bf16 would (the adapter stays fp32); a full fine-tune keeps fp32 master weights under autocast. Elsewhere the
+    precision stands, with the reason (hardware.cpu_precision_plan). Also sets torch's threads to the usable physical
+    cores where quickft set OMP_NUM_THREADS after torch was already loaded."""
+    import torch
+
+    from quickft import cpu, cpu_speed
+    from quickft.hardware import cpu_precision_plan, pick_cpu_precision
+
+    found = choice.hardware.cpu if choice.hardware and choice.hardware.cpu else cpu.read_cpu()
+    openmp = cpu.openmp_state()
+    if openmp.torch_was_loaded and "OMP_NUM_THREADS" in openmp.set_by_quickft:
+        torch.set_num_threads(int(openmp.threads))
+    record = {"threads": torch.get_num_threads()}
+    probe, why = cpu_precision_plan(
+        found, requested=recipe.precision, mode=recipe.mode, backend=choice.backend, processes=distributed.world_size()
+    )
+    precision = choice.precision
+    if probe and batch is not None:
+        record["probe"] = cpu_speed.time_passes(model, batch, cast=recipe.mode != "full")
+        precision, why = pick_cpu_precision(found, record["probe"]["fp32_s"], record["probe"]["bf16_s"])
+        if precision == "bf16" and recipe.mode != "full":
+            cpu_speed.lora_in_bf16(model)
+    return replace(choice, precision=precision, precision_reason=why, cpu=record)
+
+
+CPU_PEAK_S = 0.3
+"""Seconds of the matrix-multiply probe a CPU run spends for its MFU (doctor's is longer)."""
+
+
+def measure_cpu_peak(choice: Choice) -> Choice:
+    """The choice with this CPU's matrix-multiply peak in the precision trained: MFU's denominator on a CPU."""
+    from quickft.cpu_speed import matmul_peak
+
+    dtype = "bfloat16" if choice.precision == "bf16" else "float32"
+    return replace(choice, cpu=(choice.cpu or {}) | {"peak": matmul_peak(dtype, seconds=CPU_PEAK_S)})
+
+
+PACKED_SDPA = "sdpa_per_example"
+"""The attention quickft registers for packed batches: torch's SDPA run on each packed example alone."""
+
+
+def sdpa_per_example(module, query, key, value, attention_mask, **kwargs):
+    """transformers' SDPA attention, run separately on each example of a packed (padding-free) sequence: one row
+    whose position ids restart at 0 where each example starts. transformers builds a block-diagonal mask for such a
+    row and SDPA computes all of it, every example against every other, masked: with ~85-token examples packed in
+    256-token rows of 4, that is 12 times the attention each example needs, and on a CPU a third of the step
+    (profile in docs/benchmarks.md). Each example alone, causal, computes exactly what the mask lets through.
+    Anything else (padded batches, generation with a cache) goes to SDPA unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    position_ids = kwargs.get("position_ids")
+    length = query.shape[2]
+    if position_ids is None or query.shape[0] != 1 or key.shape[2] != length or position_ids.shape[-1] != length:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    starts = (position_ids.reshape(-1) == 0).nonzero().flatten().tolist()
+    if len(starts) < 2 or starts[0] != 0:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    import torch
+
+    pieces = []
+    for begin, end in zip(starts, [*starts[1:], length], strict=True):
+        one = (t[:, :, begin:end] for t in (query, key, value))
+        pieces.append(sdpa_attention_forward(module, *one, None, **kwargs | {"is_causal": True})[0])
+    return torch.cat(pieces, dim=1), None  # (batch, sequence, heads, head_dim), as sdpa_attention_forward returns
+
+
+def attend_per_example(model) -> bool:
+    """Packed training on a model that attends with SDPA: each packed example attends to itself alone, computed as
+    such (sdpa_per_example). Returns whether it was set."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "_attn_implementation", None) != "sdpa":
+        return False
+    AttentionInterface.register(PACKED_SDPA, sdpa_per_example)
+    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+    base.set_attn_implementation(PACKED_SDPA)
+    return True

@@ -329,7 +329,20 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
 
     with reporter.phase("building the trainer"):
         trainer = build(recipe)
+    if choice.device == "cpu":
+        choice, recipe = cpu_precision(recipe, choice, trainer, data, run_dir, reporter)
+        if choice.precision == "bf16" and not trainer.args.bf16:  # the probe picked bf16: autocast from now on
+            with reporter.phase(f"building the trainer again, for {choice.precision}"):
+                trainer = build(recipe)
     choice, precision_notes = trained_precision(choice, trainer.args)
+    if choice.device == "cpu":
+        from quickft import cpu
+        from quickft.backends import measure_cpu_peak
+
+        with reporter.phase(f"measuring this CPU's {choice.precision} matrix-multiply peak (for MFU)"):
+            choice = measure_cpu_peak(choice)
+        precision_notes = cpu.header_notes(choice) + cpu.step_notes(recipe, data.prepared) + precision_notes
+    precision_notes += attention_notes(loaded.model)
     header = show_header(
         recipe,
         choice,
@@ -376,6 +389,44 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     reporter.report(summary, samples)
     rundir.write_json(run_dir / "summary.json", summary | {"data": data.counts})
     reporter.closing(run_dir, next_commands(run_dir, split))
+
+
+def cpu_precision(recipe: Recipe, choice: Choice, trainer, data: Data, run_dir: Path, reporter: Reporter):
+    """(choice, recipe) once the CPU's precision is settled (backends.settle_cpu_precision): with precision=auto and
+    bf16 instructions, a probe times this run's own passes in each. A bf16 pick is saved in the run's recipe.json,
+    so chat, eval, export and --resume load the model as it trained (the caller builds the trainer again, to train
+    under bf16 autocast)."""
+    from quickft.backends import settle_cpu_precision
+    from quickft.cpu_speed import probe_batch
+    from quickft.hardware import cpu_precision_plan
+
+    found = choice.hardware.cpu if choice.hardware else None
+    options = {"mode": recipe.mode, "backend": choice.backend, "processes": distributed.world_size()}
+    probe, _ = cpu_precision_plan(found, requested=recipe.precision, **options)
+    has = found.bf16_instructions if found and found.bf16_instructions else "unknown instructions"
+    what = f"timing this model's passes in fp32 and in bf16 (precision=auto, a CPU with {has})"
+    with reporter.phase(what if probe else "reading the CPU"):
+        batch = probe_batch(recipe, trainer, data.prepared) if probe else None
+        choice = settle_cpu_precision(recipe, choice, trainer.model, batch)
+    if choice.precision == "fp32" or recipe.precision != "auto":
+        return choice, recipe
+    recipe = replace(recipe, precision=choice.precision)
+    if distributed.is_main():
+        rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
+    return choice, recipe
+
+
+def attention_notes(model) -> list[str]:
+    """The header's line when packed examples are attended to one by one (backends.attend_per_example)."""
+    from quickft.backends import PACKED_SDPA
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "_attn_implementation", None) != PACKED_SDPA:
+        return []
+    return [
+        "packed rows: each example attends to itself alone, computed example by example (SDPA per example, "
+        "instead of the whole row under a block-diagonal mask)"
+    ]
 
 
 def load_model(recipe: Recipe, choice: Choice, model_ref, split: Split, local: bool, reporter: Reporter):
@@ -664,6 +715,7 @@ def summarize_run(recorder, trainer, reporter, choice, header, run_dir, samples,
         precision=choice.precision,
         processes=processes,
         cuda=choice.device == "cuda",
+        cpu_peak=((choice.cpu or {}).get("peak") or {}).get("flops_per_s"),
     )
     train["processes"] = processes
     if len(recorder.per_process) > 1:  # what each process counted and peaked at; the report shows sum and max
