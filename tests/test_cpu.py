@@ -368,3 +368,41 @@ def test_doctor_shows_the_cpu_it_reads_and_what_precision_auto_does_there(fake_c
     fake_cpu(SAPPHIRE_RAPIDS)
     info = collect(check_unsloth_import=False)
     assert info["cpu"]["bf16 matrix instructions"] == "AMX-BF16" and info["verdict"]["precision"] == "fp32 or bf16"
+
+
+def test_packed_examples_attend_to_themselves_alone_computed_one_by_one(tiny_model_dir):
+    """A packed training row (position ids restarting at each example) through the per-example attention: the same
+    logits and gradients as each example alone, and as transformers' block-diagonal mask gives; padded batches and
+    generation go to SDPA as before."""
+    from quickft.backends import PACKED_SDPA
+
+    recipe = Recipe(model=str(tiny_model_dir), data=Data(path="unused", batching="packed"), mode="full")
+    masked = load_peft(replace_batching(recipe, "padded"), FP32, str(tiny_model_dir), local=True).model
+    ours = load_peft(recipe, FP32, str(tiny_model_dir), local=True).model
+    assert ours.config._attn_implementation == PACKED_SDPA and masked.config._attn_implementation == "sdpa"
+    examples = [torch.tensor([[5, 17, 42, 9, 33, 2, 8]]), torch.tensor([[7, 3, 11]]), torch.tensor([[4, 19, 6, 21]])]
+    ids = torch.cat(examples, dim=1)
+    positions = torch.cat([torch.arange(e.shape[1]) for e in examples])[None]
+    logits = {}
+    for name, model in (("ours", ours), ("masked", masked)):
+        out = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+        out.float().pow(2).mean().backward()
+        logits[name] = (out.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone())
+    alone = torch.cat([masked(input_ids=e, use_cache=False).logits.detach() for e in examples], dim=1)
+    assert torch.allclose(logits["ours"][0], alone, atol=1e-5)
+    assert torch.allclose(logits["ours"][0], logits["masked"][0], atol=1e-5)
+    assert torch.allclose(logits["ours"][1], logits["masked"][1], atol=1e-5)
+    batch = torch.tensor([[5, 17, 42, 9], [7, 3, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    padded = (m(input_ids=batch, attention_mask=mask, use_cache=False).logits for m in (ours, masked))
+    assert torch.allclose(*padded, atol=1e-5)
+    ours.eval()
+    masked.eval()
+    generated = (m.generate(examples[0], max_new_tokens=4, do_sample=False) for m in (ours, masked))
+    assert torch.equal(*generated)
+
+
+def replace_batching(recipe, batching):
+    from dataclasses import replace
+
+    return replace(recipe, data=replace(recipe.data, batching=batching))
