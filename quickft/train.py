@@ -330,7 +330,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     with reporter.phase("building the trainer"):
         trainer = build(recipe)
     if choice.device == "cpu":
-        choice, recipe = cpu_precision(recipe, choice, trainer, data, run_dir, reporter)
+        choice, recipe = cpu_precision(recipe, choice, trainer, data, run_dir, reporter, resuming=bool(checkpoint))
         if choice.precision == "bf16" and not trainer.args.bf16:  # the probe picked bf16: autocast from now on
             with reporter.phase(f"building the trainer again, for {choice.precision}"):
                 trainer = build(recipe)
@@ -391,14 +391,20 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     reporter.closing(run_dir, next_commands(run_dir, split))
 
 
-def cpu_precision(recipe: Recipe, choice: Choice, trainer, data: Data, run_dir: Path, reporter: Reporter):
+def cpu_precision(
+    recipe: Recipe, choice: Choice, trainer, data: Data, run_dir: Path, reporter: Reporter, *, resuming: bool
+):
     """(choice, recipe) once the CPU's precision is settled (backends.settle_cpu_precision): with precision=auto and
     bf16 instructions, a probe times this run's own passes in each. A bf16 pick is saved in the run's recipe.json,
     so chat, eval, export and --resume load the model as it trained (the caller builds the trainer again, to train
-    under bf16 autocast)."""
+    under bf16 autocast). A resumed run whose recipe still says auto trained in fp32: it goes on in fp32."""
     from quickft.backends import settle_cpu_precision
     from quickft.cpu_speed import probe_batch
     from quickft.hardware import cpu_precision_plan
+
+    if resuming and recipe.precision == "auto":
+        choice = settle_cpu_precision(replace(recipe, precision="fp32"), choice, trainer.model, None)
+        return replace(choice, precision_reason="fp32, as this run trained before it was interrupted"), recipe
 
     found = choice.hardware.cpu if choice.hardware else None
     options = {"mode": recipe.mode, "backend": choice.backend, "processes": distributed.world_size()}
