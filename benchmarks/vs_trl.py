@@ -139,8 +139,8 @@ def prepare(work: Path) -> dict:
     from quickft.data import read_examples
     from quickft.encode import prepare as encode_rows
     from quickft.encode import training_text
+    from quickft.models.scratch import build_scratch
     from quickft.recipe import Data, Scratch, load_recipe
-    from quickft.scratch import build_scratch
 
     data = work / "alpaca.json"
     data.write_text(json.dumps(alpaca_records(), ensure_ascii=False), encoding="utf-8")

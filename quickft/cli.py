@@ -1,7 +1,8 @@
 """The `quickft` command: parses arguments, calls one function per verb, maps errors to exit codes.
 
 Heavy libraries (torch, transformers, trl, unsloth) are imported inside the verbs, so `quickft --help` is instant.
-Exit codes: 0 ok, 1 crash (a bug: traceback with --debug), 2 bad input (one clear message), 130 interrupted.
+Exit codes: 0 ok, 1 crash (a bug: traceback with --debug), 2 bad input (one clear message), 3 another process of a
+several-process run was lost (its machine stopped), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from quickft.errors import RunInterrupted, UserError
+from quickft.errors import ProcessLost, RunInterrupted, UserError
 
 
 def _labelled(params: list) -> list:
@@ -89,6 +90,8 @@ AllowRemote = Annotated[bool, typer.Option("--allow-remote", help="Allow a --hos
         "quickft run recipes/tiny_math.py --resume outputs/tiny_math",
         "quickft run recipes/phi2_math.py --gpus 2    # data-parallel: torchrun, one process per GPU",
         "torchrun --nproc-per-node 2 -m quickft run recipes/tiny_math.py    # the same, started by hand (CPU: gloo)",
+        "quickft run recipes/phi2_math.py --nnodes 2 --node-rank 0 --master 10.0.0.1:29500    # and --node-rank 1 "
+        "on the other machine (docs/several-gpus.md)",
     ),
 )
 def run(
@@ -108,36 +111,57 @@ def run(
     gpus: Annotated[
         int | None,
         typer.Option(
-            "--gpus", metavar="N", help="Train on N GPUs of this machine (starts torchrun: one process per GPU)."
+            "--gpus",
+            metavar="N",
+            help="Train on N GPUs of this machine (starts torchrun: one process per GPU; with --nnodes: all by default).",
+        ),
+    ] = None,
+    nnodes: Annotated[
+        int | None,
+        typer.Option("--nnodes", metavar="N", help="Train on N machines (torchrun's c10d rendezvous at --master)."),
+    ] = None,
+    node_rank: Annotated[
+        int | None, typer.Option("--node-rank", metavar="R", help="This machine's place: 0 at --master, 1, 2 ...")
+    ] = None,
+    master: Annotated[
+        str | None,
+        typer.Option(
+            "--master", "--rdzv-endpoint", metavar="ADDR:PORT", help="Node 0's address and a free port, on every node."
         ),
     ] = None,
 ) -> None:
     """Fine-tune a model as a recipe says, and write a run directory."""
     if backend not in (None, "auto", "unsloth", "peft"):
         raise UserError(f"--backend {backend}: unknown backend", hint="use auto, unsloth or peft")
-    if gpus is not None:  # N > 1: torchrun starts N of these (without --gpus) and this one waits for them
-        from quickft.distributed import launch
+    # several processes (--gpus N, --nnodes N, or srun on several nodes): torchrun starts them, running this same
+    # command without those options, and this one waits for them
+    from quickft.launch import launch
 
-        if (code := launch(gpus, sys.argv[1:] if _argv is None else _argv)) is not None:
-            raise typer.Exit(code)
+    argv = sys.argv[1:] if _argv is None else _argv
+    if (code := launch(argv, gpus=gpus, nnodes=nnodes, node_rank=node_rank, master=master)) is not None:
+        raise typer.Exit(code)
     overrides = overrides or []
     resume_dir = None
     if resume:  # `--resume RUN_DIR`: the run directory arrives among the key=value arguments
         dirs = [o for o in overrides if "=" not in o]
         overrides = [o for o in overrides if "=" in o]
         resume_dir = dirs[0] if dirs else "latest"
+    from quickft.distributed import leave
     from quickft.report import Reporter
     from quickft.train import run as train_run
 
     speaks = os.environ.get("RANK", "0") == "0"  # under torchrun, the first process shows the run for all
-    train_run(
-        recipe,
-        overrides,
-        output_dir=output_dir,
-        backend=backend,
-        resume=resume_dir,
-        reporter=Reporter(quiet=quiet or not speaks, live=None if speaks else False),
-    )
+    try:
+        train_run(
+            recipe,
+            overrides,
+            output_dir=output_dir,
+            backend=backend,
+            resume=resume_dir,
+            reporter=Reporter(quiet=quiet or not speaks, live=None if speaks else False),
+        )
+    finally:
+        leave()  # several processes: close their group now, whoever has gone already
 
 
 @app.command(
@@ -191,6 +215,7 @@ def chat(
         "quickft serve outputs/tiny_math    # http://127.0.0.1:8000/v1, for any OpenAI client",
         "quickft serve outputs/tiny_math/merged --port 8080    # a merged export (quickft export)",
         "QUICKFT_API_KEY=secret quickft serve outputs/tiny_math --host 0.0.0.0 --allow-remote",
+        "quickft serve outputs/tiny_math --system-message refuse    # strict: a system message is a 400",
     ),
 )
 def serve(
@@ -213,12 +238,29 @@ def serve(
     max_queue: Annotated[
         int, typer.Option("--max-queue", metavar="N", min=1, help="Requests that may wait their turn (503 past it).")
     ] = 32,
+    system_message: Annotated[
+        str,
+        typer.Option(
+            "--system-message",
+            metavar="drop|prepend|refuse",
+            help="A system message to a run trained without a system prompt (prompt/response or text data): drop "
+            "it, prepend it to the user's message, or refuse the request (400).",
+        ),
+    ] = "drop",
 ) -> None:
     """Serve a run over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models), one
     request at a time in arrival order."""
     from quickft.serve import main as serve_main
 
-    serve_main(run_dir, host=host, port=port, api_key=api_key, allow_remote=allow_remote, max_queue=max_queue)
+    serve_main(
+        run_dir,
+        host=host,
+        port=port,
+        api_key=api_key,
+        allow_remote=allow_remote,
+        max_queue=max_queue,
+        system_message=system_message,
+    )
 
 
 @app.command(
@@ -451,8 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     set_openmp()  # before any verb imports torch: OpenMP reads these once, as its runtime starts
     _debug = bool(os.environ.get("QUICKFT_DEBUG")) or "--debug" in (argv if argv is not None else sys.argv[1:])
     _argv = argv
-    # under torchrun every process runs this; the first one speaks for all (they read the same inputs)
-    speaks = os.environ.get("RANK", "0") == "0"
+    # under torchrun every process runs this; the first one of each machine speaks for all of its processes (they
+    # read the same inputs, and agree on their errors: quickft.distributed.checked)
+    speaks = os.environ.get("LOCAL_RANK", "0") == "0"
     try:
         result = app(args=argv, prog_name="quickft", standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -466,6 +509,11 @@ def main(argv: list[str] | None = None) -> int:
             if e.hint:
                 print(f"  fix: {e.hint}", file=sys.stderr)
         return 2
+    except ProcessLost as e:
+        if speaks:
+            print(f"error: {e.message}", file=sys.stderr)
+            print(f"  {e.next_step}", file=sys.stderr)
+        return 3
     except RunInterrupted as e:
         if speaks:
             print(f"interrupted: checkpoint, metrics and partial report saved in {e.run_dir}", file=sys.stderr)
@@ -481,12 +529,22 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:
+        from quickft.distributed import lost_peer
+
         if _debug:
             raise
+        if lost_peer(e):  # before the run began or after it ended
+            print(f"error: lost another process of this run: {str(e).strip().splitlines()[0][:300]}", file=sys.stderr)
+            return 3
         print(f"quickft crashed: {type(e).__name__}: {e}", file=sys.stderr)
         print("  rerun with --debug for the full traceback, and include it in a bug report", file=sys.stderr)
         return 1
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    if code == 3:  # another process is gone: leave before the process group's threads abort this one at exit
+        from quickft.distributed import exit_now
+
+        exit_now(code)
+    sys.exit(code)

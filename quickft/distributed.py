@@ -1,11 +1,13 @@
 """Several processes, one run: which process this is, and the figures combined across processes.
 
-quickft launches and shards nothing itself. torchrun or `accelerate launch` start the processes and set RANK,
-WORLD_SIZE and LOCAL_RANK; transformers' Trainer (through accelerate) wraps the model in DDP and gives each process
-its share of every batch. What quickft adds: every process agrees on one run directory, only the first process
-(rank 0) writes it and the console, and the figures it writes are combined from all of them (tokens and samples
-summed, memory peaks as the largest process's). With one process the collectives here return at once. `--gpus N`
-starts torchrun for the user (`launch`).
+quickft launches and shards nothing itself. torchrun or `accelerate launch` start the processes (on one machine or
+several) and set RANK, WORLD_SIZE and LOCAL_RANK; transformers' Trainer (through accelerate) wraps the model in DDP,
+or shards it with FSDP2 (recipe.distributed="fsdp"), and gives each process its share of every batch. What quickft
+adds: every process agrees on one run directory, only the first process (rank 0) writes it and the console, and the
+figures it writes are combined from all of them (tokens and samples summed, memory peaks as the largest process's);
+an input error on any process stops all of them with its message, and a process that is lost (its node killed or
+cut off) stops the others with a clear one instead of a hang. With one process the collectives here return at once.
+`quickft run --gpus N` / `--nnodes N` start torchrun for the user (quickft.launch).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import signal
+import socket
 import sys
+
+from quickft.errors import UserError
 
 COUNTS = (
     "tokens",
@@ -27,13 +31,18 @@ COUNTS = (
 )
 """Per-process counts that add up: the run trains on the sum of every process's share."""
 
-_side = None
-"""A gloo group beside the default one (NCCL on GPUs, gloo on CPUs), with a long timeout: the per-step stop flag and
-what rank 0 broadcasts go through it on CPU tensors, so checking the flag never waits on the GPU, and the other ranks
-can wait for rank 0 to answer test cases for longer than NCCL's watchdog allows."""
+_flags = None
+"""A gloo group beside the default one (NCCL on GPUs, gloo on CPUs) for the per-step stop flag: on CPU tensors, so
+checking it never waits on the GPU. Its timeout is the default group's: a lost process is noticed there as soon as
+in a training step."""
+_waits = None
+"""A second gloo group, with a long timeout, for what rank 0 broadcasts after working alone: the other ranks can wait
+for rank 0 to answer test cases for longer than NCCL's watchdog allows."""
 SIDE_TIMEOUT_S = 6 * 3600
 """How long the other ranks wait on rank 0 at a broadcast: answering many test cases on a slow card takes minutes,
 well past the default group's timeout (NCCL's 10 minutes, accelerate's 30), which would kill the waiting ranks."""
+_shared: bool | None = None
+"""Whether every process sees the run directory rank 0 writes (shared storage); None until `check_storage`."""
 
 
 def world_size() -> int:
@@ -48,23 +57,52 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def nodes() -> int:
+    """How many machines (torchrun's agents) take part: torchrun's GROUP_WORLD_SIZE."""
+    return int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+
+
+def node_rank() -> int:
+    """This machine's place among them, as torchrun's rendezvous assigned it (GROUP_RANK)."""
+    return int(os.environ.get("GROUP_RANK", "0"))
+
+
 def is_main() -> bool:
     return rank() == 0
 
 
+def speaks() -> bool:
+    """Whether this process prints what every process would print alike (an input error, how to resume): the first
+    process of each machine, so each machine's console says it once."""
+    return local_rank() == 0
+
+
+def join() -> None:
+    """Several processes: connect them now, before anything is read, so that an input error on one machine stops
+    the others with its message (`checked`) instead of leaving them waiting to connect. The device is the one the
+    backend choice will pick: CUDA where torch has a GPU."""
+    if world_size() > 1:
+        import torch
+
+        start("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def start(device: str) -> None:
-    """Join the other processes now rather than when the trainer is built, so that they can agree on the run
-    directory and build a scratch model once. accelerate's PartialState is the process group transformers' Trainer
-    then uses (nccl on GPUs, gloo on CPUs); on GPUs a gloo side group carries the per-step stop flag, so checking
-    it never waits on the GPU."""
-    global _side
-    if world_size() == 1:
+    """Join the other processes (once), so that they can agree on the run directory and build a scratch model once.
+    accelerate's PartialState is the process group transformers' Trainer then uses (nccl on GPUs, gloo on CPUs); two
+    gloo side groups carry the per-step stop flag and rank 0's broadcasts, so neither waits on the GPU."""
+    global _flags, _waits
+    if world_size() == 1 or _flags is not None:
         return
     import torch.distributed as dist
     from accelerate import PartialState
 
     PartialState(cpu=device == "cpu")
-    _side = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=SIDE_TIMEOUT_S))
+    _flags = dist.new_group(backend="gloo")
+    _waits = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=SIDE_TIMEOUT_S))
+    from quickft.launch import joined
+
+    joined()
     if device == "cpu":
         import torch.serialization
 
@@ -103,7 +141,7 @@ def broadcast(obj):
     import torch.distributed as dist
 
     holder = [obj]
-    dist.broadcast_object_list(holder, src=0, group=_side)
+    dist.broadcast_object_list(holder, src=0, group=_waits)
     return holder[0]
 
 
@@ -115,7 +153,7 @@ def any_process(flag: bool) -> bool:
     import torch.distributed as dist
 
     value = torch.tensor([int(flag)])
-    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_side)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_flags)
     return bool(value.item())
 
 
@@ -143,76 +181,193 @@ def combine(per_process: list[dict]) -> dict:
     return combined
 
 
+def checked(read):
+    """`read()` on every process, agreeing on its input errors: when it raises UserError on any process (a data
+    file missing on one machine, say), every process raises one, the first failing process's, naming its machine
+    when that is another one. Without this, the others would wait for the failed one at their next collective."""
+    if world_size() == 1:
+        return read()
+    try:
+        value, failure = read(), None
+    except UserError as e:
+        value, failure = None, e
+    failures = gather(None if failure is None else (failure.message, failure.hint, rank(), socket.gethostname()))
+    if failure is not None:
+        raise failure
+    first = next((f for f in failures if f is not None), None)
+    if first is not None:
+        message, hint, where, host = first
+        raise UserError(f"process {where} (on {host}): {message}", hint=hint)
+    return value
+
+
+def from_rank0(read):
+    """`read()` on rank 0 only, its result (or its UserError) on every process: what only rank 0 can read, such as
+    the run directory where the other machines do not share its storage."""
+    if world_size() == 1:
+        return read()
+    outcome = None
+    if is_main():
+        try:
+            outcome = ("ok", read())
+        except UserError as e:
+            outcome = ("error", e.message, e.hint)
+    outcome = broadcast(outcome)
+    if outcome[0] == "error":
+        raise UserError(outcome[1], hint=outcome[2])
+    return outcome[1]
+
+
+def check_storage(path) -> dict:
+    """Whether every process sees the file rank 0 has just written at `path` (the run's status.json), with the very
+    same content: then the machines share the run directory's storage. Returns rank 0's machine ("host") and the
+    machines that do not see it ("unseen", as "node 1 (its name)"; none where it is shared). Where some do not,
+    transformers saves each checkpoint on every machine (save_on_each_node), so that --resume finds it there too."""
+    global _shared
+    from pathlib import Path
+
+    if world_size() == 1:
+        _shared = True
+        return {"host": socket.gethostname(), "unseen": []}
+    written, host = broadcast((Path(path).read_text(encoding="utf-8"), socket.gethostname()) if is_main() else None)
+    try:
+        seen = Path(path).read_text(encoding="utf-8") == written
+    except OSError:
+        seen = False
+    views = gather((seen, f"node {node_rank()} ({socket.gethostname()})"))
+    _shared = all(ok for ok, _ in views)
+    return {"host": host, "unseen": sorted({name for ok, name in views if not ok})}
+
+
+def storage_shared() -> bool:
+    return _shared is not False
+
+
+def whereabouts() -> dict:
+    """Where this process runs: its machine's name and its node rank (summary.json's per-process figures)."""
+    return {"host": socket.gethostname(), "node": node_rank()}
+
+
+LOST = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "timed out",
+    "remote worker",
+    "remote process",
+    "nccl communicator was aborted",
+    "ncclremoteerror",
+)
+"""How torch's collectives say that another process is gone: gloo's "Connection closed by peer ... typically caused
+by a remote worker crashing" or "Read error ... Connection reset by peer" when its process died (its machine killed,
+or quickft stopped there), a timeout when it stopped answering (a frozen machine, a cut network), NCCL's aborted
+communicator on GPUs."""
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether `error` is a collective failing because another process of the run is gone."""
+    if world_size() == 1 or not isinstance(error, RuntimeError):
+        return False
+    import torch.distributed as dist
+
+    return isinstance(error, dist.DistError) or any(words in str(error).lower() for words in LOST)
+
+
+def exit_now(code: int) -> None:
+    """Leave at once, after a lost process: the process group's threads, still waiting on the lost peer, would
+    otherwise abort the interpreter at exit ("terminate called without an active exception") and turn the exit code
+    into a SIGABRT."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def same_launcher(command: str, device: str) -> str:
-    """`command` (a `quickft ...` line) as this run was started: with --gpus N on GPUs, through torchrun on CPUs."""
+    """`command` (a `quickft ...` line) as this run was started: with --gpus N or --nnodes N (node 0's options:
+    each machine gives its own --node-rank), under srun again, or through torchrun by hand on CPUs."""
+    from quickft.launch import launched
+
     if world_size() == 1:
         return command
+    how = launched()
+    if how.get("via") == "SLURM":
+        return f"{command}    (under srun again, one task per node)"
+    if how:
+        flags = how["flags"] or (f"--gpus {world_size()}" if device == "cuda" else "")
+        line = f"{command} {flags}".strip()
+        return line + ("    (on each node, with its own --node-rank)" if how.get("nodes") else "")
+    if nodes() > 1:
+        return f"torchrun <your rendezvous options> -m {command}    (on each node, as you started it)"
     if device == "cuda":
         return f"{command} --gpus {world_size()}"
     return f"torchrun --standalone --nproc-per-node {world_size()} -m {command}"
 
 
-def torchrun_arguments(gpus: int, argv: list[str]) -> list[str]:
-    """torchrun's arguments for `quickft run ... --gpus N`: the same quickft arguments without --gpus, as N processes
-    on this machine (--standalone: torchrun picks a free port itself)."""
-    rest, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--gpus":
-            skip = True
-        elif not arg.startswith("--gpus="):
-            rest.append(arg)
-    return ["--standalone", f"--nproc-per-node={gpus}", "-m", "quickft", *rest]
+def fsdp_settings(recipe) -> dict:
+    """transformers' arguments for recipe.distributed="fsdp" with several processes: FSDP2 through accelerate, each
+    decoder layer a unit of its own (the model's _no_split_modules), weights gathered back whole when saved (the run
+    directory holds an ordinary model or adapter)."""
+    if recipe.distributed != "fsdp" or world_size() == 1:
+        return {}
+    return {"fsdp": True, "fsdp_config": {"version": 2, "state_dict_type": "FULL_STATE_DICT"}}
 
 
-def launch(gpus: int, argv: list[str]) -> int | None:
-    """`quickft run ... --gpus N`: torchrun (torch.distributed.run, in this process) starts N processes running the
-    same command, one per GPU, and waits for them. Returns their exit code: 0, 2 (bad input, said once by the first
-    process), 130 (Ctrl-C: they saved a checkpoint and said how to resume). --gpus 1 returns None: train here."""
-    from quickft.errors import UserError
+@contextlib.contextmanager
+def fsdp_on_cpu(args):
+    """accelerate shards with FSDP on accelerators only: on CPU processes it keeps DDP and drops the FSDP plugin
+    transformers gives it, silently. torch's FSDP2 runs on CPUs with gloo, so while the trainer builds its
+    Accelerator, quickft takes the plugin as accelerate does on GPUs, and the very same sharding (accelerate's
+    fsdp2_prepare_model, transformers' saving and loading) runs on CPU processes: how quickft tests it here."""
+    if not getattr(args, "fsdp", None) or not args.use_cpu:
+        yield
+        return
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
 
-    if world_size() > 1:
-        raise UserError(
-            f"--gpus {gpus}: this process was already started by a launcher (WORLD_SIZE={world_size()})",
-            hint="drop --gpus: torchrun's --nproc-per-node says how many processes",
-        )
-    if gpus < 1:
-        raise UserError(f"--gpus {gpus}: needs at least 1", hint="e.g. --gpus 2")
-    import torch
+    original = AcceleratorState.__init__
 
-    have = torch.cuda.device_count()
-    if gpus > have:
-        raise UserError(
-            f"--gpus {gpus}: this machine has {have} NVIDIA GPU{'s' if have != 1 else ''}",
-            hint=f"use --gpus {have} or fewer"
-            if have
-            else "without GPUs, start CPU processes with torchrun: torchrun --nproc-per-node 2 -m quickft run RECIPE",
-        )
-    if gpus == 1:
-        return None
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser
-    from torch.distributed.run import run as torchrun
+    def init(self, *a, fsdp_plugin=None, **kw):
+        original(self, *a, fsdp_plugin=fsdp_plugin, **kw)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+            # every later AcceleratorState() copies PartialState's type: keep it FSDP for this process
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
-    arguments = torchrun_arguments(gpus, argv)
-    print("torchrun " + " ".join(arguments), file=sys.stderr, flush=True)
-    # torchrun sets OMP_NUM_THREADS=1 here (for its processes) and installs its own signal handlers, and leaves both
-    threads = os.environ.get("OMP_NUM_THREADS")
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
+    AcceleratorState.__init__ = init
     try:
-        torchrun(get_args_parser().parse_args(arguments))
-    except SignalException:  # Ctrl-C: torchrun passed it on, and the processes stopped after a checkpoint
-        return 130
-    except ChildFailedError as e:
-        codes = [failure.exitcode for failure in e.failures.values()]
-        return next((code for code in codes if code in (2, 130)), codes[0] if codes else 1)
-    finally:  # put both back
-        if threads is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = threads
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    return 0
+        yield
+    finally:
+        AcceleratorState.__init__ = original
+
+
+def sharded(model) -> bool:
+    """Whether FSDP shards `model`: then every forward pass gathers weights from all processes, so the processes
+    answer test cases together (transformers' generate keeps them in step), never rank 0 alone."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return world_size() > 1 and any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def weights_held(model) -> int:
+    """How many of the model's weights this process holds: all of them, or under FSDP its shard of each."""
+    from torch.distributed.tensor import DTensor
+
+    return sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in model.parameters())
+
+
+def leave() -> None:
+    """Close the process group before the interpreter exits: left to the interpreter's teardown, the group's threads
+    abort it ("terminate called without an active exception", SIGABRT in place of the exit code) when the other
+    processes have gone first. Not after a lost process: `exit_now` leaves without waiting on it."""
+    if world_size() == 1 or _flags is None:
+        return
+    from quickft.errors import ProcessLost
+
+    error = sys.exc_info()[1]
+    if isinstance(error, ProcessLost) or (error is not None and lost_peer(error)):
+        return
+    import torch.distributed as dist
+
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()

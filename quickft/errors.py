@@ -20,3 +20,13 @@ class RunInterrupted(Exception):
         super().__init__(f"interrupted: {run_dir}")
         self.run_dir = run_dir
         self.resume_command = resume_command
+
+
+class ProcessLost(Exception):
+    """Another process of a several-process run is gone (its machine killed, frozen or cut off from the network):
+    this one stops too, without waiting for it. The CLI says so, with how to go on; exit 3."""
+
+    def __init__(self, message: str, next_step: str):
+        super().__init__(message)
+        self.message = message
+        self.next_step = next_step

@@ -25,8 +25,12 @@ def generate(
     """
     import torch
 
+    from quickft.distributed import sharded
     from quickft.recovery import is_out_of_memory
 
+    # FSDP: each forward pass gathers the weights from every process, so all of them generate, in step until the
+    # last one is done (transformers' synced_gpus, which it turns on by itself for its own FSDP wrapping only)
+    synced = {"synced_gpus": True} if sharded(model) else {}
     was_training = model.training
     if not (was_training and unsloth_generates(model)):
         model.eval()
@@ -41,7 +45,7 @@ def generate(
             batch = prompt_batch(tokenizer, prompts[i : i + batch_size], model.device)
             try:
                 with torch.no_grad():
-                    out = model.generate(**batch, **_sampling(tokenizer, max_new_tokens, temperature, top_p))
+                    out = model.generate(**batch, **_sampling(tokenizer, max_new_tokens, temperature, top_p), **synced)
             except Exception as e:
                 if not is_out_of_memory(e) or batch_size == 1:
                     raise

@@ -171,9 +171,10 @@ def _run_converter(command: list[str], outfile: Path, which: str) -> None:
     stderr = result.stderr or ""
     lines = [line for line in (stderr or result.stdout).strip().splitlines() if line.strip()]
     last = lines[-1] if lines else f"exit code {result.returncode}"
-    missing = re.search(r"No module named '([^']+)'", stderr)
+    # "No module named 'x'", or "import of x halted; None in sys.modules" where an environment masks it
+    missing = re.search(r"No module named '([^']+)'|import of (\S+) halted", stderr)
     if missing:
-        module = missing.group(1).split(".")[0]
+        module = (missing.group(1) or missing.group(2)).split(".")[0]
         package = {"google": "protobuf", "mistral_common": "mistral-common"}.get(module, module)
         raise UserError(
             f"llama.cpp's {which} needs the Python module {module!r}, which is not installed in {sys.prefix}",

@@ -292,6 +292,10 @@ class Recipe:
     output_dir: str | None = None
     """Run directory; default outputs/<name> (a fresh name is picked if that one is taken)."""
     backend: Literal["auto", "unsloth", "peft"] = "auto"
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """With several processes (--gpus, --nnodes, torchrun): ddp keeps a whole copy of the model in each process;
+    fsdp shards the weights, gradients and optimizer state across them (PyTorch's FSDP2, through accelerate), for a
+    model that does not fit one card. mode lora or full, method sft. With one process both are the same."""
     save_every: int = 0
     """Write a checkpoint every this many steps (0: only when interrupted). `--resume` continues from the last."""
     keep_checkpoints: int = 2
@@ -549,6 +553,21 @@ def validate(recipe: Recipe) -> list[str]:
         )
     if r.method == "grpo":
         problems += _grpo_problems(r)
+    if r.distributed == "fsdp":
+        need(
+            r.mode != "qlora",
+            "distributed",
+            "'fsdp' cannot shard mode='qlora' with this stack: FSDP2 (transformers 5's FSDP) gathers each shard back "
+            "as a plain tensor, without bitsandbytes' 4-bit quantization state, so accelerate leaves the 4-bit "
+            "weights whole in every process (no memory saved); use mode='lora' with distributed='fsdp', or "
+            "mode='qlora' with distributed='ddp'",
+        )
+        need(
+            r.method == "sft",
+            "distributed",
+            f"'fsdp' is run with method='sft' only; method={r.method!r} (a reference model, generation) has not been "
+            "run sharded here: use distributed='ddp'",
+        )
     need(r.eval.target is None or 0 < r.eval.target <= 1, "eval.target", f"must be in (0, 1], got {r.eval.target}")
     need(not r.eval.target or r.eval.every > 0, "eval.target", "a target is checked every eval.every steps: set it")
     need("{prompt}" in r.data.prompt_template, "data.prompt_template", "must contain {prompt}")

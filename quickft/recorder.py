@@ -52,7 +52,7 @@ class Recorder(TrainerCallback):
         """What each process counted and peaked at in this session (one entry without torchrun)."""
         self.totals: dict | None = None
         """This session's tokens, samples and padding, every process's summed (set when training ends)."""
-        self.started = self.ended = self.memory = self._reserved_at_start = None
+        self.started = self.ended = self.memory = self._reserved_at_start = self._held = None
         self._ema = self.rows[-1]["loss_smoothed"] if self.rows else None
         self._ema_step = self.rows[-1]["step"] if self.rows else 0
         """The step of the last loss in the smoothed curve."""
@@ -97,6 +97,8 @@ class Recorder(TrainerCallback):
             self.peaks.retry()  # ... but the peak is the retry's, not the attempt that ran out
             return
         self.start_step = self.step = state.global_step
+        # the model as it trains (DDP: all of it in each process; FSDP: each process's shard)
+        self._held = distributed.weights_held(kwargs["model"]) if kwargs.get("model") is not None else None
         self._window = (state.global_step, 0.0, 0, 0)  # a resumed run's first window starts at its checkpoint
         self._reserved_at_start = m.memory(self.device).get("gpu_reserved_mb")  # the model, no optimizer yet
         m.reset_peak_memory(self.device)
@@ -232,8 +234,9 @@ class Recorder(TrainerCallback):
         )
         if self._reserved_at_start is not None:
             own["gpu_reserved_at_start_mb"] = self._reserved_at_start
-        self.per_process = distributed.gather(own)
-        combined = distributed.combine(self.per_process)
+        # and where each process ran, and how many of the model's weights it held
+        self.per_process = distributed.gather(own | distributed.whereabouts() | {"weights_held": self._held})
+        combined = distributed.combine([{k: p[k] for k in own} for p in self.per_process])
         self.totals = {k: combined[k] for k in ("tokens", "samples", "padding", "generated_tokens")}
         self.totals |= self.counter.seconds  # GRPO's generation_s and reward_s (the first process's clock)
         self.memory = {k: v for k, v in combined.items() if k not in distributed.COUNTS}

@@ -89,6 +89,7 @@ class Reporter:
         notes=(),
         n_eval=0,
         n_cases=0,
+        placement=(),
     ) -> dict:
         total, trainable = m.parameter_counts(model)
         processes = distributed.world_size()
@@ -124,7 +125,9 @@ class Reporter:
             (
                 "batch",
                 f"{recipe.micro_batch_size} micro-batch × {recipe.gradient_accumulation} accumulation"
-                + (f" × {processes} processes ({distributed.backend_name()})" if processes > 1 else "")
+                + (f" × {processes} processes" if processes > 1 else "")
+                + (f" on {distributed.nodes()} machines" if distributed.nodes() > 1 else "")
+                + (f" ({distributed.backend_name()})" if processes > 1 else "")
                 + f" = {eff} effective"
                 + (
                     f" ({eff // recipe.grpo.num_generations} prompts × {recipe.grpo.num_generations} answers)"
@@ -132,6 +135,7 @@ class Reporter:
                     else ""
                 ),
             ),
+            *placement,  # several machines: where the processes run, who sees the run directory
             ("plan", f"{self.planned_steps:,} steps ({epochs:.2f} epochs, {steps_per_epoch:,} steps per epoch)"),
         ]
         if not self.quiet:

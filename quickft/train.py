@@ -7,6 +7,7 @@ slow imports; unsloth, when chosen, is imported before transformers/trl/peft.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,7 @@ from pathlib import Path
 from quickft import distributed, rundir
 from quickft.data import Example, clean_examples, read_data
 from quickft.encode import Prepared, make_cases, prepare, training_text
-from quickft.errors import RunInterrupted, UserError
+from quickft.errors import ProcessLost, RunInterrupted, UserError
 from quickft.hardware import Choice
 from quickft.models import (
     GGUF,
@@ -54,44 +55,88 @@ def run(
     """Train as the recipe says (or continue an interrupted run with `resume`); return the run directory."""
     if resume is not None:
         return _resume(recipe_path, overrides, resume, reporter)
+    _connect(reporter)
     with reporter.phase("reading the recipe and data"):
-        recipe = load_recipe(recipe_path, overrides)
-        if backend:
-            recipe = replace(recipe, backend=backend)
-        split = read_recipe_data(recipe)
-        model_ref, local = model_reference(recipe)
-        check_tracker(recipe.track)
-        run_dir = rundir.pick_run_dir(recipe.name, output_dir or recipe.output_dir)
-        rundir.check_writable(run_dir)
+        recipe, split, model_ref, local, run_dir = distributed.checked(
+            lambda: _read_inputs(recipe_path, overrides, backend, output_dir)
+        )
     choice = _choose_backend(recipe, local, reporter)
     run_dir = Path(distributed.broadcast(str(run_dir)))  # under torchrun: rank 0's pick, for every process
     return _guarded(recipe, recipe_path, choice, split, model_ref, local, run_dir, reporter, checkpoint=None)
 
 
+def _read_inputs(recipe_path: str, overrides: list[str], backend: str | None, output_dir: str | None):
+    """Everything that can fail on bad input, before anything loads: the recipe, its data and model, the tracker,
+    the run directory."""
+    recipe = load_recipe(recipe_path, overrides)
+    if backend:
+        recipe = replace(recipe, backend=backend)
+    split = read_recipe_data(recipe)
+    model_ref, local = model_reference(recipe)
+    check_tracker(recipe.track)
+    run_dir = rundir.pick_run_dir(recipe.name, output_dir or recipe.output_dir)
+    rundir.check_writable(run_dir)
+    return recipe, split, model_ref, local, run_dir
+
+
+def _connect(reporter: Reporter) -> None:
+    """Several processes (torchrun): connect them before reading anything, so that an input error on one machine
+    stops all of them with its message."""
+    if distributed.world_size() > 1:
+        with reporter.phase("importing torch and connecting the processes"):
+            distributed.join()
+
+
 def _resume(recipe_path: str, overrides: list[str], resume: str, reporter: Reporter) -> Path:
     if overrides:
         raise UserError("--resume continues a run with its saved recipe; overrides cannot change it", hint="drop them")
+    _connect(reporter)
+    # rank 0 reads the run directory: the other machines may not share its storage
+    found = distributed.from_rank0(lambda: _resumable(recipe_path, resume))
+    run_dir = Path(found["run_dir"])
+    if found["checkpoint"] is None:
+        reporter.info(f"{run_dir} is already completed: nothing to resume")
+        return run_dir
+    checkpoint = run_dir / "checkpoints" / found["checkpoint"]
+    distributed.checked(lambda: _check_checkpoint_here(checkpoint))  # each machine resumes from its own copy
+    recipe = recipe_from_dict(found["recipe"])
+    reporter.info(f"resuming {run_dir} from {checkpoint.name}")
+    with reporter.phase("reading the recipe and data"):
+        split, model_ref, local = distributed.checked(lambda: _read_saved_inputs(recipe))
+    choice = _choose_backend(recipe, local, reporter)
+    return _guarded(recipe, recipe_path, choice, split, model_ref, local, run_dir, reporter, checkpoint=checkpoint)
+
+
+def _resumable(recipe_path: str, resume: str) -> dict:
+    """The run to resume (rank 0's view): its directory, saved recipe and last checkpoint (None: completed)."""
     run_dir = Path(resume) if resume != "latest" else rundir.resumable_run(load_recipe(recipe_path).name)
     run = rundir.open_run(run_dir, need_finished=False)
     if run["status"].get("status") == "completed":
-        reporter.info(f"{run_dir} is already completed: nothing to resume")
-        return run_dir
+        return {"run_dir": str(run_dir), "checkpoint": None}
     checkpoint = rundir.latest_checkpoint(run_dir)
     if checkpoint is None:
         raise UserError(
             f"{run_dir}: no checkpoint to resume from (checkpoints/ is empty)",
             hint="start the run again; set save_every=N in the recipe to write checkpoints as it trains",
         )
-    recipe = recipe_from_dict(run["recipe"])
-    if distributed.is_main():
-        rundir.truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[-1]))
-    reporter.info(f"resuming {run_dir} from {checkpoint.name}")
-    with reporter.phase("reading the recipe and data"):
-        split = read_recipe_data(recipe)
-        model_ref, local = model_reference(recipe)
-        check_tracker(recipe.track)
-    choice = _choose_backend(recipe, local, reporter)
-    return _guarded(recipe, recipe_path, choice, split, model_ref, local, run_dir, reporter, checkpoint=checkpoint)
+    rundir.truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[-1]))
+    return {"run_dir": str(run_dir), "recipe": run["recipe"], "checkpoint": checkpoint.name}
+
+
+def _read_saved_inputs(recipe: Recipe):
+    split = read_recipe_data(recipe)
+    model_ref, local = model_reference(recipe)
+    check_tracker(recipe.track)
+    return split, model_ref, local
+
+
+def _check_checkpoint_here(checkpoint: Path) -> None:
+    if not checkpoint.is_dir():
+        raise UserError(
+            f"{checkpoint} is not on this machine: the run directory is on rank 0's machine only",
+            hint="copy that checkpoint to the same path here, or keep runs on storage every machine shares (a run "
+            "that starts on separate storage saves each checkpoint on every machine itself)",
+        )
 
 
 def _choose_backend(recipe: Recipe, local: bool, reporter: Reporter) -> Choice:
@@ -116,12 +161,30 @@ def _guarded(recipe, recipe_path, choice, split, model_ref, local, run_dir: Path
             rundir.set_status(run_dir, "interrupted")
         raise
     except BaseException as e:
+        lost = _lost(e, recipe_path, run_dir, choice) if distributed.lost_peer(e) else None
         if main and (run_dir / "status.json").is_file():
-            rundir.set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+            rundir.set_status(run_dir, "failed", error=lost.message if lost else f"{type(e).__name__}: {e}")
+        if lost:
+            raise lost from e
         raise
     if main:
         rundir.set_status(run_dir, "completed", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return run_dir
+
+
+def _lost(error: BaseException, recipe_path: str, run_dir: Path, choice: Choice) -> ProcessLost:
+    """The message for a collective that failed because another process is gone, and how to go on from here."""
+    checkpoint = rundir.latest_checkpoint(run_dir)
+    where = f" on {distributed.nodes()} machines" if distributed.nodes() > 1 else ""
+    said = str(error).strip().splitlines()[0].split(". This is typically")[0]  # gloo's line, without its advice
+    message = (
+        f"lost another process of this run{where}: {said[:300]}\n"
+        "  its machine stopped, was killed or lost the network (its own output says why); this process stops too"
+    )
+    if checkpoint is None:
+        return ProcessLost(message, "no checkpoint was saved: start the run again (save_every=N saves checkpoints)")
+    command = distributed.same_launcher(f"quickft run {recipe_path} --resume {run_dir}", choice.device)
+    return ProcessLost(message, f"resume from {checkpoint.name} with: {command}")
 
 
 @dataclass
@@ -322,6 +385,14 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     choice, tokenizer = loaded.choice, loaded.tokenizer  # PEFT, if Unsloth refused the model
     data = prepare_data(recipe, split, tokenizer, reporter)
     open_run_dir(run_dir, recipe, recipe_path, checkpoint)
+    storage = distributed.check_storage(run_dir / "status.json")  # do the other machines see the run directory?
+    if storage["unseen"] and recipe.distributed == "fsdp":  # every process learns the same: all of them stop
+        raise UserError(
+            f"distributed='fsdp' needs the run directory on storage every machine sees: {', '.join(storage['unseen'])} "
+            f"do not see {run_dir}, and FSDP's checkpoints (the gathered optimizer state) are written by rank 0 only",
+            hint="give --output-dir a path on shared storage (NFS, Lustre ...), or use distributed='ddp'",
+        )
+    other_machine(storage, run_dir)
     counter = TokenCounter()  # every trainer of this run (a new one after an out-of-memory retry) counts into it
 
     def build(recipe: Recipe):  # again after an out-of-memory retry, with a smaller micro-batch
@@ -354,6 +425,7 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         run_dir,
         reporter,
         precision_notes + reference_notes(recipe, trainer),
+        placement_rows(recipe, storage["unseen"]),
         base=base,
     )
     recorder = make_recorder(run_dir, choice, counter, reporter, checkpoint)
@@ -376,10 +448,13 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
         if main:
             tokenizer.save_pretrained(run_dir)
     evaluation = evaluator.summary() if evaluator else final_evaluation(trainer, recorder, reporter)
-    if not main:  # the others' share is done
+    sharded = distributed.sharded(trainer.model)
+    if not main and not sharded:  # the others' share is done
         return
-    with recorder.peaks.phase("answering"):
+    with recorder.peaks.phase("answering"):  # under FSDP every process takes part (the weights are spread)
         samples = _answer_cases(loaded.model, tokenizer, recipe, split.cases, reporter)
+    if not main:
+        return
     rundir.write_jsonl(run_dir / "samples.jsonl", samples)
     with reporter.phase("writing plots and metrics.csv"):
         write_metric_files(recorder, run_dir, recipe)
@@ -597,7 +672,19 @@ def trained_precision(choice: Choice, args) -> tuple[Choice, list[str]]:
 
 
 def show_header(
-    recipe, choice, trainer, model, model_path, split: Split, data: Data, run_dir, reporter, notes=(), *, base=None
+    recipe,
+    choice,
+    trainer,
+    model,
+    model_path,
+    split: Split,
+    data: Data,
+    run_dir,
+    reporter,
+    notes=(),
+    placement=(),
+    *,
+    base=None,
 ) -> dict:
     """The header, and backend.json: the model as the trainer holds it (TRL and Unsloth may have changed it), and
     for a GGUF base, the GGUF it was de-quantized from (chat and export find it there)."""
@@ -629,7 +716,69 @@ def show_header(
         notes=split.notes + data.prepared.notes + gpu_notes(choice) + list(notes),
         n_eval=len(split.eval),
         n_cases=len(split.cases),
+        placement=placement,
     )
+
+
+def other_machine(storage: dict, run_dir: Path) -> None:
+    """On each machine but rank 0's, one line in place of the run's console (rank 0's), saying where that is."""
+    if distributed.is_main() or not distributed.speaks():
+        return
+    import socket
+    import sys
+
+    here = f"node {distributed.node_rank()} ({socket.gethostname()})"
+    processes = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    print(
+        f"{here}: {processes} process(es) training their share of the run; rank 0, on {storage['host']}, shows it "
+        f"and writes {run_dir}"
+        + (
+            ", which this machine does not see: it keeps its own copy of each checkpoint there, for --resume"
+            if here in storage["unseen"]
+            else ""
+        ),
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def placement_rows(recipe: Recipe, unseen: list[str]) -> list[tuple[str, str]]:
+    """The header's rows on several processes: FSDP's sharding; on several machines, how many, where they met, and
+    who sees the run directory."""
+    rows = []
+    if recipe.distributed == "fsdp":
+        rows.append(
+            (
+                "sharding",
+                f"FSDP2 (accelerate): weights, gradients and optimizer state split across {distributed.world_size()} "
+                "processes, one unit per decoder layer; saved whole"
+                if distributed.world_size() > 1
+                else "distributed='fsdp' with one process: nothing to shard, trained as usual",
+            )
+        )
+    if distributed.nodes() == 1:
+        return rows
+    import socket
+
+    from quickft.launch import launched
+
+    how, here = launched(), socket.gethostname()
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    met = f", c10d rendezvous at {how['endpoint']}" if how.get("endpoint") else ""
+    met += " (from SLURM's variables)" if how.get("via") == "SLURM" else ""
+    where = (
+        "shared: every machine sees the run directory (only rank 0 writes it)"
+        if not unseen
+        else f"on rank 0's machine ({here}) only: {', '.join(unseen)} do not see it, and keep their own copy of each "
+        "checkpoint at the same path (for --resume)"
+    )
+    return rows + [
+        (
+            "nodes",
+            f"{distributed.nodes()} machines × {per_node} process{'es' if per_node > 1 else ''}{met}; rank 0 on {here}",
+        ),
+        ("storage", where),
+    ]
 
 
 def make_recorder(run_dir: Path, choice: Choice, counter, reporter: Reporter, checkpoint: Path | None):
@@ -758,8 +907,6 @@ def check_tracker(track: str) -> None:
 
 def tracker_settings(recipe: Recipe, run_dir: Path) -> dict:
     """SFTConfig's report_to and its companions for the recipe's tracker (transformers' own integrations)."""
-    import os
-
     if recipe.track == "none":
         return {"report_to": "none"}
     if recipe.track == "tensorboard":  # transformers' TensorBoard callback reads its folder from the environment
@@ -806,7 +953,7 @@ def materialize(
         return str(dense_checkpoint(model_ref, dtype).path)
     if not isinstance(model_ref, Scratch):
         return model_ref
-    from quickft.scratch import build_scratch
+    from quickft.models.scratch import build_scratch
 
     corpus = [training_text(ex, recipe.data) for ex in train_examples]
     return str(build_scratch(model_ref, corpus, seed=recipe.seed))
@@ -878,6 +1025,8 @@ def make_trainer(
         save_strategy="steps" if recipe.save_every else "no",
         save_steps=recipe.save_every or 500,
         save_total_limit=recipe.keep_checkpoints,
+        # machines that do not see rank 0's run directory keep their own copy of each checkpoint, for --resume
+        save_on_each_node=not distributed.storage_shared(),
         **tracker_settings(recipe, run_dir),
         disable_tqdm=True,
         dataset_num_proc=None,
@@ -890,6 +1039,7 @@ def make_trainer(
         ddp_find_unused_parameters=False
         if distributed.world_size() > 1 and recipe.lora.target_modules != "all-linear"
         else None,
+        **distributed.fsdp_settings(recipe),  # FSDP2 sharding, for recipe.distributed="fsdp" on several processes
         # evaluation in the training precision, never the model cast to 16-bit in place (Unsloth's default)
         fp16_full_eval=False,
         bf16_full_eval=False,
@@ -954,14 +1104,15 @@ def make_trainer(
             **(settings or {}),
         )
     one_gpu_per_process(args)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        counter=counter or TokenCounter(),
-    )
+    with distributed.fsdp_on_cpu(args):  # accelerate's FSDP on CPU processes too (gloo)
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            counter=counter or TokenCounter(),
+        )
     return _quiet(trainer)
 
 

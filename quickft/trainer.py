@@ -281,7 +281,8 @@ class Evaluator(TrainerCallback):
         with self.recorder.peaks.phase("evaluation"):
             if trainer.eval_dataset is not None:  # every process evaluates its share
                 row["eval_loss"] = eval_loss(trainer)
-            if cases and distributed.is_main():  # the first process answers; the others wait for its score
+            # the first process answers and the others wait for its score; under FSDP all of them answer together
+            if cases and (distributed.is_main() or distributed.sharded(trainer.model)):
                 scored = score_cases(
                     trainer.model,
                     trainer.processing_class,

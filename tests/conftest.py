@@ -71,8 +71,8 @@ def tiny_model_dir(sums_file) -> Path:
     """A tiny random Llama saved with save_pretrained, plus a tokenizer trained on the sums."""
     from quickft.data import read_examples
     from quickft.encode import training_text
+    from quickft.models.scratch import build_scratch
     from quickft.recipe import Data, Scratch
-    from quickft.scratch import build_scratch
 
     data = Data(path=str(sums_file), prompt_template=PROMPT)
     corpus = [training_text(ex, data) for ex in read_examples(sums_file, data)]

@@ -358,7 +358,7 @@ def test_chat_run_keeps_its_chat_template_in_gguf_and_modelfile(chat_run, tmp_pa
     assert template == AutoTokenizer.from_pretrained(chat_run).chat_template
 
 
-def test_help_lists_the_three_forms():
+def test_help_lists_the_four_forms():
     result = subprocess.run(
         [sys.executable, "-m", "quickft", "export", "--help"],
         capture_output=True,
@@ -366,7 +366,8 @@ def test_help_lists_the_three_forms():
         cwd=ROOT,
         env=dict(os.environ, COLUMNS="160"),
     )
-    assert result.returncode == 0 and "merged|gguf|ollama" in result.stdout and "--to ollama" in result.stdout
+    assert result.returncode == 0 and "merged|gguf|gguf-lora|ollama" in result.stdout
+    assert "--to ollama" in result.stdout and "--to gguf-lora" in result.stdout
 
 
 @requires_gguf
@@ -493,3 +494,81 @@ def test_the_gguf_tools_build_once_per_machine():
 
     assert build_arguments({}) == ["--no-binary", "llama-cpp-python"]
     assert build_arguments({"CMAKE_ARGS": "-DGGML_CUDA=on"}) == ["--no-binary", "llama-cpp-python", "--no-cache-dir"]
+
+
+# ---------------------------------------------------------------------------------------------- every install route
+# `make test-plain` (a plain `pip install -e .` plus `python -m quickft.llamacpp install`) runs these two, as the
+# default and old-GPU routes do: `-k every_install_route`.
+
+
+@pytest.fixture(scope="module")
+def small_lora_run(tmp_path_factory, tiny_model_dir, sums_file) -> Path:
+    """A LoRA run of a small Llama checkpoint (the tests' tiny one, a few seconds): the user's case in issue 44."""
+    tmp = tmp_path_factory.mktemp("small_lora")
+    recipe = write_recipe(
+        tmp / "small_lora.py",
+        f"""
+        recipe = Recipe(
+            model={str(tiny_model_dir)!r},
+            data=Data(path={str(sums_file)!r}, prompt_template={PROMPT!r}, holdout=4),
+            lora=LoRA(r=4, alpha=8, dropout=0.0), max_seq_length=32, micro_batch_size=8, learning_rate=5e-3,
+            max_steps=12, logging_steps=4, max_new_tokens=4, backend="peft",
+        )
+        """,
+    )
+    assert main(["run", str(recipe), "--output-dir", str(tmp / "run"), "--quiet"]) == 0
+    return tmp / "run"
+
+
+@requires_gguf
+def test_every_install_route_exports_a_lora_run_to_gguf_gguf_lora_and_ollama(small_lora_run, tmp_path):
+    code, record = export(small_lora_run, "--to", "gguf", "--out", tmp_path / "g")
+    assert code == 0 and record["check"]["gguf"]["ok"] and record["check"]["metadata"]["ok"], record
+    code, record = export(small_lora_run, "--to", "ollama", "--out", tmp_path / "o")
+    assert code == 0 and record["check"]["gguf"]["ok"] and (tmp_path / "o" / "Modelfile").is_file(), record
+    code, record = export(small_lora_run, "--to", "gguf-lora", "--out", tmp_path / "l")
+    check = record["check"]["gguf_lora"]
+    assert code == 0 and check["ok"] and check["base"] == "f16", record  # checked on an f16 GGUF of the base
+    assert check["agreement"] >= 0.9 and check["prompt_tokens_identical"] == check["of"] == 4
+    written = sorted(p.name for p in (tmp_path / "l").iterdir())
+    assert written == sorted(["export.json", record["gguf_lora"]["file"]])  # the base's f16 GGUF was removed
+
+
+BLOCK_A_MODULE = """
+import os, sys
+blocked = os.environ.get("QUICKFT_TEST_BLOCK")
+if blocked:  # as if it were not installed, here and in every child: find_spec finds nothing, import raises
+    sys.modules[blocked] = None
+"""
+
+
+@requires_gguf
+def test_every_install_route_names_a_missing_converter_module(small_lora_run, tmp_path):
+    """A converter dependency out of reach (sentencepiece, which llama.cpp's Llama converter imports first, whatever
+    the tokenizer): exit 2 naming it and the install command, no traceback; the merged model the conversion started
+    from is whole and kept as RUN_DIR/merged; nothing half-written under the export's folder."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(small_lora_run, run)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(BLOCK_A_MODULE, encoding="utf-8")
+    env = os.environ | {"QUICKFT_TEST_BLOCK": "sentencepiece"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "quickft", "export", str(run), "--to", "gguf"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "needs the Python module 'sentencepiece'" in done.stderr and "Traceback" not in done.stderr
+    assert f"{sys.executable} -m quickft.llamacpp install" in done.stderr
+    assert not (run / "gguf").exists()
+    kept = json.loads((run / "merged" / "export.json").read_text())
+    assert kept["to"] == "merged" and kept["check"]["merged"]["ok"] and (run / "merged" / "config.json").is_file()
+    code, record = export(run, "--to", "gguf", "--out", tmp_path / "again")  # installed again: the export goes on
+    assert code == 0 and record["check"]["gguf"]["ok"]

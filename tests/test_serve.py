@@ -307,6 +307,120 @@ def test_concurrent_clients_each_get_their_own_answer(server, expected):
         assert all(text == expected[q] for q, text in answers), (kind, answers)
 
 
+# ---------------------------------------------------------------------------------------------- system messages, the log
+
+
+def log_line(server: Server, request_id: str, timeout: float = 10) -> str:
+    """The server's log line for one request (the line is written once its answer has gone out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = [line for line in server.log.read_text().splitlines() if f" {request_id} " in line]
+        if lines:
+            assert len(lines) == 1, lines
+            return lines[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no log line for {request_id}:\n{server.log.read_text()[-3000:]}")
+
+
+def logged(line: str) -> dict:
+    """A request's log line, read back: its tokens and times."""
+    figure = {
+        "prompt": r"prompt (\d+) tokens",
+        "generated": r" (\d+) generated",
+        "queued": r"queued ([\d.]+) s",
+        "ahead": r"\((\d+) ahead\)",
+        "first": r"first token ([\d.]+) s",
+        "total": r"([\d.]+) s in all",
+    }
+    found = {key: re.search(pattern, line) for key, pattern in figure.items()}
+    return {key: float(m.group(1)) for key, m in found.items() if m}
+
+
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}  # what chat front-ends send by default
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_system_message_to_a_run_trained_without_one_is_dropped_and_said_so(
+    server, client, qa_run, expected, tokenizer, stream
+):
+    """Chat front-ends send a system message by default: a prompt/response run answers the user's message as it
+    was trained (the system message left out), and the response's header and the log say so."""
+    question = QUESTIONS[1]
+    options = {"stream_options": {"include_usage": True}} if stream else {}
+    raw = client.chat.completions.with_raw_response.create(
+        model=qa_run.name, messages=[SYSTEM, {"role": "user", "content": question}], stream=stream, **options
+    )
+    note = raw.headers["x-quickft-system-message"]
+    assert note == "dropped: this run was trained on blocks data, which has no system prompt"
+    out = raw.parse()
+    if stream:
+        chunks = list(out)
+        text, usage, rid = (
+            "".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+            chunks[-1].usage,
+            chunks[0].id,
+        )
+    else:
+        text, usage, rid = out.choices[0].message.content, out.usage, out.id
+    assert text == expected[question], "quickft chat's answer to the question alone"
+    assert usage.prompt_tokens == prompt_tokens(tokenizer, question), "the system message is not in the prompt"
+    assert f"system message {note}" in log_line(server, rid)
+
+
+def test_each_request_is_logged_in_one_line_with_its_tokens_and_times(server, client, qa_run, tokenizer, expected):
+    """The log line's figures against the response's usage (itself checked against the tokenizer above) and our own
+    clock around the request."""
+    question = QUESTIONS[2]
+    began = time.perf_counter()
+    out = client.chat.completions.create(model=qa_run.name, messages=[{"role": "user", "content": question}])
+    took = time.perf_counter() - began
+    line = log_line(server, out.id)
+    assert re.match(rf"INFO: +127\.0\.0\.1:\d+ POST /v1/chat/completions 200 {out.id} · ", line), line
+    figures = logged(line)
+    assert figures["prompt"] == out.usage.prompt_tokens == prompt_tokens(tokenizer, question)
+    assert figures["generated"] == out.usage.completion_tokens == len(text_ids(tokenizer, expected[question])) + 1
+    assert figures["queued"] <= figures["first"] <= figures["total"] <= took, (figures, took)
+    assert line.endswith(" s in all") and " · stop · " in line
+    models = client.models.with_raw_response.list()  # a request that generates nothing: its route, status, time
+    assert models.status_code == 200
+    lines = [line for line in server.log.read_text().splitlines() if "GET /v1/models 200 · " in line]
+    assert lines and re.fullmatch(r"INFO: +127\.0\.0\.1:\d+ GET /v1/models 200 · [\d.]+ s in all", lines[-1])
+    assert '"POST /v1/chat/completions HTTP/1.1" 200' not in server.log.read_text(), "uvicorn's access log is off"
+
+
+@pytest.mark.parametrize("how", ["prepend", "refuse"])
+def test_system_message_prepend_or_refuse(qa_run, tmp_path, tokenizer, how):
+    """--system-message prepend: the system message, a blank line, then the user's, in the training template (as
+    `quickft chat --prompt` answers that text); refuse: the 400 of a strict server."""
+    question = QUESTIONS[0]
+    server = Server(qa_run, tmp_path / "server.log", "--system-message", how).wait()
+    try:
+        client = server.client()
+        messages = [SYSTEM, {"role": "user", "content": question}]
+        if how == "refuse":
+            with pytest.raises(openai.BadRequestError, match="which has no system prompt .*--system-message refuse"):
+                client.chat.completions.create(model=qa_run.name, messages=messages)
+            assert "system messages: refused (400) (--system-message)" in server.log.read_text()
+            return
+        raw = client.chat.completions.with_raw_response.create(model=qa_run.name, messages=messages)
+        assert raw.headers["x-quickft-system-message"].startswith("prepended to the user's message: ")
+        out = raw.parse()
+        together = f"{SYSTEM['content']}\n\n{question}"
+        chat = subprocess.run(
+            [sys.executable, "-m", "quickft", "chat", str(qa_run), "--prompt", together],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+        )
+        assert chat.returncode == 0, chat.stderr
+        assert out.choices[0].message.content == chat.stdout.rstrip("\n")
+        assert out.usage.prompt_tokens == prompt_tokens(tokenizer, together)
+        assert "system message prepended to the user's message" in log_line(server, out.id)
+    finally:
+        server.stop()
+
+
 # ---------------------------------------------------------------------------------------------- bad requests
 
 
@@ -510,6 +624,12 @@ def test_bad_run_directories_exit_2_before_loading(tmp_path, capsys):
         assert main(["serve", str(path), "--port", "0"]) == 2, path
         err = capsys.readouterr().err
         assert err.startswith("error: ") and says in err and "fix:" in err and "Traceback" not in err
+
+
+def test_an_unknown_system_message_choice_is_exit_2(qa_run, capsys):
+    assert main(["serve", str(qa_run), "--port", "0", "--system-message", "keep"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --system-message keep: unknown choice") and "drop, prepend or refuse" in err
 
 
 def test_help_is_fast_and_imports_no_server_or_model_library():

@@ -111,3 +111,39 @@ def test_clients_that_go_away_stop_their_generation_and_the_queue_is_bounded(end
         assert time.monotonic() - started < 5
     finally:
         server.stop()
+
+
+def test_the_log_says_how_long_a_request_waited_and_behind_how_many(endless_run, tmp_path):
+    """A request sent while another is answered waits its turn: its log line's time queued and count ahead, against
+    our own clock (it cannot begin before the one ahead of it has been answered)."""
+    import threading
+
+    from tests.test_serve import log_line, logged
+
+    server = Server(endless_run, tmp_path / "server.log", "--api-key", KEY).wait()
+    client = server.client()
+    messages = [{"role": "user", "content": "1 + 1"}]
+    try:
+        first: dict = {}
+
+        def long_answer():
+            first["out"] = client.chat.completions.create(model=endless_run.name, messages=messages, max_tokens=600)
+            first["done"] = time.monotonic()
+
+        thread = threading.Thread(target=long_answer)
+        thread.start()
+        wait_for(lambda: httpx.get(server.url + "/health", timeout=10).json()["answering"], 30, "the first answer")
+        sent = time.monotonic()
+        second = client.chat.completions.create(model=endless_run.name, messages=messages, max_tokens=2)
+        answered = time.monotonic()
+        thread.join(120)
+        assert first["out"].usage.completion_tokens == 600 and first["done"] - sent > 0.2, "it was still answering"
+
+        behind = logged(log_line(server, second.id))
+        assert behind["ahead"] == 1
+        assert first["done"] - sent - 0.5 <= behind["queued"] <= answered - sent, (behind, first["done"] - sent)
+        assert behind["generated"] == second.usage.completion_tokens == 2
+        ahead = logged(log_line(server, first["out"].id))
+        assert ahead["ahead"] == 0 and ahead["generated"] == 600 and ahead["queued"] < 0.5
+    finally:
+        server.stop()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROMPT, ROOT, write_recipe
+from tests.conftest import PROMPT, ROOT, SUMS, write_recipe
 
 CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's chromium-driver: passed explicitly, so Selenium downloads nothing
 CHROMIUM = shutil.which("chromium")
@@ -49,29 +49,82 @@ def lora_body(model: Path, sums: Path, *, learning_rate: float, r: int, max_step
         """
 
 
+def pairs_file(path: Path) -> Path:
+    """Preference pairs on the sums: the right sum chosen, a wrong one rejected (as tests/test_preference.py)."""
+    import random
+
+    rng = random.Random(0)
+    pairs = [
+        {"prompt": f"¿Cuánto es {a} + {b}?", "chosen": str(a + b), "rejected": str(a + b + rng.choice([-1, 1, 10]))}
+        for a, b in SUMS
+    ]
+    path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+    return path
+
+
+def method_bodies(model: Path, sums: Path, pairs: Path) -> dict[str, str]:
+    """Tiny DPO, KTO and GRPO runs (as tests/test_preference*.py and tests/test_grpo.py train them); DPO logs every
+    step, so its first row is step 1's, where the policy is still the reference model."""
+
+    def common(path: Path) -> str:
+        return f"data=Data(path={str(path)!r}, prompt_template={PROMPT!r}, holdout=4), micro_batch_size=8, max_new_tokens=4"
+
+    return {
+        "dpo": f"""
+            from quickft import DPO
+
+            recipe = Recipe(model={str(model)!r}, method="dpo", dpo=DPO(beta=0.1), max_seq_length=64, max_steps=6,
+                learning_rate=5e-3, logging_steps=1, {common(pairs)})
+            """,
+        "kto": f"""
+            from quickft import KTO
+
+            recipe = Recipe(model={str(model)!r}, method="kto", kto=KTO(beta=0.1), max_seq_length=64, max_steps=4,
+                learning_rate=5e-3, {common(pairs)})
+            """,
+        "grpo": f"""
+            from quickft import GRPO
+            from quickft.rewards import exact_answer
+
+            def shortest(completions, **kwargs):
+                return [-len(c) / 10 for c in completions]
+
+            recipe = Recipe(model={str(model)!r}, method="grpo", max_seq_length=48, max_steps=4, learning_rate=5e-3,
+                grpo=GRPO(rewards=[exact_answer(), shortest], reward_weights=[1.0, 0.5], num_generations=4),
+                {common(sums)})
+            """,
+    }
+
+
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory, tiny_model_dir, sums_file) -> Path:
-    """An outputs directory with two finished runs that differ in learning rate and LoRA rank (the real training).
-    Their data lie beside it, in the directory the studio is started from (it reads no data elsewhere)."""
+    """An outputs directory of finished runs (the real training): two SFT runs that differ in learning rate and
+    LoRA rank; one that answers "€€€" cut mid-character by max_new_tokens; a run of one step and no test cases; tiny
+    DPO, KTO and GRPO runs. Their data lie beside it, in the directory the studio is started from (it reads no data
+    elsewhere)."""
     from quickft.cli import main
 
     tmp = tmp_path_factory.mktemp("studio")
     out = tmp / "outputs"
     sums_file = Path(shutil.copy(sums_file, tmp / "sums.txt"))
-    # sums_a trains long enough to answer with digits (two-digit answers: streamed as two tokens)
-    for name, lr, r, steps in (("sums_a", 1e-2, 4, 40), ("sums_b", 2e-3, 8, 12)):
-        recipe = write_recipe(
-            tmp / f"{name}.py",
-            lora_body(
-                tiny_model_dir,
-                sums_file,
-                learning_rate=lr,
-                r=r,
-                max_steps=steps,
-                extra=f"eval=Eval(every={steps // 2}),",
-            ),
+    euros = tmp / "euros.txt"  # "€" is three bytes, each a token of the tiny tokenizer (trained on the sums)
+    euros.write_text(
+        "\n###\n".join(f"Pregunta: ¿Cuánto es {a} + {b}?\nRespuesta: €€€" for a, b in SUMS) + "\n", encoding="utf-8"
+    )
+    bodies = {
+        # sums_a trains long enough to answer with digits (two-digit answers: streamed as two tokens)
+        name: lora_body(
+            tiny_model_dir, sums_file, learning_rate=lr, r=r, max_steps=steps, extra=f"eval=Eval(every={steps // 2}),"
         )
-        assert main(["run", str(recipe), "--output-dir", str(out / name), "--quiet"]) == 0
+        for name, lr, r, steps in (("sums_a", 1e-2, 4, 40), ("sums_b", 2e-3, 8, 12))
+    }
+    bodies["euros"] = lora_body(tiny_model_dir, euros, learning_rate=1e-2, r=4, max_steps=20)
+    one_step = lora_body(tiny_model_dir, sums_file, learning_rate=1e-3, r=4, max_steps=1)
+    bodies["one_step"] = one_step.replace("holdout=4", "holdout=0").replace("logging_steps=2", "logging_steps=1")
+    bodies |= method_bodies(tiny_model_dir, sums_file, pairs_file(tmp / "pairs.jsonl"))
+    for name, body in bodies.items():
+        recipe = write_recipe(tmp / f"{name}.py", body)
+        assert main(["run", str(recipe), "--output-dir", str(out / name), "--quiet"]) == 0, name
     return out
 
 
@@ -203,6 +256,80 @@ def test_compare_uses_quickft_compares_settings_and_table(studio, outputs):
     assert cmp["table"][1]["ratios"]["final_loss"]["text"] != "-"
 
 
+SUMS_A_SETS = {
+    # what sums_a's recipe (lora_body) sets to other than the Recipe defaults ...
+    "model",
+    "data.path",
+    "data.prompt_template",
+    "data.holdout",
+    "lora.r",
+    "lora.alpha",
+    "lora.dropout",
+    "max_seq_length",
+    "micro_batch_size",
+    "learning_rate",
+    "max_steps",
+    "logging_steps",
+    "max_new_tokens",
+    "backend",
+    "eval.every",
+    # ... and what quickft run filled in: the run's name (the recipe file's), the data's format (found from it)
+    "name",
+    "data.format",
+}
+
+
+def test_settings_are_shown_against_the_recipe_defaults_for_the_runs_own_method(studio, outputs):
+    from quickft.recipe import Recipe
+
+    view = get(studio + "api/runs/sums_a")["settings"]
+    rows = {row["key"]: row for row in view["rows"]}
+    assert {key for key, row in rows.items() if row["differs"]} == SUMS_A_SETS
+    assert rows["learning_rate"]["value"] == 1e-2 and rows["learning_rate"]["default"] == Recipe.learning_rate
+    assert rows["lora.r"]["default"] == 16 and rows["model"]["required"]
+    assert not any(key.startswith(("dpo.", "orpo.", "simpo.", "kto.", "grpo.")) for key in rows)
+    assert view["hidden_sections"] == ["dpo", "orpo", "simpo", "kto", "grpo"]
+    dpo = {row["key"] for row in get(studio + "api/runs/dpo")["settings"]["rows"]}
+    assert {"dpo.beta", "dpo.loss_type", "lora.r"} <= dpo and not any(k.startswith(("kto.", "grpo.")) for k in dpo)
+
+
+def running_copy(outputs: Path, name: str, tmp_path: Path) -> Path:
+    from quickft.rundir import set_status
+
+    run = tmp_path / name
+    shutil.copytree(outputs / name, run)
+    set_status(run, "running")
+    return run
+
+
+def test_progress_says_estimating_until_the_pace_is_measured_and_counts_epochs(tmp_path, outputs):
+    """A run's progress from its rows: "estimating" on the first rows (the first step's time holds the warm-up);
+    with epochs instead of max_steps, the planned steps are the data's batches times the epochs."""
+    from quickft.studio.runs import STABLE_AFTER, progress
+
+    run = running_copy(outputs, "sums_a", tmp_path)
+    rows = rows_of(run / "metrics.jsonl")
+    train = [r for r in rows if "loss" in r]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train[:2]), encoding="utf-8")
+    early = progress(run)
+    assert early["estimating"] and early["eta_s"] is None
+    assert (early["step"], early["planned"], early["fraction"]) == (4, 40, 0.1)
+
+    # the same rows spread over more time (a slower machine): the pace is measured, the time left follows from it
+    slow = [r | {"elapsed_s": 10.0 * r["step"]} for r in train]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in slow[:10]), encoding="utf-8")
+    assert 10 * (slow[9]["step"] - slow[0]["step"]) >= STABLE_AFTER[1]
+    measured = progress(run, now=(run / "metrics.jsonl").stat().st_mtime)
+    assert not measured["estimating"] and measured["pace_s"] == pytest.approx(10.0)
+    assert measured["eta_s"] == pytest.approx(10.0 * (40 - slow[9]["step"]))
+
+    recipe = json.loads((run / "recipe.json").read_text())
+    (run / "recipe.json").write_text(json.dumps(recipe | {"max_steps": None, "epochs": 2.0}))
+    batches = -(-(len(SUMS) - 4) // 8)  # the sums less the 4 held out, 8 to a micro-batch
+    by_epochs = progress(run)
+    assert by_epochs["planned"] == 2 * batches and not by_epochs["planned_exact"]
+
+
 def test_only_run_directories_under_outputs_are_read(studio):
     import httpx
 
@@ -221,8 +348,10 @@ def test_every_asset_is_served_by_the_studio_itself(studio):
 
     served = httpx.get(studio + "static/plotly.min.js", timeout=30)
     assert served.status_code == 200 and served.content == shipped.read_bytes()
-    script = get(studio + "static/studio.js")
-    assert not re.search(r"https?://", script), "the page's script fetches nothing from elsewhere"
+    scripts = [s for s in sources if s.endswith(".js") and "plotly" not in s]
+    assert {"/static/studio.js", "/static/plots.js", "/static/tabs.js"} <= set(scripts)
+    for script in scripts:
+        assert not re.search(r"https?://", get(studio + script[1:])), f"{script} fetches nothing from elsewhere"
 
 
 def post(url: str, body: dict, **options):
@@ -571,13 +700,81 @@ def points(driver, div: str) -> int:
     )
 
 
-@needs_chromium
-def test_the_page_follows_a_run_as_it_trains_compares_and_chats(studio, outputs, browser, tiny_model_dir, sums_file):
-    shots = Path(os.environ.get("QUICKFT_STUDIO_SHOTS", outputs.parent / "screenshots"))
-    shots.mkdir(parents=True, exist_ok=True)
-    recipe = write_recipe(
-        outputs.parent / "live.py", lora_body(tiny_model_dir, sums_file, learning_rate=1e-3, r=4, max_steps=400)
+@pytest.fixture
+def shots(outputs) -> Path:
+    """Where the browser tests leave their screenshots (test artifacts): QUICKFT_STUDIO_SHOTS, else beside the
+    module's outputs."""
+    folder = Path(os.environ.get("QUICKFT_STUDIO_SHOTS", outputs.parent / "screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def traces(driver, div: str) -> dict[str, tuple[list, list]]:
+    """The lines a plot on the page draws: {legend name: (steps, values)}."""
+    return {
+        t["name"]: (t["x"], t["y"])
+        for t in driver.execute_script(
+            f"return document.getElementById('{div}').data.map(t => ({{name: t.name, x: t.x, y: t.y}}));"
+        )
+    }
+
+
+def panel_texts(driver, panel: str) -> dict:
+    """What a panel shows in words: its title, caption, legend entries, axis tick labels and any note in it."""
+    return driver.execute_script(
+        f"""const box = document.getElementById('{panel}-box');
+        const all = (sel) => [...box.querySelectorAll(sel)].map((n) => n.textContent);
+        return {{title: box.querySelector('.plot-title').textContent, caption: box.querySelector('figcaption')
+          .textContent, legend: all('.legendtext'), x: all('.xtick text'), y: all('.ytick text'),
+          notes: all('.annotation-text')}};"""
     )
+
+
+def legend_outside_the_data(driver, panel: str) -> bool | None:
+    """Whether the plot's legend box lies clear of its data area (None: no legend shown)."""
+    return driver.execute_script(
+        f"""const d = document.getElementById('{panel}'); const legend = d.querySelector('.legend');
+        if (!legend) return null;
+        const a = legend.getBoundingClientRect(), b = d.querySelector('.nsewdrag').getBoundingClientRect();
+        return a.bottom <= b.top + 1 || a.top >= b.bottom - 1 || a.right <= b.left + 1 || a.left >= b.right - 1;"""
+    )
+
+
+def open_run(driver, studio: str, name: str, *, panel: str = "plot-loss") -> None:
+    driver.get(studio + "#/run/" + name)
+    driver.refresh()  # a new hash alone would keep the page: every run page starts afresh
+    wait_for(lambda: points(driver, panel), 30, f"{name}'s curves")
+
+
+def full_shot(driver, path: Path) -> None:
+    """A screenshot of the whole page (the window made as tall as the page, then put back)."""
+    width, height = driver.get_window_size().values()
+    driver.set_window_size(width, max(height, driver.execute_script("return document.body.scrollHeight;") + 20))
+    time.sleep(0.5)  # plotly redraws at the new size
+    driver.save_screenshot(str(path))
+    driver.set_window_size(width, height)
+
+
+def train_rows(run: Path) -> list[dict]:
+    return [r for r in rows_of(run / "metrics.jsonl") if "loss" in r]
+
+
+def duration_s(text: str) -> float:
+    """The page's durations ("42 s", "3 min 05 s", "1 h 04 min") in seconds."""
+    units = {"h": 3600, "min": 60, "s": 1}
+    found = re.findall(r"(\d+) (h|min|s)\b", text)
+    assert found, text
+    return sum(int(n) * units[u] for n, u in found)
+
+
+@needs_chromium
+def test_the_page_follows_a_run_as_it_trains_compares_and_chats(
+    studio, outputs, browser, tiny_model_dir, sums_file, shots
+):
+    recipe = write_recipe(
+        outputs.parent / "live.py", lora_body(tiny_model_dir, sums_file, learning_rate=1e-3, r=4, max_steps=2000)
+    )
+    started = time.monotonic()
     live = subprocess.Popen(
         [sys.executable, "-m", "quickft", "run", str(recipe), "--output-dir", str(outputs / "live"), "--quiet"],
         stdout=subprocess.DEVNULL,
@@ -591,12 +788,31 @@ def test_the_page_follows_a_run_as_it_trains_compares_and_chats(studio, outputs,
         wait_for(lambda: browser.find_elements("css selector", "tr[data-run=sums_a]"), 20, "the runs list")
         metrics = outputs / "live" / "metrics.jsonl"
         wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 1, 90, "the live run's first row")
+        first_row = (time.monotonic(), train_rows(outputs / "live")[-1]["step"])  # our own clock, and the step then
         browser.get(studio + "#/run/live")
         first = wait_for(lambda: points(browser, "plot-loss"), 30, "the live run's loss curve")
         status = browser.find_element("css selector", "#run-status .status").get_attribute("data-status")
         assert status == "running"
         wait_for(lambda: points(browser, "plot-loss") >= first + 3, 30, "the curve to gain points while training")
         assert live.poll() is None, "the run is still training: the points came from polling, not a reload"
+        # no test cases are scored while it trains (no eval.every): that panel waits, saying so
+        assert panel_texts(browser, "plot-score")["notes"] == ["nothing recorded yet"]
+
+        # progress: the step of 2,000, the time trained, the time left at the recent pace (once it is measured)
+        eta = wait_for(
+            lambda: re.search(r"about (.+) left", browser.find_element("id", "progress-eta").text), 90, "the time left"
+        ).group(1)
+        now, shown = time.monotonic(), browser.find_element("id", "run-progress").text
+        step = int(re.search(r"step (\d+) of 2000 \((\d+)%\)", shown).group(1))
+        assert f"step {step} of 2000 ({100 * step // 2000}%)" in shown
+        logged = train_rows(outputs / "live")[-1]["step"]
+        assert step <= logged, "a step the run has logged"
+        trained = duration_s(browser.find_element("id", "progress-elapsed").text)
+        assert now - first_row[0] - 3 <= trained <= now - started + 1, (trained, now - first_row[0], now - started)
+        # the time left against our own clock's pace between the first row and now (the machine is shared: 4x)
+        ours = (now - first_row[0]) / (logged - first_row[1])
+        left = duration_s(eta)
+        assert ours * (2000 - step) / 4 - 2 <= left <= ours * (2000 - step) * 4 + 2, (left, ours, step)
         browser.save_screenshot(str(shots / "live_run.png"))
 
         # the runs list shows it running
@@ -607,19 +823,19 @@ def test_the_page_follows_a_run_as_it_trains_compares_and_chats(studio, outputs,
 
     # compare: two runs overlaid, and the settings that differ
     browser.get(studio + "#/compare/sums_a,sums_b")
-    traces = wait_for(
+    count = wait_for(
         lambda: browser.execute_script(
             "const d = document.getElementById('cmp-loss'); return d && d.data ? d.data.length : 0;"
         ),
         30,
         "the compare plot",
     )
-    assert traces == 2
+    assert count == 2
     names = browser.execute_script("return document.getElementById('cmp-loss').data.map(t => t.name);")
     assert names == ["sums_a", "sums_b"]
     settings = browser.find_element("id", "cmp-settings").text
     assert "learning_rate" in settings and "lora.r" in settings
-    browser.save_screenshot(str(shots / "compare.png"))
+    full_shot(browser, shots / "compare.png")
 
     # chat: the answer streams in, in pieces
     case = two_token_case(outputs / "sums_a")
@@ -635,8 +851,161 @@ def test_the_page_follows_a_run_as_it_trains_compares_and_chats(studio, outputs,
     assert int(answer.get_attribute("data-chunks")) >= 2
     browser.save_screenshot(str(shots / "chat.png"))
 
-    # the masking preview: a POST of JSON from the page, each example's tokens shown (they were once "[object ...]")
+    # the masking preview: a POST of JSON from the page, each example's tokens shown as text (they were once shown as
+    # "[object HTMLDivElement],[object HTMLDivElement]": an array handed to replaceChildren unspread)
     browser.find_element("css selector", "button[data-tab='data masking']").click()
     browser.find_element("id", "masking-show").click()
     trained = wait_for(lambda: browser.find_elements("css selector", "#masking .tokens .trained"), 120, "the preview")
     assert trained[0].text.strip().isdigit(), "the answer (a sum) is what the loss sees"
+    page = browser.find_element("id", "masking").get_attribute("textContent")
+    assert "[object" not in page
+    expected = post(studio + "api/runs/sums_a/masking", {"n": 3}).json()["examples"]
+    shown = [n.get_attribute("textContent") for n in browser.find_elements("css selector", "#masking .tokens")]
+    assert len(shown) == 3
+    for text, example in zip(shown, expected, strict=True):
+        assert text.startswith("".join(p["text"] for p in example["pieces"]))
+    browser.save_screenshot(str(shots / "masking.png"))
+
+
+@needs_chromium
+def test_preference_and_grpo_runs_show_their_trainers_curves(studio, outputs, browser, shots):
+    """DPO's and KTO's rewards, margin and chosen wins (DPO), GRPO's reward, its spread and the groups with none:
+    each line the figures TRL logged into metrics.jsonl, each legend clear of the data."""
+    dpo = train_rows(outputs / "dpo")
+    assert dpo[0]["step"] == 1 and dpo[0]["rewards/chosen"] == dpo[0]["rewards/rejected"] == 0.0  # the reference
+    open_run(browser, studio, "dpo", panel="plot-rewards")
+    steps = [r["step"] for r in dpo]
+    rewards = traces(browser, "plot-rewards")
+    assert rewards["chosen answers"] == (steps, [r["rewards/chosen"] for r in dpo])
+    assert rewards["rejected answers"] == (steps, [r["rewards/rejected"] for r in dpo])
+    assert rewards["policy = reference (rewards 0)"] == ([1], [0.0])
+    assert traces(browser, "plot-margin")["margin"] == (steps, [r["rewards/margins"] for r in dpo])
+    wins = traces(browser, "plot-wins")["chosen wins"]  # step 1's 0% would be TRL counting ties: not drawn
+    assert wins[0] == steps[1:] and wins[1] == pytest.approx([100 * r["rewards/accuracies"] for r in dpo[1:]])
+    words = panel_texts(browser, "plot-rewards")
+    assert words["title"] == "rewards of the chosen and rejected answers"
+    assert "At step 1 the policy is still the reference model: every reward is 0" in words["caption"]
+    assert "Not drawn at step 1" in panel_texts(browser, "plot-wins")["caption"]
+    panels = browser.execute_script("return [...document.querySelectorAll('.plot')].map((d) => d.id);")
+    assert panels == [f"plot-{p}" for p in ("loss", "rewards", "margin", "wins", "score", "lr", "grad", "speed")] + [
+        "plot-memory"
+    ]
+    for panel in panels:
+        assert legend_outside_the_data(browser, panel) is not False, panel
+    assert legend_outside_the_data(browser, "plot-rewards"), "a legend is drawn, above the data"
+    full_shot(browser, shots / "dpo_curves.png")
+
+    kto = train_rows(outputs / "kto")
+    open_run(browser, studio, "kto", panel="plot-rewards")
+    rewards = traces(browser, "plot-rewards")
+    assert rewards["desirable answers"][1] == [r["rewards/chosen"] for r in kto]
+    assert rewards["undesirable answers"][1] == [r["rewards/rejected"] for r in kto]
+    assert traces(browser, "plot-kl")["KL estimate"][1] == [r["kl"] for r in kto]
+    assert "micro-batches holding both kinds" in panel_texts(browser, "plot-margin")["caption"]
+    assert not browser.find_elements("id", "plot-wins"), "KTO judges answers one at a time: no pair wins"
+
+    grpo = train_rows(outputs / "grpo")
+    open_run(browser, studio, "grpo", panel="plot-reward")
+    steps = [r["step"] for r in grpo]
+    reward = traces(browser, "plot-reward")
+    assert reward["reward (weighted sum)"] == (steps, [r["reward"] for r in grpo])
+    assert reward["± spread over the answers"][1] == pytest.approx([r["reward"] + r["reward_std"] for r in grpo])
+    assert reward["reward − spread"][1] == pytest.approx([r["reward"] - r["reward_std"] for r in grpo])
+    for name in ("exact_answer", "shortest"):
+        assert reward[name] == (steps, [r[f"rewards/{name}/mean"] for r in grpo])
+    groups = traces(browser, "plot-groups")
+    assert groups["groups with no spread"][1] == pytest.approx([100 * r["frac_reward_zero_std"] for r in grpo])
+    assert panel_texts(browser, "plot-loss")["title"] == "GRPO objective"
+    for panel in ("plot-reward", "plot-groups", "plot-loss"):
+        assert legend_outside_the_data(browser, panel), panel
+    full_shot(browser, shots / "grpo_curves.png")
+
+
+@needs_chromium
+def test_axes_say_what_they_show_and_an_empty_panel_says_why(studio, outputs, browser, shots):
+    """Memory from 0; a one-step run's step axis in whole steps; a finished run's empty panel says it was not
+    recorded (the live run's says "yet": the browser test above)."""
+    open_run(browser, studio, "one_step")
+    assert points(browser, "plot-loss") == 1
+    for panel in ("plot-loss", "plot-lr", "plot-memory"):
+        ticks = panel_texts(browser, panel)["x"]
+        assert ticks and all(t.isdigit() for t in ticks), (panel, ticks)
+    memory = panel_texts(browser, "plot-memory")["y"]
+    assert memory[0] == "0" and browser.execute_script(
+        "return document.getElementById('plot-memory')._fullLayout.yaxis.range[0];"
+    ) == pytest.approx(0)
+    assert panel_texts(browser, "plot-score")["notes"] == ["no test cases were scored in this run"]
+    full_shot(browser, shots / "one_step.png")
+    for name in ("sums_a", "dpo", "grpo"):
+        open_run(browser, studio, name)
+        notes = browser.execute_script(
+            "return [...document.querySelectorAll('.annotation-text')].map((n) => n.textContent);"
+        )
+        assert not any("yet" in note for note in notes), (name, notes)
+        assert browser.find_element("id", "run-progress").text == "", "progress is for a running run"
+
+
+@needs_chromium
+def test_the_settings_tab_highlights_what_differs_from_the_recipe_defaults(studio, outputs, browser, shots):
+    def rows():
+        return {
+            row.get_attribute("data-key"): row
+            for row in browser.find_elements("css selector", "#settings tr[data-key]")
+        }
+
+    for name, own in (("sums_a", None), ("dpo", "dpo")):
+        open_run(browser, studio, name)
+        browser.find_element("css selector", "button[data-tab=settings]").click()
+        shown = rows()
+        sections = {key.split(".")[0] for key in shown if key.split(".")[0] in ("dpo", "orpo", "simpo", "kto", "grpo")}
+        assert sections == ({own} if own else set()), "only the run's own method's settings"
+        if name == "sums_a":
+            highlighted = {key for key, row in shown.items() if "differs" in row.get_attribute("class")}
+            assert highlighted == SUMS_A_SETS
+            lr = shown["learning_rate"].find_elements("css selector", "td")
+            assert [td.text for td in lr] == ["learning_rate", "0.01", "0.0002"]
+            colour = lr[1].value_of_css_property("background-color")
+            same = shown["seed"].find_elements("css selector", "td")
+            assert colour != same[1].value_of_css_property("background-color") and same[2].text == "default"
+            full_shot(browser, shots / "settings.png")
+            browser.find_element("id", "settings-differ-only").click()
+            visible = {key for key, row in rows().items() if row.is_displayed()}
+            assert visible == SUMS_A_SETS
+        else:
+            assert (
+                "Not shown: the settings of other methods (orpo, simpo, kto, grpo)"
+                in browser.find_element("id", "pane").text
+            )
+
+
+@needs_chromium
+def test_base_vs_fine_tuned_leaves_invalid_utf8_out_as_chat_does(studio, outputs, browser, shots):
+    """The euros run answers "€€€" cut by max_new_tokens after a byte of the second "€": the test cases (decoded
+    whole) keep U+FFFD for it; `quickft chat` and the page's base vs fine-tuned leave it out, and say so."""
+    case = rows_of(outputs / "euros" / "samples.jsonl")[0]
+    assert "\ufffd" in case["answer"], case
+    cli = subprocess.run(
+        [sys.executable, "-m", "quickft", "chat", str(outputs / "euros"), "--prompt", question(case)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.strip() == case["answer"].replace("\ufffd", "").strip()
+    invalid = case["answer"].count("\ufffd")
+    assert f"{invalid} piece(s) of invalid UTF-8 left out" in cli.stderr
+
+    open_run(browser, studio, "euros")
+    browser.find_element("css selector", "button[data-tab=chat]").click()
+    browser.find_element("id", "chat-input").send_keys(question(case))
+    browser.find_element("id", "chat-base").click()
+    tuned = wait_for(
+        lambda: (t := browser.find_element("css selector", "#chat-compare .tuned").text) != "..." and t,
+        240,
+        "base vs fine-tuned",
+    )
+    assert tuned == cli.stdout.strip()
+    shown = browser.find_element("id", "chat-compare").text
+    assert "\ufffd" not in shown and f"{invalid} piece(s) of invalid UTF-8 left out" in shown
+    browser.save_screenshot(str(shots / "base_vs_fine_tuned.png"))

@@ -19,6 +19,11 @@ a client waits while the answers before it are generated. Rendering and token co
 (the tokenizer is not shared between threads). At most --max-queue requests wait (503 past it, as Ollama), and a
 client that disconnects, streamed or not, waiting or answered, stops its generation.
 
+A system message to a run trained without a system prompt (prompt/response or text data; chat front-ends send one
+by default) is dropped, put before the user's message, or refused with a 400, as --system-message says; the response's
+X-Quickft-System-Message header and the request's log line say which. Each request is logged in one line (its
+tokens, its time queued, to its first token and in all: app.RequestLog), as vLLM logs them.
+
 Errors are OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: 400 a malformed or unsupported
 request (bad JSON, a missing or mistyped field, n > 1, max_tokens past the model's context, a parameter quickft does
 not implement), 401 a missing or wrong API key, 403 a request from a web page of another origin, 404 an unknown
@@ -102,6 +107,7 @@ def main(
     api_key: str | None = None,
     allow_remote: bool = False,
     max_queue: int = MAX_QUEUE,
+    system_message: str = "drop",
 ) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -116,6 +122,8 @@ def main(
             f"--host {host} listens beyond this machine: anyone who can reach it can use the model",
             hint="add --allow-remote to mean it (and --api-key KEY to require a key), or leave --host at 127.0.0.1",
         )
+    if system_message not in ("drop", "prepend", "refuse"):
+        raise UserError(f"--system-message {system_message}: unknown choice", hint="use drop, prepend or refuse")
     if api_key is not None and not api_key.strip():
         raise UserError("--api-key is empty", hint="give a key, or leave --api-key (and QUICKFT_API_KEY) unset")
     target = what_to_serve(run_dir)
@@ -124,7 +132,8 @@ def main(
     session = load_merged(target) if target["kind"] == "merged" else load_session(target["dir"])
     run_path: Path = target["run"]["dir"]
     model_id = run_path.name + ("-merged" if target["kind"] == "merged" else "")
-    service = Service(session, model_id, created=int((run_path / "status.json").stat().st_mtime), max_queue=max_queue)
+    created = int((run_path / "status.json").stat().st_mtime)
+    service = Service(session, model_id, created=created, max_queue=max_queue, system_message=system_message)
     app = make_app(service, api_key=api_key, host=host, allow_remote=allow_remote)
     bound_host, bound_port = sock.getsockname()[:2]
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -141,6 +150,13 @@ def main(
         f"(the run's, as quickft chat); context {service.context} tokens",
         highlight=False,
     )
+    if session.style != "chat":
+        done = {"drop": "dropped", "prepend": "put before the user's message", "refuse": "refused (400)"}
+        err.print(
+            f"system messages: {done[system_message]} (--system-message): this run was trained on "
+            f"{session.recipe.data.format} data, which has no system prompt; each request's log line says so",
+            highlight=False,
+        )
     err.print(
         f"serving {model_id!r} on http://{url_host}:{bound_port}/v1 · {reach} · {key} · {CONCURRENCY}",
         highlight=False,
@@ -149,7 +165,13 @@ def main(
     import uvicorn
 
     # the connections: the waiting requests, the one answered, and room for /health and /v1/models beside them
+    # uvicorn's access log off: the app logs one line per request itself (app.RequestLog)
     config = uvicorn_config(
-        app, limit_concurrency=max_queue + 32, log_level="info", timeout_graceful_shutdown=5, lifespan="off"
+        app,
+        limit_concurrency=max_queue + 32,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        lifespan="off",
     )
     uvicorn.Server(config).run(sockets=[sock])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import sys
 import time
 import uuid
 
@@ -27,9 +28,12 @@ class ClientGone(Exception):
     """The client disconnected before its answer: nothing is sent (there is no one to send it to)."""
 
 
-def make_app(service: Service, *, api_key: str | None = None, host: str = "127.0.0.1", allow_remote: bool = False):
-    """The FastAPI app over `service`, behind listen.guard (the Host and Origin checks). Bodies are read and checked
-    here (schema.parse), not by FastAPI's own validation, so that every error, 413 included, is OpenAI's shape."""
+def make_app(
+    service: Service, *, api_key: str | None = None, host: str = "127.0.0.1", allow_remote: bool = False, log=None
+):
+    """The FastAPI app over `service`, behind listen.guard (the Host and Origin checks), every request logged in one
+    line (RequestLog, to `log`: stderr by default). Bodies are read and checked here (schema.parse), not by FastAPI's
+    own validation, so that every error, 413 included, is OpenAI's shape."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException
@@ -134,6 +138,7 @@ def make_app(service: Service, *, api_key: str | None = None, host: str = "127.0
                 prompt = prompt[0]
         params = service.session.params
         job = Job(
+            id=f"{'chatcmpl' if isinstance(body, ChatRequest) else 'cmpl'}-{uuid.uuid4().hex}",
             messages=getattr(body, "messages", None),
             prompt=prompt,
             max_tokens=max_tokens,
@@ -144,6 +149,7 @@ def make_app(service: Service, *, api_key: str | None = None, host: str = "127.0
             loop=asyncio.get_running_loop(),
         )
         service.submit(job)
+        request.state.job = job  # for the request's log line
         job.watcher = asyncio.create_task(watch(request, job))
         try:
             _, value = await next_event(job)  # its turn has come
@@ -175,10 +181,14 @@ def make_app(service: Service, *, api_key: str | None = None, host: str = "127.0
     def sse(data) -> str:
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
+    def notes(job: Job) -> dict:
+        """Response headers saying what was done with the request beyond OpenAI's API: a system message dropped or
+        prepended (the run was trained without one)."""
+        return {"X-Quickft-System-Message": job.system} if job.system else {}
+
     def streamed(body: ApiRequest, job: Job, start_info: dict, *, chat: bool) -> StreamingResponse:
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         head = {
-            "id": rid,
+            "id": job.id,
             "object": "chat.completion.chunk" if chat else "text_completion",
             "created": int(time.time()),
             "model": service.model_id,
@@ -214,7 +224,9 @@ def make_app(service: Service, *, api_key: str | None = None, host: str = "127.0
             finally:
                 finish(job)  # the client went away (or the answer is done): stop generating
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"} | notes(job)
+        )
 
     @app.get("/health")
     async def health():
@@ -242,8 +254,8 @@ def make_app(service: Service, *, api_key: str | None = None, host: str = "127.0
         if body.stream:
             return streamed(body, job, start_info, chat=True)
         text, done = await answer(job)
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
+        answered = {
+            "id": job.id,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": service.model_id,
@@ -257,6 +269,7 @@ def make_app(service: Service, *, api_key: str | None = None, host: str = "127.0
             ],
             "usage": usage(start_info, done),
         }
+        return JSONResponse(answered, headers=notes(job))
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -264,16 +277,77 @@ def make_app(service: Service, *, api_key: str | None = None, host: str = "127.0
         if body.stream:
             return streamed(body, job, start_info, chat=False)
         text, done = await answer(job)
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex}",
+        answered = {
+            "id": job.id,
             "object": "text_completion",
             "created": int(time.time()),
             "model": service.model_id,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": done["finish_reason"]}],
             "usage": usage(start_info, done),
         }
+        return JSONResponse(answered, headers=notes(job))
 
     def refuse(status: int, message: str):
         return JSONResponse(ApiError(status, message).body(), status_code=status)
 
-    return guard(app, host=host, allow_remote=allow_remote, refuse=refuse)
+    return RequestLog(guard(app, host=host, allow_remote=allow_remote, refuse=refuse), log or _stderr)
+
+
+# ---------------------------------------------------------------------------------------------- the log
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class RequestLog:
+    """One line per request once it is answered (or its client has gone), as vLLM logs each request: the client,
+    the route, the status, and for an answer its id, its tokens (the prompt as the model saw it, the generated ones,
+    end-of-sequence included), its time in the queue (with how many requests were ahead of it), to its first token
+    and in all (from the request's arrival), its generation rate, why it ended, and what was done with a system
+    message the run has no place for. uvicorn's own access log is off (serve's main): this replaces it."""
+
+    def __init__(self, app, write):
+        self.app, self.write = app, write
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        arrived, status = time.perf_counter(), None
+        state = scope.setdefault("state", {})  # request.state's dict: the handler leaves its Job there
+
+        async def sending(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self.write(request_line(scope, status, arrived, time.perf_counter(), state.get("job")))
+
+
+def request_line(scope, status: int | None, arrived: float, ended: float, job: Job | None) -> str:
+    client = "{}:{}".format(*scope["client"]) if scope.get("client") else "-"
+    parts = [f"INFO:     {client} {scope['method']} {scope['path']} {status or 'gone'}"]
+    if job is not None:
+        if job.prompt_tokens is not None:
+            parts[0] += f" {job.id}"
+            parts.append(f"prompt {job.prompt_tokens} tokens")
+        if job.completion_tokens is not None:
+            generating = job.ended - job.began if job.ended and job.began else 0.0
+            rate = f" ({job.completion_tokens / generating:.1f} tokens/s)" if generating > 0 else ""
+            parts.append(f"{job.completion_tokens} generated{rate}")
+        if job.began is not None:
+            parts.append(f"queued {job.began - job.submitted:.3f} s ({job.ahead} ahead)")
+        if job.first_token is not None:
+            parts.append(f"first token {job.first_token - arrived:.3f} s")
+        if job.finish_reason:
+            parts.append(job.finish_reason)
+        elif job.began is not None and job.prompt_tokens is not None:
+            parts.append("client gone before the end")
+        if job.system:
+            parts.append(f"system message {job.system}")
+    parts.append(f"{ended - arrived:.3f} s in all")
+    return " · ".join(parts)

@@ -6,12 +6,17 @@ import asyncio
 import collections
 import contextlib
 import threading
+import time
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from quickft.errors import UserError
 from quickft.serve.schema import ApiError, Message
 
 CONCURRENCY = "one request at a time, in arrival order (a queue, no batching)"
+SystemMessage = Literal["drop", "prepend", "refuse"]
+"""What a run trained without a system prompt (prompt/response or text data) does with a request's system message:
+leave it out, put it before the user's message, or answer 400 (--system-message)."""
 
 
 # ---------------------------------------------------------------------------------------------- stop strings
@@ -73,6 +78,21 @@ class Job:
     """Set when the client has gone (or the answer is done): generation stops, a queued job is skipped."""
     watcher: asyncio.Task | None = None
     """The task that sets `halt` when the client disconnects (app.watch)."""
+    id: str = ""
+    """The response's id (chatcmpl-..., cmpl-...), which the request's log line names too."""
+    system: str | None = None
+    """What was done with a system message the run has no place for ("dropped: ..." or "prepended ...")."""
+    # the request's log line (app.RequestLog): its clock (time.perf_counter) and counts
+    submitted: float = field(default_factory=time.perf_counter)
+    ahead: int = 0
+    """Requests waiting or being answered when it was queued."""
+    began: float | None = None
+    """When its turn came."""
+    first_token: float | None = None
+    ended: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
 
     def send(self, kind: str, value=None) -> None:
         try:
@@ -84,10 +104,11 @@ class Job:
 class Service:
     """The served model, and the single thread that answers every request in turn."""
 
-    def __init__(self, session, model_id: str, *, created: int, max_queue: int):
+    def __init__(self, session, model_id: str, *, created: int, max_queue: int, system_message: SystemMessage = "drop"):
         import torch
 
         self.session, self.model_id, self.created = session, model_id, created
+        self.system_message = system_message
         self.context = context_length(session.model, session.tokenizer)
         self.max_queue = max_queue
         self._waiting: collections.deque[Job] = collections.deque()
@@ -108,6 +129,7 @@ class Service:
                     "try again later",
                     code="server_busy",
                 )
+            job.ahead = len(self._waiting) + (self.answering is not None)
             self._waiting.append(job)
             self._turn.notify()
 
@@ -151,14 +173,22 @@ class Service:
                 400, "messages: the last message must be the user's: it is what the model answers", param="messages"
             )
         if session.style != "chat":
-            if system:
-                raise ApiError(
-                    400,
-                    f"messages: this run was trained on {session.recipe.data.format} data, which has no system prompt",
-                    param="messages",
-                )
             # a single-turn run answers the last message on its own, as `quickft chat` does
-            return build_prompt(session, turns[-1].text())
+            text = turns[-1].text()
+            if system:  # chat front-ends send one by default: --system-message says what becomes of it
+                why = f"this run was trained on {session.recipe.data.format} data, which has no system prompt"
+                if self.system_message == "refuse":
+                    raise ApiError(
+                        400,
+                        f"messages: {why} (quickft serve --system-message refuse); leave the system message out",
+                        param="messages",
+                    )
+                if self.system_message == "prepend":
+                    text = "\n\n".join([*system, text])
+                    job.system = f"prepended to the user's message: {why}"
+                else:
+                    job.system = f"dropped: {why}"
+            return build_prompt(session, text)
         history = [{"role": m.role, "content": m.text()} for m in turns[:-1]]
         view = replace(session, history=history, system="\n\n".join(system) or None)
         try:
@@ -170,8 +200,9 @@ class Service:
         from quickft.generation import prompt_batch, stream
 
         session = self.session
+        job.began = time.perf_counter()
         prompt = self.render(job)
-        prompt_tokens = prompt_batch(session.tokenizer, [prompt], "cpu")["input_ids"].shape[1]
+        prompt_tokens = job.prompt_tokens = prompt_batch(session.tokenizer, [prompt], "cpu")["input_ids"].shape[1]
         max_tokens = job.max_tokens
         if self.context is not None:
             room = self.context - prompt_tokens
@@ -211,6 +242,7 @@ class Service:
         # closing `pieces` ends generation (a stop string, or the client went away)
         with own_generator(job.seed, session.model.device), contextlib.closing(pieces):
             for piece in pieces:
+                job.first_token = job.first_token or time.perf_counter()
                 if text := cut.feed(piece):
                     job.send("text", text)
                 if cut.hit or job.halt.is_set():
@@ -220,6 +252,7 @@ class Service:
         tokens = stats.get("tokens", 0)  # generated, end-of-sequence included: what the model really produced
         # "length" only when max_tokens cut the answer: an end-of-sequence as the last allowed token is a natural stop
         reason = "stop" if cut.hit or stats.get("eos") or tokens < max_tokens else "length"
+        job.ended, job.completion_tokens, job.finish_reason = time.perf_counter(), tokens, reason
         job.send("done", {"finish_reason": reason, "completion_tokens": tokens})
 
 

@@ -2,8 +2,12 @@
 
 It loads the run as `quickft chat RUN --compare-base` does (chat.load_session with the base), says "ready" on
 stderr, then answers one JSON line per question on stdin, {"messages": [...]}, with one JSON line on stdout:
-{"tuned": ..., "base": ..., "base_label": ...} for the last user message (chat.answer_both: one prompt, no history,
-as --compare-base), or {"error": ...}.
+{"tuned": ..., "base": ..., "base_label": ..., "invalid_utf8": {"tuned": N, "base": M}} for the last user message
+(one prompt, no history, as --compare-base), or {"error": ...}.
+
+Each answer is generated as `quickft chat` generates what it prints (generation.stream): whole characters only, the
+bytes that never formed one (an answer cut mid-character, sampled garbage) left out and counted, never shown as
+U+FFFD.
 """
 
 from __future__ import annotations
@@ -14,8 +18,36 @@ import sys
 from quickft.errors import UserError
 
 
+def answer(session, text: str) -> tuple[str, int]:
+    """One greedy (or the run's sampling) answer to `text`, as chat streams it: (its text, invalid UTF-8 pieces)."""
+    from quickft.chat import build_prompt
+    from quickft.generation import stream
+
+    p, stats = session.params, {}
+    pieces = stream(
+        session.model,
+        session.tokenizer,
+        build_prompt(session, text),
+        max_new_tokens=p["max_new_tokens"],
+        temperature=p["temperature"],
+        top_p=p["top_p"],
+        stats=stats,
+    )
+    return "".join(pieces).strip(), stats.get("invalid_utf8", 0)
+
+
+def answer_both(session, text: str) -> dict:
+    """The fine-tuned model's answer, then the base model's (session.base: the adapter off)."""
+    if session.base is None:
+        raise UserError("this run's base model is not available")
+    tuned, tuned_invalid = answer(session, text)
+    with session.base(session):
+        base, base_invalid = answer(session, text)
+    return {"tuned": tuned, "base": base, "invalid_utf8": {"tuned": tuned_invalid, "base": base_invalid}}
+
+
 def main(run_dir: str) -> int:
-    from quickft.chat import answer_both, load_session
+    from quickft.chat import load_session
 
     try:
         session = load_session(run_dir, with_base=True)
@@ -27,13 +59,12 @@ def main(run_dir: str) -> int:
         try:
             messages = json.loads(line)["messages"]
             text = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-            tuned, base = answer_both(session, text)
-            answer = {"tuned": tuned, "base": base, "base_label": session.base_label, "prompt": text}
+            out = answer_both(session, text) | {"base_label": session.base_label, "prompt": text}
         except UserError as e:
-            answer = {"error": str(e)}
+            out = {"error": str(e)}
         except (ValueError, KeyError, TypeError, StopIteration):
-            answer = {"error": 'send {"messages": [...]} with a user message'}
-        print(json.dumps(answer, ensure_ascii=False), flush=True)
+            out = {"error": 'send {"messages": [...]} with a user message'}
+        print(json.dumps(out, ensure_ascii=False), flush=True)
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 from quickft.errors import UserError
@@ -155,16 +156,135 @@ def run_detail(path: Path) -> dict:
     recipe = read_json(path / "recipe.json")
     summary = _optional_json(path / "summary.json")
     cases = samples(path)
+    entry = run_entry(path)
+    final = (summary or {}).get("test_cases")
     return {
-        **run_entry(path),
+        **entry,
         "recipe": recipe,
+        "settings": settings_view(recipe),
         "backend_info": _optional_json(path / "backend.json"),
         "status_info": _optional_json(path / "status.json"),
         "target": (recipe.get("eval") or {}).get("target"),
+        "final_score": {"step": summary["train"]["steps"], "score": final["score"]} if final else None,
+        "progress": progress(path) if entry["status"] == "running" else None,
         "report": end_report(summary, cases),
         "samples": cases,
         "plots": sorted(p.name for p in path.glob("*.png")),
     }
+
+
+# ---------------------------------------------------------------------------------------------- a running run
+
+RECENT_S = 60.0
+"""The ETA's window: the pace (seconds per step) over the training rows of the last minute of this session."""
+STABLE_AFTER = (2, 5.0)
+"""The ETA says "estimating" until its window spans this many logging windows and seconds after the session's first
+logged step (whose time holds the warm-up: compilation, the first allocations)."""
+
+
+def _local_time(stamp: str | None) -> float | None:
+    """status.json's local timestamps ("2026-12-06T04:25:44") as seconds since the epoch."""
+    try:
+        return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) if stamp else None
+    except ValueError:
+        return None
+
+
+def progress(path: Path, now: float | None = None) -> dict:
+    """Where a running run is: its step of the planned steps (max_steps, else about epochs x steps per epoch), the
+    time it has trained (metrics.jsonl's elapsed_s, every session's, plus the time since its last row), and the time
+    left at its recent pace (RECENT_S), or "estimating" while that pace rests on too little (STABLE_AFTER). Before
+    the first logged step: the time since the run started (or resumed), setting up."""
+    now = time.time() if now is None else now
+    recipe = _optional_json(path / "recipe.json") or {}
+    status = _optional_json(path / "status.json") or {}
+    rows = [r for r in metric_rows(path) if "loss" in r]
+    max_steps = recipe.get("max_steps") or 0
+    if not rows:
+        began = _local_time(status.get("updated") if status.get("resumed_from") else status.get("started"))
+        return {
+            "phase": "setting up",
+            "step": 0,
+            "planned": max_steps if max_steps > 0 else None,
+            "planned_exact": max_steps > 0,
+            "fraction": 0.0,
+            "elapsed_s": max(0.0, now - began) if began else None,
+            "eta_s": None,
+            "estimating": True,
+            "pace_s": None,
+        }
+    last = rows[-1]
+    since_last = max(0.0, now - (path / "metrics.jsonl").stat().st_mtime)
+    if max_steps > 0:
+        planned, exact = max_steps, True
+    elif last.get("epoch"):  # epochs: the steps per epoch so far, times the epochs asked for
+        planned, exact = max(last["step"], round(recipe.get("epochs", 1.0) * last["step"] / last["epoch"])), False
+    else:
+        planned, exact = None, False
+    session = [r for r in rows if r.get("session_start_step") == last.get("session_start_step")]
+    recent = [r for r in session[:-1] if last["elapsed_s"] - r["elapsed_s"] <= RECENT_S] or session[-2:-1]
+    pace = None
+    if recent and last["step"] > recent[0]["step"]:
+        pace = (last["elapsed_s"] - recent[0]["elapsed_s"]) / (last["step"] - recent[0]["step"])
+    windows, measured = len(session) - 1, last["elapsed_s"] - session[0]["elapsed_s"]
+    estimating = pace is None or windows < STABLE_AFTER[0] or measured < STABLE_AFTER[1]
+    eta = None
+    if not estimating and planned is not None:
+        eta = max(0.0, (planned - last["step"]) * pace - since_last)
+    return {
+        "phase": "training",
+        "step": last["step"],
+        "planned": planned,
+        "planned_exact": exact,
+        "fraction": min(1.0, last["step"] / planned) if planned else None,
+        "elapsed_s": last["elapsed_s"] + since_last,
+        "eta_s": eta,
+        "estimating": estimating,
+        "pace_s": pace,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+METHOD_SECTIONS = ("dpo", "orpo", "simpo", "kto", "grpo")
+"""The recipe's sections of one method each: only the run's own is shown."""
+
+
+def _lookup(recipe: dict, key: str):
+    value = recipe
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def settings_view(recipe: dict) -> dict:
+    """recipe.json's settings, each beside the Recipe dataclass's default (what a recipe file that leaves it out
+    gets) and whether it differs; the run's own method's section only. `model` and `data.path` have no default."""
+    from quickft.recipe import Data, Recipe, field_paths, recipe_to_dict
+
+    defaults = recipe_to_dict(Recipe(model="", data=Data(path="")))
+    required = {"model", "data.path"}
+    method = recipe.get("method", "sft")
+    rows, hidden = [], []
+    for key in field_paths():
+        section = key.split(".")[0]
+        if section in METHOD_SECTIONS and section != method:
+            if section not in hidden:
+                hidden.append(section)
+            continue
+        value, default = _lookup(recipe, key), None if key in required else _lookup(defaults, key)
+        rows.append(
+            {
+                "key": key,
+                "value": value,
+                "default": default,
+                "required": key in required,
+                "differs": key in required or value != default,
+            }
+        )
+    return {"rows": rows, "hidden_sections": hidden, "method": method}
 
 
 def compare_runs(paths: list[Path]) -> dict:

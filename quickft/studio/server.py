@@ -95,7 +95,7 @@ def make_app(outputs: Path, plotly: Path, children: Children, *, host: str = "12
             raise HTTPException(400, "the body is not a JSON object")
         return data
 
-    files = {"studio.js": "text/javascript", "studio.css": "text/css"}
+    files = {name: "text/javascript" for name in ("studio.js", "plots.js", "tabs.js")} | {"studio.css": "text/css"}
 
     @app.get("/")
     async def index():
@@ -119,9 +119,12 @@ def make_app(outputs: Path, plotly: Path, children: Children, *, host: str = "12
 
     @app.get("/api/runs/{name}/metrics")
     def metrics(name: str, since: int = 0):
-        """Rows from `since` on (the page polls with the count it has), and the run's status now."""
+        """Rows from `since` on (the page polls with the count it has), the run's status now and, while it runs, its
+        progress (step, time trained, time left)."""
         path = find(name)
-        return {"since": since, "rows": r.metric_rows(path, since), "status": r.run_entry(path)["status"]}
+        status = r.run_entry(path)["status"]
+        progress = r.progress(path) if status == "running" else None
+        return {"since": since, "rows": r.metric_rows(path, since), "status": status, "progress": progress}
 
     @app.get("/api/runs/{name}/plots/{file}")
     async def plot(name: str, file: str):

@@ -9,18 +9,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from quickft.models.cache import cache_root
 from quickft.recipe import Scratch
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("QUICKFT_CACHE") or Path.home() / ".cache" / "quickft")
 
 
 def build_scratch(spec: Scratch, corpus: list[str], *, seed: int = 0) -> Path:

