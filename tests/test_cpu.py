@@ -198,7 +198,7 @@ def wide_model_dir(sums_file):
     from quickft.data import read_examples
     from quickft.encode import training_text
     from quickft.recipe import Scratch
-    from quickft.scratch import build_scratch
+    from quickft.models.scratch import build_scratch
 
     data = Data(path=str(sums_file), prompt_template=PROMPT)
     corpus = [training_text(ex, data) for ex in read_examples(sums_file, data)]
