@@ -331,13 +331,15 @@ def _fix_pad_token(model, tokenizer) -> None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def settle_cpu_precision(recipe: Recipe, choice: Choice, model, batch: dict | None) -> Choice:
+def settle_cpu_precision(recipe: Recipe, choice: Choice, model, batch: dict | None, *, previous: str | None = None):
     """precision=auto on a CPU with bf16 matrix instructions: time `batch` (a micro-batch of the run's own shape)
     forward and backward through the loaded model in fp32 and in bf16 (quickft.cpu_speed.time_passes), and train in the
-    faster (hardware.pick_cpu_precision). bf16 casts a LoRA run's frozen weights to bf16 now, as loading the model in
-    bf16 would (the adapter stays fp32); a full fine-tune keeps fp32 master weights under autocast. Elsewhere the
-    precision stands, with the reason (hardware.cpu_precision_plan). Also sets torch's threads to the usable physical
-    cores where quickft set OMP_NUM_THREADS after torch was already loaded."""
+    faster (hardware.pick_cpu_precision). bf16 makes a LoRA run train in bf16 from now on (cpu_speed.lora_in_bf16:
+    its frozen weights cast as loading in bf16 would, the adapter and the LoRA sums in fp32). Elsewhere the precision
+    stands, with the reason (hardware.cpu_precision_plan). `previous`: the precision an interrupted run trained in,
+    which it goes on in (no probe). Also sets torch's threads to the usable physical cores where quickft set
+    OMP_NUM_THREADS after torch was already loaded. Returns (choice, the function that puts the model back in fp32
+    for answering, or None)."""
     import torch
 
     from quickft import cpu, cpu_speed
@@ -351,13 +353,15 @@ def settle_cpu_precision(recipe: Recipe, choice: Choice, model, batch: dict | No
     probe, why = cpu_precision_plan(
         found, requested=recipe.precision, mode=recipe.mode, backend=choice.backend, processes=distributed.world_size()
     )
-    precision = choice.precision
-    if probe and batch is not None:
+    precision, restore = choice.precision, None
+    if probe and previous:
+        precision, why = previous, f"{previous}, as this run trained before it was interrupted"
+    elif probe and batch is not None:
         record["probe"] = cpu_speed.time_passes(model, batch, cast=recipe.mode != "full")
         precision, why = pick_cpu_precision(found, record["probe"]["fp32_s"], record["probe"]["bf16_s"])
-        if precision == "bf16" and recipe.mode != "full":
-            cpu_speed.lora_in_bf16(model)
-    return replace(choice, precision=precision, precision_reason=why, cpu=record)
+    if probe and precision == "bf16" and recipe.mode != "full":
+        restore = cpu_speed.lora_in_bf16(model)
+    return replace(choice, precision=precision, precision_reason=why, cpu=record), restore
 
 
 CPU_PEAK_S = 0.3

@@ -42,7 +42,8 @@ def matmul_peak(dtype: str, seconds: float = 0.5, shape: tuple[int, int, int] = 
 
 def frozen_fp32(model) -> list:
     """The frozen floating-point weights a bf16 LoRA run holds in bf16: every fp32 parameter that does not train,
-    except those the model keeps in fp32 whatever the dtype it is loaded in (transformers' _keep_in_fp32_modules)."""
+    except adapters (PEFT keeps every adapter in fp32, TRL's frozen "ref" copy included) and those the model keeps
+    in fp32 whatever the dtype it is loaded in (transformers' _keep_in_fp32_modules)."""
     import torch
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -52,7 +53,7 @@ def frozen_fp32(model) -> list:
     ]
     seen, out = set(), []
     for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen or p.requires_grad or p.dtype != torch.float32:
+        if id(p) in seen or p.requires_grad or p.dtype != torch.float32 or "lora_" in name:
             continue
         seen.add(id(p))
         if not any(k in name.split(".") for k in keep):
@@ -102,13 +103,26 @@ def keep_lora_sums_fp32(model) -> list:
     return hooks
 
 
-def lora_in_bf16(model) -> None:
+def lora_in_bf16(model):
     """A LoRA model loaded in fp32, made to train as a bf16 LoRA run on a CPU does: frozen weights in bf16 (as loading
-    it in bf16 would), the adapter in fp32, and the LoRA sums in fp32 under autocast (keep_lora_sums_fp32)."""
+    it in bf16 would), the adapter in fp32, and the LoRA sums in fp32 under autocast (keep_lora_sums_fp32). Returns
+    the function that puts it back as it was loaded (its fp32 weights, kept meanwhile, and no hooks): a run trained so
+    answers in fp32, as quickft chat, eval and export then load it."""
     import torch
 
-    cast_frozen(model, torch.bfloat16)
-    keep_lora_sums_fp32(model)
+    frozen = frozen_fp32(model)
+    fp32 = [p.data for p in frozen]
+    for p in frozen:
+        p.data = p.data.to(torch.bfloat16)
+    hooks = keep_lora_sums_fp32(model)
+
+    def restore() -> None:
+        for p, data in zip(frozen, fp32, strict=True):
+            p.data = data
+        for hook in hooks:
+            hook.remove()
+
+    return restore
 
 
 PROBE_ROUNDS = (2, 25)

@@ -175,7 +175,6 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
         "converter": converter,
         "say": say,
         "trained_on": (run.get("backend") or {}).get("device", "cpu"),
-        "trained_precision": (run.get("backend") or {}).get("precision", "fp32"),
         "adapter": adapter,
         "base_gguf": base_gguf,
     }

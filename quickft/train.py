@@ -400,11 +400,14 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
 
     with reporter.phase("building the trainer"):
         trainer = build(recipe)
+    in_fp32 = None  # on a CPU that trains a LoRA run in bf16: puts it back in fp32 to answer, as chat will
     if choice.device == "cpu":
-        choice, recipe = cpu_precision(recipe, choice, trainer, data, run_dir, reporter, resuming=bool(checkpoint))
+        choice, in_fp32 = cpu_precision(recipe, choice, trainer, data, run_dir, reporter, resuming=bool(checkpoint))
         if choice.precision == "bf16" and not trainer.args.bf16:  # the probe picked bf16: autocast from now on
             with reporter.phase(f"building the trainer again, for {choice.precision}"):
-                trainer = build(recipe)
+                if "ref" in getattr(loaded.model, "peft_config", {}):  # TRL copies the adapter again (untrained yet)
+                    loaded.model.delete_adapter("ref")
+                trainer = build(recipe)  # with the bf16 choice: make_trainer reads the precision from it
     choice, precision_notes = trained_precision(choice, trainer.args)
     if choice.device == "cpu":
         from quickft import cpu
@@ -451,6 +454,8 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
     sharded = distributed.sharded(trainer.model)
     if not main and not sharded:  # the others' share is done
         return
+    if in_fp32:  # a CPU's bf16 pick trained the adapter; it answers in fp32, as chat, eval and export load it
+        in_fp32()
     with recorder.peaks.phase("answering"):  # under FSDP every process takes part (the weights are spread)
         samples = _answer_cases(loaded.model, tokenizer, recipe, split.cases, reporter)
     if not main:
@@ -469,32 +474,27 @@ def _train(recipe, recipe_path, choice, split: Split, model_ref, local, run_dir:
 def cpu_precision(
     recipe: Recipe, choice: Choice, trainer, data: Data, run_dir: Path, reporter: Reporter, *, resuming: bool
 ):
-    """(choice, recipe) once the CPU's precision is settled (backends.settle_cpu_precision): with precision=auto and
-    bf16 instructions, a probe times this run's own passes in each. A bf16 pick is saved in the run's recipe.json,
-    so chat, eval, export and --resume load the model as it trained (the caller builds the trainer again, to train
-    under bf16 autocast). A resumed run whose recipe still says auto trained in fp32: it goes on in fp32."""
+    """(choice, the function that puts a bf16-trained LoRA model back in fp32, or None) once the CPU's precision is
+    settled (backends.settle_cpu_precision): with precision=auto and bf16 instructions, a probe times this run's
+    own passes in each (the caller builds the trainer again for a bf16 pick, to train under autocast). The pick is
+    how the run trains, not how it answers: recipe.json keeps precision=auto, so chat, eval and export load it in
+    fp32 as before, and the run answers its test cases in fp32 too. A resumed run goes on in the precision its
+    backend.json says it trained in."""
     from quickft.backends import settle_cpu_precision
     from quickft.cpu_speed import probe_batch
     from quickft.hardware import cpu_precision_plan
 
-    if resuming and recipe.precision == "auto":
-        choice = settle_cpu_precision(replace(recipe, precision="fp32"), choice, trainer.model, None)
-        return replace(choice, precision_reason="fp32, as this run trained before it was interrupted"), recipe
-
+    previous = None
+    if resuming and (run_dir / "backend.json").is_file():
+        previous = json.loads((run_dir / "backend.json").read_text(encoding="utf-8")).get("precision")
     found = choice.hardware.cpu if choice.hardware else None
     options = {"mode": recipe.mode, "backend": choice.backend, "processes": distributed.world_size()}
     probe, _ = cpu_precision_plan(found, requested=recipe.precision, **options)
     has = found.bf16_instructions if found and found.bf16_instructions else "unknown instructions"
     what = f"timing this model's passes in fp32 and in bf16 (precision=auto, a CPU with {has})"
-    with reporter.phase(what if probe else "reading the CPU"):
-        batch = probe_batch(recipe, trainer, data.prepared) if probe else None
-        choice = settle_cpu_precision(recipe, choice, trainer.model, batch)
-    if choice.precision == "fp32" or recipe.precision != "auto":
-        return choice, recipe
-    recipe = replace(recipe, precision=choice.precision)
-    if distributed.is_main():
-        rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
-    return choice, recipe
+    with reporter.phase(what if probe and not previous else "reading the CPU"):
+        batch = probe_batch(recipe, trainer, data.prepared) if probe and not previous else None
+        return settle_cpu_precision(recipe, choice, trainer.model, batch, previous=previous)
 
 
 def attention_notes(model) -> list[str]:

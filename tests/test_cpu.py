@@ -68,7 +68,8 @@ def test_a_bf16_pick_holds_the_model_as_loading_it_in_bf16_does(tiny_model_dir):
     before it upcasts it: the same draw, rounded), and both keep the LoRA sums in fp32 under autocast while
     answering in plain bf16 without it."""
     picked, loaded = tiny_lora(tiny_model_dir).model, tiny_lora(tiny_model_dir, BF16).model
-    cpu_speed.lora_in_bf16(picked)
+    as_loaded = {k: v.clone() for k, v in picked.state_dict().items()}
+    in_fp32 = cpu_speed.lora_in_bf16(picked)
     ours, theirs = picked.state_dict(), loaded.state_dict()
     assert ours.keys() == theirs.keys()
     for name, value in ours.items():
@@ -90,6 +91,10 @@ def test_a_bf16_pick_holds_the_model_as_loading_it_in_bf16_does(tiny_model_dir):
         with torch.no_grad():
             model(input_ids=ids)
         assert seen.pop("out") == torch.bfloat16  # answering: plain bf16
+    in_fp32()  # the pick, after training: back to the fp32 weights it was loaded with, to answer as chat loads it
+    assert all(torch.equal(v, as_loaded[k]) and v.dtype == as_loaded[k].dtype for k, v in picked.state_dict().items())
+    decoder = picked.base_model.model.model
+    assert not decoder._forward_hooks and not decoder.layers[0].self_attn.q_proj.base_layer._forward_hooks
 
 
 def losses_of(model, tokenizer, recipe, choice, rows, out) -> list[float]:
@@ -197,8 +202,8 @@ def wide_model_dir(sums_file):
     probe (this machine's AVX512-BF16: about 1.4x), so the bf16 path runs end to end here; elsewhere fp32's does."""
     from quickft.data import read_examples
     from quickft.encode import training_text
-    from quickft.recipe import Scratch
     from quickft.models.scratch import build_scratch
+    from quickft.recipe import Scratch
 
     data = Data(path=str(sums_file), prompt_template=PROMPT)
     corpus = [training_text(ex, data) for ex in read_examples(sums_file, data)]
@@ -219,10 +224,14 @@ def test_a_cpu_with_bf16_instructions_picks_by_the_probes_own_timings(
     args = torch.load(tmp_path / "run" / "training_args.bin", weights_only=False)
     assert args.bf16 is (picked == "bf16")  # the trainer built again for a bf16 pick: autocast
     assert probe["batch_shape"][0] == 8  # a micro-batch of the recipe's 8 sequences
-    assert recipe["precision"] == ("bf16" if picked == "bf16" else "auto")  # chat and export load it as trained
+    assert recipe["precision"] == "auto"  # how it trains, not how it answers: chat, eval and export load it in fp32
     assert backend["model"]["weight_dtypes"].keys() == ({"bfloat16", "float32"} if picked == "bf16" else {"float32"})
     assert backend["cpu"]["peak"]["dtype"] == ("bfloat16" if picked == "bf16" else "float32")
     assert f"precision {picked}: " in out and "per forward and backward pass" in plain(out)
+    assert main(["eval", str(tmp_path / "run"), "--json"]) == 0  # the run's own answers were given in fp32 too
+    scored = json.loads(capsys.readouterr().out)
+    saved = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert saved and [c["answer"] for c in scored["answers"]] == [s["answer"] for s in saved]
 
 
 def test_the_matmul_peak_is_the_multiplys_flops_over_its_own_time():
@@ -406,3 +415,31 @@ def replace_batching(recipe, batching):
     from dataclasses import replace
 
     return replace(recipe, data=replace(recipe.data, batching=batching))
+
+
+def test_a_dpo_run_follows_the_probe_too(tmp_path, wide_model_dir, fake_cpu):
+    """DPO keeps a frozen copy of the adapter ("ref", made by TRL's trainer): a bf16 pick builds the trainer again,
+    and the copy is made again, from the adapter as it still is, in fp32 like PEFT's adapters."""
+    fake_cpu(SAPPHIRE_RAPIDS)
+    pairs = [{"prompt": f"¿Cuánto es {a} + {b}?", "chosen": str(a + b), "rejected": str(a + b + 1)} for a in range(9)
+             for b in range(9)]  # fmt: skip
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+    recipe = write_recipe(
+        tmp_path / "dpo.py",
+        f"""
+        from quickft import DPO
+
+        recipe = Recipe(
+            model={str(wide_model_dir)!r}, method="dpo", dpo=DPO(beta=0.1),
+            data=Data(path={str(data)!r}, prompt_template={PROMPT!r}, holdout=0), lora=LoRA(r=4, alpha=8),
+            max_seq_length=32, micro_batch_size=4, max_steps=2, backend="peft",
+        )
+        """,
+    )
+    assert main(["run", str(recipe), "--output-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    backend = json.loads((tmp_path / "run" / "backend.json").read_text())
+    probe = backend["cpu"]["probe"]
+    assert backend["precision"] == pick_cpu_precision(cpu.Cpu("x", ("AMX-BF16",)), probe["fp32_s"], probe["bf16_s"])[0]
+    assert probe["batch_shape"] == [8, probe["batch_shape"][1]]  # 4 pairs: chosen and rejected
+    assert backend["model"]["trainable_dtype"] == "float32"
