@@ -123,8 +123,8 @@ def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, f
     if choice.load_in_4bit:
         exact_cpu_4bit(model, dtype)
     _fix_pad_token(model, tokenizer)
-    if for_training and recipe.data.batching == "packed":
-        attend_per_example(model)
+    if for_training and (recipe.data.batching == "packed" or choice.device == "cpu"):
+        use_quickft_sdpa(model)
     if not for_training or recipe.mode == "full":
         if for_training and recipe.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -376,19 +376,30 @@ def measure_cpu_peak(choice: Choice) -> Choice:
     return replace(choice, cpu=(choice.cpu or {}) | {"peak": matmul_peak(dtype, seconds=CPU_PEAK_S)})
 
 
-PACKED_SDPA = "sdpa_per_example"
-"""The attention quickft registers for packed batches: torch's SDPA run on each packed example alone."""
+SDPA = "quickft_sdpa"
+"""The attention quickft registers for training on a CPU and for packed rows: torch's SDPA, with two changes."""
 
 
-def sdpa_per_example(module, query, key, value, attention_mask, **kwargs):
-    """transformers' SDPA attention, run separately on each example of a packed (padding-free) sequence: one row
-    whose position ids restart at 0 where each example starts. transformers builds a block-diagonal mask for such a
-    row and SDPA computes all of it, every example against every other, masked: with ~85-token examples packed in
-    256-token rows of 4, that is 12 times the attention each example needs, and on a CPU a third of the step
-    (profile in docs/benchmarks.md). Each example alone, causal, computes exactly what the mask lets through.
-    Anything else (padded batches, generation with a cache) goes to SDPA unchanged."""
+def quickft_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """transformers' SDPA attention, with two changes.
+
+    Packed (padding-free) rows, one row whose position ids restart at 0 where each example starts: each example is
+    attended to alone. transformers builds a block-diagonal mask for such a row, and SDPA computes all of it, every
+    example against every other, masked: with ~85-token examples in 256-token rows of 4, 12 times the attention the
+    examples need, a third of a bf16 SmolLM2 step on a CPU (docs/benchmarks.md). Each example alone, causal, computes
+    exactly what the mask lets through.
+
+    Under bf16 autocast on a CPU, attention runs in fp32: torch's CPU attention is slower in bf16 than in fp32 (SmolLM2's
+    shapes, forward and backward: 2.6 ms vs 1.5 ms), and the LoRA sums hand it fp32 queries, keys and values anyway.
+
+    Anything else (padded batches without autocast, generation with a cache) is SDPA unchanged."""
+    import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if query.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            query, key, value = (t.float() for t in (query, key, value))
+            return quickft_sdpa(module, query, key, value, attention_mask, **kwargs)
     position_ids = kwargs.get("position_ids")
     length = query.shape[2]
     if position_ids is None or query.shape[0] != 1 or key.shape[2] != length or position_ids.shape[-1] != length:
@@ -396,8 +407,6 @@ def sdpa_per_example(module, query, key, value, attention_mask, **kwargs):
     starts = (position_ids.reshape(-1) == 0).nonzero().flatten().tolist()
     if len(starts) < 2 or starts[0] != 0:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    import torch
-
     pieces = []
     for begin, end in zip(starts, [*starts[1:], length], strict=True):
         one = (t[:, :, begin:end] for t in (query, key, value))
@@ -405,16 +414,15 @@ def sdpa_per_example(module, query, key, value, attention_mask, **kwargs):
     return torch.cat(pieces, dim=1), None  # (batch, sequence, heads, head_dim), as sdpa_attention_forward returns
 
 
-def attend_per_example(model) -> bool:
-    """Packed training on a model that attends with SDPA: each packed example attends to itself alone, computed as
-    such (sdpa_per_example). Returns whether it was set."""
+def use_quickft_sdpa(model) -> bool:
+    """Train a model that attends with SDPA through quickft_sdpa. Returns whether it was set."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base.config, "_attn_implementation", None) != "sdpa":
         return False
-    AttentionInterface.register(PACKED_SDPA, sdpa_per_example)
-    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
-    base.set_attn_implementation(PACKED_SDPA)
+    AttentionInterface.register(SDPA, quickft_sdpa)
+    AttentionMaskInterface.register(SDPA, sdpa_mask)
+    base.set_attn_implementation(SDPA)
     return True

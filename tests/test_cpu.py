@@ -383,12 +383,12 @@ def test_packed_examples_attend_to_themselves_alone_computed_one_by_one(tiny_mod
     """A packed training row (position ids restarting at each example) through the per-example attention: the same
     logits and gradients as each example alone, and as transformers' block-diagonal mask gives; padded batches and
     generation go to SDPA as before."""
-    from quickft.backends import PACKED_SDPA
+    from quickft.backends import SDPA
 
     recipe = Recipe(model=str(tiny_model_dir), data=Data(path="unused", batching="packed"), mode="full")
-    masked = load_peft(replace_batching(recipe, "padded"), FP32, str(tiny_model_dir), local=True).model
+    masked = load_peft(recipe, FP32, str(tiny_model_dir), local=True, for_training=False).model  # as chat loads it
     ours = load_peft(recipe, FP32, str(tiny_model_dir), local=True).model
-    assert ours.config._attn_implementation == PACKED_SDPA and masked.config._attn_implementation == "sdpa"
+    assert ours.config._attn_implementation == SDPA and masked.config._attn_implementation == "sdpa"
     examples = [torch.tensor([[5, 17, 42, 9, 33, 2, 8]]), torch.tensor([[7, 3, 11]]), torch.tensor([[4, 19, 6, 21]])]
     ids = torch.cat(examples, dim=1)
     positions = torch.cat([torch.arange(e.shape[1]) for e in examples])[None]
@@ -411,35 +411,27 @@ def test_packed_examples_attend_to_themselves_alone_computed_one_by_one(tiny_mod
     assert torch.equal(*generated)
 
 
-def replace_batching(recipe, batching):
-    from dataclasses import replace
+def test_attention_under_bf16_autocast_runs_in_fp32_on_a_cpu(tiny_model_dir):
+    """torch's CPU attention is slower in bf16 than in fp32; under autocast quickft's attention takes fp32 inputs and
+    gives fp32 out, where transformers' SDPA casts them to bf16."""
+    import torch.nn.functional as F
 
-    return replace(recipe, data=replace(recipe.data, batching=batching))
+    ours = load_peft(Recipe(model=str(tiny_model_dir), data=Data(path="d")), FP32, str(tiny_model_dir), local=True)
+    seen = []
+    real = F.scaled_dot_product_attention
 
+    def spy(query, *args, **kwargs):
+        seen.append(query.dtype)
+        return real(query, *args, **kwargs)
 
-def test_a_dpo_run_follows_the_probe_too(tmp_path, wide_model_dir, fake_cpu):
-    """DPO keeps a frozen copy of the adapter ("ref", made by TRL's trainer): a bf16 pick builds the trainer again,
-    and the copy is made again, from the adapter as it still is, in fp32 like PEFT's adapters."""
-    fake_cpu(SAPPHIRE_RAPIDS)
-    pairs = [{"prompt": f"¿Cuánto es {a} + {b}?", "chosen": str(a + b), "rejected": str(a + b + 1)} for a in range(9)
-             for b in range(9)]  # fmt: skip
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
-    recipe = write_recipe(
-        tmp_path / "dpo.py",
-        f"""
-        from quickft import DPO
-
-        recipe = Recipe(
-            model={str(wide_model_dir)!r}, method="dpo", dpo=DPO(beta=0.1),
-            data=Data(path={str(data)!r}, prompt_template={PROMPT!r}, holdout=0), lora=LoRA(r=4, alpha=8),
-            max_seq_length=32, micro_batch_size=4, max_steps=2, backend="peft",
-        )
-        """,
-    )
-    assert main(["run", str(recipe), "--output-dir", str(tmp_path / "run"), "--quiet"]) == 0
-    backend = json.loads((tmp_path / "run" / "backend.json").read_text())
-    probe = backend["cpu"]["probe"]
-    assert backend["precision"] == pick_cpu_precision(cpu.Cpu("x", ("AMX-BF16",)), probe["fp32_s"], probe["bf16_s"])[0]
-    assert probe["batch_shape"] == [8, probe["batch_shape"][1]]  # 4 pairs: chosen and rejected
-    assert backend["model"]["trainable_dtype"] == "float32"
+    ids = torch.tensor([[5, 17, 42, 9, 33, 2]])
+    original = torch.nn.functional.scaled_dot_product_attention
+    torch.nn.functional.scaled_dot_product_attention = spy
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours.model(input_ids=ids, use_cache=False)
+        ours.model(input_ids=ids, use_cache=False)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+    layers = len(ours.model.base_model.model.model.layers)
+    assert seen == [torch.float32] * layers * 2
