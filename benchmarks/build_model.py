@@ -73,7 +73,7 @@ def main() -> None:
     out = args.out or ROOT / "benchmarks" / "models" / args.name
 
     from quickft.data import read_examples
-    from quickft.encode import training_text
+    from quickft.data.encode import training_text
     from quickft.models.scratch import train_tokenizer
     from quickft.recipe import Data
 

@@ -111,10 +111,10 @@ def prepare(work: Path, steps: int) -> dict:
     """The de-quantized SmolLM2 folder, quickft's recipe for it, and the token ids quickft trains on."""
     from transformers import AutoTokenizer
 
-    from quickft.encode import prepare as encode_rows
+    from quickft.data.encode import prepare as encode_rows
     from quickft.models import dense_checkpoint, locate, packaged_gguf
+    from quickft.pipeline import read_data, training_tokenizer
     from quickft.recipe import load_recipe
-    from quickft.train import read_recipe_data, training_tokenizer
 
     gguf = packaged_gguf()
     dense = str(dense_checkpoint(locate(gguf)[0], "float32").path)
@@ -122,7 +122,8 @@ def prepare(work: Path, steps: int) -> dict:
     text = RECIPE.format(model=gguf, data=str(DATA), prompt=PROMPT, seq=SEQ, batch=BATCH, lr=LR, steps=steps)
     recipe.write_text(text, encoding="utf-8")
     loaded = load_recipe(recipe)
-    examples = read_recipe_data(loaded).train
+    loaded, split = read_data(loaded)
+    examples = split.train
     tokenizer = AutoTokenizer.from_pretrained(dense)
     training_tokenizer(tokenizer, loaded, examples)
     rows = encode_rows(examples, tokenizer, loaded).rows

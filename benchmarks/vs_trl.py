@@ -137,8 +137,8 @@ def prepare(work: Path) -> dict:
     from transformers import AutoTokenizer
 
     from quickft.data import read_examples
-    from quickft.encode import prepare as encode_rows
-    from quickft.encode import training_text
+    from quickft.data.encode import prepare as encode_rows
+    from quickft.data.encode import training_text
     from quickft.models.scratch import build_scratch
     from quickft.recipe import Data, Scratch, load_recipe
 
@@ -163,10 +163,10 @@ def prepare(work: Path) -> dict:
         RECIPE.format(model=str(model), data=str(data), max_len=MAX_LEN, batch=BATCH, lr=LR, steps=STEPS),
         encoding="utf-8",
     )
-    from quickft.train import read_recipe_data
+    from quickft.pipeline import read_data
 
-    loaded = load_recipe(recipe)  # quickft's own reading: duplicates dropped, nothing held out (holdout=0)
-    rows = encode_rows(read_recipe_data(loaded).train, AutoTokenizer.from_pretrained(model), loaded).rows
+    loaded, split = read_data(load_recipe(recipe))  # quickft's own reading: duplicates dropped, nothing held out
+    rows = encode_rows(split.train, AutoTokenizer.from_pretrained(model), loaded).rows
     plain_data = work / "tokenized.jsonl"
     plain_data.write_text("\n".join(json.dumps(row) for row in rows), encoding="utf-8")
     script = work / "plain_trl.py"

@@ -219,11 +219,9 @@ def model_facts(model) -> dict:
 
 def quiet_libraries() -> None:
     """quickft's own display replaces the libraries' progress bars; real warnings still come through."""
-    import logging
+    from quickft.noise import hide_known_harmless
 
-    # import-time chatter that says nothing about this run
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao registering enums
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # optional `kernels` package missing
+    hide_known_harmless()  # import-time chatter that says nothing about this run (the CLI installs it first)
     import datasets
     import transformers
 
@@ -300,7 +298,7 @@ def prepare_tokenizer(tokenizer, recipe: Recipe, *, training: bool = False) -> N
     eos is the usual choice), and the recipe's chat template. Training sets the recipe's template over the
     tokenizer's own; chat, eval and export load a saved run's tokenizer, which has it already, and set it only
     where there is none."""
-    from quickft.encode import CHAT_TEMPLATES
+    from quickft.data.encode import CHAT_TEMPLATES
 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -21,21 +21,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from quickft import rundir
+from quickft import methods, rundir
 from quickft.errors import UserError
 from quickft.recipe import load_recipe
 
 BASELINE = "peft"
-TOKENS_COUNTED = {
-    "sft": "each step's real (non-padding) tokens",
-    "dpo": "each pair's chosen and rejected sequences, prompts included (padding not counted)",
-    "orpo": "each pair's chosen and rejected sequences, prompts included (padding not counted)",
-    "simpo": "each pair's chosen and rejected sequences, prompts included (padding not counted)",
-    "kto": "each labelled answer's sequence, prompt included (the KL estimate's mismatched pairs not counted)",
-    "grpo": "the sequences trained, each prompt once per generated answer plus the answer (padding not counted); a "
-    "step's time includes generating the answers",
-}
-"""What a bench's tokens/s counts for each method: the tokens each step's forward and backward passes trained."""
 WATCHED_MODULES = ("unsloth", "unsloth_zoo", "peft", "trl", "transformers", "bitsandbytes", "torch")
 CPU_NOTE = "On CPU the backends are expected to be about even: Unsloth's speedup comes from GPU kernels."
 # Like for like: switches that make Unsloth's process run the same work as the baseline's. Unsloth's CPU mode swaps
@@ -159,7 +149,7 @@ def bench(
         "repeat": repeat,
         "mode": "as shipped" if as_shipped else "like for like",
         "method": recipe.method,
-        "tokens_counted": TOKENS_COUNTED[recipe.method],
+        "tokens_counted": methods.tokens_counted(recipe.method),
         "replaced": replaced,
         "parent_pid": os.getpid(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -349,11 +339,11 @@ def _measure(spec: dict) -> dict:
     from quickft.backends import choose_backend, load, private_by_default, quiet_libraries
     from quickft.metrics import TokenCounter
     from quickft.models import dense_dtype
-    from quickft.train import (
+    from quickft.pipeline import (
         make_trainer,
         materialize,
         model_reference,
-        read_recipe_data,
+        read_data,
         to_dataset,
         training_rows,
         training_tokenizer,
@@ -363,7 +353,8 @@ def _measure(spec: dict) -> dict:
     _progress(spec, "reading the recipe and data")
     recipe = load_recipe(spec["recipe"], spec["overrides"] + [f"max_steps={total_steps}", "logging_steps=1"])
     recipe = dataclasses.replace(recipe, backend=spec["backend"])
-    train_examples = read_recipe_data(recipe).train
+    recipe, split = read_data(recipe)
+    train_examples = split.train
     model_ref, local = model_reference(recipe)
     private_by_default(local)
     _progress(spec, "importing torch" + (" and Unsloth" if spec["backend"] == "unsloth" else ""))
@@ -405,7 +396,7 @@ def _measure(spec: dict) -> dict:
         # optimizer is only created in train(), so the recipe's choice still applies when set back here
         trainer.args.optim = recipe.optimizer
 
-    from quickft.trainer import StepTimer
+    from quickft.callbacks import StepTimer
 
     timer = StepTimer(
         counter, cuda, progress=lambda step: _progress(spec, f"step {step}/{total_steps} ({spec['warmup']} warm-up)")

@@ -6,20 +6,17 @@ Layers, each testable alone: generation.stream (tokens) -> `turn` (one answer, p
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from quickft.chat_template import opens_thinking, split_thinking
-from quickft.encode import chat_prompt, format_prompt
+from quickft.data.chat_template import opens_thinking, split_thinking
 from quickft.errors import UserError
-from quickft.recipe import Recipe, Scratch, recipe_from_dict
+from quickft.recipe import recipe_from_dict
 from quickft.rundir import open_run
+from quickft.session import Session, build_prompt, chat_style, framing, load_session
 
 HELP = (
     "commands: /help (this, and how the model expects messages), /reset (forget the conversation), "
@@ -27,151 +24,10 @@ HELP = (
 )
 
 
-@dataclass
-class Session:
-    model: object
-    tokenizer: object
-    recipe: Recipe
-    style: str
-    """chat (multi-turn, chat template), qa (single-turn prompt template) or completion (continue the text)."""
-    params: dict
-    base: object = None
-    """base(session): a context manager under which the session answers as the base model (no fine-tuning)."""
-    history: list[dict] = field(default_factory=list)
-    description: str = ""
-    system: str | None = None
-    """A system prompt put before every conversation (chat-format runs only; /reset keeps it)."""
-    example: str | None = None
-    """A message as the model saw them in training (the user's part of a test case), to show the framing."""
-    base_label: str = "base model"
-    show_thinking: bool = True
-    """A reasoning model's thinking (<think>...</think>) is shown dim; False hides it (--hide-thinking)."""
-
-
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def chat_style(recipe: Recipe) -> str:
-    """chat (multi-turn, chat template), completion (continue the text) or qa (single-turn prompt template)."""
-    if recipe.data.use_chat_template:
-        return "chat"
-    return {"chat": "chat", "sharegpt": "chat", "text": "completion"}.get(recipe.data.format, "qa")
-
-
-def load_session(run_dir: str | Path, *, with_base: bool = False, backend: str | None = None) -> Session:
-    """Load the run's base model + adapter (or its full model) with the same backend policy as training, or with
-    `backend` ("peft") when given."""
-    run = open_run(run_dir)
-    recipe = recipe_from_dict(run["recipe"])
-    if backend:
-        recipe = replace(recipe, backend=backend)
-    run_dir = Path(run_dir)
-
-    from quickft.backends import choose_backend, load, prepare_tokenizer, private_by_default
-    from quickft.hardware import describe
-    from quickft.models import run_base_model
-
-    if recipe.mode != "full" or with_base:
-        model_path, local = run_base_model(run)
-    else:
-        model_path, local = None, True
-    private_by_default(local)
-    choice = choose_backend(recipe, strict=False)  # trained where Unsloth ran, chatting where it can't: PEFT
-    if recipe.mode == "full":
-        loaded = load(recipe, choice, str(run_dir), local=True, for_training=False)
-        model, what, choice = loaded.model, f"the fully fine-tuned model in {run_dir}", loaded.choice
-        base = _separate_base(recipe, choice, model_path, local) if with_base else None
-    else:
-        loaded = load(recipe, choice, model_path, local=local, for_training=False)
-        choice = loaded.choice
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(loaded.model, run_dir)
-        model.eval()
-        what = f"{model_path} + the adapter in {run_dir}"
-        base = lambda session: model.disable_adapter()  # noqa: E731  (same shape as _separate_base's swap)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    prepare_tokenizer(tokenizer, recipe)
-    style = chat_style(recipe)
-    params = default_params(recipe)
-    description = f"loaded {what} on {describe(choice.hardware)} with {choice.summary(recipe.mode)}"
-    session = Session(model, tokenizer, recipe, style, params, base=base, description=description)
-    session.example = training_example(run_dir, recipe, style)
-    if isinstance(recipe.model, Scratch):
-        session.base_label = "base model (random weights: this run trained from scratch)"
-    return session
-
-
-def default_params(recipe: Recipe) -> dict:
-    """Generation settings when none are given: the recipe's, else greedy for Q&A and 0.7 for chat data."""
-    temperature = recipe.temperature
-    if temperature is None:
-        temperature = 0.7 if chat_style(recipe) == "chat" else 0.0
-    return {"temperature": temperature, "top_p": recipe.top_p, "max_new_tokens": recipe.max_new_tokens}
-
-
-def training_example(run_dir: Path, recipe: Recipe, style: str) -> str | None:
-    """The user's part of the run's first test case: what a message looked like in training ('¿Cuánto es 3 + 4?')."""
-    samples = run_dir / "samples.jsonl"
-    if style != "qa" or not samples.is_file():
-        return None
-    import json
-
-    first = next((line for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()), None)
-    if first is None:
-        return None
-    prompt = json.loads(first)["prompt"]
-    before, _, after = recipe.data.prompt_template.partition("{prompt}")
-    if prompt.startswith(before) and prompt.endswith(after):
-        return prompt[len(before) : len(prompt) - len(after)]
-    return None
-
-
-def framing(session: Session) -> str:
-    """How the model expects messages, said when the chat starts and with /help."""
-    if session.style == "chat":
-        template = session.recipe.data.chat_template or "the tokenizer's own"
-        return f"multi-turn: messages go through the {template} chat template; the conversation is remembered"
-    if session.style == "completion":
-        return "text completion: the model continues the text you type (trained on plain text, not questions)"
-    example = f"; trained on messages like {session.example!r}" if session.example else ""
-    return (
-        f"single-turn: each message is put in the training template {session.recipe.data.prompt_template!r} and "
-        f"answered on its own{example}"
-    )
-
-
-def _separate_base(recipe: Recipe, choice, model_path: str, local: bool):
-    """For a full fine-tune the base is another set of weights: load it once, answer with it on demand."""
-    from quickft.backends import load
-
-    base_model = load(recipe, choice, model_path, local=local, for_training=False).model
-    base_model.eval()
-
-    @contextlib.contextmanager
-    def swap(session: Session):
-        tuned, session.model = session.model, base_model
-        try:
-            yield
-        finally:
-            session.model = tuned
-
-    return swap
-
-
 # ---------------------------------------------------------------------------------------------- one turn
-
-
-def build_prompt(session: Session, user_text: str) -> str:
-    """Frame the user's text exactly as training framed prompts (template or chat template with history)."""
-    if session.style == "chat":
-        system = [{"role": "system", "content": session.system}] if session.system else []
-        return chat_prompt(system + session.history + [{"role": "user", "content": user_text}], session.tokenizer)
-    if session.style == "completion":
-        return user_text
-    return format_prompt(user_text, session.recipe.data)
 
 
 def turn(session: Session, user_text: str, *, out=None, err: Console | None = None) -> str:
@@ -187,11 +43,13 @@ def turn(session: Session, user_text: str, *, out=None, err: Console | None = No
     stats: dict = {}
     pieces = []
     view = ThinkingView(out, thinking=opens_thinking(prompt), show=session.show_thinking)
+    stopped = False
     try:
         for piece in stream(session.model, session.tokenizer, prompt, stats=stats, **_gen_kwargs(session)):
             pieces.append(piece)
             view.write(piece)
     except KeyboardInterrupt:
+        stopped = True
         err.print("[dim](stopped)[/dim]")
     view.flush()
     out.write("\n")
@@ -201,7 +59,7 @@ def turn(session: Session, user_text: str, *, out=None, err: Console | None = No
         reply = {"role": "assistant", "content": answer} | ({"reasoning": reasoning} if reasoning else {})
         session.history += [{"role": "user", "content": user_text}, reply]
     err.print(f"[dim]{escape(timing_text(stats))}[/dim]", highlight=False)
-    if not answer:
+    if not answer and not stopped:  # stopped before any text: the user ended it, not the model
         err.print(f"[yellow]empty answer[/yellow]: {escape(empty_hint(session))}", highlight=False)
     return answer
 
@@ -371,8 +229,8 @@ def main(
     hide_thinking: bool = False,
 ) -> None:
     err = Console(stderr=True, soft_wrap=True)
-    if system is not None:  # checked before the (slow) model load
-        recipe = recipe_from_dict(open_run(run_dir)["recipe"])
+    recipe = recipe_from_dict(open_run(run_dir)["recipe"])  # a run that is not there fails before the model loads
+    if system is not None:
         if chat_style(recipe) != "chat":
             raise UserError(
                 f"--system: {run_dir} was trained on {recipe.data.format} data, which has no system prompt",

@@ -493,6 +493,10 @@ def main(argv: list[str] | None = None) -> int:
     set_openmp()  # before any verb imports torch: OpenMP reads these once, as its runtime starts
     _debug = bool(os.environ.get("QUICKFT_DEBUG")) or "--debug" in (argv if argv is not None else sys.argv[1:])
     _argv = argv
+    from quickft import noise
+
+    noise.show_hidden(_debug)  # known-harmless library messages: hidden, or shown marked under --debug
+    noise.hide_known_harmless()
     # under torchrun every process runs this; the first one of each machine speaks for all of its processes (they
     # read the same inputs, and agree on their errors: quickft.distributed.checked)
     speaks = os.environ.get("LOCAL_RANK", "0") == "0"

@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from quickft.encode import history_costs, prepare
-from quickft.recipe import PAIRED_METHODS, Scratch, load_recipe
+from quickft import methods
+from quickft.data.encode import history_costs
+from quickft.recipe import Scratch, load_recipe
 from quickft.report import grouped_reasons
 
 PERCENTILES = (50, 90, 95, 99)
@@ -46,16 +47,16 @@ def padding_share(lengths: list[int], batch: int, mode: str, seed: int) -> float
 
 
 def build_report(recipe_path: str, overrides: list[str]) -> tuple[dict, object, object]:
-    """The data report, through the same pipeline as `quickft run` (read_recipe_data, then encode.prepare)."""
+    """The data report, through the same stages as `quickft run` (quickft.pipeline: the split, the rows)."""
     return recipe_report(load_recipe(recipe_path, overrides), recipe_path)
 
 
 def recipe_report(recipe, recipe_path: str) -> tuple[dict, object, object]:
     """build_report for a Recipe already loaded (the studio's, from a run's recipe.json): (report, rows, tokenizer)."""
     from quickft.backends import private_by_default, quiet_libraries
-    from quickft.train import materialize, model_reference, read_recipe_data, training_tokenizer
+    from quickft.pipeline import materialize, model_reference, read_data, training_rows, training_tokenizer
 
-    split = read_recipe_data(recipe)
+    recipe, split = read_data(recipe)
     model_ref, local = model_reference(recipe)
     private_by_default(local)
     quiet_libraries()
@@ -64,38 +65,15 @@ def recipe_report(recipe, recipe_path: str) -> tuple[dict, object, object]:
     model_path = materialize(recipe, model_ref, split.train)
     tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=local)
     training_tokenizer(tokenizer, recipe, split.train)
-    if recipe.method in PAIRED_METHODS:
-        from quickft.preference import prepare_pairs, sequences
-
-        prepared = prepare_pairs(split.train, tokenizer, recipe)
-        rows = sequences(prepared.rows)  # what the model reads: prompt + chosen, prompt + rejected
-    elif recipe.method == "kto":
-        from quickft.preference import prepare_judged, sequences
-
-        prepared = prepare_judged(split.train, tokenizer, recipe)
-        rows = sequences(prepared.rows)
-    elif recipe.method == "grpo":
-        from quickft.grpo import prepare_tasks, prompt_ids
-
-        prepared = prepare_tasks(split.train, tokenizer, recipe)
-        chat = recipe.data.format == "chat"
-        rows = []  # each prompt as the model reads it; its answers are generated in training
-        for row in prepared.rows:
-            ids = prompt_ids(row["prompt"], tokenizer, chat)
-            rows.append({"input_ids": ids, "completion_mask": [0] * len(ids)})
-    else:
-        prepared = prepare(split.train, tokenizer, recipe)
-        rows = prepared.rows
+    room = methods.room(recipe.method)
+    prepared = training_rows(recipe, split.train, tokenizer)
+    rows = room.shown_rows(recipe, prepared, tokenizer)  # what the model reads (a pair: two sequences)
     lengths = sorted(prepared.lengths)
     msl = recipe.max_seq_length
     limit = _model_limit(recipe, model_ref, local)
     p99 = percentile(lengths, 99)
-    room = 0  # GRPO: each prompt needs room for its generated answer
-    if recipe.method == "grpo":
-        from quickft.grpo import completion_length
-
-        room = completion_length(recipe)
-    recommended = 8 * math.ceil((p99 + room) / 8)
+    answer = room.answer_room(recipe)  # GRPO: each prompt needs room for its generated answer
+    recommended = 8 * math.ceil((p99 + answer) / 8)
     if limit and recommended > limit:
         recommended = limit
     report = {
@@ -116,17 +94,13 @@ def recipe_report(recipe, recipe_path: str) -> tuple[dict, object, object]:
             "trained": prepared.trained_tokens,
         },
         "method": recipe.method,
-        "lengths_of": "documents"
-        if prepared.documents
-        else "pairs"
-        if recipe.method in PAIRED_METHODS
-        else {"kto": "labelled answers", "grpo": "prompts"}.get(recipe.method, "examples"),
+        "lengths_of": "documents" if prepared.documents else room.held(recipe.method),
         "max_seq_length": msl,
         "model_max_length": limit,
-        "longer_than_max_seq_length": sum(n + room > msl for n in lengths),
-        "answer_room": room,
+        "longer_than_max_seq_length": sum(n + answer > msl for n in lengths),
+        "answer_room": answer,
         "recommended_max_seq_length": recommended,
-        "recommended_cuts": sum(n + room > recommended for n in lengths),
+        "recommended_cuts": sum(n + answer > recommended for n in lengths),
         "padding_share": {
             mode: padding_share([len(r["input_ids"]) for r in rows], recipe.micro_batch_size, mode, recipe.seed)
             for mode in ("padded", "grouped", "packed")
@@ -212,11 +186,8 @@ def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool
             f"{c['test_cases_from_file']} test cases from data.test_path, {c['eval_from_file']} eval examples from "
             "eval.path",
         )
-    trained = f"{c['rows']} training " + {
-        **dict.fromkeys(PAIRED_METHODS, "pairs (a chosen and a rejected sequence each)"),
-        "kto": "labelled answers (one sequence each)",
-        "grpo": "prompts (the answers trained on are generated in training: no token of the data is in the loss)",
-    }.get(report["method"], "sequences")
+    room = methods.room(report["method"])
+    trained = f"{c['rows']} training " + room.trained_rows(report["method"])
     if c["documents"]:
         trained += f": the documents cut into windows of ≤ {report['max_seq_length']} tokens"
     else:
@@ -242,21 +213,17 @@ def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool
     advice = f"{report['recommended_max_seq_length']} would leave {report['recommended_cuts']} longer" + (
         f" (the model takes at most {limit})" if limit else ""
     )
-    room = f" with a {report['answer_room']}-token answer" if report["answer_room"] else ""
+    answer = f" with a {report['answer_room']}-token answer" if report["answer_room"] else ""
     table.add_row(
         "max_seq_length",
-        f"{report['max_seq_length']}: {report['longer_than_max_seq_length']} {report['lengths_of']} are longer{room}; "
+        f"{report['max_seq_length']}: {report['longer_than_max_seq_length']} {report['lengths_of']} are longer{answer}; "
         + advice,
     )
-    if report["method"] == "grpo":
-        table.add_row(
-            "tokens",
-            f"{t['total']:,} prompt tokens; the loss is on the answers generated in training (up to "
-            f"{report['answer_room']} tokens each), counted in the run",
-        )
+    if own := room.tokens_row(report):  # GRPO's: its loss is on answers generated in training, not on the data
+        table.add_row(*own)
         console.print(table)
         for i, text in enumerate(preview(rows, tokenizer, show), 1):
-            console.print(f"[bold]prompt {i}[/bold] ([dim]as the model reads it[/dim]):")
+            console.print(room.shown_label(report["method"], i))
             console.print(text)
         return report
     table.add_row(
@@ -271,11 +238,6 @@ def main(recipe_path: str, overrides: list[str], *, show: int = 3, as_json: bool
     )
     console.print(table)
     for i, text in enumerate(preview(rows, tokenizer, show), 1):
-        what = (
-            f"pair {(i + 1) // 2}, {'chosen' if i % 2 else 'rejected'}"
-            if report["method"] in PAIRED_METHODS
-            else f"example {i}"
-        )
-        console.print(f"[bold]{what}[/bold] ([bold green]trained[/bold green], [dim]masked[/dim]):")
+        console.print(room.shown_label(report["method"], i))
         console.print(text)
     return report

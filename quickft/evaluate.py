@@ -15,13 +15,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from quickft.chat import load_session
 from quickft.data import read_data
-from quickft.encode import make_cases
+from quickft.data.encode import make_cases
 from quickft.errors import UserError
 from quickft.generation import score_cases
 from quickft.recipe import Data, Recipe, apply_overrides, recipe_from_dict
 from quickft.rundir import open_run
+from quickft.session import load_session
 
 READING_KEYS = (
     "data.question_column",
@@ -65,8 +65,9 @@ def evaluate(
 
     reporter = reporter or Reporter(quiet=True)
     read = read_as = None
+    run = open_run(run_dir)  # a run that is not there fails before the model loads
     if cases_path or settings:  # read before the model loads: a bad file or setting fails at once
-        data = cases_data(recipe_from_dict(open_run(run_dir)["recipe"]).data, cases_path, list(settings))
+        data = cases_data(recipe_from_dict(run["recipe"]).data, cases_path, list(settings))
         read = read_data(cases_path, data, setting="--cases")
         if all(ex.document for ex in read.examples):
             raise UserError(
@@ -94,7 +95,7 @@ def evaluate(
     who = session.base_label if base else "the fine-tuned model"
     with (
         session.base(session) if base else contextlib.nullcontext(),
-        reporter.phase(f"answering {len(cases)} test cases with {who}"),
+        reporter.phase(f"answering {len(cases)} test cases" + (f" with the {who}" if base else "")),
     ):
         scored = score_cases(
             session.model, session.tokenizer, cases, how=recipe.eval.match, max_new_tokens=recipe.max_new_tokens

@@ -35,10 +35,10 @@ from quickft.loadback import (
     compare,
     held_out_prompts,
     merge_rounding,
-    saved_dtype,
 )
 from quickft.recipe import Recipe, recipe_from_dict
 from quickft.recovery import is_out_of_memory
+from quickft.session import chat_style, saved_dtype
 
 FORMS = ("merged", "gguf", "gguf-lora", "ollama")
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
@@ -521,7 +521,6 @@ def to_gguf(merged_dir: Path, gguf: Path, quant: str, converter: Path, *, name: 
 
 def prompting(recipe: Recipe) -> dict:
     """How the exported model expects its input: the run's framing, for people and for the Modelfile."""
-    from quickft.chat import chat_style
 
     style = chat_style(recipe)
     if style == "qa":
@@ -536,8 +535,6 @@ def make_modelfile(
     run's framing as TEMPLATE, its end tokens as stops. `gguf_template`: a chat run on the base GGUF's own template
     leaves it to Ollama, which reads it from the GGUF (or the Ollama model it comes from)."""
     from transformers import AutoTokenizer
-
-    from quickft.chat import chat_style
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     style = chat_style(recipe)

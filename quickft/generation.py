@@ -54,7 +54,9 @@ def generate(
                     torch.cuda.empty_cache()
                 continue
             new_tokens = out[:, batch["input_ids"].shape[1] :]
-            answers += [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            # bytes that form no character (an answer cut inside one) are left out, as stream() leaves them out
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            answers += [text.replace("\ufffd", "").strip() for text in texts]
             i += len(new_tokens)
     finally:
         tokenizer.padding_side = side
@@ -71,7 +73,7 @@ def prompt_batch(tokenizer, prompts: list[str], device) -> dict:
     """Prompts as model inputs, padded on the tokenizer's side. A chat template's rendering (encode.ChatText) has its
     special tokens already and gets none added, as apply_chat_template(tokenize=True) gives it; a prompt/response
     prompt gets the tokenizer's own (BOS), as training gave it."""
-    from quickft.encode import ChatText
+    from quickft.data.encode import ChatText
 
     ids = [tokenizer(p, add_special_tokens=not isinstance(p, ChatText))["input_ids"] for p in prompts]
     batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
@@ -300,7 +302,7 @@ def matches(answer: str, expected: str, how: str) -> bool:
 
 def score_cases(model, tokenizer, cases: list[tuple[str, str]], *, how: str, max_new_tokens: int) -> list[dict]:
     """Answer each (prompt text, expected) case greedily and score it; `quickft run` and `quickft eval` share this."""
-    from quickft.chat_template import opens_thinking, split_thinking
+    from quickft.data.chat_template import opens_thinking, split_thinking
 
     answers = generate(model, tokenizer, [p for p, _ in cases], max_new_tokens=max_new_tokens)
     scored = []

@@ -167,6 +167,7 @@ def _run_converter(command: list[str], outfile: Path, which: str) -> None:
     """A converter in its own process; its known failures are UserErrors (exit 2) naming the fix, the rest a crash."""
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode == 0 and outfile.is_file():
+        show_under_debug(f"llama.cpp's {which}", result.stderr)
         return
     stderr = result.stderr or ""
     lines = [line for line in (stderr or result.stdout).strip().splitlines() if line.strip()]
@@ -236,6 +237,7 @@ def quantize(infile: Path, outfile: Path, quant: str) -> None:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0 or not outfile.is_file():
         raise RuntimeError(f"llama.cpp's quantizer failed: {(result.stderr or result.stdout)[-2000:]}")
+    show_under_debug("llama.cpp's quantizer", result.stderr)
 
 
 def _quantize_main(infile: str, outfile: str, quant: str) -> None:
@@ -309,7 +311,18 @@ def _in_child(task: str, path: Path, lora: Path | None, **request):
         why = lines[-1].strip() if lines else f"exit code {done.returncode}"
         what = Path(path).name + (f" + {Path(lora).name}" if lora else "")
         raise LlamaCppFailed(f"llama.cpp failed on {what}: {why}")
+    show_under_debug(f"llama-cpp-python ({task})", done.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def show_under_debug(which: str, stderr: str | None) -> None:
+    """llama.cpp's own log of work that succeeded (tensors loaded and written, context sizes, its warnings about them)
+    reads as errors and says nothing about the export: kept off the screen, shown under --debug, marked as such."""
+    from quickft import noise
+
+    if noise.debugging() and stderr and stderr.strip():
+        print(f"[quickft --debug: {which}'s stderr, hidden without --debug]", file=sys.stderr)
+        print(stderr.rstrip(), file=sys.stderr)
 
 
 def _answer_main() -> None:

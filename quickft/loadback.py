@@ -11,16 +11,10 @@ import json
 from pathlib import Path
 
 from quickft.recipe import Recipe
+from quickft.session import load_plain, load_session
 
 CHECK_PROMPTS = 20
 """Held-out prompts answered by each form (the first ones of samples.jsonl)."""
-
-
-def saved_dtype(model_dir: Path) -> str:
-    """The dtype a model directory's weights were saved in (config.json), float16 where it does not say."""
-    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    value = config.get("dtype") or config.get("torch_dtype") or "float16"
-    return value if value in ("float32", "float16", "bfloat16") else "float16"
 
 
 def merge_rounding(plan: dict) -> str | None:
@@ -50,7 +44,6 @@ def held_out_prompts(run_dir: Path) -> list[str]:
 def answers_of_run(run_dir: Path, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """The adapter's (or full run's) greedy answers, loaded as `quickft chat` loads the run, with PEFT: Unsloth is
     not imported into this process, since it patches the transformers and PEFT that merge and load back."""
-    from quickft.chat import load_session
     from quickft.generation import greedy_ids
 
     session = load_session(run_dir, backend="peft")
@@ -60,32 +53,12 @@ def answers_of_run(run_dir: Path, prompts: list[str], max_new_tokens: int) -> li
     return answers
 
 
-def load_back_device(model_bytes: int, free_gpu_bytes: int | None) -> str:
-    """Where the merged model is loaded back: the GPU if it fits there with room for generation (a fifth more),
-    else the CPU (a 16-bit Phi-2 merge is 5.6 GB; a 4 GB card that trained it in 4-bit cannot hold it)."""
-    if free_gpu_bytes is None or model_bytes * 1.2 > free_gpu_bytes:
-        return "cpu"
-    return "cuda"
-
-
 def answers_of_dir(model_dir: Path, prompts: list[str], max_new_tokens: int, device: str | None = None) -> list[dict]:
-    """Greedy answers of a plain Hugging Face directory, loaded with transformers alone: in its saved dtype on the
-    GPU where it fits (load_back_device), in float32 on the CPU otherwise."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """Greedy answers of a plain Hugging Face directory, loaded with transformers alone (session.load_plain: in its
+    saved dtype on the GPU where it fits, in float32 on the CPU otherwise)."""
     from quickft.generation import greedy_ids
 
-    if device is None:
-        free = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
-        device = load_back_device(sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors")), free)
-    dtype = saved_dtype(model_dir)
-    if device == "cpu":
-        dtype = "float32"  # 16-bit matmuls on CPU are slow and unlike any GPU's; compare in float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), local_files_only=True)
-    if device != "cpu":
-        model.to(device)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model, tokenizer, _, _ = load_plain(model_dir, device)
     answers = [greedy_ids(model, tokenizer, p, max_new_tokens=max_new_tokens) for p in prompts]
     del model
     gc.collect()

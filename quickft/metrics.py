@@ -373,11 +373,17 @@ def memory(device: str) -> dict:
         }
     import psutil
 
-    return {"rss_mb": psutil.Process().memory_info().rss / MB, "peak_rss_mb": peak_rss_mb()}
+    rss = psutil.Process().memory_info().rss / MB
+    return {"rss_mb": rss, "peak_rss_mb": max(peak_rss_mb(), rss)}
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports ru_maxrss in KiB)."""
+    """Peak resident memory of this process (Linux reports ru_maxrss in KiB).
+
+    Linux counts resident pages in per-CPU counters: /proc (psutil's current size) sums them exactly (since Linux
+    6.16), getrusage's high-water mark takes the running total without the per-CPU parts not yet folded in. Read one
+    right after the other, the peak trailed the current size by up to 0.1 MB here (kernel 6.18), enough to print
+    "RSS 1,300 MB (peak 1,299 MB)". A peak quoted beside a current reading is the larger of the two (memory())."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
 
 
@@ -412,68 +418,6 @@ def memory_summary_text(mem: dict) -> str:
             f"{mem['gpu_total_mb']:,.0f} MB){training} · peak allocated {mem['gpu_peak_allocated_mb']:,.2f} MB{phases}"
         )
     return f"peak RSS {mem['peak_rss_mb']:,.1f} MB (process resident memory; no GPU)"
-
-
-PREFERENCE_KEYS = (
-    "step",
-    "window_steps",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/margins",
-    "rewards/accuracies",
-    "kl",
-    "nll_loss",
-    "log_odds_chosen",
-    "log_odds_ratio",
-)
-
-
-def preference_summary(rows: list[dict], method: str) -> dict | None:
-    """A preference run's figures in its first and last logging window with both answers' rewards (a KTO window may
-    hold only one kind of answer): those of PREFERENCE_KEYS its trainer logs. Each is TRL's mean over the window's
-    micro-batches (window_steps steps ending at step), each micro-batch's figure a mean over its pairs (KTO: rewards
-    over the micro-batches holding that kind of answer, the margin over those holding both)."""
-    logged = [r for r in rows if "rewards/margins" in r]
-    if not logged:
-        return None
-    first, last = ({k: row[k] for k in PREFERENCE_KEYS if k in row} for row in (logged[0], logged[-1]))
-    return {"method": method, "first": first, "last": last}
-
-
-GRPO_KEYS = (
-    "step",
-    "window_steps",
-    "reward",
-    "reward_std",
-    "frac_reward_zero_std",
-    "completions/mean_length",
-    "completions/clipped_ratio",
-    "kl",
-    "clip_ratio/region_mean",
-)
-
-
-def grpo_summary(rows: list[dict], session: dict, steps_time_s: float) -> dict | None:
-    """A GRPO run's figures: the rewards (each function's mean and spread, the total's) and the answers at the first
-    and last logged step (TRL's averages since its previous log); the generated tokens and the time spent generating
-    and scoring, as shares of this session's time inside the steps."""
-    logged = [r for r in rows if "reward" in r]
-    if not logged:
-        return None
-    keys = [k for k in (*GRPO_KEYS, *(k for k in logged[-1] if k.startswith("rewards/"))) if k in logged[-1]]
-    generation_s, reward_s = session.get("generation_s", 0.0), session.get("reward_s", 0.0)
-    generated = session.get("generated_tokens", 0)
-    return {
-        "first": {k: logged[0].get(k) for k in keys},
-        "last": {k: logged[-1].get(k) for k in keys},
-        "generated_tokens": logged[-1].get("generated_tokens", generated),
-        "session_generated_tokens": generated,
-        "generation_s": generation_s,
-        "reward_s": reward_s,
-        "generation_share": generation_s / steps_time_s if steps_time_s else 0.0,
-        "reward_share": reward_s / steps_time_s if steps_time_s else 0.0,
-        "generated_tokens_per_s": generated / generation_s if generation_s else 0.0,
-    }
 
 
 def loss_summary(rows: list[dict], total_steps: int) -> dict | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from quickft import methods
+
 PLOTS = {
     "loss.png": "loss per step, with a centered moving average and the eval loss",
     "loss_per_epoch.png": "mean loss of each epoch (a partial last epoch is marked)",
@@ -147,59 +149,5 @@ def figures(rows: list[dict], *, name: str | None = None, target: float | None =
 
     if scores:
         save("test_cases.png", "test-case score", "% correct", cases)
-    rewarded = [r for r in rows if "reward" in r]
-    if rewarded:
-        _grpo_plots(save, rewarded)
-    preferred = [r for r in rows if "rewards/margins" in r]
-    if preferred:
-        _preference_plot(save, preferred)
+    methods.plots(save, rows)  # each method's own: preference.png, rewards.png, groups.png
     return drawn
-
-
-def _preference_plot(save, rows: list[dict]) -> None:
-    steps = [r["step"] for r in rows]
-    paired = "rewards/accuracies" in rows[-1]  # KTO judges answers one at a time: no pair to win
-    chosen, rejected = ("chosen", "rejected") if paired else ("desirable", "undesirable")
-
-    def rewards(ax):
-        ax.plot(steps, [r["rewards/chosen"] for r in rows], label=f"{chosen} answers' reward")
-        ax.plot(steps, [r["rewards/rejected"] for r in rows], label=f"{rejected} answers' reward")
-        # KTO's margin is TRL's mean over the micro-batches holding both kinds: not the difference of the two curves
-        margin = "margin" if paired else "margin (micro-batches with both kinds)"
-        ax.plot(steps, [r["rewards/margins"] for r in rows], linewidth=2, label=margin)
-        ax.axhline(0, color="gray", linewidth=0.8)
-        if paired:
-            wins = ax.twinx()
-            wins.plot(steps, [100 * r["rewards/accuracies"] for r in rows], color="gray", linestyle="--")
-            wins.set_ylabel("chosen wins (%, dashed)")
-            wins.set_ylim(0, 100)
-
-    save("preference.png", "preference rewards (mean over each logging window)", "reward", rewards)
-
-
-def _grpo_plots(save, rows: list[dict]) -> None:
-    steps = [r["step"] for r in rows]
-    names = [k for k in rows[-1] if k.startswith("rewards/") and k.endswith("/mean")]
-
-    def rewards(ax):
-        mean = [r["reward"] for r in rows]
-        spread = [r["reward_std"] for r in rows]
-        ax.plot(steps, mean, linewidth=2, label="reward (weighted sum)")
-        ax.fill_between(
-            steps,
-            [m - s for m, s in zip(mean, spread, strict=True)],
-            [m + s for m, s in zip(mean, spread, strict=True)],
-            alpha=0.2,
-            label="± its spread over the answers",
-        )
-        if len(names) > 1:
-            for key in names:
-                ax.plot(steps, [r.get(key) for r in rows], alpha=0.7, label=key.split("/")[1])
-
-    def groups(ax):
-        ax.plot(steps, [100 * r["frac_reward_zero_std"] for r in rows], label="groups with no spread (no signal)")
-        ax.plot(steps, [100 * r["completions/clipped_ratio"] for r in rows], label="answers cut at the length limit")
-        ax.set_ylim(0, 100)
-
-    save("rewards.png", "GRPO rewards", "reward", rewards)
-    save("groups.png", "GRPO groups and answers", "%", groups)

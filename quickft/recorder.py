@@ -7,6 +7,7 @@ all processes' counts (quickft.distributed), and only the first process writes.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import time
@@ -14,25 +15,15 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from quickft import distributed
+from quickft import distributed, methods
 from quickft import metrics as m
 
-METHOD_METRICS = (
-    "rewards/",
-    "logps/",
-    "reward",
-    "frac_reward_zero_std",
-    "completions/",
-    "kl",
-    "clip_ratio/",
-    "entropy",
-    "nll_loss",
-    "log_odds_",
-)
-"""The prefixes of the figures TRL's preference and GRPO trainers log that go into metrics.jsonl as they are (DPO,
-ORPO, SimPO, KTO: rewards of chosen and rejected, margin, accuracy, log-probs, KTO's KL estimate, ORPO's and
-CPO-SimPO's SFT loss, ORPO's log odds; GRPO: each reward's mean and spread, the share of groups whose answers all
-scored the same, completion lengths, KL, clipping, entropy)."""
+ETA_WINDOW = 20
+"""The ETA's pace is the mean time of the last 20 steps: the pace now, not since the start (a first step slowed by
+warm-up, or a machine that was busier a minute ago, would skew a mean over the whole session for long)."""
+ETA_AFTER = 3
+"""Steps timed after the session's first (which carries the warm-up and is left out) before an ETA is shown; until
+then the panel says "estimating"."""
 
 
 class Recorder(TrainerCallback):
@@ -61,6 +52,10 @@ class Recorder(TrainerCallback):
         """Wall time inside this session's optimizer steps (first micro-batch to optimizer update): the time every
         rate is over. Evaluation, checkpoint saves and logging happen between steps and are not in it."""
         self._step_started = None
+        self.recent_steps: collections.deque[float] = collections.deque(maxlen=ETA_WINDOW)
+        """The times of this session's latest steps, its first left out (the ETA's pace)."""
+        self._last_step_end = None
+        self._first_step_done = False
         self.start_step = None
         """The step this session started at: 0, or a resumed run's checkpoint."""
         self.step = 0
@@ -89,7 +84,12 @@ class Recorder(TrainerCallback):
         # the step's GPU work counts in its time: without a sync its queued kernels finish in the logging's .item()
         # after this callback, outside every timed step (worst on Unsloth's bf16 path, where nothing in a step syncs)
         m.synchronize(self.device)
-        self.step_s += time.perf_counter() - self._step_started
+        self._last_step_end = time.perf_counter()
+        took = self._last_step_end - self._step_started
+        if self._first_step_done:  # the session's first step carries the warm-up: not the pace
+            self.recent_steps.append(took)
+        self._first_step_done = True
+        self.step_s += took
         self.step = state.global_step
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -108,11 +108,16 @@ class Recorder(TrainerCallback):
         self.display.training_began(self)
 
     def eta_s(self, planned_steps: int | None) -> float | None:
-        """Seconds left, from this session's pace so far (wall time per step, evaluations included)."""
-        done = self.step - self.start_step if self.start_step is not None else 0
-        if not done or self.started is None:
+        """Seconds left: the steps left at the recent steps' pace (ETA_WINDOW), plus what this session spent between
+        steps (evaluations, checkpoints, logging) per step so far; counting down while a step runs, never below what
+        the steps after it need. None while estimating (fewer than ETA_AFTER steps timed after the first)."""
+        if len(self.recent_steps) < ETA_AFTER or self._last_step_end is None:
             return None
-        return (time.perf_counter() - self.started) / done * ((planned_steps or self.step) - self.step)
+        done = self.step - self.start_step
+        between = max(0.0, (self._last_step_end - self.started) - self.step_s) / done
+        per_step = sum(self.recent_steps) / len(self.recent_steps) + between
+        left = (planned_steps or self.step) - self.step
+        return max(left * per_step - (time.perf_counter() - self._last_step_end), (left - 1) * per_step, 0.0)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
@@ -178,9 +183,9 @@ class Recorder(TrainerCallback):
                 "generation_share": figures["window_generation_s"] / window_s if window_s else 0.0,
                 "reward_share": figures["window_reward_s"] / window_s if window_s else 0.0,
             }
-        # a method's own figures (DPO's, GRPO's: METHOD_METRICS), averaged by TRL over the steps since its last log,
+        # a method's own figures (DPO's, GRPO's: each method room's METRICS), averaged by TRL over the steps since its last log,
         # under TRL's names
-        row |= {k: float(v) for k, v in logs.items() if k.startswith(METHOD_METRICS) and v is not None}
+        row |= {k: float(v) for k, v in logs.items() if k.startswith(methods.METRICS) and v is not None}
         self.rows.append(row)
         # the same figures for an experiment tracker (recipe.track), whose callback runs after this one and sends
         # these logs; transformers' own copy (state.log_history) was taken before the callbacks ran
@@ -209,6 +214,15 @@ class Recorder(TrainerCallback):
     def set_activity(self, text: str | None) -> None:
         """Say what is happening between steps (an evaluation), or None when it is over."""
         self.activity = text
+
+    def record_start(self, row: dict) -> None:
+        """The starting model's test-case score (step 0), answered before training begins: metrics file, display."""
+        self.eval_rows.append(row)
+        self.last_eval = row
+        if distributed.is_main():  # the file opens with training; this row comes before
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        self.display.evaluated(row, None)
 
     def record_eval(self, row: dict, stopped: str | None) -> None:
         """An evaluation's results (eval loss, test-case score): metrics file, display."""

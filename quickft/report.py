@@ -20,9 +20,8 @@ from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from quickft import distributed
+from quickft import distributed, methods
 from quickft import metrics as m
-from quickft.recipe import PAIRED_METHODS
 
 
 class Reporter:
@@ -91,6 +90,7 @@ class Reporter:
         n_cases=0,
         placement=(),
     ) -> dict:
+        room = methods.room(recipe.method)
         total, trainable = m.parameter_counts(model)
         processes = distributed.world_size()
         eff = recipe.micro_batch_size * recipe.gradient_accumulation * processes
@@ -110,12 +110,16 @@ class Reporter:
                 "mode",
                 recipe.mode
                 + (f"  (LoRA r={recipe.lora.r}, alpha={recipe.lora.alpha})" if recipe.mode != "full" else "")
-                + (f"  · method {recipe.method} ({METHOD_TRAINERS[recipe.method]})" if recipe.method != "sft" else ""),
+                + (
+                    f"  · method {recipe.method} ({methods.trainer_name(recipe.method)})"
+                    if recipe.method != "sft"
+                    else ""
+                ),
             ),
             ("parameters", f"{total:,} total, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"),
             (
                 "data",
-                f"{_examples_text(n_examples, documents, recipe)}, {n_tokens:,} tokens ({_source(recipe)})",
+                f"{room.data_text(n_examples, documents, recipe)}, {n_tokens:,} tokens ({_source(recipe)})",
             ),
             *_grouped_rows("dropped", dropped, empty="none"),
             *_grouped_rows("cut to fit", truncated),
@@ -129,11 +133,7 @@ class Reporter:
                 + (f" on {distributed.nodes()} machines" if distributed.nodes() > 1 else "")
                 + (f" ({distributed.backend_name()})" if processes > 1 else "")
                 + f" = {eff} effective"
-                + (
-                    f" ({eff // recipe.grpo.num_generations} prompts × {recipe.grpo.num_generations} answers)"
-                    if recipe.method == "grpo"
-                    else ""
-                ),
+                + room.batch_text(recipe, eff),
             ),
             *placement,  # several machines: where the processes run, who sees the run directory
             ("plan", f"{self.planned_steps:,} steps ({epochs:.2f} epochs, {steps_per_epoch:,} steps per epoch)"),
@@ -190,17 +190,17 @@ class Reporter:
         return (
             f"step {row['step']:>6}/{total} | epoch {row['epoch']:6.2f} | loss {row['loss']:.4f} "
             f"(smoothed {row['loss_smoothed']:.4f}) | lr {row['learning_rate']:.2e} | grad {grad} | "
-            + (f"{preference_text(row)} | " if "rewards/margins" in row else "")
-            + (f"{grpo_text(row)} | {generation_text(row)} | " if "reward" in row else "")
+            + (f"{extra} | " if (extra := methods.line_text(row)) else "")
             + f"{_speed_text(row)} | {m.memory_text(row)}"
         )
 
     def _eval_line(self, row: dict) -> str:
-        parts = [f"eval   {row['step']:>6}/{self.planned_steps or row['step']}"]
+        start = row["step"] == 0  # the starting model, scored before the first step (DPO, GRPO, ...)
+        parts = ["eval   before training" if start else f"eval   {row['step']:>6}/{self.planned_steps or row['step']}"]
         if "eval_loss" in row:
             parts.append(f"eval loss {row['eval_loss']:.4f}")
         if "case_score" in row:
-            parts.append(f"test cases {row['case_score']:.1%}")
+            parts.append(f"test cases {row['case_score']:.1%}" + (" (the starting model)" if start else ""))
         return " | ".join(parts)
 
     def _panel(self, cb) -> Panel:
@@ -215,8 +215,12 @@ class Reporter:
         table.add_row("progress", ProgressBar(total=total, completed=cb.step, width=40))
         table.add_row(
             "step",
-            f"{cb.step}/{total}   elapsed {_duration(elapsed)}{resumed}   "
-            + (f"ETA {_duration(eta)} (this session's pace)" if eta is not None else "ETA after the first step"),
+            f"{cb.step}/{total}   elapsed {duration(elapsed)}{resumed}   "
+            + (
+                f"ETA {duration(eta)} (the last {len(cb.recent_steps)} steps' pace)"
+                if eta is not None
+                else "ETA estimating (from the steps after the first)"
+            ),
         )
         row = cb.rows[-1] if cb.rows else None
         if row is None or row["step"] <= cb.start_step:  # nothing logged in this session yet
@@ -228,11 +232,8 @@ class Reporter:
                 f"{row['loss']:.4f}   smoothed {row['loss_smoothed']:.4f}   (step {row['step']}, epoch {row['epoch']:.2f})",
             )
             table.add_row("lr / grad", f"{row['learning_rate']:.2e}   grad norm {grad}")
-            if "rewards/margins" in row:
-                table.add_row("preference", preference_text(row, "   "))
-            if "reward" in row:
-                table.add_row("rewards", grpo_text(row, "   "))
-                table.add_row("generation", generation_text(row, "   "))
+            for key, value in methods.panel_rows(row):
+                table.add_row(key, value)
             table.add_row("speed", _speed_text(row, "   "))
             table.add_row("memory", m.memory_text(row))
         if cb.last_eval:
@@ -246,6 +247,8 @@ class Reporter:
     def report(self, s: dict, samples: list[dict]) -> None:
         """The end report (printed even with --quiet): summary.json's figures, and a few test-case answers."""
         t, mem, loss = s["train"], s["memory"], s["loss"]
+        method = s["model"].get("method", "sft")
+        room = methods.room(method)
         table = Table(title="quickft report", show_header=False, expand=False)
         table.add_column(style="bold")
         table.add_column()
@@ -260,7 +263,7 @@ class Reporter:
         )
         table.add_row(
             "runtime",
-            f"{_duration(t['steps_time_s'])} in {this}training steps (+{t['other_s']:.1f} s evaluation, checkpoints and "
+            f"{duration(t['steps_time_s'])} in {this}training steps (+{t['other_s']:.1f} s evaluation, checkpoints and "
             f"logging between steps)",
         )
         table.add_row("setup", _setup_text(t))
@@ -277,15 +280,7 @@ class Reporter:
         table.add_row(
             "tokens / samples",
             f"{t['tokens']:,} non-padding tokens · {t['samples']:,} "
-            + (
-                {"kto": "labelled answers"}.get(
-                    s["preference"]["method"], "sequences (each pair's chosen and rejected)"
-                )
-                if "preference" in s
-                else "answers (prompt and generated answer: the tokens trained)"
-                if "grpo" in s
-                else "samples"
-            )
+            + room.samples(method)
             + (f" (this session: {t['session_tokens']:,} · {t['session_samples']:,})" if resumed else "")
             + f" · {100 * t['padding_share']:.1f}% of batch tokens were padding",
         )
@@ -307,12 +302,8 @@ class Reporter:
             (f"the largest of {t['processes']} processes: " if t.get("processes", 1) > 1 else "")
             + m.memory_summary_text(mem),
         )
-        if loss and "grpo" in s:  # its loss is the policy objective: around 0 by construction, not progress
-            table.add_row(
-                "loss",
-                f"GRPO's objective, {loss['initial']:+.4f} → {loss['final']:+.4f}: around 0 by construction "
-                "(advantages are centred per group); progress is the reward and the test cases",
-            )
+        if loss and (own := room.loss_row(loss)):  # GRPO's loss is its objective, around 0 by construction
+            table.add_row(*own)
         elif loss:
             thirds = (
                 " / ".join(f"{p:.0f}%" for p in loss["improvement_by_third_pct"])
@@ -330,34 +321,8 @@ class Reporter:
                 ),
             )
             table.add_row("improvement by third", thirds)
-        if pref := s.get("preference"):
-            first, last = pref["first"], pref["last"]
-            if first["rewards/chosen"] == first["rewards/rejected"] == 0.0:  # before the first update (DPO, KTO)
-                start = "rewards 0, the policy still the reference model"
-            else:
-                wins = f"chosen wins {first['rewards/accuracies']:.0%}, " if "rewards/accuracies" in first else ""
-                start = f"{wins}margin {first['rewards/margins']:+.3f}"
-            earlier = f"; {window_text(first)}: {start}" if first["step"] != last["step"] else ""
-            table.add_row(
-                "preference",
-                f"{window_text(last)}: {preference_text(last)}{earlier} (TRL's means over each logging window's "
-                "micro-batches"
-                + ("; KTO's margin over those holding both kinds of answer)" if pref["method"] == "kto" else ")"),
-            )
-        if g := s.get("grpo"):
-            first, last = g["first"], g["last"]
-            table.add_row(
-                "rewards",
-                f"{window_text(last)}: {grpo_text(last)}; {window_text(first)}: reward {first['reward']:.3f}, "
-                f"no spread in {first['frac_reward_zero_std']:.0%} of groups (TRL's means over each logging window)",
-            )
-            table.add_row(
-                "generation",
-                f"{g['generated_tokens']:,} tokens generated ({g['generated_tokens_per_s']:,.0f} tokens/s while "
-                f"generating); generating {_duration(g['generation_s'])} = {g['generation_share']:.0%} of {this}"
-                f"training steps' time, rewards {g['reward_s']:.1f} s = {g['reward_share']:.1%}; tokens/s above "
-                "counts the tokens trained (prompts and answers)",
-            )
+        for key, value in room.report_rows(s, this):
+            table.add_row(key, value)
         ev = s.get("evaluation") or {}
         if ev.get("best_step") is not None:
             table.add_row("best eval loss", f"{ev['best_eval_loss']:.4f} at step {ev['best_step']}")
@@ -369,7 +334,16 @@ class Reporter:
             table.add_row("best checkpoint", ev["best_dir"])
         if "test_cases" in s:
             h = s["test_cases"]
-            table.add_row(f"test cases ({h['match']})", f"{h['score']:.1%} ({h['correct']}/{h['n']})")
+            before = h.get("before_training")
+            table.add_row(
+                f"test cases ({h['match']})",
+                f"{h['score']:.1%} ({h['correct']}/{h['n']})"
+                + (
+                    f", from {before:.1%} before training ({100 * (h['score'] - before):+.1f} points)"
+                    if before is not None
+                    else ""
+                ),
+            )
         table.add_row("run directory", s["run_dir"])
         self.console.print(table)
         if samples:
@@ -448,27 +422,6 @@ def _source(recipe) -> str:
     return f"{recipe.data.path}, {recipe.data.format}"
 
 
-METHOD_TRAINERS = {
-    "dpo": "TRL's DPOTrainer",
-    "orpo": "TRL's ORPOTrainer, experimental",
-    "simpo": "TRL's CPOTrainer with SimPO's loss, experimental",
-    "kto": "TRL's KTOTrainer",
-    "grpo": "TRL's GRPOTrainer",
-}
-
-
-def _examples_text(n_rows: int, documents: int, recipe) -> str:
-    if recipe.method == "grpo":
-        return f"{n_rows:,} prompts ({recipe.grpo.num_generations} answers generated for each in training)"
-    if recipe.method in PAIRED_METHODS:
-        return f"{n_rows:,} preference pairs (the model reads each prompt twice: before chosen, before rejected)"
-    if recipe.method == "kto":
-        return f"{n_rows:,} labelled answers (one sequence each)"
-    if documents:
-        return f"{documents:,} documents in {n_rows:,} windows of ≤ {recipe.max_seq_length} tokens"
-    return f"{n_rows:,} examples"
-
-
 def _grouped_rows(label: str, items, *, empty: str | None = None) -> list[tuple[str, str]]:
     """One header row per cause (the label on the first); the whole list is in summary.json."""
     lines = grouped_reasons(items)
@@ -507,11 +460,12 @@ def grouped_reasons(items) -> list[str]:
 def _eval_text(recipe, n_eval: int, n_cases: int) -> str:
     e = recipe.eval
     parts = [f"{n_cases} test cases ({e.match} match)" if n_cases else "no test cases"]
+    room = methods.room(recipe.method)
     if n_eval:
-        held = {"kto": "labelled answers", "grpo": "prompts"}.get(recipe.method, "examples")
-        held = "pairs" if recipe.method in PAIRED_METHODS else held
-        parts.append(f"eval loss on {n_eval} {held}")
+        parts.append(f"eval loss on {n_eval} {room.held(recipe.method)}")
     parts.append(f"every {e.every} steps" if e.every else "after training")
+    if n_cases and room.SCORES_THE_START:  # quickft.train.score_the_start
+        parts.append("the starting model's score first")
     if e.patience:
         parts.append(f"early stopping after {e.patience} evaluations without improvement")
     if e.target:
@@ -531,72 +485,8 @@ def _model_name(model) -> str:
     return model if isinstance(model, str) else f"new {model.architecture} with random weights (Scratch)"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     mins, s = divmod(rest, 60)
     return f"{h}h{mins:02d}m{s:02d}s" if h else f"{mins}m{s:02d}s"
-
-
-def grpo_text(row: dict, sep: str = " ") -> str:
-    """A GRPO row's figures: the reward (and each function's mean, when there are several), how many groups taught
-    nothing (every answer scored the same), the answers' mean length and share cut at max_completion_length, and KL
-    and clipping where TRL logged them."""
-    each = [(k.split("/")[1], v) for k, v in row.items() if k.startswith("rewards/") and k.endswith("/mean")]
-    parts = [
-        f"reward {row['reward']:.3f} ± {row['reward_std']:.3f}"
-        + (" (" + ", ".join(f"{name} {v:.3f}" for name, v in each) + ")" if len(each) > 1 else ""),
-        f"no spread {row['frac_reward_zero_std']:.0%} of groups",
-        f"answers {row['completions/mean_length']:.1f} tokens ({row['completions/clipped_ratio']:.0%} cut)",
-    ]
-    if row.get("kl") is not None:
-        parts.append(f"kl {row['kl']:.4f}")
-    if row.get("clip_ratio/region_mean") is not None:
-        parts.append(f"clipped {row['clip_ratio/region_mean']:.1%}")
-    return sep.join(parts)
-
-
-def generation_text(row: dict, sep: str = " ") -> str:
-    """Where a GRPO window's step time went: generating answers, scoring them, the rest (the forward and backward
-    passes)."""
-    return (
-        f"generating {row['generation_share']:.0%} of step time ({row['generated_tokens_per_s']:,.0f} tokens/s){sep}"
-        f"rewards {row['reward_share']:.1%}"
-    )
-
-
-def preference_text(row: dict, sep: str = " ") -> str:
-    """A preference row's figures, as its trainer logged them (TRL's means over the logging window's micro-batches):
-    how often the chosen answer wins (pairs only), by how much, each side's reward (DPO, KTO: beta times the
-    log-probability ratio to the reference model; ORPO, SimPO: beta times the answer's own log-probability, SimPO's
-    per token), KTO's KL estimate, ORPO's and CPO-SimPO's SFT loss, and ORPO's log odds ratio (TRL's
-    log_odds_chosen: log odds of the chosen answer less the rejected one's, 0 when neither is preferred) and its
-    odds-ratio loss (-log σ of it: TRL's log_odds_ratio negated, ln 2 = 0.693 when neither is preferred).
-
-    Before DPO's or KTO's first update the policy is the reference: every reward is exactly 0, and TRL counts each tie
-    as the chosen answer losing ("chosen wins 0%"). That window is said to be so, not shown as a measurement. KTO's
-    answers are judged one at a time: its margin is averaged over the micro-batches holding both kinds, each reward
-    over those holding its kind, so the margin need not be the difference of the two rewards shown."""
-    paired = "rewards/accuracies" in row  # KTO's answers are judged one at a time: no pair to win
-    chosen, rejected = ("chosen", "rejected") if paired else ("desirable", "undesirable")
-    if row["rewards/chosen"] == row["rewards/rejected"] == 0.0:
-        parts = ["rewards 0: the policy is still the reference model (no preference measured yet)"]
-    else:
-        parts = [f"chosen wins {row['rewards/accuracies']:.0%}"] if paired else []
-        parts.append(f"margin {row['rewards/margins']:+.3f}" + ("" if paired else " (micro-batches with both kinds)"))
-        parts.append(f"rewards {row['rewards/chosen']:+.3f} {chosen}, {row['rewards/rejected']:+.3f} {rejected}")
-    if not paired and "kl" in row:
-        parts.append(f"KL {row['kl']:.3f}")
-    if row.get("nll_loss"):  # CPO logs 0 when it adds no SFT loss
-        parts.append(f"SFT loss {row['nll_loss']:.4f}")
-    if "log_odds_chosen" in row:
-        parts.append(f"log odds ratio {row['log_odds_chosen']:+.3f}")
-    if "log_odds_ratio" in row:
-        parts.append(f"odds-ratio loss {-row['log_odds_ratio']:.4f}")
-    return sep.join(parts)
-
-
-def window_text(row: dict) -> str:
-    """The steps a logged row's method figures average over (TRL's means since its previous log): 'steps 5-8'."""
-    steps = row["window_steps"]
-    return f"step {row['step']}" if steps == 1 else f"steps {row['step'] - steps + 1}-{row['step']}"

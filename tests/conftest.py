@@ -70,7 +70,7 @@ def sums_file(tmp_path_factory) -> Path:
 def tiny_model_dir(sums_file) -> Path:
     """A tiny random Llama saved with save_pretrained, plus a tokenizer trained on the sums."""
     from quickft.data import read_examples
-    from quickft.encode import training_text
+    from quickft.data.encode import training_text
     from quickft.models.scratch import build_scratch
     from quickft.recipe import Data, Scratch
 
@@ -83,7 +83,7 @@ def tiny_model_dir(sums_file) -> Path:
 
 
 def unsloth_rows(recipe: Path, out: Path, steps: int = 2) -> list[dict]:
-    """The metrics rows of `steps` steps of `recipe` with --backend unsloth (Unsloth's CPU mode here), in a process
+    """The training rows of `steps` steps of `recipe` with --backend unsloth (Unsloth's CPU mode here), in a process
     of its own: importing Unsloth patches TRL and transformers for the whole process."""
     command = [sys.executable, "-m", "quickft", "run", str(recipe), "--backend", "unsloth", "--quiet"]
     done = subprocess.run(
@@ -91,7 +91,8 @@ def unsloth_rows(recipe: Path, out: Path, steps: int = 2) -> list[dict]:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((out / "backend.json").read_text())["backend"] == "unsloth"
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]  # the training rows (a starting score, step 0, is an eval row)
 
 
 def check_eval_and_merged_export(run_dir: Path, out: Path, capsys) -> None:

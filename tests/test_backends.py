@@ -392,7 +392,8 @@ def test_one_process_trains_on_one_gpu_and_says_how_to_use_the_others(monkeypatc
     from transformers import TrainingArguments
 
     from quickft.hardware import Choice
-    from quickft.train import gpu_notes, one_gpu_per_process
+    from quickft.pipeline import one_gpu_per_process
+    from quickft.summary import gpu_notes
 
     args = TrainingArguments(output_dir="unused", use_cpu=True, report_to=[])
     assert args.n_gpu in (0, 1)

@@ -173,10 +173,10 @@ def test_effective_settings_read_what_the_trainer_and_model_run(tmp_path, tiny_m
     from quickft.backends import load_peft
     from quickft.bench import effective_settings
     from quickft.data import read_examples
-    from quickft.encode import prepare
+    from quickft.data.encode import prepare
     from quickft.hardware import Choice
+    from quickft.pipeline import make_trainer, to_dataset
     from quickft.recipe import Data, Recipe
-    from quickft.train import make_trainer, to_dataset
 
     data = Data(path=str(sums_file), prompt_template="Pregunta: {prompt}\nRespuesta: ")
     recipe = Recipe(

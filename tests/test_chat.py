@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from quickft.chat import build_prompt, command, load_session, turn
+from quickft.chat import command, turn
 from quickft.cli import main
+from quickft.session import build_prompt, load_session
 from tests.conftest import ROOT
 
 
@@ -90,6 +91,45 @@ def test_interactive_chat_in_a_terminal(tiny_math_run):
     child.expect("max_new_tokens=2")
     child.sendline("/reset")
     child.expect("conversation cleared")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_ctrl_c_before_any_text_stops_the_answer_without_calling_it_empty(tiny_math_run, tmp_path):
+    """An answer stopped with Ctrl-C before any text showed is the user's stop, not an empty answer. A copy of the
+    demo run made to write only padding (every other token suppressed in its generation_config.json: a special token,
+    which shows as nothing) for up to 100,000 tokens: transformers warns once the answer passes the model's 64
+    positions, so Ctrl-C lands while it is generating and nothing has shown."""
+    import shutil
+
+    pexpect = pytest.importorskip("pexpect")
+    run = tmp_path / "pads"
+    shutil.copytree(tiny_math_run, run)
+    config = json.loads((run / "generation_config.json").read_text())
+    pad = config["pad_token_id"]
+    vocab = json.loads((run / "config.json").read_text())["vocab_size"]
+    config["suppress_tokens"] = [i for i in range(vocab) if i != pad]
+    (run / "generation_config.json").write_text(json.dumps(config))
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "quickft", "chat", str(run)],
+        cwd=str(ROOT),
+        encoding="utf-8",
+        timeout=120,
+        env=os.environ | {"TERM": "dumb"},
+    )
+    child.expect_exact(">>> ")
+    child.sendline("/params max_new_tokens=100000")
+    child.expect_exact(">>> ")
+    child.sendline("¿Cuánto es 23 + 45?")
+    child.expect("exceeded the model's predefined maximum length")  # generating, nothing shown
+    child.sendintr()
+    child.expect_exact(">>> ")
+    stopped = child.before
+    assert "(stopped)" in stopped and re.search(r"\d+ tokens in", stopped)
+    assert "empty answer" not in stopped and "ended at once" not in stopped
     child.sendline("/exit")
     child.expect(pexpect.EOF)
     child.close()
@@ -178,9 +218,11 @@ def test_bad_run_directories(tmp_path, lora_recipe, capsys):
         (running, "the run is running, not completed"),
     ]
     for path, message in cases:
-        assert main(["chat", str(path), "--prompt", "hola"]) == 2
-        err = capsys.readouterr().err
-        assert message in err and "fix:" in err and "Traceback" not in err
+        for verb in ("chat", "eval"):  # the run is checked before the model loads
+            assert main([verb, str(path), *(["--prompt", "hola"] if verb == "chat" else [])]) == 2
+            err = capsys.readouterr().err
+            assert message in err and "fix:" in err and "Traceback" not in err
+            assert "loading the model" not in err, verb
 
 
 def test_missing_base_model_is_a_clear_error(tmp_path, lora_recipe, capsys):

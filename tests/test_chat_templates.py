@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from quickft import chat_template
-from quickft.data import Example
-from quickft.encode import chat_prompt, encode_chat
+from quickft.data import Example, chat_template
+from quickft.data.encode import chat_prompt, encode_chat
 from quickft.errors import UserError
 from quickft.recipe import Data
 
@@ -372,7 +371,7 @@ def test_tokens_with_trimmed_offsets_stay_in_the_answer_they_belong_to():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from quickft.encode import CHATML
+    from quickft.data.encode import CHATML
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -98,7 +98,7 @@ def test_a_bf16_pick_holds_the_model_as_loading_it_in_bf16_does(tiny_model_dir):
 
 
 def losses_of(model, tokenizer, recipe, choice, rows, out) -> list[float]:
-    from quickft.train import make_trainer, to_dataset
+    from quickft.pipeline import make_trainer, to_dataset
 
     trainer = make_trainer(recipe, choice, model, tokenizer, to_dataset(rows), out)
     trainer.train()
@@ -116,8 +116,8 @@ def smollm2_losses(smollm2_dense, tmp_path_factory):
     """The real model's first 6 steps (LoRA r=16 on every linear layer, 2 sequences of up to 128 tokens of the
     tutor data, packed) in fp32, as a bf16 pick trains them, and in bf16 with the LoRA sums left in bf16."""
     from quickft.data import read_examples
-    from quickft.encode import prepare
-    from quickft.train import training_tokenizer
+    from quickft.data.encode import prepare
+    from quickft.pipeline import training_tokenizer
 
     out = tmp_path_factory.mktemp("losses")
     data = Data(path=str(ROOT / "data/tutor_matematicas.txt"), prompt_template=PROMPT, batching="packed")
@@ -201,7 +201,7 @@ def wide_model_dir(sums_file):
     """A 2-layer Llama 512 wide: matrices large enough that on a CPU with bf16 instructions bf16 usually wins the
     probe (this machine's AVX512-BF16: about 1.4x), so the bf16 path runs end to end here; elsewhere fp32's does."""
     from quickft.data import read_examples
-    from quickft.encode import training_text
+    from quickft.data.encode import training_text
     from quickft.models.scratch import build_scratch
     from quickft.recipe import Scratch
 
@@ -353,7 +353,7 @@ def test_others_busy_is_the_machines_busy_time_less_this_processs_own():
 
 def test_a_cpu_run_says_what_checkpointing_and_padding_cost_it():
     from quickft.cpu import step_notes
-    from quickft.encode import Prepared
+    from quickft.data.encode import Prepared
 
     rows = [{"input_ids": [1] * n} for n in (10, 10, 10, 30)]  # one micro-batch of 4: 120 tokens, 60 of them padding
     recipe = Recipe(model="m", data=Data(path="d"), micro_batch_size=4, gradient_checkpointing=True)

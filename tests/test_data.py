@@ -3,7 +3,7 @@ import json
 import pytest
 
 from quickft.data import guess_format, read_examples
-from quickft.encode import CHATML, encode, prompt_text
+from quickft.data.encode import CHATML, encode, prompt_text
 from quickft.errors import UserError
 from quickft.recipe import Data
 

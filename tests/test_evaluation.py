@@ -50,13 +50,12 @@ def test_early_stopping_keeps_the_best_adapter(tmp_path, tiny_model_dir, sums_fi
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from quickft.encode import prepare
+    from quickft.data.encode import prepare
     from quickft.hardware import Choice
+    from quickft.pipeline import make_trainer, read_data, to_dataset
     from quickft.recipe import load_recipe
-    from quickft.train import make_trainer, read_recipe_data, to_dataset
 
-    r = load_recipe(recipe)
-    split = read_recipe_data(r)
+    r, split = read_data(load_recipe(recipe))
     tok = AutoTokenizer.from_pretrained(run_dir)
     eval_set = to_dataset(prepare(split.eval, tok, r).rows)
     losses = {}

@@ -131,7 +131,7 @@ def test_merged_adapter_is_the_adapter_run_without_peft(adapter_runs, tmp_path, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from quickft.chat import load_session
+    from quickft.session import load_session
 
     run = adapter_runs[mode]
     code, record = export(run, "--out", tmp_path / "m", "--json")
@@ -212,7 +212,7 @@ def test_bad_inputs_exit_2_with_one_message(tiny_math_run, tmp_path, capsys, mon
         ([str(tmp_path / "nope")], "run directory not found"),
         ([str(unfinished)], "the run is interrupted, not completed"),
         ([str(tiny_math_run), "--to", "onnx"], "--to onnx: unknown form"),
-        ([str(tiny_math_run), "--to", "gguf", "--quant", "q3"], "--quant q3: unknown quantization"),
+        ([str(tiny_math_run), "--to", "gguf", "--quant", "q3"], "--quant q3: not a quantization for a GGUF"),
         ([str(tiny_math_run), "--quant", "q8_0"], "--quant is for --to gguf or --to ollama"),
         ([str(tiny_math_run), "--out", str(tmp_path / "taken")], "is not empty: an export is never overwritten"),
     ]
@@ -426,7 +426,7 @@ def test_a_full_fine_tune_exports_in_the_dtype_its_base_was_published_in(tmp_pat
 
 def test_load_back_goes_where_the_merged_model_fits():
     """A 4 GB card that trained Phi-2 in 4-bit cannot hold its 5.6 GB 16-bit merge: the check loads it on the CPU."""
-    from quickft.loadback import load_back_device
+    from quickft.session import load_back_device
 
     assert load_back_device(5_600_000_000, 3_900_000_000) == "cpu"
     assert load_back_device(1_000_000_000, 3_900_000_000) == "cuda"

@@ -16,7 +16,7 @@ import pytest
 
 from quickft.cli import main
 from quickft.data import read_data
-from quickft.encode import CHATML, encode, prepare
+from quickft.data.encode import CHATML, encode, prepare
 from quickft.errors import UserError
 from quickft.recipe import Data, load_recipe
 from tests.conftest import ROOT, write_recipe
@@ -368,7 +368,7 @@ def test_a_template_that_strips_history_reasoning_trains_each_turn_with_its_reas
     """A template that drops earlier reasoning: a row per assistant turn, each with the reasoning it was written with
     (the whole rendering would have lost the first one); history=whole trains only what that rendering keeps."""
     from quickft.data import Example
-    from quickft.encode import encode_chat
+    from quickft.data.encode import encode_chat
 
     chatml_tokenizer.chat_template = STRIP_REASONING
     try:
@@ -387,7 +387,7 @@ def test_a_template_that_strips_history_reasoning_trains_each_turn_with_its_reas
 
 def read_chat(messages):
     """Messages through the chat reader (its <think> and reasoning_content handling)."""
-    from quickft.data import _messages
+    from quickft.data.readers import _messages
 
     return _messages(messages, "chat", "r.jsonl:1")
 
@@ -485,7 +485,7 @@ def test_windows_cover_the_documents_once(tiny_model_dir):
     from transformers import AutoTokenizer
 
     from quickft.data import Example
-    from quickft.encode import windows
+    from quickft.data.encode import windows
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     docs = [Example(response=f"Pregunta: {a} + {a}. " * 5, document=True) for a in range(10)]

@@ -4,7 +4,9 @@ figures are recomputed from TRL's own logs."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
 
 import pytest
 from conftest import (
@@ -16,10 +18,11 @@ from conftest import (
     write_blocks,
     write_recipe,
 )
+from rich.console import Console
 
 from quickft.cli import main
+from quickft.data.tasks import read_tasks
 from quickft.errors import UserError
-from quickft.grpo import read_tasks
 from quickft.recipe import Data
 from quickft.rewards import exact_answer, format_match, guarded, length_penalty
 
@@ -225,7 +228,9 @@ def grpo_run(tmp_path_factory, tiny_model_dir, sums_file):
 
 
 def rows_of(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The training rows of metrics.jsonl (evaluations, and the starting model's score at step 0, left out)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
 
 
 def test_grpo_logs_each_reward_and_the_weighted_total(grpo_run):
@@ -305,6 +310,74 @@ def test_grpo_says_what_it_runs_and_reports_where_the_time_went(grpo_run, capsys
         pixels = matplotlib.image.imread(run_dir / name)
         assert pixels.shape[0] > 100 and pixels.std() > 0.01, f"{name} is blank"
     assert not (run_dir / "loss_log.png").exists()  # GRPO's objective crosses 0: no log scale
+
+
+def test_the_last_grpo_step_is_logged_whatever_logging_steps_says(grpo_run, tmp_path):
+    """max_steps=4 logging every 3 steps: step 4 is logged too, its figures those of step 4 alone (the fixture's run
+    logs every step, from the same seed), and the report's last figures are step 4's."""
+    run_dir, recipe = grpo_run
+    out = tmp_path / "windows"
+    assert main(["run", str(recipe), "--output-dir", str(out), "logging_steps=3", "--quiet"]) == 0
+    each, windows = rows_of(run_dir), rows_of(out)
+    assert [r["step"] for r in windows] == [3, 4] and windows[-1]["window_steps"] == 1
+    for key in ("loss", "reward", "reward_std", "frac_reward_zero_std", "completions/mean_length"):
+        assert windows[-1][key] == pytest.approx(each[3][key], abs=1e-5), key
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["grpo"]["last"]["step"] == 4 and summary["grpo"]["last"]["reward"] == windows[-1]["reward"]
+    assert summary["loss"]["final"] == windows[-1]["loss"]
+
+
+def test_the_starting_models_score_is_beside_the_end_score(grpo_run, capsys):
+    """GRPO starts from a trained model: its test-case score is taken before the first step (metrics.jsonl's step 0)
+    and the report sets the end score beside it. It is the score `quickft eval RUN --base` gives afterwards: the
+    model the run started from, loaded and answered on its own."""
+    from quickft.report import Reporter
+
+    run_dir, _ = grpo_run
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    start = [r for r in rows if r["step"] == 0]
+    assert rows[0] == start[0] and len(start) == 1, "the first row, before any training row"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    h = summary["test_cases"]
+    assert h["before_training"] == start[0]["case_score"]
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--base", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == h["before_training"]
+    console = Console(record=True, width=200, file=io.StringIO())
+    Reporter(console).report(summary, [])
+    shown = " ".join(console.export_text().split())
+    assert (
+        f"{h['score']:.1%} ({h['correct']}/{h['n']}), from {h['before_training']:.1%} before training "
+        f"({100 * (h['score'] - h['before_training']):+.1f} points)" in shown
+    )
+
+
+def test_compare_with_an_sft_run_says_what_cannot_be_compared(grpo_run, tmp_path, tiny_model_dir, sums_file, capsys):
+    """GRPO's trainer makes no FLOPs estimate and its loss is an objective around 0: beside an SFT run, compare says
+    "n/a" for both, never a ratio of a GRPO objective to an SFT loss, nor 0 FLOPs; the test-case scores compare."""
+    run_dir, _ = grpo_run
+    sft = write_recipe(
+        tmp_path / "sft.py",
+        f"""
+        recipe = Recipe(model={str(tiny_model_dir)!r}, data=Data(path={str(sums_file)!r}, prompt_template={PROMPT!r},
+                        holdout=4), lora=LoRA(r=4, alpha=8), max_seq_length=32, micro_batch_size=8, max_steps=2,
+                        max_new_tokens=6)
+        """,
+    )
+    assert main(["run", str(sft), "--output-dir", str(tmp_path / "sft"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "sft"), str(run_dir), "--json"]) == 0
+    first, grpo = json.loads(capsys.readouterr().out)
+    assert (first["method"], grpo["method"]) == ("sft", "grpo")
+    assert grpo["total_flos"] is None and grpo["ratios"]["total_flos"]["text"].startswith("n/a")
+    for key in ("final_loss", "min_loss"):
+        assert grpo["ratios"][key] == {"ratio": None, "text": "n/a (GRPO loss vs SFT loss: different quantities)"}
+    assert grpo["ratios"]["case_score"]["text"].endswith(" points") or grpo["ratios"]["case_score"]["text"] == "same"
+    assert main(["compare", str(tmp_path / "sft"), str(run_dir)]) == 0
+    table = capsys.readouterr().out
+    assert "0.000e+00" not in table and "-0.00×" not in table and not re.search(r"1\.0× (less|more)", table)
+    assert re.search(r"total FLOPs\s*│\s*\S+\s*│\s*n/a", table)
+    assert "different methods (sft, grpo)" in " ".join(table.split())
 
 
 def test_a_grpo_run_chats_and_scores_its_test_cases(grpo_run):

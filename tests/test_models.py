@@ -134,7 +134,7 @@ def test_bad_models_exit_2_naming_the_file_and_the_fix(tmp_path, lora_recipe):
     models = ollama_layout(tmp_path / "ollama", gguf)
     ollama_layout(tmp_path / "ollama", gguf, name="tuned", tag="latest", adapter=True)
     cases = {
-        str(tmp_path / "absent.gguf"): ["model not found", "absent.gguf"],
+        str(tmp_path / "absent.gguf"): ["model file not found", "absent.gguf"],
         str(cut): ["cut.gguf", "damaged or cut short", "download or copy the file again"],
         str(garbage): ["garbage.gguf", "not a GGUF file"],
         str(two): ["2 GGUF files in this folder", "a.gguf, b.gguf", "name the one to train from"],

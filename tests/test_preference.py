@@ -3,6 +3,7 @@ DPOTrainer on the PEFT path) on the tiny model, through the CLI."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -11,9 +12,9 @@ import pytest
 from conftest import PROMPT, SUMS, check_eval_and_merged_export, requires_unsloth, unsloth_rows, write_recipe
 
 from quickft.cli import main
+from quickft.data.pairs import Pair, encode_pair, read_pairs
 from quickft.errors import UserError
-from quickft.metrics import PREFERENCE_KEYS
-from quickft.preference import Pair, encode_pair, read_pairs
+from quickft.methods.preference import KEYS as PREFERENCE_KEYS
 from quickft.recipe import Data
 
 # Records shaped as each project publishes them (field names, nesting, and where the prompt lives), with text of
@@ -147,7 +148,7 @@ def test_records_that_are_not_pairs_are_named(tmp_path, record, says):
 def chatml_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from quickft.encode import CHATML
+    from quickft.data.encode import CHATML
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.chat_template = CHATML
@@ -174,7 +175,7 @@ def test_a_text_pairs_tokens_are_sfts(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
     from quickft.data import Example
-    from quickft.encode import encode
+    from quickft.data.encode import encode
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     data = Data(path="x", prompt_template=PROMPT)
@@ -224,7 +225,9 @@ def dpo_run(tmp_path_factory, tiny_model_dir):
 
 
 def rows_of(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The training rows of metrics.jsonl (evaluations, and the starting model's score at step 0, left out)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
 
 
 def mean(values) -> float:
@@ -273,7 +276,7 @@ def test_dpo_reports_what_it_measured(dpo_run, capsys):
 def test_preference_figures_are_trls_means_over_each_logging_window(dpo_run, capsys):
     """A row's (and the report's) preference figures are TRL's means over the steps since its previous log, one
     micro-batch per step here: recomputed from the same run logged every step, and the report names the steps."""
-    from quickft.report import preference_text
+    from quickft.methods.preference import line_text as preference_text
 
     run_dir, recipe = dpo_run
     every = rows_of(run_dir)
@@ -287,6 +290,34 @@ def test_preference_figures_are_trls_means_over_each_logging_window(dpo_run, cap
             assert window[key] == pytest.approx(mean(r[key] for r in steps), abs=1e-5), (window["step"], key)
     first, last = windows
     assert f"steps 4-6: {preference_text(last)}; steps 1-3: chosen wins {first['rewards/accuracies']:.0%}" in out
+
+
+def test_the_last_dpo_step_is_logged_and_the_start_scored(dpo_run, tmp_path, capsys):
+    """max_steps=6 logging every 4 steps: step 6 is logged too, its figures TRL's means over steps 5-6 (recomputed
+    from the fixture's run, which logs every step). The starting model's test-case score is metrics.jsonl's step 0,
+    the score `quickft eval RUN --base` gives afterwards, and the report sets the end score beside it."""
+    from rich.console import Console
+
+    from quickft.report import Reporter
+
+    run_dir, recipe = dpo_run
+    out = run_dir.parent / "last_step"
+    assert main(["run", str(recipe), "--output-dir", str(out), "logging_steps=4", "--quiet"]) == 0
+    every, windows = rows_of(run_dir), rows_of(out)
+    assert [r["step"] for r in windows] == [4, 6] and windows[-1]["window_steps"] == 2
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert windows[-1][key] == pytest.approx(mean(r[key] for r in every[4:6]), abs=1e-5), key
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preference"]["last"]["step"] == 6 and summary["loss"]["final"] == windows[-1]["loss"]
+    start = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["step"] == 0]
+    h = summary["test_cases"]
+    assert len(start) == 1 and h["before_training"] == start[0]["case_score"]
+    capsys.readouterr()
+    assert main(["eval", str(out), "--base", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == h["before_training"]
+    console = Console(record=True, width=200, file=io.StringIO())
+    Reporter(console).report(summary, [])
+    assert f", from {h['before_training']:.1%} before training (" in console.export_text()
 
 
 def test_a_dpo_run_chats_and_scores_its_test_cases(dpo_run, capsys):
@@ -365,7 +396,7 @@ def test_a_pairs_tokens_count_both_sequences(tiny_model_dir):
     rejected) and what the loss sees (the two answers), recounted from the sequences themselves."""
     from transformers import AutoTokenizer
 
-    from quickft.preference import prepare_pairs, sequences
+    from quickft.data.pairs import prepare_pairs, sequences
     from quickft.recipe import Recipe
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -17,8 +17,8 @@ import pytest
 from conftest import PROMPT, SUMS, check_eval_and_merged_export, requires_unsloth, unsloth_rows, write_recipe
 
 from quickft.cli import main
+from quickft.data.pairs import Judged, read_judged
 from quickft.errors import UserError
-from quickft.preference import Judged, read_judged
 from quickft.recipe import Data
 
 # ---------------------------------------------------------------------------------------------- KTO's data
@@ -189,7 +189,9 @@ def method_run(request, tmp_path_factory, tiny_model_dir):
 
 
 def rows_of(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The training rows of metrics.jsonl (evaluations, and the starting model's score at step 0, left out)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
 
 
 def starting_logps(tiny_model_dir, pairs_path, adapter=None, only=None):
@@ -199,7 +201,7 @@ def starting_logps(tiny_model_dir, pairs_path, adapter=None, only=None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from quickft.preference import encode_pair, read_pairs
+    from quickft.data.pairs import encode_pair, read_pairs
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
@@ -286,7 +288,7 @@ def test_the_first_steps_figures_are_the_starting_models(method_run, tiny_model_
 def test_each_method_says_what_it_ran_and_prints_what_it_logged(method_run):
     """The header names the trainer and its settings as the trainer holds them; every live line carries its row's
     preference figures, and summary.json the last row's."""
-    from quickft.report import preference_text
+    from quickft.methods.preference import line_text as preference_text
 
     method, run_dir, _, _, out = method_run
     rows = rows_of(run_dir)
@@ -309,6 +311,26 @@ def test_each_method_says_what_it_ran_and_prints_what_it_logged(method_run):
     assert summary["preference"]["last"]["rewards/margins"] == rows[-1]["rewards/margins"]
     # each step is the whole data set (one micro-batch): the run's tokens are three times the first step's
     assert summary["train"]["tokens"] == rows[-1]["tokens"] == 3 * rows[0]["tokens"]
+
+
+def test_the_last_step_is_logged_whatever_logging_steps_says(method_run, tmp_path, capsys):
+    """max_steps=3 logging every 2 steps: step 3 is logged too, its figures those of step 3 alone (the fixture's run
+    logs every step), the report's last figures are step 3's, and the starting model's score is step 0's row, as
+    `quickft eval RUN --base` scores it afterwards."""
+    _, run_dir, recipe, _, _ = method_run
+    out = tmp_path / "windows"
+    assert main(["run", str(recipe), "--output-dir", str(out), "logging_steps=2", "--quiet"]) == 0
+    each, windows = rows_of(run_dir), rows_of(out)
+    assert [r["step"] for r in windows] == [2, 3] and windows[-1]["window_steps"] == 1
+    for key in ("loss", "rewards/chosen", "rewards/rejected"):
+        assert windows[-1][key] == pytest.approx(each[2][key], abs=1e-5), key
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preference"]["last"]["step"] == 3 and summary["loss"]["final"] == windows[-1]["loss"]
+    start = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["step"] == 0]
+    assert len(start) == 1 and summary["test_cases"]["before_training"] == start[0]["case_score"]
+    capsys.readouterr()
+    assert main(["eval", str(out), "--base", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == start[0]["case_score"]
 
 
 def test_the_adapter_trained_and_the_run_chats(method_run):
@@ -404,7 +426,7 @@ def test_eval_loss_on_held_out_pairs(method, tmp_path, tiny_model_dir):
     )
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--output-dir", str(out), "--quiet"]) == 0
-    evals = [r for r in rows_of(out) if "eval_loss" in r]
+    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
     assert [r["step"] for r in evals] == [2, 4] and all(math.isfinite(r["eval_loss"]) for r in evals)
     best = out / "best"  # the trained adapter only, as the run's own save
     assert (best / "adapter_model.safetensors").is_file() and not (best / "ref").exists()
@@ -412,10 +434,10 @@ def test_eval_loss_on_held_out_pairs(method, tmp_path, tiny_model_dir):
     assert summary["data"]["held_out_eval"] == (8 if method == "kto" else 4)  # 4 of 20 prompts (KTO: 2 answers each)
     if method == "kto":  # its loss leans on a KL estimate from mismatched pairs: checked present, not recomputed
         return
+    from quickft.pipeline import read_data
     from quickft.recipe import load_recipe
-    from quickft.train import read_recipe_data
 
-    split = read_recipe_data(load_recipe(recipe))  # the same split, from the same data and seed
+    _, split = read_data(load_recipe(recipe))  # the same split, from the same data and seed
     held = {p.prompt for p in split.eval}
     assert len(held) == 4 and not held & {p.prompt for p in split.train}
     final = starting_logps(tiny_model_dir, pairs, adapter=out, only=held)

@@ -87,7 +87,7 @@ def test_lora_from_the_gguf_trains_on_the_chat_template(chat_run, smollm2_dense)
     from transformers import AutoTokenizer
 
     from quickft.data import read_examples
-    from quickft.encode import prepare
+    from quickft.data.encode import prepare
     from quickft.recipe import recipe_from_dict
 
     gguf, dense = smollm2_dense
@@ -113,8 +113,8 @@ def test_lora_from_the_gguf_trains_on_the_chat_template(chat_run, smollm2_dense)
 
 def test_eval_base_answers_with_the_adapter_off(chat_run, capsys):
     """eval --base: the same cases, framed the same way, answered by the model the run started from."""
-    from quickft.chat import load_session
     from quickft.generation import greedy_ids
+    from quickft.session import load_session
 
     assert main(["eval", str(chat_run), "--base", "--json"]) == 0
     base = json.loads(capsys.readouterr().out)

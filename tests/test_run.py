@@ -114,10 +114,10 @@ def test_lora_training_changes_adapter_but_not_base(tmp_path, lora_recipe):
     """The trainer quickft builds updates only LoRA weights (trl's own test, on our path)."""
     from quickft.backends import load
     from quickft.data import read_examples
-    from quickft.encode import prepare
+    from quickft.data.encode import prepare
     from quickft.hardware import Choice
+    from quickft.pipeline import make_trainer, to_dataset
     from quickft.recipe import load_recipe
-    from quickft.train import make_trainer, to_dataset
 
     recipe = load_recipe(lora_recipe, ["max_steps=3"])
     loaded = load(recipe, Choice("peft", "test", "fp32", False, "cpu"), recipe.model, local=True)
@@ -242,7 +242,7 @@ def test_the_precision_reported_is_the_one_the_trainer_runs(tmp_path, chosen, fl
     from trl import SFTConfig
 
     from quickft.hardware import Choice
-    from quickft.train import trained_precision
+    from quickft.summary import trained_precision
 
     args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, **({"bf16": False, "fp16": False} | flags))
     choice = Choice("unsloth", "Unsloth runs here", chosen, False, "cuda")

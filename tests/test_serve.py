@@ -654,7 +654,8 @@ def test_the_merged_export_of_a_chat_run_serves_chats_answers(chat_format_run, t
     framed as `quickft chat` frames them. The key comes from QUICKFT_API_KEY."""
     from transformers import AutoTokenizer
 
-    from quickft.chat import load_session, turn
+    from quickft.chat import turn
+    from quickft.session import load_session
 
     merged = tmp_path / "merged"
     assert main(["export", str(chat_format_run), "--to", "merged", "--out", str(merged)]) == 0

@@ -75,8 +75,9 @@ def locate(model: str) -> tuple[str | GGUF, bool]:
         check_model_dir(candidate)
         return str(candidate.resolve()), True
     if model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model or model.lower().endswith(".gguf"):
+        what = "model file" if model.lower().endswith(".gguf") else "model directory"
         raise UserError(
-            f"model not found: {model}",
+            f"{what} not found: {model}",
             hint="check the path (a model directory, a .gguf file), or use a hub id like microsoft/phi-2",
         )
     return model, False

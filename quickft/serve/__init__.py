@@ -74,29 +74,11 @@ def what_to_serve(path: str | Path) -> dict:
 
 
 def load_merged(target: dict):
-    """A merged export as a chat Session: the weights with transformers alone (as export's check loads them back),
-    the framing from the run it came from."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from quickft.backends import prepare_tokenizer, private_by_default, quiet_libraries
-    from quickft.chat import Session, chat_style, default_params
-    from quickft.loadback import load_back_device, saved_dtype
+    """A merged export as a chat Session: the weights with transformers alone, the framing from the run it came from."""
     from quickft.recipe import recipe_from_dict
+    from quickft.session import load_merged as load
 
-    private_by_default(True)
-    quiet_libraries()
-    model_dir: Path = target["dir"]
-    recipe = recipe_from_dict(target["run"]["recipe"])
-    free = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
-    device = load_back_device(sum(f.stat().st_size for f in model_dir.glob("*.safetensors")), free)
-    dtype = "float32" if device == "cpu" else saved_dtype(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), local_files_only=True)
-    model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    prepare_tokenizer(tokenizer, recipe)
-    description = f"loaded the merged model in {model_dir} with transformers alone, {dtype} on {device}"
-    return Session(model, tokenizer, recipe, chat_style(recipe), default_params(recipe), description=description)
+    return load(target["dir"], recipe_from_dict(target["run"]["recipe"]))
 
 
 def main(
@@ -112,9 +94,9 @@ def main(
     from rich.console import Console
     from rich.markup import escape
 
-    from quickft.chat import framing, load_session
     from quickft.serve.app import make_app
     from quickft.serve.worker import CONCURRENCY, Service
+    from quickft.session import framing, load_session
 
     err = Console(stderr=True, soft_wrap=True)
     if not is_loopback(host) and not allow_remote:

@@ -161,7 +161,7 @@ class Service:
 
     def render(self, job: Job) -> str:
         """The prompt exactly as `quickft chat` frames it (chat.build_prompt)."""
-        from quickft.chat import build_prompt
+        from quickft.session import build_prompt
 
         session = self.session
         if job.messages is None:

@@ -20,8 +20,8 @@ from quickft.errors import UserError
 
 def answer(session, text: str) -> tuple[str, int]:
     """One greedy (or the run's sampling) answer to `text`, as chat streams it: (its text, invalid UTF-8 pieces)."""
-    from quickft.chat import build_prompt
     from quickft.generation import stream
+    from quickft.session import build_prompt
 
     p, stats = session.params, {}
     pieces = stream(
@@ -47,7 +47,7 @@ def answer_both(session, text: str) -> dict:
 
 
 def main(run_dir: str) -> int:
-    from quickft.chat import load_session
+    from quickft.session import load_session
 
     try:
         session = load_session(run_dir, with_base=True)

@@ -96,8 +96,9 @@ def model_name(recipe: dict) -> str:
 
 
 def best_score(rows: list[dict], summary: dict | None) -> float | None:
-    """The best test-case score: of the evaluations during training and the one after it."""
-    scores = [r["case_score"] for r in rows if "case_score" in r]
+    """The best test-case score: of the evaluations during training and the one after it (not the starting model's,
+    the row at step 0 that preference and GRPO runs record before training: a run that fell would show its start)."""
+    scores = [r["case_score"] for r in rows if "case_score" in r and r.get("step", 1) > 0]
     if summary and summary.get("test_cases"):
         scores.append(summary["test_cases"]["score"])
     return max(scores, default=None)

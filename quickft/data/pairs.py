@@ -23,12 +23,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from quickft import data as readers
+from quickft.data import readers
 from quickft.errors import UserError
 from quickft.recipe import Data
 
 if TYPE_CHECKING:
-    from quickft.encode import Prepared
+    from quickft.data.encode import Prepared
 
 PREFERENCE_KEYS = (("chosen", "rejected"), ("chosen_messages", "rejected_messages"))
 HH_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
@@ -306,9 +306,9 @@ def encode_pair(pair: Pair, tokenizer, data: Data) -> dict:
 
 def encode_answer(prompt, answer, tools, where: str, tokenizer, data: Data) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids) as SFT's encoder tokenizes the same prompt and answer."""
-    from quickft import chat_template
-    from quickft.data import Example
-    from quickft.encode import encode
+    from quickft.data import chat_template
+    from quickft.data.encode import encode
+    from quickft.data.readers import Example
 
     if isinstance(prompt, list):
         turn = chat_template.turns(prompt + [answer], tokenizer, tools, where)[-1]
@@ -322,7 +322,7 @@ def encode_answer(prompt, answer, tools, where: str, tokenizer, data: Data) -> t
 def prepare_pairs(pairs: list[Pair], tokenizer, recipe) -> Prepared:
     """Pairs -> rows of prompt, chosen and rejected ids; a pair whose prompt and longer answer exceed max_seq_length
     is dropped, with its place and length (cutting an answer would change which one is better)."""
-    from quickft.encode import Prepared
+    from quickft.data.encode import Prepared
 
     limit = recipe.max_seq_length
     prepared = Prepared(rows=[])
@@ -348,7 +348,7 @@ def prepare_judged(judged: list[Judged], tokenizer, recipe) -> Prepared:
     answer whose prompt and answer exceed max_seq_length is dropped, with its place and length."""
     import random
 
-    from quickft.encode import Prepared
+    from quickft.data.encode import Prepared
 
     limit = recipe.max_seq_length
     prepared = Prepared(rows=[])

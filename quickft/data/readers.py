@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from quickft.columns import ALPACA, PROMPT_KEYS, Columns, answers_for, find_columns, prompt_and_answer
+from quickft.data.columns import ALPACA, PROMPT_KEYS, Columns, answers_for, find_columns, prompt_and_answer
 from quickft.errors import UserError
 from quickft.recipe import Data
 

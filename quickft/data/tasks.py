@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from quickft import data as readers
-from quickft.columns import ANSWER_KEYS, PROMPT_KEYS, find_columns, prompt_and_answer
+from quickft.data import readers
+from quickft.data.columns import ANSWER_KEYS, PROMPT_KEYS, find_columns, prompt_and_answer
 from quickft.errors import UserError
 from quickft.recipe import Data
 
@@ -144,7 +144,7 @@ def _columns(record: dict, *used: str | None) -> dict:
 
 def prompt_of(task: Task, tokenizer, data: Data) -> str:
     """The prompt's text exactly as the model sees it, as for test cases and `quickft chat`."""
-    from quickft.encode import chat_prompt, format_prompt
+    from quickft.data.encode import chat_prompt, format_prompt
 
     if task.chat:
         return chat_prompt(task.prompt, tokenizer, task.tools, task.where)
@@ -160,7 +160,7 @@ def prepare_tasks(tasks: list[Task], tokenizer, recipe):
     """Tasks -> the rows GRPOTrainer samples from: "prompt" (text as the model sees it), "answer", "where" and the
     record's columns. A prompt that leaves no room for a max_completion_length answer within max_seq_length is
     dropped, with its place and length (cutting it would change the question)."""
-    from quickft.encode import Prepared
+    from quickft.data.encode import Prepared
 
     room = recipe.max_seq_length - completion_length(recipe)
     prepared = Prepared(rows=[])
@@ -176,10 +176,6 @@ def prepare_tasks(tasks: list[Task], tokenizer, recipe):
             continue
         row = {"prompt": str(text), "answer": task.answer, "where": task.where, "prompt_tokens": length}
         prepared.rows.append(row | {k: task.columns.get(k) for k in columns})
-    from quickft.rewards import check_signature
-
-    for fn in recipe.grpo.rewards:  # before the run directory exists: a reward asking for a column the data lacks
-        check_signature(fn, ["answer", "where", "prompt_tokens", *columns])
     if not prepared.rows:
         raise UserError(
             f"{recipe.data.path}: no prompt fits max_seq_length={recipe.max_seq_length} with room for a "

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from quickft import chat_template
-from quickft.data import Example
+from quickft.data import chat_template
+from quickft.data.readers import Example
 from quickft.errors import UserError
 from quickft.recipe import Data, Recipe
 
