@@ -123,6 +123,8 @@ def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, f
     if choice.load_in_4bit:
         exact_cpu_4bit(model, dtype)
     _fix_pad_token(model, tokenizer)
+    if for_training and (recipe.data.batching == "packed" or choice.device == "cpu"):
+        use_quickft_sdpa(model)
     if not for_training or recipe.mode == "full":
         if for_training and recipe.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -143,7 +145,12 @@ def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, f
         target_modules=recipe.lora.target_modules,  # "all-linear": PEFT's (and Unsloth's) own
         task_type="CAUSAL_LM",
     )
-    return Loaded(get_peft_model(model, config), tokenizer, choice)
+    model = get_peft_model(model, config)
+    if choice.device == "cpu" and choice.precision == "bf16":  # as settle_cpu_precision trains a bf16 pick
+        from quickft.cpu_speed import keep_lora_sums_fp32
+
+        keep_lora_sums_fp32(model)
+    return Loaded(model, tokenizer, choice)
 
 
 def load_unsloth(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, for_training: bool = True) -> Loaded:
@@ -320,3 +327,100 @@ def _fix_pad_token(model, tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def settle_cpu_precision(recipe: Recipe, choice: Choice, model, batch: dict | None, *, previous: str | None = None):
+    """precision=auto on a CPU with bf16 matrix instructions: time `batch` (a micro-batch of the run's own shape)
+    forward and backward through the loaded model in fp32 and in bf16 (quickft.cpu_speed.time_passes), and train in the
+    faster (hardware.pick_cpu_precision). bf16 makes a LoRA run train in bf16 from now on (cpu_speed.lora_in_bf16:
+    its frozen weights cast as loading in bf16 would, the adapter and the LoRA sums in fp32). Elsewhere the precision
+    stands, with the reason (hardware.cpu_precision_plan). `previous`: the precision an interrupted run trained in,
+    which it goes on in (no probe). Also sets torch's threads to the usable physical cores where quickft set
+    OMP_NUM_THREADS after torch was already loaded. Returns (choice, the function that puts the model back in fp32
+    for answering, or None)."""
+    import torch
+
+    from quickft import cpu, cpu_speed
+    from quickft.hardware import cpu_precision_plan, pick_cpu_precision
+
+    found = choice.hardware.cpu if choice.hardware and choice.hardware.cpu else cpu.read_cpu()
+    openmp = cpu.openmp_state()
+    if openmp.torch_was_loaded and "OMP_NUM_THREADS" in openmp.set_by_quickft:
+        torch.set_num_threads(int(openmp.threads))
+    record = {"threads": torch.get_num_threads()}
+    probe, why = cpu_precision_plan(
+        found, requested=recipe.precision, mode=recipe.mode, backend=choice.backend, processes=distributed.world_size()
+    )
+    precision, restore = choice.precision, None
+    if probe and previous:
+        precision, why = previous, f"{previous}, as this run trained before it was interrupted"
+    elif probe and batch is not None:
+        record["probe"] = cpu_speed.time_passes(model, batch, cast=recipe.mode != "full")
+        precision, why = pick_cpu_precision(found, record["probe"]["fp32_s"], record["probe"]["bf16_s"])
+    if probe and precision == "bf16" and recipe.mode != "full":
+        restore = cpu_speed.lora_in_bf16(model)
+    return replace(choice, precision=precision, precision_reason=why, cpu=record), restore
+
+
+CPU_PEAK_S = 0.3
+"""Seconds of the matrix-multiply probe a CPU run spends for its MFU (doctor's is longer)."""
+
+
+def measure_cpu_peak(choice: Choice) -> Choice:
+    """The choice with this CPU's matrix-multiply peak in the precision trained: MFU's denominator on a CPU."""
+    from quickft.cpu_speed import matmul_peak
+
+    dtype = "bfloat16" if choice.precision == "bf16" else "float32"
+    return replace(choice, cpu=(choice.cpu or {}) | {"peak": matmul_peak(dtype, seconds=CPU_PEAK_S)})
+
+
+SDPA = "quickft_sdpa"
+"""The attention quickft registers for training on a CPU and for packed rows: torch's SDPA, with two changes."""
+
+
+def quickft_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """transformers' SDPA attention, with two changes.
+
+    Packed (padding-free) rows, one row whose position ids restart at 0 where each example starts: each example is
+    attended to alone. transformers builds a block-diagonal mask for such a row, and SDPA computes all of it, every
+    example against every other, masked: with ~85-token examples in 256-token rows of 4, 12 times the attention the
+    examples need, a third of a bf16 SmolLM2 step on a CPU (docs/benchmarks.md). Each example alone, causal, computes
+    exactly what the mask lets through.
+
+    Under bf16 autocast on a CPU, attention runs in fp32: torch's CPU attention is slower in bf16 than in fp32 (SmolLM2's
+    shapes, forward and backward: 2.6 ms vs 1.5 ms), and the LoRA sums hand it fp32 queries, keys and values anyway.
+
+    Anything else (padded batches without autocast, generation with a cache) is SDPA unchanged."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            query, key, value = (t.float() for t in (query, key, value))
+            return quickft_sdpa(module, query, key, value, attention_mask, **kwargs)
+    position_ids = kwargs.get("position_ids")
+    length = query.shape[2]
+    if position_ids is None or query.shape[0] != 1 or key.shape[2] != length or position_ids.shape[-1] != length:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    starts = (position_ids.reshape(-1) == 0).nonzero().flatten().tolist()
+    if len(starts) < 2 or starts[0] != 0:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    pieces = []
+    for begin, end in zip(starts, [*starts[1:], length], strict=True):
+        one = (t[:, :, begin:end] for t in (query, key, value))
+        pieces.append(sdpa_attention_forward(module, *one, None, **kwargs | {"is_causal": True})[0])
+    return torch.cat(pieces, dim=1), None  # (batch, sequence, heads, head_dim), as sdpa_attention_forward returns
+
+
+def use_quickft_sdpa(model) -> bool:
+    """Train a model that attends with SDPA through quickft_sdpa. Returns whether it was set."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "_attn_implementation", None) != "sdpa":
+        return False
+    AttentionInterface.register(SDPA, quickft_sdpa)
+    AttentionMaskInterface.register(SDPA, sdpa_mask)
+    base.set_attn_implementation(SDPA)
+    return True

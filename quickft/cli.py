@@ -488,6 +488,9 @@ _argv: list[str] | None = None
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code instead of exiting (tests call this)."""
     global _debug, _argv
+    from quickft.cpu import set_openmp
+
+    set_openmp()  # before any verb imports torch: OpenMP reads these once, as its runtime starts
     _debug = bool(os.environ.get("QUICKFT_DEBUG")) or "--debug" in (argv if argv is not None else sys.argv[1:])
     _argv = argv
     from quickft import noise

@@ -70,6 +70,11 @@ def collect(*, check_unsloth_import: bool = True, reporter=None) -> dict:
         with reporter.phase("trying a bitsandbytes 4-bit round trip"):
             bnb_error = four_bit_check("cuda" if hw.device == "cuda" else "cpu")
     verdict = choose(hw, status)
+    with reporter.phase("measuring the CPU's matrix-multiply peak in fp32 and bf16 (about a second)"):
+        cpu_layer = cpu_facts(hw, verdict)
+    precision = verdict.precision
+    if hw.device == "cpu" and verdict.precision_reason and verdict.precision_reason.startswith("fp32 or bf16"):
+        precision = "fp32 or bf16"
     return {
         "python": {"version": platform.python_version(), "platform": platform.platform()},
         "numeric core": {
@@ -78,6 +83,7 @@ def collect(*, check_unsloth_import: bool = True, reporter=None) -> dict:
             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
             "cpu threads": torch.get_num_threads(),
         },
+        "cpu": cpu_layer,
         "gpu": {"device": describe(hw), "gpus": gpus},
         "stack": {
             "torch build": f"{stack.torch} (CUDA {stack.cuda})" if stack.cuda else f"{stack.torch} (CPU only)",
@@ -101,9 +107,40 @@ def collect(*, check_unsloth_import: bool = True, reporter=None) -> dict:
         },
         "verdict": {
             "backend": verdict.backend if runnable.status != "cannot-run" else "none: this stack cannot run here",
-            "precision": verdict.precision,
+            "precision": precision,
             "why": verdict.reason if runnable.status != "cannot-run" else f"{runnable.reason}; fix: {runnable.fix}",
         },
+    }
+
+
+PEAK_S = 0.5
+"""Seconds of multiplies per dtype: doctor's one-second probe of the CPU's peak."""
+
+
+def cpu_facts(hw, verdict) -> dict:
+    """The CPU layer: its instructions, cores and threads, OpenMP's settings, its matrix-multiply peak per dtype
+    (quickft.cpu_speed.matmul_peak, PEAK_S each) and the precision precision=auto trains in on it."""
+    import torch
+
+    from quickft import cpu
+    from quickft.cpu_speed import matmul_peak
+    from quickft.hardware import cpu_precision_plan
+
+    found = hw.cpu or cpu.read_cpu()
+    fp32, bf16 = (matmul_peak(dtype, seconds=PEAK_S) for dtype in ("float32", "bfloat16"))
+    _, why = cpu_precision_plan(found, requested="auto", mode="lora", backend="peft")
+    return {
+        "model": found.name,
+        "cores": f"{found.physical_cores} physical, {found.usable_cores} usable by this process; torch runs "
+        f"{torch.get_num_threads()} threads",
+        "instructions": ", ".join(found.features) or ("none of " + ", ".join(cpu.ISA.values())),
+        "bf16 matrix instructions": found.bf16_instructions or "none",
+        "torch's kernels": torch.backends.cpu.get_cpu_capability(),
+        "OpenMP": cpu.openmp_text(cpu.openmp_state()),
+        "matmul fp32 GFLOP/s": round(fp32["flops_per_s"] / 1e9, 1),
+        "matmul bf16 GFLOP/s": round(bf16["flops_per_s"] / 1e9, 1),
+        "bf16 / fp32": round(bf16["flops_per_s"] / fp32["flops_per_s"], 2),
+        "precision=auto trains in": why if hw.device == "cpu" else f"{verdict.precision} (on the {hw.device})",
     }
 
 

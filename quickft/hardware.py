@@ -9,7 +9,10 @@ import importlib.metadata
 import os
 import re
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from quickft.cpu import Cpu
 
 UNSLOTH_MIN_CAPABILITY = (7, 0)  # Unsloth's Triton kernels; Pascal (6.x) fails with GPUTooOldForTriton
 BF16_MIN_CAPABILITY = (8, 0)
@@ -28,6 +31,8 @@ class Hardware:
     """Set when this card stands in for a smaller or older one (emulate()): then capability and vram_bytes are the
     emulated card's, which every decision uses, and these two the card's own, whose kernels run."""
     physical_vram_bytes: int | None = None
+    cpu: Cpu | None = None
+    """The CPU (quickft.cpu.read_cpu): its bf16 instructions and cores decide the precision and threads on a CPU."""
 
     @property
     def emulated(self) -> bool:
@@ -105,6 +110,11 @@ class Choice:
     """The machine the decision was made for (saved with it, shown in the report's header)."""
     stack: dict | None = None
     """The installed stack and its verdict for this machine (quickft.stack), when it was checked."""
+    precision_reason: str | None = None
+    """Why this precision, where the machine decided it (on a CPU: its bf16 instructions and the probe's timings)."""
+    cpu: dict | None = None
+    """On a CPU: the precision probe's timings, the matrix-multiply peak of the precision trained (MFU's
+    denominator), the threads and how busy other processes kept the cores (quickft.cpu)."""
 
     def summary(self, mode: str | None = None) -> str:
         quant = "bitsandbytes 4-bit" if self.load_in_4bit else "16/32-bit weights"
@@ -170,7 +180,9 @@ def detect() -> Hardware:
         return emulate(Hardware("cuda", props.name, (props.major, props.minor), props.total_memory), os.environ)
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return Hardware("mps", "Apple GPU (MPS)")
-    return Hardware("cpu")
+    from quickft.cpu import read_cpu
+
+    return Hardware("cpu", cpu=read_cpu())
 
 
 def unsloth_status() -> UnslothStatus:
@@ -201,7 +213,13 @@ def describe(hw: Hardware) -> str:
         )
     if hw.device == "mps":
         return "Apple GPU (MPS)"
-    return f"CPU ({os.cpu_count()} cores)"
+    if hw.cpu is None:
+        return f"CPU ({os.cpu_count()} cores)"
+    cores = f"{hw.cpu.physical_cores} physical cores" + (
+        f", {hw.cpu.usable_cores} usable" if hw.cpu.usable_cores < hw.cpu.physical_cores else ""
+    )
+    isa = ", ".join(hw.cpu.features[:2]) if hw.cpu.features else "instruction sets unknown"
+    return f"CPU: {hw.cpu.name} ({cores}; {isa})"
 
 
 def choose(
@@ -219,6 +237,14 @@ def choose(
     `unsloth_refuses` is Unsloth's reason for not taking this architecture, when it is already known. `processes` > 1
     (started by torchrun or accelerate launch): data-parallel training, which quickft runs on the PEFT path only.
     """
+    choice = _choose(hw, unsloth, requested, mode, precision, unsloth_refuses, processes)
+    if hw.device == "cpu":
+        _, why = cpu_precision_plan(hw.cpu, requested=precision, mode=mode, backend=choice.backend, processes=processes)
+        choice.precision_reason = why
+    return choice
+
+
+def _choose(hw, unsloth, requested, mode, precision, unsloth_refuses, processes) -> Choice:
     resolved_precision = _precision(hw, precision)
     load_in_4bit = mode == "qlora"
     four_bit_note = ""
@@ -251,7 +277,8 @@ def choose(
     plain = "transformers (full fine-tune)" if mode == "full" else "PEFT"
     return Choice(
         "peft",
-        f"Unsloth not used: {why_not} — using {plain} + {quant}, {resolved_precision}{four_bit_note}",
+        f"Unsloth not used: {why_not} — using {plain} + {quant}, {_precision_text(hw, precision, mode, processes)}"
+        f"{four_bit_note}",
         resolved_precision,
         load_in_4bit,
         hw.device,
@@ -285,6 +312,17 @@ def why_not_unsloth(hw: Hardware, unsloth: UnslothStatus, refuses: str | None = 
     return None
 
 
+def _precision_text(hw: Hardware, requested: str, mode: str, processes: int) -> str:
+    """The precision as the backend's reason names it: on a CPU that the probe decides for, both candidates."""
+    resolved = _precision(hw, requested)
+    if (
+        hw.device == "cpu"
+        and cpu_precision_plan(hw.cpu, requested=requested, mode=mode, backend="peft", processes=processes)[0]
+    ):
+        return "fp32 or bf16 (a probe of the run's own passes picks)"
+    return resolved
+
+
 def _precision(hw: Hardware, requested: str) -> str:
     bf16_ok = hw.device == "cuda" and hw.capability >= BF16_MIN_CAPABILITY
     if requested == "auto":
@@ -296,3 +334,54 @@ def _precision(hw: Hardware, requested: str) -> str:
     if requested == "fp16" and hw.device == "cpu":
         raise ValueError("precision=fp16 does not train on CPU: use fp32 or bf16")
     return requested
+
+
+BF16_MARGIN = 0.10
+"""On a CPU, bf16 is picked only when the probe's bf16 pass is at least this much faster than fp32's: it rounds every
+multiply, so a tie goes to fp32."""
+
+
+def cpu_precision_plan(
+    cpu: Cpu | None, *, requested: str, mode: str, backend: str, processes: int = 1
+) -> tuple[bool, str]:
+    """precision=auto on a CPU: (whether the probe times the run's own passes in fp32 and bf16, and why; or why the
+    run trains in fp32 without one). A CPU without bf16 matrix instructions (AVX2 only, AVX512F without BF16)
+    converts bf16 to fp32 around every multiply, so it never pays; with them, what pays depends on the model's
+    shapes (small matrices lose more to the conversions than the matrix units win), so the probe measures it. Only
+    LoRA is probed: its bf16 losses were checked against fp32's (tests/test_cpu.py), a full fine-tune's were not
+    and came out worse."""
+    if requested != "auto":
+        return False, f"precision={requested}, as the recipe says"
+    if backend == "unsloth":
+        return False, "Unsloth's CPU mode sets its own precision"
+    if mode == "qlora":
+        return False, "fp32: qlora on a CPU multiplies through bitsandbytes' 4-bit CPU kernels (not probed)"
+    if mode == "full":
+        return False, (
+            "fp32: a full fine-tune trains every weight, and bf16 autocast cost the demo its accuracy (91% of unseen "
+            "sums after 2,100 steps, where fp32 reaches 95%); precision=bf16 chooses it"
+        )
+    if processes > 1:
+        return False, f"fp32: {processes} processes share this CPU, so a probe's timings would not say which is faster"
+    if cpu is not None and cpu.flags_read and not cpu.bf16_instructions:
+        has = f"it has {', '.join(cpu.features)}" if cpu.features else "none of AVX2, AVX512F"
+        return False, (
+            f"fp32: this CPU has no bf16 matrix instructions ({has}), so bf16 would be converted to fp32 around "
+            "every multiply: slower"
+        )
+    has = f"this CPU has {cpu.bf16_instructions}" if cpu and cpu.bf16_instructions else "this CPU's flags are unknown"
+    return True, f"fp32 or bf16, whichever a probe of this run's own passes finds faster ({has})"
+
+
+def pick_cpu_precision(cpu: Cpu | None, fp32_s: float, bf16_s: float, margin: float = BF16_MARGIN) -> tuple[str, str]:
+    """(precision, why) from the probe's seconds per forward and backward pass in each: bf16 when it is at least
+    `margin` faster, else fp32."""
+    has = f"this CPU has {cpu.bf16_instructions}" if cpu and cpu.bf16_instructions else "this CPU's flags are unknown"
+    probe = f"probe {seconds(bf16_s)} vs {seconds(fp32_s)} per forward and backward pass (bf16 vs fp32)"
+    if bf16_s <= (1 - margin) * fp32_s:
+        return "bf16", f"bf16: {has}; {probe}"
+    return "fp32", f"fp32: bf16 is not {margin:.0%} faster on this model, though {has}; {probe}"
+
+
+def seconds(s: float) -> str:
+    return f"{s:.2f} s" if s >= 1 else f"{1000 * s:.0f} ms" if s >= 0.01 else f"{1000 * s:.1f} ms"

@@ -18,12 +18,15 @@ CHECK_PROMPTS = 20
 
 
 def merge_rounding(plan: dict) -> str | None:
-    """Why the merged model cannot answer exactly as the run (None: it can): 16-bit weights, or a GPU's 16-bit
-    arithmetic on the run's side."""
+    """Why the merged model cannot answer exactly as the run (None: it can): 16-bit weights, a recipe that sets a
+    16-bit precision (chat loads the base in it), or a GPU's 16-bit arithmetic on the run's side. A CPU's own bf16
+    pick (precision=auto) trains in bf16 but answers in fp32: exact."""
     import torch
 
     if plan["dtype"] != "float32":
         return f"the merged weights are rounded to {plan['dtype']}"
+    if plan["recipe"].precision in ("bf16", "fp16"):  # chat loads the base in it, as training did
+        return f"the run answers in {plan['recipe'].precision} (precision={plan['recipe'].precision})"
     if torch.cuda.is_available():
         return "the run answers in 16-bit on this GPU"
     return None

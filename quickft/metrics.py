@@ -221,20 +221,34 @@ def flops_figures(
     precision: str,
     processes: int,
     cuda: bool,
+    cpu_peak: float | None = None,
 ) -> dict:
     """The report's FLOPs figures: FLOPs per token trained (every pass a step runs: `passes`, from the trainer), by
     pass, for `tokens` trained in `samples` sequences of which `generated` were generated (GRPO's logits are computed
-    over its answers only); the FLOP/s they make at tokens/s (per process: one card each); MFU on a GPU."""
+    over its answers only); the FLOP/s they make at tokens/s (per process: one card each); MFU on a GPU against the
+    card's data-sheet peak, on a CPU against `cpu_peak`, the matrix-multiply rate measured on it in the precision
+    trained (quickft.cpu_speed.matmul_peak)."""
     share = generated / tokens if passes.get("generation") and tokens else 1.0
     seq_len = tokens / samples if samples else 0.0
     by_pass = flops_by_pass(counts, mode, seq_len, answer_share=share, **passes)
     per_token = sum(by_pass.values())
+    per_s = per_token * tokens_per_s / max(processes, 1)
+    if cuda:
+        peak, utilization = (
+            peak_flops(gpu_name),
+            mfu(per_token, tokens_per_s, gpu_name, precision=precision, processes=processes),
+        )
+        source = "the card's peak dense 16-bit rate" if peak else None
+    else:
+        peak, utilization = cpu_peak, per_s / cpu_peak if cpu_peak else None
+        source = f"this CPU's {precision} matrix-multiply rate, measured as the run began" if cpu_peak else None
     return {
         "flops_per_token": per_token,
         "flops_by_pass": by_pass,
-        "flops_per_s": per_token * tokens_per_s / max(processes, 1),
-        "peak_flops": peak_flops(gpu_name) if cuda else None,
-        "mfu": mfu(per_token, tokens_per_s, gpu_name, precision=precision, processes=processes) if cuda else None,
+        "flops_per_s": per_s,
+        "peak_flops": peak,
+        "peak_source": source,
+        "mfu": utilization,
     }
 
 

@@ -281,7 +281,8 @@ class Recipe:
     optimizer: str = "adamw_torch"
     """Any transformers optimizer name (adamw_torch, adamw_8bit, paged_adamw_8bit, sgd, ...)."""
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    """auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+    """auto: bf16 on GPUs that support it, fp16 on older GPUs; on a CPU, LoRA in bf16 where the CPU has bf16
+    instructions and a probe of the run's own passes finds bf16 faster, else fp32."""
     max_new_tokens: int = 64
     """Longest answer generated for held-out prompts (and the default in `quickft chat`)."""
     temperature: float | None = None

@@ -293,11 +293,10 @@ class Reporter:
             + (" per process" if t.get("processes", 1) > 1 else ""),
         )
         if t["mfu"] is not None:
-            table.add_row(
-                "MFU",
-                f"{100 * t['mfu']:.1f}% (the model FLOP/s above ÷ the card's peak dense 16-bit rate, "
-                f"{t['peak_flops'] / 1e12:,.1f} TFLOP/s)",
-            )
+            peak = t["peak_flops"]
+            rate = f"{peak / 1e12:,.1f} TFLOP/s" if peak >= 1e12 else f"{peak / 1e9:,.0f} GFLOP/s"
+            source = t.get("peak_source") or "the card's peak dense 16-bit rate"  # summaries before CPU MFU
+            table.add_row("MFU", f"{100 * t['mfu']:.1f}% (the model FLOP/s above ÷ {source}, {rate})")
         table.add_row(
             "memory",
             (f"the largest of {t['processes']} processes: " if t.get("processes", 1) > 1 else "")

@@ -172,6 +172,7 @@ def summarize_run(run, recorder, trainer, header: dict, samples: list[dict], eva
         precision=choice.precision,
         processes=processes,
         cuda=choice.device == "cuda",
+        cpu_peak=((choice.cpu or {}).get("peak") or {}).get("flops_per_s"),
     )
     train["processes"] = processes
     if len(recorder.per_process) > 1:  # what each process counted and peaked at; the report shows sum and max

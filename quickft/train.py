@@ -230,7 +230,23 @@ def _train(run: Run) -> None:
 
     with reporter.phase("building the trainer"):
         trainer = build(recipe)
+    in_fp32 = None  # on a CPU that trains a LoRA run in bf16: puts it back in fp32 to answer, as chat will
+    if run.choice.device == "cpu":
+        run.choice, in_fp32 = cpu_precision(run, trainer, data)
+        if run.choice.precision == "bf16" and not trainer.args.bf16:  # the probe picked bf16: autocast from now on
+            with reporter.phase(f"building the trainer again, for {run.choice.precision}"):
+                if "ref" in getattr(loaded.model, "peft_config", {}):  # TRL copies the adapter again (untrained yet)
+                    loaded.model.delete_adapter("ref")
+                trainer = build(recipe)  # with the bf16 choice: make_trainer reads the precision from it
     run.choice, precision_notes = trained_precision(run.choice, trainer.args)
+    if run.choice.device == "cpu":
+        from quickft import cpu
+        from quickft.backends import measure_cpu_peak
+
+        with reporter.phase(f"measuring this CPU's {run.choice.precision} matrix-multiply peak (for MFU)"):
+            run.choice = measure_cpu_peak(run.choice)
+        precision_notes = cpu.header_notes(run.choice) + cpu.step_notes(recipe, data.prepared) + precision_notes
+    precision_notes += attention_notes(recipe, loaded.model)
     notes = precision_notes + methods.room(recipe.method).notes(recipe, trainer)
     placement = placement_rows(recipe, storage["unseen"])
     header = show_header(run, trainer, loaded.model, model_path, data, notes, placement, base=base)
@@ -257,6 +273,8 @@ def _train(run: Run) -> None:
     sharded = distributed.sharded(trainer.model)
     if not main and not sharded:  # the others' share is done
         return
+    if in_fp32:  # a CPU's bf16 pick trained the adapter; it answers in fp32, as chat, eval and export load it
+        in_fp32()
     with recorder.peaks.phase("answering"):  # under FSDP every process takes part (the weights are spread)
         samples = _answer_cases(loaded.model, tokenizer, recipe, data.cases, reporter)
     if not main:
@@ -268,6 +286,44 @@ def _train(run: Run) -> None:
     reporter.report(summary, samples)
     rundir.write_json(run_dir / "summary.json", summary | {"data": data.counts})
     reporter.closing(run_dir, next_commands(run_dir, run.split))
+
+
+def cpu_precision(run: Run, trainer, data: Data):
+    """(choice, the function that puts a bf16-trained LoRA model back in fp32, or None) once the CPU's precision is
+    settled (backends.settle_cpu_precision): with precision=auto and bf16 instructions, a probe times this run's
+    own passes in each (the caller builds the trainer again for a bf16 pick, to train under autocast). The pick is
+    how the run trains, not how it answers: recipe.json keeps precision=auto, so chat, eval and export load it in
+    fp32 as before, and the run answers its test cases in fp32 too. A resumed run goes on in the precision its
+    backend.json says it trained in."""
+    from quickft.backends import settle_cpu_precision
+    from quickft.cpu_speed import probe_batch
+    from quickft.hardware import cpu_precision_plan
+
+    recipe, choice, run_dir, reporter = run.recipe, run.choice, run.run_dir, run.reporter
+    previous = None
+    if run.checkpoint is not None and (run_dir / "backend.json").is_file():
+        previous = json.loads((run_dir / "backend.json").read_text(encoding="utf-8")).get("precision")
+    found = choice.hardware.cpu if choice.hardware else None
+    options = {"mode": recipe.mode, "backend": choice.backend, "processes": distributed.world_size()}
+    probe, _ = cpu_precision_plan(found, requested=recipe.precision, **options)
+    has = found.bf16_instructions if found and found.bf16_instructions else "unknown instructions"
+    what = f"timing this model's passes in fp32 and in bf16 (precision=auto, a CPU with {has})"
+    with reporter.phase(what if probe and not previous else "reading the CPU"):
+        batch = probe_batch(recipe, trainer, data.prepared) if probe and not previous else None
+        return settle_cpu_precision(recipe, choice, trainer.model, batch, previous=previous)
+
+
+def attention_notes(recipe: Recipe, model) -> list[str]:
+    """The header's line when packed examples are attended to one by one (backends.quickft_sdpa)."""
+    from quickft.backends import SDPA
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if recipe.data.batching != "packed" or getattr(base.config, "_attn_implementation", None) != SDPA:
+        return []
+    return [
+        "packed rows: each example attends to itself alone, computed example by example (SDPA per example, "
+        "instead of the whole row under a block-diagonal mask)"
+    ]
 
 
 def load_model(run: Run):

@@ -144,10 +144,14 @@ def test_flops_per_token_are_what_each_methods_steps_compute(counted_run):
 
 
 def test_flops_per_second_are_the_steps_flops_over_our_own_clock(counted_run):
-    """The FLOP/s MFU divides by the card's peak (on a GPU): torch's FLOPs count over our own clock of the steps."""
+    """The FLOP/s MFU divides by the peak: torch's FLOPs count over our own clock of the steps. On a CPU the peak is
+    the matrix-multiply rate measured as the run began, in the precision it trained (tests/test_cpu.py checks it
+    against torch's count of the multiply and our own clock)."""
     method, summary, counted, steps_s = counted_run
-    assert summary["train"]["flops_per_s"] == pytest.approx(sum(counted) / steps_s, rel=0.08), method
-    assert summary["train"]["mfu"] is None  # no GPU, no peak to divide by
+    t = summary["train"]
+    assert t["flops_per_s"] == pytest.approx(sum(counted) / steps_s, rel=0.08), method
+    assert t["mfu"] == pytest.approx(sum(counted) / steps_s / t["peak_flops"], rel=0.08), method
+    assert t["peak_source"].startswith(f"this CPU's {summary['backend']['precision']} matrix-multiply rate")
 
 
 # Each card's SMs and boost clock (MHz, the one its data sheet's peak is computed at), and its architecture's dense

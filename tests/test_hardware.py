@@ -124,3 +124,134 @@ def test_detect_stops_with_both_fixes_on_a_machine_whose_driver_is_too_old(tmp_p
     assert "make install-old-gpu" in e.value.hint and "update the NVIDIA driver" in e.value.hint
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the way to mean the CPU on such a machine
     assert hardware.detect().device == "cpu"
+
+
+# ---------------------------------------------------------------------------------------------- the CPU's precision
+
+
+def cpuinfo(flags: str, *, cores: int = 2, threads_per_core: int = 1, name: str = "Test CPU", key: str = "flags"):
+    """/proc/cpuinfo as Linux writes it: one block per logical CPU, SMT siblings sharing a core id."""
+    blocks = []
+    for cpu in range(cores * threads_per_core):
+        core = cpu % cores
+        blocks.append(
+            f"processor\t: {cpu}\nvendor_id\t: GenuineIntel\nmodel name\t: {name}\nphysical id\t: 0\n"
+            f"core id\t\t: {core}\ncpu cores\t: {cores}\n{key}\t\t: {flags}\n"
+        )
+    return "\n".join(blocks) + "\n"
+
+
+SAPPHIRE_RAPIDS = "fpu sse2 avx avx2 fma avx512f avx512dq avx512_bf16 avx512fp16 amx_bf16 amx_tile amx_int8"
+ZEN4 = "fpu sse2 avx avx2 fma avx512f avx512dq avx512_bf16 avx512_vnni"
+SKYLAKE_SP = "fpu sse2 avx avx2 fma avx512f avx512dq avx512cd avx512bw avx512vl"
+HASWELL = "fpu sse2 avx avx2 fma"
+GRAVITON3 = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm sve i8mm bf16 svebf16"
+
+
+@pytest.mark.parametrize(
+    ("flags", "key", "features", "bf16"),
+    [
+        (SAPPHIRE_RAPIDS, "flags", ("AMX-BF16", "AVX512-BF16", "AVX512-FP16", "AVX512F", "AVX2"), "AMX-BF16"),
+        (ZEN4, "flags", ("AVX512-BF16", "AVX512F", "AVX2"), "AVX512-BF16"),
+        (SKYLAKE_SP, "flags", ("AVX512F", "AVX2"), None),
+        (HASWELL, "flags", ("AVX2",), None),
+        (GRAVITON3, "Features", ("BF16",), "BF16"),
+    ],
+)
+def test_the_cpus_instructions_are_read_from_cpuinfo(tmp_path, flags, key, features, bf16):
+    from quickft.cpu import read_cpu
+
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo(flags, cores=4, threads_per_core=2, key=key))
+    cpu = read_cpu(str(path))
+    assert cpu.features == features and cpu.bf16_instructions == bf16 and cpu.flags_read
+    assert cpu.physical_cores == 4  # 8 logical CPUs, two per core
+    assert cpu.name == "Test CPU"
+
+
+def test_cores_where_a_virtual_machine_gives_no_core_ids_and_what_this_process_may_use(tmp_path):
+    import os
+
+    from quickft.cpu import cpu_quota, parse_cpuinfo, read_cpu
+
+    bare = "".join(f"processor\t: {i}\nflags\t\t: {HASWELL}\n\n" for i in range(3))
+    assert parse_cpuinfo(bare)[2] == 3
+    assert parse_cpuinfo("")[3] is False  # nothing read: the flags are unknown, not absent
+    assert cpu_quota("200000 100000") == 2 and cpu_quota("150000 100000") == 1.5
+    assert cpu_quota("max 100000") is None and cpu_quota(None) is None
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo(HASWELL, cores=64))
+    assert read_cpu(str(path)).usable_cores == min(64, len(os.sched_getaffinity(0)))
+
+
+def cpu_of(flags: str | None):
+    from quickft.cpu import Cpu, parse_cpuinfo
+
+    if flags is None:
+        return Cpu("unknown CPU", (), 2, 2, flags_read=False)
+    name, features, cores, found = parse_cpuinfo(cpuinfo(flags))
+    return Cpu(name, features, cores, cores, found)
+
+
+@pytest.mark.parametrize(
+    ("flags", "options", "probe", "says"),
+    [
+        (SAPPHIRE_RAPIDS, {}, True, "this CPU has AMX-BF16"),
+        (ZEN4, {}, True, "this CPU has AVX512-BF16"),
+        (GRAVITON3, {}, True, "this CPU has BF16"),
+        (None, {}, True, "this CPU's flags are unknown"),  # macOS, a container without /proc: measure, do not guess
+        (HASWELL, {}, False, "fp32: this CPU has no bf16 matrix instructions (it has AVX2)"),
+        (SKYLAKE_SP, {}, False, "no bf16 matrix instructions (it has AVX512F, AVX2)"),
+        (ZEN4, {"requested": "fp32"}, False, "precision=fp32, as the recipe says"),
+        (ZEN4, {"requested": "bf16"}, False, "precision=bf16, as the recipe says"),
+        (ZEN4, {"backend": "unsloth"}, False, "Unsloth's CPU mode sets its own precision"),
+        (ZEN4, {"mode": "qlora"}, False, "fp32: qlora on a CPU"),
+        (ZEN4, {"mode": "full"}, False, "fp32: a full fine-tune trains every weight"),
+        (ZEN4, {"processes": 2}, False, "fp32: 2 processes share this CPU"),
+    ],
+)
+def test_whether_the_precision_probe_runs(flags, options, probe, says):
+    from quickft.hardware import cpu_precision_plan
+
+    settings = {"requested": "auto", "mode": "lora", "backend": "peft"} | options
+    planned, why = cpu_precision_plan(cpu_of(flags), **settings)
+    assert planned is probe and says in why
+
+
+@pytest.mark.parametrize(
+    ("fp32_s", "bf16_s", "picked"),
+    [
+        (3.29, 2.22, "bf16"),  # SmolLM2-135M LoRA, 4 x 256 tokens (issue 38)
+        (1.0, 0.9, "bf16"),  # exactly the margin
+        (1.0, 0.91, "fp32"),  # faster, but by less than the margin: fp32 rounds nothing
+        (0.0074, 0.0094, "fp32"),  # a 100k-weight model: small matrices lose more to the conversions
+    ],
+)
+def test_the_probe_picks_bf16_only_when_it_is_clearly_faster(fp32_s, bf16_s, picked):
+    from quickft.hardware import pick_cpu_precision
+
+    precision, why = pick_cpu_precision(cpu_of(ZEN4), fp32_s, bf16_s)
+    assert precision == picked and why.startswith(f"{picked}: ")
+    assert "this CPU has AVX512-BF16" in why and "per forward and backward pass (bf16 vs fp32)" in why
+
+
+def test_the_header_says_which_precision_and_why_in_the_probes_own_numbers():
+    from quickft.hardware import pick_cpu_precision
+
+    assert pick_cpu_precision(cpu_of(SAPPHIRE_RAPIDS), 3.3, 2.2)[1] == (
+        "bf16: this CPU has AMX-BF16; probe 2.20 s vs 3.30 s per forward and backward pass (bf16 vs fp32)"
+    )
+    assert "probe 9.4 ms vs 7.4 ms" in pick_cpu_precision(cpu_of(ZEN4), 0.0074, 0.0094)[1]
+
+
+def test_a_cpu_choice_names_both_candidates_until_the_probe_decides():
+    from dataclasses import replace
+
+    from quickft.hardware import Hardware
+
+    zen4 = Hardware("cpu", cpu=cpu_of(ZEN4))
+    choice = choose(zen4, NO_UNSLOTH)
+    assert choice.precision == "fp32" and "fp32 or bf16 (a probe of the run's own passes picks)" in choice.reason
+    assert choice.precision_reason.startswith("fp32 or bf16, whichever a probe")
+    haswell = choose(replace(zen4, cpu=cpu_of(HASWELL)), NO_UNSLOTH)
+    assert haswell.reason.endswith("16/32-bit weights, fp32") and "no bf16 matrix" in haswell.precision_reason
