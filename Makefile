@@ -61,15 +61,15 @@ $(PLAIN_VENV)/.installed: pyproject.toml
 # this CPU family: 8 to 13 minutes on 2 cores (see README, "Use your model elsewhere"). Order-only: a change to
 # pyproject.toml reinstalls quickft's dependencies, not this build.
 $(VENV)/.gguf: | $(VENV)/.installed
-	$(PY) -m quickft.llamacpp install
+	$(PY) -m quickft.export.llamacpp install
 	touch $@
 
 $(OLD_VENV)/.gguf: | $(OLD_VENV)/.installed
-	$(OLD_PY) -m quickft.llamacpp install
+	$(OLD_PY) -m quickft.export.llamacpp install
 	touch $@
 
 $(PLAIN_VENV)/.gguf: | $(PLAIN_VENV)/.installed
-	$(PLAIN_PY) -m quickft.llamacpp install
+	$(PLAIN_PY) -m quickft.export.llamacpp install
 	touch $@
 
 demo: install
@@ -90,7 +90,7 @@ test-demos: install  # the DPO and GRPO demos' own tests (marked slow, about 6 m
 test-old-gpu: install-old-gpu install-gguf-old-gpu
 	$(OLD_PY) -m pytest
 
-# the plain install's GGUF route: what `pip install -e .` then `python -m quickft.llamacpp install` gives a user
+# the plain install's GGUF route: what `pip install -e .` then `python -m quickft.export.llamacpp install` gives a user
 test-plain: install-plain
 	$(PLAIN_PY) -m pytest tests/test_export.py -k every_install_route
 

@@ -11,10 +11,9 @@ import os
 from dataclasses import dataclass, replace
 
 from quickft import distributed
-from quickft.errors import UserError
+from quickft.errors import UserError, is_out_of_memory
 from quickft.hardware import Choice
 from quickft.recipe import Recipe
-from quickft.recovery import is_out_of_memory
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 

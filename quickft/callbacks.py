@@ -12,9 +12,10 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from quickft import distributed
+from quickft.errors import is_out_of_memory
 from quickft.metrics import TokenCounter
 from quickft.recipe import Recipe
-from quickft.recovery import StopOnSignal, is_out_of_memory
+from quickft.recovery import StopOnSignal
 
 
 class StopCallback(TrainerCallback):

@@ -233,7 +233,7 @@ def step_notes(recipe, prepared) -> list[str]:
         )
     lengths = [len(r["input_ids"]) for r in prepared.rows if "input_ids" in r]
     if recipe.method == "sft" and recipe.micro_batch_size > 1 and recipe.data.batching == "padded" and lengths:
-        from quickft.datareport import padding_share
+        from quickft.data.batching import padding_share
 
         share, grouped = (
             padding_share(lengths, recipe.micro_batch_size, mode, recipe.seed) for mode in ("padded", "grouped")

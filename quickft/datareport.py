@@ -9,41 +9,23 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import random
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from quickft import methods
+from quickft.data.batching import padding_share
 from quickft.data.encode import history_costs
 from quickft.recipe import Scratch, load_recipe
 from quickft.report import grouped_reasons
 
 PERCENTILES = (50, 90, 95, 99)
-MEGABATCH = 50  # transformers' LengthGroupedSampler sorts megabatches of 50 micro-batches by length
 
 
 def percentile(sorted_values: list[int], p: float) -> int:
     """Nearest-rank percentile: the smallest value with at least p% of the values at or below it."""
     return sorted_values[max(0, math.ceil(p / 100 * len(sorted_values)) - 1)]
-
-
-def padding_share(lengths: list[int], batch: int, mode: str, seed: int) -> float:
-    """Share of batch tokens that are padding when `lengths` are batched as `mode` would batch them."""
-    if mode == "packed":
-        return 0.0  # packing concatenates examples: no padding at all
-    order = list(range(len(lengths)))
-    random.Random(seed).shuffle(order)
-    if mode == "grouped":
-        chunks = [order[i : i + MEGABATCH * batch] for i in range(0, len(order), MEGABATCH * batch)]
-        order = [i for chunk in chunks for i in sorted(chunk, key=lambda i: -lengths[i])]
-    real = padded = 0
-    for i in range(0, len(order), batch):
-        chunk = [lengths[j] for j in order[i : i + batch]]
-        real += sum(chunk)
-        padded += max(chunk) * len(chunk)
-    return 1 - real / padded if padded else 0.0
 
 
 def build_report(recipe_path: str, overrides: list[str]) -> tuple[dict, object, object]:

@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import socket
 import sys
+from pathlib import Path
 
 from quickft.errors import UserError
+
+LAUNCHED = "QUICKFT_LAUNCHED"
+"""Set by quickft's launcher (quickft.launch) for the processes it starts: how it started them."""
 
 COUNTS = (
     "tokens",
@@ -100,8 +105,6 @@ def start(device: str) -> None:
     PartialState(cpu=device == "cpu")
     _flags = dist.new_group(backend="gloo")
     _waits = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=SIDE_TIMEOUT_S))
-    from quickft.launch import joined
-
     joined()
     if device == "cpu":
         import torch.serialization
@@ -285,8 +288,6 @@ def exit_now(code: int) -> None:
 def same_launcher(command: str, device: str) -> str:
     """`command` (a `quickft ...` line) as this run was started: with --gpus N or --nnodes N (node 0's options:
     each machine gives its own --node-rank), under srun again, or through torchrun by hand on CPUs."""
-    from quickft.launch import launched
-
     if world_size() == 1:
         return command
     how = launched()
@@ -371,3 +372,15 @@ def leave() -> None:
 
     with contextlib.suppress(Exception):
         dist.destroy_process_group()
+
+
+def joined() -> None:
+    """In a training process, once connected to the others: tell the launcher (quickft.launch), if it started us."""
+    if path := launched().get("joined"):
+        with contextlib.suppress(OSError):  # a marker, never a reason to stop training
+            Path(path).touch()
+
+
+def launched() -> dict:
+    """How quickft's launcher started this process ({} when it did not: one process, or torchrun by hand)."""
+    return json.loads(os.environ.get(LAUNCHED, "{}"))

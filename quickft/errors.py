@@ -30,3 +30,22 @@ class ProcessLost(Exception):
         super().__init__(message)
         self.message = message
         self.next_step = next_step
+
+
+OUT_OF_MEMORY = (
+    "out of memory",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "cublas_status_not_initialized",
+)
+"""How running out of GPU memory reads where it is not torch's OutOfMemoryError: a small card's first backward often
+fails creating a cuBLAS handle (`CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)`, or
+CUBLAS_STATUS_NOT_INITIALIZED, cuBLAS's word for the same failed allocation), or in cuDNN's workspace."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and any(m in str(error).lower() for m in OUT_OF_MEMORY)
+    )

@@ -26,7 +26,7 @@ def generate(
     import torch
 
     from quickft.distributed import sharded
-    from quickft.recovery import is_out_of_memory
+    from quickft.errors import is_out_of_memory
 
     # FSDP: each forward pass gathers the weights from every process, so all of them generate, in step until the
     # last one is done (transformers' synced_gpus, which it turns on by itself for its own FSDP wrapping only)

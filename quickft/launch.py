@@ -20,13 +20,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from quickft import distributed
+from quickft.distributed import LAUNCHED
 from quickft.errors import UserError
 
 LAUNCHER_OPTIONS = ("--gpus", "--nnodes", "--node-rank", "--master", "--rdzv-endpoint")
 """quickft's options that the launcher consumes: the processes it starts run the same command without them."""
 DEFAULT_PORT = 29500
 """torchrun's own default port, where SLURM's variables name no MASTER_PORT."""
-LAUNCHED = "QUICKFT_LAUNCHED"
 """The variable through which the processes learn how they were started (for the header and the resume command)."""
 
 
@@ -150,8 +151,6 @@ def launch(argv: list[str], *, gpus: int | None, nnodes: int | None, node_rank: 
     starts the processes of this node running the same command, and waits for them. Returns their exit code: 0, 2
     (bad input, said by the first process), 3 (another node was lost), 130 (Ctrl-C: they saved a checkpoint and
     said how to resume). None where there is nothing to launch (--gpus 1, or no option at all): train here."""
-    from quickft import distributed
-
     nodes = command_line_nodes(nnodes, node_rank, master)
     if nodes is None and nnodes is None and distributed.world_size() == 1:
         nodes = slurm_nodes()
@@ -300,15 +299,3 @@ def _run_torchrun(arguments: list[str], nodes: Nodes | None, joined: Path) -> in
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     return 0
-
-
-def joined() -> None:
-    """In a training process, once connected to the others: tell the launcher (quickft.launch), if it started us."""
-    if path := launched().get("joined"):
-        with contextlib.suppress(OSError):  # a marker, never a reason to stop training
-            Path(path).touch()
-
-
-def launched() -> dict:
-    """How quickft's launcher started this process ({} when it did not: one process, or torchrun by hand)."""
-    return json.loads(os.environ.get(LAUNCHED, "{}"))

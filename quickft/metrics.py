@@ -501,3 +501,10 @@ def summarize(
         "memory": mem,
         "loss": loss_summary(rows, steps),
     }
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    mins, s = divmod(rest, 60)
+    return f"{h}h{mins:02d}m{s:02d}s" if h else f"{mins}m{s:02d}s"

@@ -66,25 +66,6 @@ class StopOnSignal:
         self.requested = self.requested or why
 
 
-OUT_OF_MEMORY = (
-    "out of memory",
-    "cublas_status_alloc_failed",
-    "cudnn_status_alloc_failed",
-    "cublas_status_not_initialized",
-)
-"""How running out of GPU memory reads where it is not torch's OutOfMemoryError: a small card's first backward often
-fails creating a cuBLAS handle (`CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)`, or
-CUBLAS_STATUS_NOT_INITIALIZED, cuBLAS's word for the same failed allocation), or in cuDNN's workspace."""
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    return isinstance(error, torch.cuda.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and any(m in str(error).lower() for m in OUT_OF_MEMORY)
-    )
-
-
 def smaller_micro_batch(micro_batch: int) -> int:
     """The largest divisor of `micro_batch` that is at most half of it: the effective batch (micro-batch x
     accumulation) then stays exactly the same (6 -> 3, 3 -> 1 with three times the accumulation)."""

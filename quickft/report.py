@@ -22,6 +22,7 @@ from rich.table import Table
 
 from quickft import distributed, methods
 from quickft import metrics as m
+from quickft.metrics import duration
 
 
 class Reporter:
@@ -483,10 +484,3 @@ def _facts_text(facts: dict) -> str:
 
 def _model_name(model) -> str:
     return model if isinstance(model, str) else f"new {model.architecture} with random weights (Scratch)"
-
-
-def duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    mins, s = divmod(rest, 60)
-    return f"{h}h{mins:02d}m{s:02d}s" if h else f"{mins}m{s:02d}s"

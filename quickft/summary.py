@@ -103,9 +103,7 @@ def placement_rows(recipe, unseen: list[str]) -> list[tuple[str, str]]:
         return rows
     import socket
 
-    from quickft.launch import launched
-
-    how, here = launched(), socket.gethostname()
+    how, here = distributed.launched(), socket.gethostname()
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     met = f", c10d rendezvous at {how['endpoint']}" if how.get("endpoint") else ""
     met += " (from SLURM's variables)" if how.get("via") == "SLURM" else ""

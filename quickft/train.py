@@ -16,7 +16,7 @@ from pathlib import Path
 from quickft import distributed, methods, rundir
 from quickft.data.encode import Prepared, make_cases
 from quickft.data.split import Split
-from quickft.errors import ProcessLost, RunInterrupted, UserError
+from quickft.errors import ProcessLost, RunInterrupted, UserError, is_out_of_memory
 from quickft.hardware import Choice
 from quickft.models import GGUF, dense_checkpoint, dense_dtype, gguf_record, is_cached
 from quickft.pipeline import (
@@ -31,7 +31,7 @@ from quickft.pipeline import (
     training_tokenizer,
 )
 from quickft.recipe import Recipe, Scratch, load_recipe, recipe_from_dict, recipe_to_dict
-from quickft.recovery import StopOnSignal, is_out_of_memory, recover_from_oom
+from quickft.recovery import StopOnSignal, recover_from_oom
 from quickft.report import Reporter
 from quickft.summary import (
     next_commands,

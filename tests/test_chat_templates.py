@@ -29,7 +29,7 @@ def trl_template(name: str) -> Path:
 
 
 def llama_cpp_template(name: str) -> Path:
-    from quickft.llamacpp import kept_copy
+    from quickft.export.llamacpp import kept_copy
 
     return kept_copy() / "models" / "templates" / f"{name}.jinja"
 

@@ -15,7 +15,7 @@ from tests.conftest import PROMPT, ROOT, write_recipe
 
 
 def _gguf_tools_missing() -> str | None:
-    from quickft.llamacpp import find_converter, has_llama_cpp_python, install_command
+    from quickft.export.llamacpp import find_converter, has_llama_cpp_python, install_command
 
     try:
         find_converter()
@@ -231,7 +231,7 @@ def test_bad_inputs_exit_2_with_one_message(tiny_math_run, tmp_path, capsys, mon
 
 
 def test_no_converter_anywhere_names_the_install_command(monkeypatch, tmp_path):
-    from quickft import llamacpp
+    from quickft.export import llamacpp
 
     monkeypatch.delenv("QUICKFT_LLAMA_CPP", raising=False)
     monkeypatch.setattr(llamacpp, "kept_copy", lambda: tmp_path / "absent")
@@ -239,7 +239,7 @@ def test_no_converter_anywhere_names_the_install_command(monkeypatch, tmp_path):
     with pytest.raises(UserError) as e:
         llamacpp.find_converter()
     assert "no GGUF converter found" in e.value.message
-    assert f"{sys.executable} -m quickft.llamacpp install" in e.value.hint
+    assert f"{sys.executable} -m quickft.export.llamacpp install" in e.value.hint
 
 
 def test_a_full_disk_is_refused_before_anything_is_written(tiny_math_run, tmp_path, capsys, monkeypatch):
@@ -257,7 +257,7 @@ def test_a_full_disk_is_refused_before_anything_is_written(tiny_math_run, tmp_pa
 def test_llama_cpp_pre_tokenizer_is_named_only_for_identical_rules(tiny_math_run, tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from quickft.llamacpp import pre_tokenizer_name
+    from quickft.export.llamacpp import pre_tokenizer_name
 
     assert pre_tokenizer_name(tiny_math_run / "tokenizer.json") == "superbpe"  # quickft's Scratch tokenizer
     digits = pre_tokenizers.Digits(individual_digits=True)
@@ -373,7 +373,7 @@ def test_help_lists_the_four_forms():
 @requires_gguf
 def test_a_wrong_pre_tokenizer_fails_the_check(tiny_math_run, tmp_path, monkeypatch, capsys):
     """The tokenization check can fail: name GPT-2's rules for the demo's tokenizer, whose merges cross spaces."""
-    from quickft import llamacpp
+    from quickft.export import llamacpp
 
     monkeypatch.setattr(llamacpp, "pre_tokenizer_name", lambda path: "gpt-2")
     code, record = export(tiny_math_run, "--to", "gguf", "--out", tmp_path / "g")
@@ -384,7 +384,7 @@ def test_a_wrong_pre_tokenizer_fails_the_check(tiny_math_run, tmp_path, monkeypa
 
 
 def test_rounded_weights_may_change_answers_but_not_tokens():
-    from quickft.loadback import compare
+    from quickft.export.loadback import compare
 
     ref = [{"prompt_ids": [1, 2], "ids": [5, 0], "text": "5"} for _ in range(4)]
     one_off = ref[:3] + [{"prompt_ids": [1, 2], "ids": [6, 0], "text": "6"}]
@@ -490,14 +490,14 @@ def test_the_gguf_tools_build_once_per_machine():
     """llama-cpp-python is built from the index's source distribution by name, so pip's wheel cache keeps the build
     (a second install here took 5 s instead of 8 min 19 s); a CMAKE_ARGS of the user's own is a build of its own,
     never taken from the cache nor left in it."""
-    from quickft.llamacpp import build_arguments
+    from quickft.export.llamacpp import build_arguments
 
     assert build_arguments({}) == ["--no-binary", "llama-cpp-python"]
     assert build_arguments({"CMAKE_ARGS": "-DGGML_CUDA=on"}) == ["--no-binary", "llama-cpp-python", "--no-cache-dir"]
 
 
 # ---------------------------------------------------------------------------------------------- every install route
-# `make test-plain` (a plain `pip install -e .` plus `python -m quickft.llamacpp install`) runs these two, as the
+# `make test-plain` (a plain `pip install -e .` plus `python -m quickft.export.llamacpp install`) runs these two, as the
 # default and old-GPU routes do: `-k every_install_route`.
 
 
@@ -566,7 +566,7 @@ def test_every_install_route_names_a_missing_converter_module(small_lora_run, tm
     )
     assert done.returncode == 2, done.stderr
     assert "needs the Python module 'sentencepiece'" in done.stderr and "Traceback" not in done.stderr
-    assert f"{sys.executable} -m quickft.llamacpp install" in done.stderr
+    assert f"{sys.executable} -m quickft.export.llamacpp install" in done.stderr
     assert not (run / "gguf").exists()
     kept = json.loads((run / "merged" / "export.json").read_text())
     assert kept["to"] == "merged" and kept["check"]["merged"]["ok"] and (run / "merged" / "config.json").is_file()

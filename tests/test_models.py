@@ -214,7 +214,7 @@ def test_the_tokenizer_is_the_gguf_s_as_llama_cpp_reads_it(smollm2_dense):
     ids = tok(text).input_ids
     assert tok.decode(ids) == text
     if find_spec_llama_cpp():
-        from quickft.llamacpp import next_token_agreement
+        from quickft.export.llamacpp import next_token_agreement
 
         got = next_token_agreement(Path(packaged_gguf()), [{"prompt": text, "prompt_ids": ids, "ids": []}])
         assert got[0]["prompt_ids"] == ids

@@ -29,7 +29,7 @@ SUMS_TEST = ROOT / "data" / "sumas_test.txt"
 
 def gguf_tools_missing() -> str | None:
     from quickft.errors import UserError
-    from quickft.llamacpp import find_lora_converter, has_llama_cpp_python
+    from quickft.export.llamacpp import find_lora_converter, has_llama_cpp_python
 
     try:
         find_lora_converter()
@@ -226,7 +226,7 @@ def test_gguf_lora_applies_on_the_original_gguf(chat_run, tmp_path, monkeypatch)
 
     from gguf import GGUFReader
 
-    from quickft import llamacpp
+    from quickft.export import llamacpp
 
     convert = llamacpp.convert_lora
 

@@ -466,6 +466,6 @@ def test_out_of_memory_in_evaluation_halves_the_eval_batch_only(tmp_path, world,
 )
 def test_out_of_memory_is_recognised_in_the_words_small_cards_fail_with(message, oom):
     """A 4 GB card's first backward usually fails creating a cuBLAS handle, not with torch's OutOfMemoryError."""
-    from quickft.recovery import is_out_of_memory
+    from quickft.errors import is_out_of_memory
 
     assert is_out_of_memory(RuntimeError(message)) is oom

@@ -8,6 +8,7 @@ from quickft.data.encode import Prepared
 from quickft.data.split import Split, split_tasks
 from quickft.data.tasks import completion_length, prepare_tasks, prompt_ids
 from quickft.methods.common import reference_text, window_text
+from quickft.metrics import duration
 from quickft.recipe import Recipe, reward_name
 
 TRAINER = "TRL's GRPOTrainer"
@@ -238,8 +239,6 @@ def loss_row(loss: dict) -> tuple[str, str] | None:
 
 def report_rows(s: dict, this: str) -> list[tuple[str, str]]:
     """The end report's rewards and generation rows."""
-    from quickft.report import duration
-
     g = s.get("grpo")
     if not g:
         return []

@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from quickft import rundir
-from quickft.errors import UserError
-from quickft.loadback import (
+from quickft.errors import UserError, is_out_of_memory
+from quickft.export.loadback import (
     answers_of_dir,
     answers_of_run,
     check_adapter,
@@ -37,7 +37,6 @@ from quickft.loadback import (
     merge_rounding,
 )
 from quickft.recipe import Recipe, recipe_from_dict
-from quickft.recovery import is_out_of_memory
 from quickft.session import chat_style, saved_dtype
 
 FORMS = ("merged", "gguf", "gguf-lora", "ollama")
@@ -102,11 +101,11 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
         raise UserError(f"--quant {quant}: not a quantization for {what}", hint=f"use one of {', '.join(allowed)}")
     converter = None
     if adapter:
-        from quickft.llamacpp import find_lora_converter
+        from quickft.export.llamacpp import find_lora_converter
 
         converter = find_lora_converter().parent
     elif to != "merged":
-        from quickft.llamacpp import find_converter, find_quantizer, install_command
+        from quickft.export.llamacpp import find_converter, find_quantizer, install_command
 
         converter = find_converter()
         if quant == "q4_k_m" and find_quantizer() is None:
@@ -344,7 +343,7 @@ def export_merged(plan: dict, prompts: list[str], reference, result: dict, repor
             result["gguf"] = {"file": gguf.name, "bytes": gguf.stat().st_size, "quant": plan["quant"]}
             result["check"]["metadata"] = check_metadata(gguf, merged_dir)
             if prompts:
-                from quickft.llamacpp import has_llama_cpp_python, install_command
+                from quickft.export.llamacpp import has_llama_cpp_python, install_command
 
                 if has_llama_cpp_python():
                     with reporter.phase("loading the GGUF back with llama-cpp-python, answering the prompts"):
@@ -392,7 +391,7 @@ def _keep_merged_beside(plan: dict, merged_dir: Path, result: dict, err: Console
 def export_adapter(plan: dict, reference: list[dict] | None, result: dict, reporter) -> dict:
     """gguf-lora and the adapter form of ollama: llama.cpp's LoRA converter on the run's adapter, checked on the
     base's GGUF with llama-cpp-python (the run's own base GGUF when it trained from one)."""
-    from quickft.llamacpp import convert, convert_lora, has_llama_cpp_python, install_command
+    from quickft.export.llamacpp import convert, convert_lora, has_llama_cpp_python, install_command
 
     recipe: Recipe = plan["recipe"]
     out_dir: Path = plan["out_dir"]
@@ -503,7 +502,7 @@ def largest_layer_bytes(model) -> int:
 
 def to_gguf(merged_dir: Path, gguf: Path, quant: str, converter: Path, *, name: str) -> None:
     """The converter writes f32, f16 and q8_0 itself; k-quants are quantized from its f16."""
-    from quickft.llamacpp import convert, quantize
+    from quickft.export.llamacpp import convert, quantize
 
     if quant != "q4_k_m":
         convert(merged_dir, gguf, quant, converter=converter, name=name)

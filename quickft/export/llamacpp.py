@@ -2,13 +2,13 @@
 
 Nothing here is llama.cpp code: the converter is llama.cpp's own `convert_hf_to_gguf.py`, found in this order:
   1. $QUICKFT_LLAMA_CPP: a llama.cpp checkout (or any folder holding convert_hf_to_gguf.py and its gguf-py/);
-  2. the copy `python -m quickft.llamacpp install` keeps under <venv>/share/quickft/llama.cpp, taken from the
+  2. the copy `python -m quickft.export.llamacpp install` keeps under <venv>/share/quickft/llama.cpp, taken from the
      llama-cpp-python source distribution (which vendors llama.cpp) that it also builds and installs;
   3. convert_hf_to_gguf.py on PATH (some llama.cpp packages install it there).
 Quantizing to k-quants (q4_k_m) needs llama.cpp's C library: llama-cpp-python's binding of `llama_model_quantize`,
 or a `llama-quantize` on PATH. Loading back for the check uses llama-cpp-python.
 
-Run as a module it is also the converter's launcher (`python -m quickft.llamacpp convert ...`), so that a
+Run as a module it is also the converter's launcher (`python -m quickft.export.llamacpp convert ...`), so that a
 tokenizer llama.cpp has no fingerprint for can be named (see `pre_tokenizer_name`).
 """
 
@@ -46,7 +46,7 @@ mistral-common is needed only for Mistral's own format, and said so when missing
 
 
 def install_command() -> str:
-    return f"{sys.executable} -m quickft.llamacpp install"
+    return f"{sys.executable} -m quickft.export.llamacpp install"
 
 
 def kept_copy() -> Path:
@@ -148,7 +148,7 @@ def pre_tokenizer_name(tokenizer_json: Path) -> str | None:
 
 def convert(model_dir: Path, outfile: Path, outtype: str, *, converter: Path, name: str) -> None:
     """llama.cpp's converter on a Hugging Face directory, in its own process (it puts its own gguf-py first)."""
-    command = [sys.executable, "-m", "quickft.llamacpp", "convert", str(converter), str(model_dir)]
+    command = [sys.executable, "-m", "quickft.export.llamacpp", "convert", str(converter), str(model_dir)]
     command += ["--outfile", str(outfile), "--outtype", outtype, "--model-name", name]
     tokenizer_json = model_dir / "tokenizer.json"
     name = pre_tokenizer_name(tokenizer_json) if tokenizer_json.is_file() else None
@@ -193,7 +193,7 @@ def _run_converter(command: list[str], outfile: Path, which: str) -> None:
 
 
 def _convert_main(argv: list[str]) -> None:
-    """`python -m quickft.llamacpp convert CONVERTER_DIR ARGS... [--quickft-pre NAME]`: run llama.cpp's converter,
+    """`python -m quickft.export.llamacpp convert CONVERTER_DIR ARGS... [--quickft-pre NAME]`: run llama.cpp's converter,
     naming the pre-tokenizer (NAME) only where its own fingerprint table has no entry for this tokenizer."""
     converter, *args = argv
     pre = None
@@ -231,7 +231,7 @@ def quantize(infile: Path, outfile: Path, quant: str) -> None:
             hint=f"install it: {install_command()}   (or put llama.cpp's llama-quantize on PATH)",
         )
     if tool == "binding":
-        command = [sys.executable, "-m", "quickft.llamacpp", "quantize", str(infile), str(outfile), quant]
+        command = [sys.executable, "-m", "quickft.export.llamacpp", "quantize", str(infile), str(outfile), quant]
     else:
         command = [tool, str(infile), str(outfile), quant.upper()]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -241,7 +241,7 @@ def quantize(infile: Path, outfile: Path, quant: str) -> None:
 
 
 def _quantize_main(infile: str, outfile: str, quant: str) -> None:
-    """`python -m quickft.llamacpp quantize IN OUT QUANT`: llama-cpp-python's binding of llama_model_quantize."""
+    """`python -m quickft.export.llamacpp quantize IN OUT QUANT`: llama-cpp-python's binding of llama_model_quantize."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
@@ -304,7 +304,10 @@ def _in_child(task: str, path: Path, lora: Path | None, **request):
     must fail the check, not kill quickft (and leave a half export behind)."""
     request |= {"task": task, "path": str(path), "lora": str(lora) if lora else None}
     done = subprocess.run(
-        [sys.executable, "-m", "quickft.llamacpp", "answer"], input=json.dumps(request), capture_output=True, text=True
+        [sys.executable, "-m", "quickft.export.llamacpp", "answer"],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith(("#", "["))]
@@ -326,7 +329,7 @@ def show_under_debug(which: str, stderr: str | None) -> None:
 
 
 def _answer_main() -> None:
-    """`python -m quickft.llamacpp answer` < a JSON request (see _in_child): prints the result as one JSON line."""
+    """`python -m quickft.export.llamacpp answer` < a JSON request (see _in_child): prints the result as one JSON line."""
     request = json.loads(sys.stdin.read())
     task = request.pop("task")
     print(json.dumps(_greedy(**request) if task == "greedy" else _agree(**request)))
@@ -467,6 +470,7 @@ if __name__ == "__main__":
         install()
     else:
         print(
-            "usage: python -m quickft.llamacpp install | convert DIR ARGS... | quantize IN OUT QUANT", file=sys.stderr
+            "usage: python -m quickft.export.llamacpp install | convert DIR ARGS... | quantize IN OUT QUANT",
+            file=sys.stderr,
         )
         sys.exit(2)
