@@ -348,7 +348,12 @@ def settle_cpu_precision(recipe: Recipe, choice: Choice, model, batch: dict | No
         torch.set_num_threads(int(openmp.threads))
     record = {"threads": torch.get_num_threads()}
     probe, why = cpu_precision_plan(
-        found, requested=recipe.precision, mode=recipe.mode, backend=choice.backend, processes=distributed.world_size()
+        found,
+        requested=recipe.precision,
+        mode=recipe.mode,
+        backend=choice.backend,
+        processes=distributed.world_size(),
+        weights=sum(p.numel() for p in model.parameters()),
     )
     precision, restore = choice.precision, None
     if probe and previous:

@@ -341,8 +341,16 @@ BF16_MARGIN = 0.10
 multiply, so a tie goes to fp32."""
 
 
+MIN_PROBED_WEIGHTS = 5_000_000
+"""Below this many weights a LoRA run on a CPU trains in fp32 without a probe: its matrices are too small for bf16 to
+pay (a 3.5M-weight Llama trained 37x slower in TRL's bf16 defaults than in fp32, shared/PLATFORM.md), and its passes
+last milliseconds, too short to time reliably, so a probe would pick by noise and the same recipe could train in
+either precision from one run to the next. The 6.6M-weight Llama 512 wide of tests/test_cpu.py is probed (bf16 won,
+29 vs 41 ms a pass)."""
+
+
 def cpu_precision_plan(
-    cpu: Cpu | None, *, requested: str, mode: str, backend: str, processes: int = 1
+    cpu: Cpu | None, *, requested: str, mode: str, backend: str, processes: int = 1, weights: int | None = None
 ) -> tuple[bool, str]:
     """precision=auto on a CPU: (whether the probe times the run's own passes in fp32 and bf16, and why; or why the
     run trains in fp32 without one). A CPU without bf16 matrix instructions (AVX2 only, AVX512F without BF16)
@@ -363,6 +371,11 @@ def cpu_precision_plan(
         )
     if processes > 1:
         return False, f"fp32: {processes} processes share this CPU, so a probe's timings would not say which is faster"
+    if weights is not None and weights < MIN_PROBED_WEIGHTS:
+        return False, (
+            f"fp32: a model of {weights:,} weights multiplies matrices too small for bf16 to pay, in passes too short "
+            "to time (not probed below 5M weights); precision=bf16 chooses it"
+        )
     if cpu is not None and cpu.flags_read and not cpu.bf16_instructions:
         has = f"it has {', '.join(cpu.features)}" if cpu.features else "none of AVX2, AVX512F"
         return False, (

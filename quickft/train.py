@@ -304,7 +304,13 @@ def cpu_precision(run: Run, trainer, data: Data):
     if run.checkpoint is not None and (run_dir / "backend.json").is_file():
         previous = json.loads((run_dir / "backend.json").read_text(encoding="utf-8")).get("precision")
     found = choice.hardware.cpu if choice.hardware else None
-    options = {"mode": recipe.mode, "backend": choice.backend, "processes": distributed.world_size()}
+    weights = sum(p.numel() for p in trainer.model.parameters())
+    options = {
+        "mode": recipe.mode,
+        "backend": choice.backend,
+        "processes": distributed.world_size(),
+        "weights": weights,
+    }
     probe, _ = cpu_precision_plan(found, requested=recipe.precision, **options)
     has = found.bf16_instructions if found and found.bf16_instructions else "unknown instructions"
     what = f"timing this model's passes in fp32 and in bf16 (precision=auto, a CPU with {has})"

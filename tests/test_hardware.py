@@ -208,6 +208,8 @@ def cpu_of(flags: str | None):
         (ZEN4, {"mode": "qlora"}, False, "fp32: qlora on a CPU"),
         (ZEN4, {"mode": "full"}, False, "fp32: a full fine-tune trains every weight"),
         (ZEN4, {"processes": 2}, False, "fp32: 2 processes share this CPU"),
+        (ZEN4, {"weights": 4_999_999}, False, "fp32: a model of 4,999,999 weights"),
+        (ZEN4, {"weights": 5_000_000}, True, "this CPU has AVX512-BF16"),
     ],
 )
 def test_whether_the_precision_probe_runs(flags, options, probe, says):
