@@ -213,7 +213,7 @@ def test_bad_inputs_exit_2_with_one_message(tiny_math_run, tmp_path, capsys, mon
         ([str(unfinished)], "the run is interrupted, not completed"),
         ([str(tiny_math_run), "--to", "onnx"], "--to onnx: unknown form"),
         ([str(tiny_math_run), "--to", "gguf", "--quant", "q3"], "--quant q3: not a quantization for a GGUF"),
-        ([str(tiny_math_run), "--quant", "q8_0"], "--quant is for --to gguf or --to ollama"),
+        ([str(tiny_math_run), "--quant", "q8_0"], "--quant is for --to gguf, gguf-lora or ollama"),
         ([str(tiny_math_run), "--out", str(tmp_path / "taken")], "is not empty: an export is never overwritten"),
     ]
     for argv, says in cases:

@@ -1,0 +1,99 @@
+"""The package's layout, read from its source: no import cycle, no verb importing another verb (the studio, a view
+over the others, aside), and `quickft --help` loading no torch, transformers or trl."""
+
+import ast
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "quickft"
+VERBS = ("train", "bench", "chat", "evaluate", "datareport", "compare", "doctor", "export", "serve", "studio")
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every import of a quickft module by a quickft module, at the top or inside a function (both load it)."""
+    mods = modules()
+
+    def owner(name: str) -> str:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = defaultdict(set)
+    for name, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for target in targets:
+                found = owner(target) if target.startswith("quickft.") else ""
+                if found and found != name and not name.startswith(found + "."):  # a package's own __init__
+                    graph[name].add(found)
+    return {name: graph[name] for name in mods}
+
+
+def verb_of(module: str) -> str | None:
+    return next((v for v in VERBS if module == f"quickft.{v}" or module.startswith(f"quickft.{v}.")), None)
+
+
+def floors(graph: dict[str, set[str]]) -> dict[str, int]:
+    """1 for a module that imports none of quickft's, else one more than the highest it imports."""
+    known: dict[str, int] = {}
+
+    def floor(name: str, path: tuple[str, ...]) -> int:
+        assert name not in path, f"import cycle: {' -> '.join((*path, name))}"
+        if name not in known:
+            known[name] = 1 + max((floor(d, (*path, name)) for d in graph[name]), default=0)
+        return known[name]
+
+    for name in graph:
+        floor(name, ())
+    return known
+
+
+def test_no_import_cycle():
+    assert floors(import_graph())  # floors() fails on the first cycle, naming it
+
+
+def test_no_verb_imports_another_verb():
+    crossings = sorted(
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if verb_of(module) and verb_of(target) and verb_of(module) != verb_of(target) and verb_of(module) != "studio"
+    )
+    assert crossings == []
+
+
+def test_the_data_hall_imports_nothing_heavy():
+    """quickft/data/ reads and tokenizes with any tokenizer handed to it: no torch, trl or rewards."""
+    heavy = ("torch", "transformers", "trl", "peft", "unsloth", "quickft.rewards", "quickft.backends")
+    for path in (PACKAGE / "data").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            assert not [n for n in names if n.startswith(heavy)], (path.name, names)
+
+
+def test_help_loads_no_heavy_library():
+    code = (
+        "import sys\nfrom quickft.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'trl', 'unsloth', 'peft') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
