@@ -371,16 +371,16 @@ def cpu_precision_plan(
         )
     if processes > 1:
         return False, f"fp32: {processes} processes share this CPU, so a probe's timings would not say which is faster"
-    if weights is not None and weights < MIN_PROBED_WEIGHTS:
-        return False, (
-            f"fp32: a model of {weights:,} weights multiplies matrices too small for bf16 to pay, in passes too short "
-            "to time (not probed below 5M weights); precision=bf16 chooses it"
-        )
     if cpu is not None and cpu.flags_read and not cpu.bf16_instructions:
         has = f"it has {', '.join(cpu.features)}" if cpu.features else "none of AVX2, AVX512F"
         return False, (
             f"fp32: this CPU has no bf16 matrix instructions ({has}), so bf16 would be converted to fp32 around "
             "every multiply: slower"
+        )
+    if weights is not None and weights < MIN_PROBED_WEIGHTS:
+        return False, (
+            f"fp32: a model of {weights:,} weights multiplies matrices too small for bf16 to pay, in passes too short "
+            "to time (not probed below 5M weights); precision=bf16 chooses it"
         )
     has = f"this CPU has {cpu.bf16_instructions}" if cpu and cpu.bf16_instructions else "this CPU's flags are unknown"
     return True, f"fp32 or bf16, whichever a probe of this run's own passes finds faster ({has})"
