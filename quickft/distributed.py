@@ -23,7 +23,8 @@ from pathlib import Path
 from quickft.errors import UserError
 
 LAUNCHED = "QUICKFT_LAUNCHED"
-"""Set by quickft's launcher (quickft.launch) for the processes it starts: how it started them."""
+"""Set by quickft's launcher (quickft.launch) for the processes it starts: how they were started (for the header and
+the resume command)."""
 
 COUNTS = (
     "tokens",

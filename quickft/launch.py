@@ -28,7 +28,6 @@ LAUNCHER_OPTIONS = ("--gpus", "--nnodes", "--node-rank", "--master", "--rdzv-end
 """quickft's options that the launcher consumes: the processes it starts run the same command without them."""
 DEFAULT_PORT = 29500
 """torchrun's own default port, where SLURM's variables name no MASTER_PORT."""
-"""The variable through which the processes learn how they were started (for the header and the resume command)."""
 
 
 @dataclass(frozen=True)
