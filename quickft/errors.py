@@ -1,4 +1,5 @@
-"""The one exception type that means "the user gave us something we can't use"."""
+"""quickft's own exceptions (UserError: "the user gave us something we can't use", exit 2; an interrupted run; a lost
+process), and how an out-of-memory error reads, which training, generation and export all recognise."""
 
 
 class UserError(Exception):
