@@ -65,8 +65,6 @@ class Evaluator(TrainerCallback):
             self.evaluate(state, control)
 
     def evaluate(self, state, control) -> None:
-        from quickft.generation import score_cases
-
         recipe, trainer, cases = self.recipe, self.trainer, self.cases
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 6)}
         self.recorder.set_activity(
@@ -77,14 +75,7 @@ class Evaluator(TrainerCallback):
                 row["eval_loss"] = eval_loss(trainer)
             # the first process answers and the others wait for its score; under FSDP all of them answer together
             if cases and (distributed.is_main() or distributed.sharded(trainer.model)):
-                scored = score_cases(
-                    trainer.model,
-                    trainer.processing_class,
-                    cases,
-                    how=recipe.eval.match,
-                    max_new_tokens=recipe.max_new_tokens,
-                )
-                row["case_score"] = sum(s["correct"] for s in scored) / len(scored)
+                row["case_score"] = case_score(trainer, recipe, cases)
         row = distributed.broadcast(row)  # every process takes the same early-stopping decision
         if "eval_loss" in row:
             if self.best_loss is None or row["eval_loss"] < self.best_loss:
@@ -167,3 +158,12 @@ class StepTimer(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.timing["losses"].append(float(logs["loss"]))
+
+
+def case_score(trainer, recipe: Recipe, cases: list[tuple[str, str]]) -> float:
+    """The share of the test cases the trainer's model answers right, as the run's test-case score counts them."""
+    from quickft.generation import score_cases
+
+    how, limit = recipe.eval.match, recipe.max_new_tokens
+    scored = score_cases(trainer.model, trainer.processing_class, cases, how=how, max_new_tokens=limit)
+    return sum(s["correct"] for s in scored) / len(scored)

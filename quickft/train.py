@@ -414,7 +414,7 @@ def score_the_start(recipe: Recipe, trainer, cases: list[tuple[str, str]], recor
     run's end score is read against (it may fall). It costs one pass over the test cases before the first step (a
     setup phase of its own, timed in the report); its row is step 0 of metrics.jsonl. SFT runs skip it: they start
     from a base model or random weights, and `quickft eval RUN --base` scores the base afterwards when wanted."""
-    from quickft.generation import score_cases
+    from quickft.callbacks import case_score
 
     if not methods.room(recipe.method).SCORES_THE_START or not cases:
         return
@@ -425,14 +425,7 @@ def score_the_start(recipe: Recipe, trainer, cases: list[tuple[str, str]], recor
     # the random state is put back afterwards: the run trains exactly as it would without this score
     with reporter.phase(f"scoring the starting model on {len(cases)} test cases"), torch.random.fork_rng(cuda):
         if distributed.is_main():  # the first process answers; the others wait for its score
-            scored = score_cases(
-                trainer.model,
-                trainer.processing_class,
-                cases,
-                how=recipe.eval.match,
-                max_new_tokens=recipe.max_new_tokens,
-            )
-            row["case_score"] = sum(s["correct"] for s in scored) / len(scored)
+            row["case_score"] = case_score(trainer, recipe, cases)
         row = distributed.broadcast(row)
     recorder.record_start(row)
 
