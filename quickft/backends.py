@@ -297,7 +297,7 @@ def prepare_tokenizer(tokenizer, recipe: Recipe, *, training: bool = False) -> N
     eos is the usual choice), and the recipe's chat template. Training sets the recipe's template over the
     tokenizer's own; chat, eval and export load a saved run's tokenizer, which has it already, and set it only
     where there is none."""
-    from quickft.data.encode import CHAT_TEMPLATES
+    from quickft.data.chat_template import CHAT_TEMPLATES
 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

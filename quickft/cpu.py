@@ -214,33 +214,3 @@ def header_notes(choice) -> list[str]:
     notes.append(threads_note(found, record.get("threads") or 0))
     warning = busy_warning(found, busy)
     return notes + ([f"[bold yellow]warning:[/bold yellow] {warning}"] if warning else [])
-
-
-PADDING_NOTE = 0.2
-"""A CPU run whose padded batches would be at least this share padding gets a note."""
-
-
-def step_notes(recipe, prepared) -> list[str]:
-    """On a CPU, what two of the recipe's settings cost there, and the setting that saves it: gradient checkpointing
-    (a third more compute per step, for memory a CPU machine seldom lacks), and padded batches of uneven examples
-    (a padding token costs the CPU as much as a real one)."""
-    notes = []
-    if recipe.gradient_checkpointing:
-        notes.append(
-            "gradient checkpointing on (the recipe's gradient_checkpointing=True): on a CPU it recomputes every "
-            "layer's forward pass during the backward, about a third more compute per step, to hold fewer "
-            "activations; set gradient_checkpointing=false unless memory runs short"
-        )
-    lengths = [len(r["input_ids"]) for r in prepared.rows if "input_ids" in r]
-    if recipe.method == "sft" and recipe.micro_batch_size > 1 and recipe.data.batching == "padded" and lengths:
-        from quickft.data.batching import padding_share
-
-        share, grouped = (
-            padding_share(lengths, recipe.micro_batch_size, mode, recipe.seed) for mode in ("padded", "grouped")
-        )
-        if share >= PADDING_NOTE:
-            notes.append(
-                f"{share:.0%} of the padded batches' tokens are padding ({grouped:.0%} with "
-                'data.batching="grouped", none with "packed"): on a CPU a padding token costs as much as a real one'
-            )
-    return notes

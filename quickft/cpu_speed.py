@@ -1,12 +1,15 @@
 """Measuring this CPU's speed and training in bf16 on it: its matrix-multiply peak per dtype (MFU's denominator),
 the probe that times the run's own forward and backward passes in fp32 and in bf16, and what a bf16 LoRA run holds
-(frozen weights in bf16, the adapter and the LoRA sums in fp32). torch is imported inside each function.
+(frozen weights in bf16, the adapter and the LoRA sums in fp32), and what two of a recipe's settings cost a CPU
+(step_notes). torch is imported inside each function.
 """
 
 from __future__ import annotations
 
 import math
 import time
+
+from quickft.data.batching import padding_share
 
 MATMUL_SHAPE = (1024, 2048, 2048)
 """(m, k, n) of the peak probe's multiply: large enough for the matrix units' full rate, 8.6 GFLOP each."""
@@ -212,3 +215,31 @@ def probe_batch(recipe, trainer, prepared) -> dict:
     vocab = (config.get_text_config() if hasattr(config, "get_text_config") else config).vocab_size
     ids = torch.randint(0, vocab, (sequences, length), generator=torch.Generator().manual_seed(0))
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+PADDING_NOTE = 0.2
+"""A CPU run whose padded batches would be at least this share padding gets a note."""
+
+
+def step_notes(recipe, prepared) -> list[str]:
+    """On a CPU, what two of the recipe's settings cost there, and the setting that saves it: gradient checkpointing
+    (a third more compute per step, for memory a CPU machine seldom lacks), and padded batches of uneven examples
+    (a padding token costs the CPU as much as a real one)."""
+    notes = []
+    if recipe.gradient_checkpointing:
+        notes.append(
+            "gradient checkpointing on (the recipe's gradient_checkpointing=True): on a CPU it recomputes every "
+            "layer's forward pass during the backward, about a third more compute per step, to hold fewer "
+            "activations; set gradient_checkpointing=false unless memory runs short"
+        )
+    lengths = [len(r["input_ids"]) for r in prepared.rows if "input_ids" in r]
+    if recipe.method == "sft" and recipe.micro_batch_size > 1 and recipe.data.batching == "padded" and lengths:
+        share, grouped = (
+            padding_share(lengths, recipe.micro_batch_size, mode, recipe.seed) for mode in ("padded", "grouped")
+        )
+        if share >= PADDING_NOTE:
+            notes.append(
+                f"{share:.0%} of the padded batches' tokens are padding ({grouped:.0%} with "
+                'data.batching="grouped", none with "packed"): on a CPU a padding token costs as much as a real one'
+            )
+    return notes

@@ -1,10 +1,13 @@
-"""PNG plots of a run's metrics.jsonl, written into the run directory (matplotlib, non-interactive backend)."""
+"""PNG plots of a run's metrics.jsonl, written into the run directory (matplotlib, non-interactive backend).
+
+The plots every run has are drawn here; a method's own (preference.png, rewards.png, groups.png) are its room's
+(quickft.methods.plots), handed in as `more` by the summary.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-
-from quickft import methods
 
 PLOTS = {
     "loss.png": "loss per step, with a centered moving average and the eval loss",
@@ -42,22 +45,32 @@ def resume_steps(rows: list[dict]) -> list[int]:
     return sorted({r["session_start_step"] for r in rows if r.get("session_start_step")})
 
 
-def write_plots(rows: list[dict], run_dir: Path, *, name: str | None = None, target: float | None = None) -> list[Path]:
-    """Draw every plot in PLOTS from the metric rows into run_dir; returns the files written. Each PNG carries its
-    title in its metadata too."""
+def write_plots(
+    rows: list[dict],
+    run_dir: Path,
+    *,
+    name: str | None = None,
+    target: float | None = None,
+    more: Callable | None = None,
+) -> list[Path]:
+    """Draw every plot in PLOTS from the metric rows into run_dir, and `more`'s (a method's own); returns the files
+    written. Each PNG carries its title in its metadata too."""
     import matplotlib.pyplot as plt
 
     written = []
-    for file, fig in figures(rows, name=name, target=target).items():
+    for file, fig in figures(rows, name=name, target=target, more=more).items():
         fig.savefig(run_dir / file, metadata={"Title": fig.axes[0].get_title()})
         plt.close(fig)
         written.append(run_dir / file)
     return written
 
 
-def figures(rows: list[dict], *, name: str | None = None, target: float | None = None) -> dict:
-    """{file name: matplotlib figure} for every plot in PLOTS the rows have data for. `name` (the run's) heads every
-    title; `target` (eval.target, a share) is drawn on the test-case plot; resumed sessions are marked."""
+def figures(
+    rows: list[dict], *, name: str | None = None, target: float | None = None, more: Callable | None = None
+) -> dict:
+    """{file name: matplotlib figure} for every plot in PLOTS the rows have data for, then `more(save, rows)`'s (a
+    method's own plots, drawn with the same `save`). `name` (the run's) heads every title; `target` (eval.target, a
+    share) is drawn on the test-case plot; resumed sessions are marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,5 +162,6 @@ def figures(rows: list[dict], *, name: str | None = None, target: float | None =
 
     if scores:
         save("test_cases.png", "test-case score", "% correct", cases)
-    methods.plots(save, rows)  # each method's own: preference.png, rewards.png, groups.png
+    if more is not None:
+        more(save, rows)  # a method's own: preference.png, rewards.png, groups.png
     return drawn

@@ -22,7 +22,7 @@ import numbers
 import re
 
 from quickft.errors import UserError
-from quickft.generation import matches
+from quickft.scoring import matches
 
 THINK_THEN_ANSWER = r"<think>.*?</think>\s*\S.*"
 """format_match's default: a reasoning block, then an answer."""

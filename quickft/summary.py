@@ -197,7 +197,7 @@ def write_metric_files(callback, run_dir: Path, recipe) -> None:
     from quickft.plots import write_plots
 
     rows = sorted(callback.rows + callback.eval_rows, key=lambda r: r["step"])
-    write_plots(rows, run_dir, name=run_dir.name, target=recipe.eval.target)
+    write_plots(rows, run_dir, name=run_dir.name, target=recipe.eval.target, more=methods.plots)
     rundir.write_csv(run_dir / "metrics.csv", rows)
 
 

@@ -240,12 +240,12 @@ def _train(run: Run) -> None:
                 trainer = build(recipe)  # with the bf16 choice: make_trainer reads the precision from it
     run.choice, precision_notes = trained_precision(run.choice, trainer.args)
     if run.choice.device == "cpu":
-        from quickft import cpu
+        from quickft import cpu, cpu_speed
         from quickft.backends import measure_cpu_peak
 
         with reporter.phase(f"measuring this CPU's {run.choice.precision} matrix-multiply peak (for MFU)"):
             run.choice = measure_cpu_peak(run.choice)
-        precision_notes = cpu.header_notes(run.choice) + cpu.step_notes(recipe, data.prepared) + precision_notes
+        precision_notes = cpu.header_notes(run.choice) + cpu_speed.step_notes(recipe, data.prepared) + precision_notes
     precision_notes += attention_notes(recipe, loaded.model)
     notes = precision_notes + methods.room(recipe.method).notes(recipe, trainer)
     placement = placement_rows(recipe, storage["unseen"])

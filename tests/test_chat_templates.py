@@ -371,7 +371,7 @@ def test_tokens_with_trimmed_offsets_stay_in_the_answer_they_belong_to():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from quickft.data.encode import CHATML
+    from quickft.data.chat_template import CHATML
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

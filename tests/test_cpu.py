@@ -352,7 +352,7 @@ def test_others_busy_is_the_machines_busy_time_less_this_processs_own():
 
 
 def test_a_cpu_run_says_what_checkpointing_and_padding_cost_it():
-    from quickft.cpu import step_notes
+    from quickft.cpu_speed import step_notes
     from quickft.data.encode import Prepared
 
     rows = [{"input_ids": [1] * n} for n in (10, 10, 10, 30)]  # one micro-batch of 4: 120 tokens, 60 of them padding

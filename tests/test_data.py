@@ -3,7 +3,8 @@ import json
 import pytest
 
 from quickft.data import guess_format, read_examples
-from quickft.data.encode import CHATML, encode, prompt_text
+from quickft.data.chat_template import CHATML
+from quickft.data.encode import encode, prompt_text
 from quickft.errors import UserError
 from quickft.recipe import Data
 

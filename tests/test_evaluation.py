@@ -276,7 +276,7 @@ def test_number_match_scores_gsm8k_style_test_cases_read_by_their_keys(tiny_math
 
 
 def test_number_and_contains_matching():
-    from quickft.generation import first_number, matches
+    from quickft.scoring import first_number, matches
 
     assert first_number("La respuesta es 1.234,5 euros") == 1234.5 and first_number("x = -3") == -3.0
     assert first_number("0,75") == 0.75 and first_number("sin números") is None

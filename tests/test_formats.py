@@ -16,7 +16,8 @@ import pytest
 
 from quickft.cli import main
 from quickft.data import read_data
-from quickft.data.encode import CHATML, encode, prepare
+from quickft.data.chat_template import CHATML
+from quickft.data.encode import encode, prepare
 from quickft.errors import UserError
 from quickft.recipe import Data, load_recipe
 from tests.conftest import ROOT, write_recipe

@@ -148,7 +148,7 @@ def test_records_that_are_not_pairs_are_named(tmp_path, record, says):
 def chatml_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from quickft.data.encode import CHATML
+    from quickft.data.chat_template import CHATML
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.chat_template = CHATML

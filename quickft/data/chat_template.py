@@ -27,6 +27,16 @@ THINK = "<think>\n{}\n</think>\n\n"
 """How reasoning is written where the template itself has no way to render it (Qwen3's and DeepSeek-R1's form)."""
 PROBE = "qftreasoningprobe"
 
+CHATML = (
+    "{%- if tools %}<|im_start|>system\n# Tools\n{{ tools | tojson }}<|im_end|>\n{%- endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] %}{{ message['content'] }}"
+    "{% endif %}{% if message['tool_calls'] %}{% for call in message['tool_calls'] %}<tool_call>{{ call | tojson }}"
+    "</tool_call>{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CHAT_TEMPLATES = {"chatml": CHATML}
+"""The templates a recipe may name (data.chat_template="chatml"); any other value is a Jinja template itself."""
+
 
 @dataclass
 class Turn:

@@ -8,20 +8,14 @@ call it, so the counts they show are the same. Takes any Hugging Face (fast) tok
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from quickft.data import chat_template
-from quickft.data.readers import Example
 from quickft.errors import UserError
-from quickft.recipe import Data, Recipe
 
-CHATML = (
-    "{%- if tools %}<|im_start|>system\n# Tools\n{{ tools | tojson }}<|im_end|>\n{%- endif %}"
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] %}{{ message['content'] }}"
-    "{% endif %}{% if message['tool_calls'] %}{% for call in message['tool_calls'] %}<tool_call>{{ call | tojson }}"
-    "</tool_call>{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-CHAT_TEMPLATES = {"chatml": CHATML}
+if TYPE_CHECKING:  # annotations only: the examples come from readers.py, the settings from recipe.py
+    from quickft.data.readers import Example
+    from quickft.recipe import Data, Recipe
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -30,6 +24,11 @@ CHAT_TEMPLATES = {"chatml": CHATML}
 def format_prompt(prompt: str, data: Data) -> str:
     """The exact text the model sees before its answer, for prompt/response data (training and chat use this)."""
     return data.prompt_template.replace("{prompt}", prompt)
+
+
+def prompt_ids(prompt: str, tokenizer, chat: bool) -> list[int]:
+    """A prompt's ids, as generation.prompt_batch makes them: a chat template's text holds its special tokens."""
+    return tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
 
 
 def training_text(example: Example, data: Data) -> str:

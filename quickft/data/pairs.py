@@ -23,12 +23,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from quickft.data import readers
+from quickft.data import chat_template, readers
+from quickft.data.encode import Prepared, encode
+from quickft.data.readers import Example
 from quickft.errors import UserError
-from quickft.recipe import Data
 
 if TYPE_CHECKING:
-    from quickft.data.encode import Prepared
+    from quickft.recipe import Data
 
 PREFERENCE_KEYS = (("chosen", "rejected"), ("chosen_messages", "rejected_messages"))
 HH_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
@@ -306,10 +307,6 @@ def encode_pair(pair: Pair, tokenizer, data: Data) -> dict:
 
 def encode_answer(prompt, answer, tools, where: str, tokenizer, data: Data) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids) as SFT's encoder tokenizes the same prompt and answer."""
-    from quickft.data import chat_template
-    from quickft.data.encode import encode
-    from quickft.data.readers import Example
-
     if isinstance(prompt, list):
         turn = chat_template.turns(prompt + [answer], tokenizer, tools, where)[-1]
         return chat_template.tokens(tokenizer, turn.prompt), chat_template.tokens(tokenizer, turn.output)
@@ -322,8 +319,6 @@ def encode_answer(prompt, answer, tools, where: str, tokenizer, data: Data) -> t
 def prepare_pairs(pairs: list[Pair], tokenizer, recipe) -> Prepared:
     """Pairs -> rows of prompt, chosen and rejected ids; a pair whose prompt and longer answer exceed max_seq_length
     is dropped, with its place and length (cutting an answer would change which one is better)."""
-    from quickft.data.encode import Prepared
-
     limit = recipe.max_seq_length
     prepared = Prepared(rows=[])
     for pair in pairs:
@@ -347,8 +342,6 @@ def prepare_judged(judged: list[Judged], tokenizer, recipe) -> Prepared:
     them in this fixed order: its KL estimate pairs each prompt with another answer of the same micro-batch); an
     answer whose prompt and answer exceed max_seq_length is dropped, with its place and length."""
     import random
-
-    from quickft.data.encode import Prepared
 
     limit = recipe.max_seq_length
     prepared = Prepared(rows=[])

@@ -4,7 +4,8 @@ is made of and which items may be held out: SFT's examples, preference pairs or 
 items held out together), GRPO's prompts.
 
 Nothing is written into the recipe: the split says the format it resolved (`Split.format`), and the caller saves it.
-Which of the three a recipe's data is, its method says (quickft.methods: each room's `split`).
+Which of the three a recipe's data is, its method says (quickft.methods: each room's `split`, which hands its shape's
+reader and key functions to `split_judged` or `split_tasks`); this file reads no shape but SFT's examples.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import random
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 
-from quickft.data.pairs import Judged, read_judged, read_pairs
 from quickft.data.readers import Example, clean_examples, read_data
-from quickft.data.tasks import read_tasks
 from quickft.errors import UserError
 from quickft.recipe import Recipe
+
+Read = Callable[..., tuple]
+"""A shape's reader: (path, Data) -> (the shape it read, the items, the dropped records with their reasons)."""
 
 HOLDOUT_SHARE = 10
 """Test cases taken out of the training data: at most one item in ten."""
@@ -114,28 +116,26 @@ def split_examples(recipe: Recipe) -> Split:
     return Split(examples, cases, eval_examples, dropped, data.format, read, [n for n in notes if n], separate)
 
 
-def split_judged(recipe: Recipe, *, labelled: bool) -> Split:
+def split_judged(recipe: Recipe, reader: Read, *, what: str, expected: Callable, may: Callable | None = None) -> Split:
     """method="dpo", "orpo", "simpo": preference pairs to train on, and held-out pairs as test cases (their prompt,
     answered and scored against the chosen answer). method="kto": labelled answers, and held-out desirable ones as
-    test cases. Items are held out by prompt: a KTO prompt's answers stay together."""
-    reader, what = (read_judged, "labelled answers") if labelled else (read_pairs, "preference pairs")
+    test cases. Items are held out by prompt: a KTO prompt's answers stay together. `reader` reads the shape (pairs,
+    or labelled answers, `what`); `expected` is an item's answer a test case expects, `may` whether it may be one."""
     shape, pairs, dropped = reader(recipe.data.path, recipe.data)
     notes, read = [f"{what} read as {shape}"], len(pairs) + len(dropped)
     if recipe.data.test_path:  # any prompt/response file, as for SFT
         cases = _test_cases(recipe, notes)
     else:
-        candidates = [p for p in pairs if not isinstance(p, Judged) or p.good]  # KTO: a desirable answer is expected
+        candidates = [p for p in pairs if may is None or may(p)]  # KTO: a desirable answer is expected
         n = min(recipe.data.holdout, len(candidates) // HOLDOUT_SHARE)
-        pairs, held = hold_out(
-            pairs, n, random.Random(recipe.seed), may=lambda p: not isinstance(p, Judged) or p.good, group=prompt_key
-        )
+        pairs, held = hold_out(pairs, n, random.Random(recipe.seed), may=may, group=prompt_key)
         if not pairs:
             raise UserError(
                 f"{recipe.data.path}: nothing left to train on after holding out {n} test case(s): every record "
                 "shares a prompt with them",
                 hint="set data.holdout=0, or give test cases of their own in data.test_path",
             )
-        cases = [_case(p.prompt, p.answer if isinstance(p, Judged) else p.chosen, p) for p in held]
+        cases = [_case(p.prompt, expected(p), p) for p in held]
     if recipe.eval.path:  # eval loss on the same kind of data: pairs, or KTO's labelled answers
         evaluated = reader(recipe.eval.path, recipe.data)[1]
     else:  # by prompt, as the test cases
@@ -154,10 +154,10 @@ def split_judged(recipe: Recipe, *, labelled: bool) -> Split:
     )
 
 
-def split_tasks(recipe: Recipe) -> Split:
+def split_tasks(recipe: Recipe, reader: Read) -> Split:
     """method="grpo": prompts to train on (with the columns the rewards read), and held-out prompts with answers as
-    test cases."""
-    shape, tasks, dropped = read_tasks(recipe.data.path, recipe.data)
+    test cases. `reader` reads the prompts (data.tasks.read_tasks)."""
+    shape, tasks, dropped = reader(recipe.data.path, recipe.data)
     notes, read = [f"prompts read as {shape}"], len(tasks) + len(dropped)
     if recipe.data.test_path:
         cases = _test_cases(recipe, notes)

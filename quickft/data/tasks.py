@@ -19,6 +19,7 @@ from pathlib import Path
 
 from quickft.data import readers
 from quickft.data.columns import ANSWER_KEYS, PROMPT_KEYS, find_columns, prompt_and_answer
+from quickft.data.encode import Prepared, chat_prompt, format_prompt, prompt_ids
 from quickft.errors import UserError
 from quickft.recipe import Data
 
@@ -144,24 +145,15 @@ def _columns(record: dict, *used: str | None) -> dict:
 
 def prompt_of(task: Task, tokenizer, data: Data) -> str:
     """The prompt's text exactly as the model sees it, as for test cases and `quickft chat`."""
-    from quickft.data.encode import chat_prompt, format_prompt
-
     if task.chat:
         return chat_prompt(task.prompt, tokenizer, task.tools, task.where)
     return format_prompt(task.prompt, data)
-
-
-def prompt_ids(prompt: str, tokenizer, chat: bool) -> list[int]:
-    """A prompt's ids, as generation.prompt_batch makes them: a chat template's text holds its special tokens."""
-    return tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
 
 
 def prepare_tasks(tasks: list[Task], tokenizer, recipe):
     """Tasks -> the rows GRPOTrainer samples from: "prompt" (text as the model sees it), "answer", "where" and the
     record's columns. A prompt that leaves no room for a max_completion_length answer within max_seq_length is
     dropped, with its place and length (cutting it would change the question)."""
-    from quickft.data.encode import Prepared
-
     room = recipe.max_seq_length - completion_length(recipe)
     prepared = Prepared(rows=[])
     columns = sorted({k for t in tasks for k in t.columns})

@@ -573,7 +573,7 @@ CHATML_GO = (
     "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 )
-"""quickft's ChatML (encode.CHATML) as an Ollama (Go) template."""
+"""quickft's ChatML (data.chat_template.CHATML) as an Ollama (Go) template."""
 
 
 def _go_literal(text: str) -> str:

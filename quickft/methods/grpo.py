@@ -4,9 +4,9 @@ it scored than its group. Its data: quickft.data.tasks; its rewards: quickft.rew
 
 from __future__ import annotations
 
-from quickft.data.encode import Prepared
+from quickft.data.encode import Prepared, prompt_ids
 from quickft.data.split import Split, split_tasks
-from quickft.data.tasks import completion_length, prepare_tasks, prompt_ids
+from quickft.data.tasks import completion_length, prepare_tasks, read_tasks
 from quickft.methods.common import reference_text, window_text
 from quickft.metrics import duration
 from quickft.recipe import Recipe, reward_name
@@ -37,7 +37,7 @@ KEYS = (
 
 
 def split(recipe: Recipe) -> Split:
-    return split_tasks(recipe)
+    return split_tasks(recipe, read_tasks)
 
 
 def rows(recipe: Recipe, items: list, tokenizer) -> Prepared:

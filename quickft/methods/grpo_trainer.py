@@ -9,6 +9,7 @@ import time
 
 from trl import GRPOTrainer
 
+from quickft.data.encode import prompt_ids
 from quickft.methods.common import ResumesWithRef
 from quickft.metrics import TokenCounter
 
@@ -23,7 +24,7 @@ class CountingGRPOTrainer(ResumesWithRef, GRPOTrainer):
       max_completion_length is in both even when mask_truncated_completions leaves it out of the loss (TRL zeroes its
       completion mask, so the mask cannot count it: its length travels with the batch instead);
     - generation_s / reward_s: wall time inside TRL's generate and reward calls.
-    Prompts are tokenized as `quickft chat` and the test cases tokenize them (quickft.data.tasks.prompt_ids), not by TRL's
+    Prompts are tokenized as `quickft chat` and the test cases tokenize them (quickft.data.encode.prompt_ids), not by TRL's
     own rules: a chat template's text already holds its special tokens."""
 
     LENGTHS = "quickft_completion_lengths"
@@ -35,8 +36,6 @@ class CountingGRPOTrainer(ResumesWithRef, GRPOTrainer):
         self._prepared = self._lengths = None
 
     def _tokenize_prompts(self, prompts: list):
-        from quickft.data.tasks import prompt_ids
-
         return [prompt_ids(p, self.processing_class, self.chat) for p in prompts], None, {}
 
     def _generate(self, prompts: list):

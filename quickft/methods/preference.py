@@ -6,7 +6,7 @@ preference_trainer.py."""
 from __future__ import annotations
 
 from quickft.data.encode import Prepared
-from quickft.data.pairs import prepare_judged, prepare_pairs, sequences
+from quickft.data.pairs import prepare_judged, prepare_pairs, read_judged, read_pairs, sequences
 from quickft.data.split import Split, split_judged
 from quickft.methods.common import reference_text, window_text
 from quickft.recipe import PAIRED_METHODS, Recipe
@@ -48,7 +48,11 @@ KEYS = (
 
 
 def split(recipe: Recipe) -> Split:
-    return split_judged(recipe, labelled=recipe.method == "kto")
+    if recipe.method == "kto":  # a held-out desirable answer is a test case
+        return split_judged(
+            recipe, read_judged, what="labelled answers", expected=lambda j: j.answer, may=lambda j: j.good
+        )
+    return split_judged(recipe, read_pairs, what="preference pairs", expected=lambda p: p.chosen)
 
 
 def rows(recipe: Recipe, items: list, tokenizer) -> Prepared:
