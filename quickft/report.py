@@ -9,6 +9,7 @@ fixed-format plain line. Every number printed is also in metrics.jsonl / summary
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import time
 from pathlib import Path
@@ -484,3 +485,14 @@ def _facts_text(facts: dict) -> str:
 
 def _model_name(model) -> str:
     return model if isinstance(model, str) else f"new {model.architecture} with random weights (Scratch)"
+
+
+REPORT_WIDTH = 120
+"""report.txt's width in characters (a terminal's is its own)."""
+
+
+def report_text(summary: dict, samples: list[dict]) -> str:
+    """The end report as plain text, as the console prints it: report.txt in the run directory (the studio shows it)."""
+    console = Console(record=True, width=REPORT_WIDTH, file=io.StringIO())
+    Reporter(console=console, live=False).report(summary, samples)
+    return console.export_text()

@@ -32,7 +32,7 @@ from quickft.pipeline import (
 )
 from quickft.recipe import Recipe, Scratch, load_recipe, recipe_from_dict, recipe_to_dict
 from quickft.recovery import StopOnSignal, recover_from_oom
-from quickft.report import Reporter
+from quickft.report import Reporter, report_text
 from quickft.summary import (
     next_commands,
     other_machine,
@@ -261,6 +261,7 @@ def _train(run: Run) -> None:
             write_metric_files(recorder, run_dir, recipe)
             summary = summarize_run(run, recorder, trainer, header, [], None)
             reporter.report(summary, [])
+            (run_dir / "report.txt").write_text(report_text(summary, []), encoding="utf-8")
             rundir.write_json(run_dir / "summary.json", summary | {"data": data.counts, "interrupted": True})
         raise RunInterrupted(run_dir, resume)
     with reporter.phase("saving the model"):
@@ -284,6 +285,7 @@ def _train(run: Run) -> None:
         write_metric_files(recorder, run_dir, recipe)
     summary = summarize_run(run, recorder, trainer, header, samples, evaluation)
     reporter.report(summary, samples)
+    (run_dir / "report.txt").write_text(report_text(summary, samples), encoding="utf-8")
     rundir.write_json(run_dir / "summary.json", summary | {"data": data.counts})
     reporter.closing(run_dir, next_commands(run_dir, run.split))
 

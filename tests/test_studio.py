@@ -374,6 +374,24 @@ def test_masking_preview_is_quickft_datas(studio, outputs):
     assert data["report"]["counts"]["kept_for_training"] > 0
 
 
+def test_masking_previews_are_made_one_at_a_time_in_a_child(studio, studio_process):
+    """Each preview is a child process that loads a tokenizer: a second request while one is being made is refused
+    (503), not queued, so a page (or a script) cannot pile up children; the studio itself never loads torch (nor, so,
+    transformers): its memory stays the server's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post, studio + "api/runs/sums_b/masking", {"n": 1})
+        time.sleep(0.5)  # the first child is loading (Python, torch and a tokenizer take seconds)
+        second = post(studio + "api/runs/sums_b/masking", {"n": 1})
+        assert second.status_code == 503, second.text
+        assert second.json()["error"] == "a masking preview is being made"
+        assert first.result().status_code == 200
+    assert post(studio + "api/runs/sums_b/masking", {"n": 1}).status_code == 200  # free again once it is done
+    maps = Path(f"/proc/{studio_process[0].pid}/maps").read_text()
+    assert "libtorch" not in maps, "the studio's own process loaded torch"
+
+
 def sse_texts(response) -> list[dict]:
     return [json.loads(line[6:]) for line in response.text.split("\n\n") if line.startswith("data: ")]
 

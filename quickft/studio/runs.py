@@ -1,19 +1,25 @@
 """What the studio shows, read from the run directories as plain JSON data (no web code here).
 
 Every figure comes from the files `quickft run` writes (status.json, recipe.json, backend.json, metrics.jsonl,
-summary.json, samples.jsonl); the end report is the console's own (report.Reporter.report), recorded as text;
-the differing settings are `quickft compare`'s; the masking preview is `quickft data`'s.
+summary.json, samples.jsonl); the end report is the console's own, as the run recorded it (report.txt);
+the differing settings are `quickft compare`'s; the masking preview is `quickft data`'s, made in a child process
+(studio/masking.py).
 """
 
 from __future__ import annotations
 
-import io
 import json
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
+from quickft.compare import compare, settings_that_differ
 from quickft.errors import UserError
+from quickft.recipe import Data, Recipe, field_paths, recipe_from_dict, recipe_to_dict
 from quickft.rundir import RUN_FILES, read_json
+from quickft.studio.children import Busy
 
 
 def is_run(path: Path) -> bool:
@@ -139,17 +145,10 @@ def list_runs(outputs: Path) -> list[dict]:
     return sorted(runs, key=lambda r: -r["mtime"])
 
 
-def end_report(summary: dict | None, cases: list[dict]) -> str | None:
-    """The end report as `quickft run` printed it, from summary.json and samples.jsonl (None before the end)."""
-    if summary is None:
-        return None
-    from rich.console import Console
-
-    from quickft.report import Reporter
-
-    console = Console(record=True, width=120, file=io.StringIO())
-    Reporter(console=console, live=False).report(summary, cases)
-    return console.export_text()
+def end_report(path: Path) -> str | None:
+    """The end report as `quickft run` printed it (report.txt, written with summary.json; None before the end)."""
+    file = path / "report.txt"
+    return file.read_text(encoding="utf-8") if file.is_file() else None
 
 
 def run_detail(path: Path) -> dict:
@@ -168,7 +167,7 @@ def run_detail(path: Path) -> dict:
         "target": (recipe.get("eval") or {}).get("target"),
         "final_score": {"step": summary["train"]["steps"], "score": final["score"]} if final else None,
         "progress": progress(path) if entry["status"] == "running" else None,
-        "report": end_report(summary, cases),
+        "report": end_report(path),
         "samples": cases,
         "plots": sorted(p.name for p in path.glob("*.png")),
     }
@@ -263,8 +262,6 @@ def _lookup(recipe: dict, key: str):
 def settings_view(recipe: dict) -> dict:
     """recipe.json's settings, each beside the Recipe dataclass's default (what a recipe file that leaves it out
     gets) and whether it differs; the run's own method's section only. `model` and `data.path` have no default."""
-    from quickft.recipe import Data, Recipe, field_paths, recipe_to_dict
-
     defaults = recipe_to_dict(Recipe(model="", data=Data(path="")))
     required = {"model", "data.path"}
     method = recipe.get("method", "sft")
@@ -291,8 +288,6 @@ def settings_view(recipe: dict) -> dict:
 def compare_runs(paths: list[Path]) -> dict:
     """The recipe settings that differ (compare.settings_that_differ, as `quickft compare` shows them) and, when
     every run has finished, compare's whole table (figures and ratios to the first run)."""
-    from quickft.compare import compare, settings_that_differ
-
     if len(paths) < 2:
         raise UserError("compare needs at least two runs")
     recipes = [read_json(p / "recipe.json") for p in paths]
@@ -327,18 +322,43 @@ def check_data_paths(recipe, roots: list[Path]) -> None:
             )
 
 
+PREVIEW_S = 300
+"""How long the masking preview's child may take (it loads the tokenizer and reads the data) before the request fails."""
+_previewing = threading.Lock()
+
+
 def masking_preview(path: Path, roots: list[Path], n: int = 3) -> dict:
     """`quickft data --show N` for the run's recipe (recipe.json; relative data paths are read from the studio's
     working directory, as `quickft data` reads them, and must lie in one of `roots`): counts, token lengths, and each
-    example's pieces, trained or masked."""
-    from quickft.datareport import preview_pieces, recipe_report
-    from quickft.recipe import recipe_from_dict
-
-    recipe = recipe_from_dict(read_json(path / "recipe.json"))
-    check_data_paths(recipe, roots)
-    report, rows, tokenizer = recipe_report(recipe, str(path / "recipe.json"))
-    examples = [
-        {"pieces": [{"text": text, "trained": trained} for text, trained in pieces], "more_tokens": more}
-        for pieces, more in preview_pieces(rows, tokenizer, n)
-    ]
-    return {"report": report, "examples": examples}
+    example's pieces, trained or masked. Made by a child process (studio/masking.py), one at a time: another
+    request meanwhile is refused as Busy (503)."""
+    check_data_paths(recipe_from_dict(read_json(path / "recipe.json")), roots)
+    if not _previewing.acquire(blocking=False):
+        raise Busy("a masking preview is being made", hint="ask again when it is done")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "quickft.studio.masking", str(path), str(n)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=PREVIEW_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise UserError(
+            f"the masking preview took over {PREVIEW_S} s", hint=f"run `quickft data {path}/recipe.json` yourself"
+        ) from None
+    finally:
+        _previewing.release()
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    try:
+        out = json.loads(lines[-1])  # its one line is the last: a library may have printed before it
+    except (IndexError, json.JSONDecodeError):
+        tail = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
+        raise UserError(
+            f"the masking preview failed: {tail[0]}", hint=f"run `quickft data {path}/recipe.json` to see why"
+        ) from None
+    if "error" in out:
+        raise UserError(out["error"], hint=out.get("hint"))
+    return out
