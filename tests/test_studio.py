@@ -50,7 +50,7 @@ def lora_body(model: Path, sums: Path, *, learning_rate: float, r: int, max_step
 
 
 def pairs_file(path: Path) -> Path:
-    """Preference pairs on the sums: the right sum chosen, a wrong one rejected (as tests/test_preference.py)."""
+    """Preference pairs on the sums: the right sum chosen, a wrong one rejected (as tests/methods/test_preference.py)."""
     import random
 
     rng = random.Random(0)
@@ -63,7 +63,7 @@ def pairs_file(path: Path) -> Path:
 
 
 def method_bodies(model: Path, sums: Path, pairs: Path) -> dict[str, str]:
-    """Tiny DPO, KTO and GRPO runs (as tests/test_preference*.py and tests/test_grpo.py train them); DPO logs every
+    """Tiny DPO, KTO and GRPO runs (as tests/methods/test_preference*.py and tests/methods/test_grpo.py train them); DPO logs every
     step, so its first row is step 1's, where the policy is still the reference model."""
 
     def common(path: Path) -> str:
