@@ -195,20 +195,18 @@ def time_passes(model, batch: dict, *, cast: bool, budget_s: float = PROBE_BUDGE
     }
 
 
-def probe_batch(recipe, trainer, prepared) -> dict:
+def probe_batch(recipe, trainer, prepared, sequences: int | None) -> dict:
     """A micro-batch of the run's own shape for the CPU precision probe: SFT's is real, rows spread over the
     training set put through the trainer's collator (padded, or packed, as training sees them); the other methods'
-    trainers read pairs or prompts, so theirs is as many sequences as a micro-batch's forward pass holds, of their
-    mean length in tokens, labelled as language modelling."""
+    trainers read pairs or prompts, so theirs is `sequences` (as many as a micro-batch's forward pass holds: the
+    method's room says, methods.<room>.probe_sequences), of their mean length in tokens, labelled as language
+    modelling."""
     import torch
 
-    from quickft.recipe import PAIRED_METHODS
-
-    if recipe.method == "sft":
+    if sequences is None:  # the method's trainer collates its own rows (SFT): the probe uses them
         rows = trainer.train_dataset
         n = min(recipe.micro_batch_size, len(rows))
         return trainer.data_collator([rows[i * (len(rows) // n)] for i in range(n)])
-    sequences = recipe.micro_batch_size * (2 if recipe.method in PAIRED_METHODS else 1)
     length = round(prepared.tokens / max(1, len(prepared.rows) * (sequences // recipe.micro_batch_size)))
     length = max(8, min(recipe.max_seq_length, length))
     config = trainer.model.config
@@ -233,7 +231,7 @@ def step_notes(recipe, prepared) -> list[str]:
             "activations; set gradient_checkpointing=false unless memory runs short"
         )
     lengths = [len(r["input_ids"]) for r in prepared.rows if "input_ids" in r]
-    if recipe.method == "sft" and recipe.micro_batch_size > 1 and recipe.data.batching == "padded" and lengths:
+    if recipe.micro_batch_size > 1 and recipe.data.batching == "padded" and lengths:  # SFT's rows (input_ids)
         share, grouped = (
             padding_share(lengths, recipe.micro_batch_size, mode, recipe.seed) for mode in ("padded", "grouped")
         )

@@ -314,6 +314,15 @@ class Recipe:
 # ---------------------------------------------------------------------------------------------- loading
 
 
+METHOD_SECTIONS = tuple(
+    m
+    for m in typing.get_args(typing.get_type_hints(Recipe)["method"])
+    if m in {f.name for f in dataclasses.fields(Recipe)}
+)
+"""The recipe's sections that hold one method's settings (dpo, orpo, simpo, kto, grpo): read from Recipe itself, so a
+method added there (its literal and its section) is one here too."""
+
+
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Run a recipe file, apply `key=value` overrides, validate, and return the Recipe."""
     path = Path(path)

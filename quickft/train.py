@@ -317,7 +317,8 @@ def cpu_precision(run: Run, trainer, data: Data):
     has = found.bf16_instructions if found and found.bf16_instructions else "unknown instructions"
     what = f"timing this model's passes in fp32 and in bf16 (precision=auto, a CPU with {has})"
     with reporter.phase(what if probe and not previous else "reading the CPU"):
-        batch = probe_batch(recipe, trainer, data.prepared) if probe and not previous else None
+        sequences = methods.room(recipe.method).probe_sequences(recipe)
+        batch = probe_batch(recipe, trainer, data.prepared, sequences) if probe and not previous else None
         return settle_cpu_precision(recipe, choice, trainer.model, batch, previous=previous)
 
 

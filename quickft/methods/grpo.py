@@ -119,6 +119,12 @@ def sequences_per_row(recipe: Recipe) -> int:
     return recipe.grpo.num_generations
 
 
+def probe_sequences(recipe: Recipe) -> int:
+    """Sequences in one micro-batch's forward pass, for the CPU precision probe's batch (cpu_speed.probe_batch): one
+    answer each."""
+    return recipe.micro_batch_size
+
+
 def answer_room(recipe: Recipe) -> int:
     """Tokens each training row needs beyond its own length (GRPO: the answer it generates)."""
     return completion_length(recipe)

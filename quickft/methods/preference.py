@@ -151,6 +151,12 @@ def sequences_per_row(recipe: Recipe) -> int:
     return 1
 
 
+def probe_sequences(recipe: Recipe) -> int:
+    """Sequences in one micro-batch's forward pass, for the CPU precision probe's batch (cpu_speed.probe_batch): a
+    pair is two (chosen and rejected), a KTO answer one."""
+    return recipe.micro_batch_size * (2 if recipe.method in PAIRED_METHODS else 1)
+
+
 def answer_room(recipe: Recipe) -> int:
     """Tokens each training row needs beyond its own length (GRPO: the answer it generates)."""
     return 0

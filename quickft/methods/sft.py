@@ -58,6 +58,12 @@ def sequences_per_row(recipe: Recipe) -> int:
     return 1
 
 
+def probe_sequences(recipe: Recipe) -> int | None:
+    """Sequences in one micro-batch's forward pass, for the CPU precision probe's batch (cpu_speed.probe_batch): None,
+    as SFT's trainer collates its own rows and the probe uses them."""
+    return None
+
+
 def answer_room(recipe: Recipe) -> int:
     """Tokens each training row needs beyond its own length (GRPO: the answer it generates)."""
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from quickft.compare import compare, settings_that_differ
 from quickft.errors import UserError
-from quickft.recipe import Data, Recipe, field_paths, recipe_from_dict, recipe_to_dict
+from quickft.recipe import METHOD_SECTIONS, Data, Recipe, field_paths, recipe_from_dict, recipe_to_dict
 from quickft.rundir import RUN_FILES, read_json
 from quickft.studio.children import Busy
 
@@ -245,9 +245,6 @@ def progress(path: Path, now: float | None = None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- settings
-
-METHOD_SECTIONS = ("dpo", "orpo", "simpo", "kto", "grpo")
-"""The recipe's sections of one method each: only the run's own is shown."""
 
 
 def _lookup(recipe: dict, key: str):
