@@ -122,3 +122,22 @@ def test_help_loads_no_heavy_library():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_method_room_answers_the_same_questions():
+    """Each room of quickft/methods/ defines the same functions and figures under the same names (SFT's set), so a
+    method added as a room of its own is asked every question the others are, by the one dispatch, methods.room."""
+    from quickft import methods
+
+    def defined(room) -> set[str]:
+        tree = ast.parse(Path(room.__file__).read_text(encoding="utf-8"))
+        names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        names |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        return {n for n in names if not n.startswith("_")}
+
+    questions = defined(methods.sft) - {"TRAINER"}  # the preference room names a trainer per method: TRAINERS
+    assert len(questions) > 20
+    for room in methods.ROOMS:
+        assert not questions - defined(room), (room.__name__, sorted(questions - defined(room)))
+    for method in ("sft", "dpo", "orpo", "simpo", "kto", "grpo"):
+        assert methods.room(method) in methods.ROOMS

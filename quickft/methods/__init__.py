@@ -5,8 +5,15 @@
 and beside each, its TRL subclass (<room>_trainer.py), imported only when a trainer is built: after the backend's
 imports, so that Unsloth, when chosen, has patched TRL first. `room` is the one dispatch.
 
-Adding a method (say TRL's RLOO or BCO): its settings in recipe.py, a room here (or a case in one), and a line in
-`room`; data/ too if it reads a shape no room reads yet.
+Every room defines the same names (tests/test_layout.py holds them to SFT's): its data (split, rows, shown_rows,
+trained_rows, held, answer_room, sequences_per_row, probe_sequences), its trainer (trainer, TRAINER, TOKENS_COUNTED,
+SCORES_THE_START), what the header and the end report say (notes, data_text, batch_text, report_rows, loss_row,
+summary, samples), and its logged figures (METRICS, line_text, panel_rows, plots).
+
+Adding a method (say TRL's RLOO or BCO) touches three files: its literal and settings in recipe.py (Recipe.method,
+its section, recipe_from_dict), a room here (rloo.py beside grpo.py, or a case in preference.py for BCO's labelled
+answers, as KTO's), and a line in `room`; data/ too if it reads a shape no room reads yet. The studio's curves
+(static/plots.js) draw a new method's own figures only once taught them; its common curves need nothing.
 """
 
 from __future__ import annotations
