@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-from quickft import distributed
+from quickft import cpu, cpu_speed, distributed
+from quickft.cpu_speed import keep_lora_sums_fp32, matmul_peak
+from quickft.data.chat_template import CHAT_TEMPLATES
 from quickft.errors import UserError, is_out_of_memory
-from quickft.hardware import Choice
+from quickft.hardware import Choice, cpu_precision_plan, pick_cpu_precision
+from quickft.noise import hide_known_harmless
 from quickft.recipe import Recipe
+from quickft.stack import require_runnable
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -53,7 +57,6 @@ def choose_backend(recipe: Recipe, *, strict: bool = True) -> Choice:
     from dataclasses import asdict
 
     from quickft.hardware import choose, unsloth_status
-    from quickft.stack import require_runnable
 
     hw, stack, verdict = require_runnable(needs_4bit=recipe.mode == "qlora")
     status = unsloth_status()
@@ -146,8 +149,6 @@ def load_peft(recipe: Recipe, choice: Choice, model_path: str, *, local: bool, f
     )
     model = get_peft_model(model, config)
     if choice.device == "cpu" and choice.precision == "bf16":  # as settle_cpu_precision trains a bf16 pick
-        from quickft.cpu_speed import keep_lora_sums_fp32
-
         keep_lora_sums_fp32(model)
     return Loaded(model, tokenizer, choice)
 
@@ -218,8 +219,6 @@ def model_facts(model) -> dict:
 
 def quiet_libraries() -> None:
     """quickft's own display replaces the libraries' progress bars; real warnings still come through."""
-    from quickft.noise import hide_known_harmless
-
     hide_known_harmless()  # import-time chatter that says nothing about this run (the CLI installs it first)
     import datasets
     import transformers
@@ -297,8 +296,6 @@ def prepare_tokenizer(tokenizer, recipe: Recipe, *, training: bool = False) -> N
     eos is the usual choice), and the recipe's chat template. Training sets the recipe's template over the
     tokenizer's own; chat, eval and export load a saved run's tokenizer, which has it already, and set it only
     where there is none."""
-    from quickft.data.chat_template import CHAT_TEMPLATES
-
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if recipe.data.chat_template and (training or not tokenizer.chat_template):
@@ -339,9 +336,6 @@ def settle_cpu_precision(recipe: Recipe, choice: Choice, model, batch: dict | No
     for answering, or None)."""
     import torch
 
-    from quickft import cpu, cpu_speed
-    from quickft.hardware import cpu_precision_plan, pick_cpu_precision
-
     found = choice.hardware.cpu if choice.hardware and choice.hardware.cpu else cpu.read_cpu()
     openmp = cpu.openmp_state()
     if openmp.torch_was_loaded and "OMP_NUM_THREADS" in openmp.set_by_quickft:
@@ -372,8 +366,6 @@ CPU_PEAK_S = 0.3
 
 def measure_cpu_peak(choice: Choice) -> Choice:
     """The choice with this CPU's matrix-multiply peak in the precision trained: MFU's denominator on a CPU."""
-    from quickft.cpu_speed import matmul_peak
-
     dtype = "bfloat16" if choice.precision == "bf16" else "float32"
     return replace(choice, cpu=(choice.cpu or {}) | {"peak": matmul_peak(dtype, seconds=CPU_PEAK_S)})
 

@@ -21,9 +21,22 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from quickft import methods, rundir
+from quickft import methods, metrics, rundir
+from quickft.backends import choose_backend, load, model_facts, private_by_default, quiet_libraries
 from quickft.errors import UserError
+from quickft.metrics import TokenCounter
+from quickft.models import dense_dtype
+from quickft.pipeline import (
+    make_trainer,
+    materialize,
+    model_reference,
+    read_data,
+    to_dataset,
+    training_rows,
+    training_tokenizer,
+)
 from quickft.recipe import load_recipe
+from quickft.stack import require_runnable
 
 BASELINE = "peft"
 WATCHED_MODULES = ("unsloth", "unsloth_zoo", "peft", "trl", "transformers", "bitsandbytes", "torch")
@@ -107,7 +120,6 @@ def bench(
     specs = [parse_variant(v) for v in variants]
     if isolate:
         specs += [parse_variant(v) for v in isolating_variants(recipe) if v not in variants]
-    from quickft.stack import require_runnable
 
     # a GPU this stack cannot run on stops here (exit 2), not in every worker after minutes of loading
     require_runnable(needs_4bit=recipe.mode == "qlora" or any("mode=qlora" in s["overrides"] for s in specs))
@@ -336,19 +348,6 @@ def worker(spec_json: str, out_path: str) -> None:
 
 
 def _measure(spec: dict) -> dict:
-    from quickft.backends import choose_backend, load, private_by_default, quiet_libraries
-    from quickft.metrics import TokenCounter
-    from quickft.models import dense_dtype
-    from quickft.pipeline import (
-        make_trainer,
-        materialize,
-        model_reference,
-        read_data,
-        to_dataset,
-        training_rows,
-        training_tokenizer,
-    )
-
     total_steps = spec["warmup"] + spec["steps"]
     _progress(spec, "reading the recipe and data")
     recipe = load_recipe(spec["recipe"], spec["overrides"] + [f"max_steps={total_steps}", "logging_steps=1"])
@@ -365,8 +364,6 @@ def _measure(spec: dict) -> dict:
     model_path = materialize(recipe, model_ref, train_examples, dtype=dense_dtype(recipe.mode, choice.precision))
 
     import torch
-
-    from quickft import metrics
 
     cuda = choice.device == "cuda"
     _progress(spec, "loading the model")
@@ -454,8 +451,6 @@ def checkpointing_kind(model) -> str:
 def effective_settings(trainer, model) -> dict:
     """What this process really trained with, read from the live trainer and model after training (not from the
     recipe): libraries change settings behind it, and Unsloth patches TRL when imported."""
-    from quickft.backends import model_facts
-
     args = trainer.args
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
     options = getattr(optimizer, "defaults", {})

@@ -15,8 +15,11 @@ from rich.table import Table
 from rich.text import Text
 
 from quickft import methods
+from quickft.backends import private_by_default, quiet_libraries
 from quickft.data.batching import padding_share
 from quickft.data.encode import history_costs
+from quickft.models import model_max_length
+from quickft.pipeline import materialize, model_reference, read_data, training_rows, training_tokenizer
 from quickft.recipe import Scratch, load_recipe
 from quickft.report import grouped_reasons
 
@@ -35,9 +38,6 @@ def build_report(recipe_path: str, overrides: list[str]) -> tuple[dict, object, 
 
 def recipe_report(recipe, recipe_path: str) -> tuple[dict, object, object]:
     """build_report for a Recipe already loaded (the studio's, from a run's recipe.json): (report, rows, tokenizer)."""
-    from quickft.backends import private_by_default, quiet_libraries
-    from quickft.pipeline import materialize, model_reference, read_data, training_rows, training_tokenizer
-
     recipe, split = read_data(recipe)
     model_ref, local = model_reference(recipe)
     private_by_default(local)
@@ -99,7 +99,6 @@ def _model_limit(recipe, model_ref, local: bool) -> int | None:
         return recipe.model.max_position_embeddings
     if not local:
         return None
-    from quickft.models import model_max_length
 
     return model_max_length(model_ref)
 

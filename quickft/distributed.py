@@ -20,7 +20,7 @@ import socket
 import sys
 from pathlib import Path
 
-from quickft.errors import UserError
+from quickft.errors import ProcessLost, UserError
 
 LAUNCHED = "QUICKFT_LAUNCHED"
 """Set by quickft's launcher (quickft.launch) for the processes it starts: how they were started (for the header and
@@ -364,7 +364,6 @@ def leave() -> None:
     processes have gone first. Not after a lost process: `exit_now` leaves without waiting on it."""
     if world_size() == 1 or _flags is None:
         return
-    from quickft.errors import ProcessLost
 
     error = sys.exc_info()[1]
     if isinstance(error, ProcessLost) or (error is not None and lost_peer(error)):

@@ -13,7 +13,10 @@ from dataclasses import replace
 from rich.console import Console
 from rich.table import Table
 
-from quickft.hardware import UnslothStatus, choose, describe, detect, unsloth_status
+from quickft import cpu
+from quickft.cpu_speed import matmul_peak
+from quickft.hardware import UnslothStatus, choose, cpu_precision_plan, describe, detect, unsloth_status
+from quickft.report import Reporter
 from quickft.stack import check, read_stack, version
 
 
@@ -45,8 +48,6 @@ def four_bit_check(device: str) -> str | None:
 
 
 def collect(*, check_unsloth_import: bool = True, reporter=None) -> dict:
-    from quickft.report import Reporter
-
     reporter = reporter or Reporter(quiet=True)
     with reporter.phase("importing torch and reading the GPU"):
         import torch
@@ -122,10 +123,6 @@ def cpu_facts(hw, verdict) -> dict:
     (quickft.cpu_speed.matmul_peak, PEAK_S each) and the precision precision=auto trains in on it."""
     import torch
 
-    from quickft import cpu
-    from quickft.cpu_speed import matmul_peak
-    from quickft.hardware import cpu_precision_plan
-
     found = hw.cpu or cpu.read_cpu()
     fp32, bf16 = (matmul_peak(dtype, seconds=PEAK_S) for dtype in ("float32", "bfloat16"))
     _, why = cpu_precision_plan(found, requested="auto", mode="lora", backend="peft")
@@ -180,8 +177,6 @@ def print_report(info: dict, console: Console) -> None:
 
 
 def main(*, as_json: bool = False, check_unsloth_import: bool = True, console: Console | None = None) -> dict:
-    from quickft.report import Reporter
-
     console = console or Console()
     # what it is doing, while it does it: on stderr, so --json keeps stdout to the JSON
     info = collect(check_unsloth_import=check_unsloth_import, reporter=Reporter(Console(stderr=True)))

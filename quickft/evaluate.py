@@ -20,6 +20,7 @@ from quickft.data.encode import make_cases
 from quickft.errors import UserError
 from quickft.generation import score_cases
 from quickft.recipe import Data, Recipe, apply_overrides, recipe_from_dict
+from quickft.report import Reporter
 from quickft.rundir import open_run
 from quickft.session import load_session
 
@@ -61,8 +62,6 @@ def evaluate(
     """The run's answers to its test cases (or a --cases file's), scored as in training; `base`: the answers of the
     model it started from instead (the adapter switched off; a full fine-tune's base loaded beside it), framed and
     scored the same way: the score before fine-tuning."""
-    from quickft.report import Reporter
-
     reporter = reporter or Reporter(quiet=True)
     read = read_as = None
     run = open_run(run_dir)  # a run that is not there fails before the model loads
@@ -123,8 +122,6 @@ def main(
     show: int = 5,
     base: bool = False,
 ) -> dict:
-    from quickft.report import Reporter
-
     # what it is doing, while it does it: on stderr, so --json keeps stdout to the JSON
     result = evaluate(run_dir, cases_path, reporter=Reporter(Console(stderr=True)), settings=settings, base=base)
     if as_json:

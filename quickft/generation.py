@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from quickft.data.chat_template import opens_thinking, split_thinking
+from quickft.data.encode import ChatText
+from quickft.distributed import sharded
+from quickft.errors import is_out_of_memory
 from quickft.scoring import matches
 
 
@@ -26,9 +30,6 @@ def generate(
     test cases must not cost a run whose training fits.
     """
     import torch
-
-    from quickft.distributed import sharded
-    from quickft.errors import is_out_of_memory
 
     # FSDP: each forward pass gathers the weights from every process, so all of them generate, in step until the
     # last one is done (transformers' synced_gpus, which it turns on by itself for its own FSDP wrapping only)
@@ -75,8 +76,6 @@ def prompt_batch(tokenizer, prompts: list[str], device) -> dict:
     """Prompts as model inputs, padded on the tokenizer's side. A chat template's rendering (encode.ChatText) has its
     special tokens already and gets none added, as apply_chat_template(tokenize=True) gives it; a prompt/response
     prompt gets the tokenizer's own (BOS), as training gave it."""
-    from quickft.data.encode import ChatText
-
     ids = [tokenizer(p, add_special_tokens=not isinstance(p, ChatText))["input_ids"] for p in prompts]
     batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
     return {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
@@ -255,8 +254,6 @@ def _sampling(tokenizer, max_new_tokens: int, temperature: float, top_p: float) 
 
 def score_cases(model, tokenizer, cases: list[tuple[str, str]], *, how: str, max_new_tokens: int) -> list[dict]:
     """Answer each (prompt text, expected) case greedily and score it; `quickft run` and `quickft eval` share this."""
-    from quickft.data.chat_template import opens_thinking, split_thinking
-
     answers = generate(model, tokenizer, [p for p, _ in cases], max_new_tokens=max_new_tokens)
     scored = []
     for (p, e), a in zip(cases, answers, strict=True):

@@ -11,6 +11,9 @@ import re
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
+from quickft.cpu import read_cpu
+from quickft.errors import UserError
+
 if TYPE_CHECKING:
     from quickft.cpu import Cpu
 
@@ -56,7 +59,6 @@ def emulate(hw: Hardware, env) -> Hardware:
     memory, capability = (env.get(k) or None for k in EMULATION_VARIABLES)
     if hw.device != "cuda" or not (memory or capability):
         return hw
-    from quickft.errors import UserError
 
     vram = hw.vram_bytes
     if memory:
@@ -167,8 +169,6 @@ def detect() -> Hardware:
             text = None
         problem = driver_problem(torch.cuda.is_available(), torch.version.cuda, text)
         if problem:
-            from quickft.errors import UserError
-
             raise UserError(
                 problem,
                 hint="update the NVIDIA driver (CUDA 13 builds need 580+), or install the torch 2.7.1 + CUDA 12.6 "
@@ -180,7 +180,6 @@ def detect() -> Hardware:
         return emulate(Hardware("cuda", props.name, (props.major, props.minor), props.total_memory), os.environ)
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return Hardware("mps", "Apple GPU (MPS)")
-    from quickft.cpu import read_cpu
 
     return Hardware("cpu", cpu=read_cpu())
 

@@ -11,6 +11,8 @@ import os
 import re
 import resource
 
+from quickft.hardware import Hardware, describe, emulate
+
 MB = 2**20
 
 
@@ -266,8 +268,6 @@ def parameter_counts(model) -> tuple[int, int]:
 
 
 def describe_hardware(choice) -> str:
-    from quickft.hardware import describe
-
     return describe(choice.hardware) if choice.hardware else choice.device
 
 
@@ -351,8 +351,6 @@ def reset_peak_memory(device: str) -> None:
 def card_bytes() -> int:
     """The GPU's memory, or the emulated card's (QUICKFT_GPU_MEMORY_GB): what the reports quote as the card's."""
     import torch
-
-    from quickft.hardware import Hardware, emulate
 
     p = torch.cuda.get_device_properties(torch.cuda.current_device())
     return emulate(Hardware("cuda", p.name, (p.major, p.minor), p.total_memory), os.environ).vram_bytes

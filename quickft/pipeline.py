@@ -13,12 +13,15 @@ import os
 from pathlib import Path
 
 from quickft import distributed, methods
+from quickft.backends import prepare_tokenizer
 from quickft.data.encode import Prepared, training_text
 from quickft.data.readers import Example
 from quickft.data.split import Split, resolved
 from quickft.errors import UserError
 from quickft.hardware import Choice
+from quickft.metrics import TokenCounter
 from quickft.models import GGUF, check_hub_model, dense_checkpoint, locate, model_max_length
+from quickft.models.scratch import build_scratch
 from quickft.recipe import Recipe, Scratch
 
 
@@ -53,7 +56,6 @@ def materialize(
         return str(dense_checkpoint(model_ref, dtype).path)
     if not isinstance(model_ref, Scratch):
         return model_ref
-    from quickft.models.scratch import build_scratch
 
     corpus = [training_text(ex, recipe.data) for ex in train_examples]
     return str(build_scratch(model_ref, corpus, seed=recipe.seed))
@@ -61,8 +63,6 @@ def materialize(
 
 def training_tokenizer(tokenizer, recipe: Recipe, examples: list[Example]) -> None:
     """The tokenizer as training uses it (pad token, the recipe's chat template), and chat data needs a template."""
-    from quickft.backends import prepare_tokenizer
-
     prepare_tokenizer(tokenizer, recipe, training=True)
     chat = any(getattr(ex, "messages", None) is not None or getattr(ex, "chat", False) for ex in examples)
     if chat and not tokenizer.chat_template:
@@ -105,8 +105,6 @@ def make_trainer(
     """The method's TRL trainer (SFTTrainer, DPOTrainer, ORPOTrainer, CPOTrainer, KTOTrainer, GRPOTrainer) as its
     room's counting subclass (counting into `counter`, a new one by default), with the recipe's settings, and
     `settings`: more config fields, set explicitly (bench's like-for-like ones)."""
-    from quickft.metrics import TokenCounter
-
     common = dict(
         output_dir=str(run_dir / "checkpoints"),
         max_length=recipe.max_seq_length,

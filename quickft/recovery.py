@@ -10,7 +10,7 @@ from pathlib import Path
 
 from quickft import distributed, rundir
 from quickft.errors import UserError
-from quickft.hardware import Choice
+from quickft.hardware import Choice, describe
 from quickft.recipe import Recipe, recipe_to_dict
 
 
@@ -80,8 +80,6 @@ def recover_from_oom(error, trainer, recipe: Recipe, choice: Choice, run_dir: Pa
     step = trainer.state.global_step
     card = "no GPU memory figures here"
     if choice.device == "cuda":
-        from quickft.hardware import describe
-
         card = describe(choice.hardware)
     what = (
         f"out of GPU memory at step {step} ({recipe.mode}, micro-batch {recipe.micro_batch_size}, "

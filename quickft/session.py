@@ -10,7 +10,10 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from quickft.backends import choose_backend, load, prepare_tokenizer, private_by_default, quiet_libraries
 from quickft.data.encode import chat_prompt, format_prompt
+from quickft.hardware import describe
+from quickft.models import run_base_model
 from quickft.recipe import Recipe, Scratch, recipe_from_dict
 from quickft.rundir import open_run
 
@@ -51,10 +54,6 @@ def load_session(run_dir: str | Path, *, with_base: bool = False, backend: str |
     if backend:
         recipe = replace(recipe, backend=backend)
     run_dir = Path(run_dir)
-
-    from quickft.backends import choose_backend, load, prepare_tokenizer, private_by_default
-    from quickft.hardware import describe
-    from quickft.models import run_base_model
 
     if recipe.mode != "full" or with_base:
         model_path, local = run_base_model(run)
@@ -128,8 +127,6 @@ def framing(session: Session) -> str:
 
 def _separate_base(recipe: Recipe, choice, model_path: str, local: bool):
     """For a full fine-tune the base is another set of weights: load it once, answer with it on demand."""
-    from quickft.backends import load
-
     base_model = load(recipe, choice, model_path, local=local, for_training=False).model
     base_model.eval()
 
@@ -174,8 +171,6 @@ def load_plain(model_dir: Path, device: str | None = None):
 def load_merged(model_dir: Path, recipe: Recipe) -> Session:
     """A merged export as a Session: the weights with transformers alone (as export's check loads them back), the
     framing from the run it came from (`recipe`)."""
-    from quickft.backends import prepare_tokenizer, private_by_default, quiet_libraries
-
     private_by_default(True)
     quiet_libraries()
     model, tokenizer, dtype, device = load_plain(model_dir)

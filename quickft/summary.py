@@ -10,7 +10,9 @@ from pathlib import Path
 
 from quickft import distributed, methods, rundir
 from quickft import metrics as m
+from quickft.backends import model_facts
 from quickft.hardware import Choice
+from quickft.plots import write_plots
 
 
 def trained_precision(choice: Choice, args) -> tuple[Choice, list[str]]:
@@ -30,8 +32,6 @@ def trained_precision(choice: Choice, args) -> tuple[Choice, list[str]]:
 def show_header(run, trainer, model, model_path: str, data, notes=(), placement=(), *, base=None) -> dict:
     """The header, and backend.json: the model as the trainer holds it (TRL and Unsloth may have changed it), and
     for a GGUF base, the GGUF it was de-quantized from (chat and export find it there)."""
-    from quickft.backends import model_facts
-
     recipe, choice, split, run_dir, reporter = run.recipe, run.choice, run.split, run.run_dir, run.reporter
     facts = model_facts(trainer.model)
     if distributed.is_main():
@@ -194,8 +194,6 @@ def summarize_run(run, recorder, trainer, header: dict, samples: list[dict], eva
 
 def write_metric_files(callback, run_dir: Path, recipe) -> None:
     """metrics.csv and the plots, from every row of the run (a resumed run's earlier rows included)."""
-    from quickft.plots import write_plots
-
     rows = sorted(callback.rows + callback.eval_rows, key=lambda r: r["step"])
     write_plots(rows, run_dir, name=run_dir.name, target=recipe.eval.target, more=methods.plots)
     rundir.write_csv(run_dir / "metrics.csv", rows)

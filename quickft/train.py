@@ -13,12 +13,24 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from quickft import distributed, methods, rundir
+from quickft import cpu, cpu_speed, distributed, methods, rundir
+from quickft.backends import (
+    SDPA,
+    choose_backend,
+    load,
+    measure_cpu_peak,
+    private_by_default,
+    quiet_libraries,
+    settle_cpu_precision,
+)
+from quickft.cpu_speed import probe_batch
 from quickft.data.encode import Prepared, make_cases
 from quickft.data.split import Split
 from quickft.errors import ProcessLost, RunInterrupted, UserError, is_out_of_memory
-from quickft.hardware import Choice
+from quickft.hardware import Choice, cpu_precision_plan
+from quickft.metrics import TokenCounter
 from quickft.models import GGUF, dense_checkpoint, dense_dtype, gguf_record, is_cached
+from quickft.noise import tied_weights_not_missing
 from quickft.pipeline import (
     check_tracker,
     make_trainer,
@@ -156,8 +168,6 @@ def _check_checkpoint_here(checkpoint: Path) -> None:
 
 
 def _choose_backend(recipe: Recipe, local: bool, reporter: Reporter) -> Choice:
-    from quickft.backends import choose_backend, private_by_default
-
     private_by_default(local)
     # torch's import and the GPU check, and Unsloth's import (which patches transformers, trl and peft) when chosen
     with reporter.phase("importing torch and choosing the backend"):
@@ -207,8 +217,6 @@ def _train(run: Run) -> None:
     """The run, step by step: load the model, prepare the data, open the run directory, build the trainer, train
     (recovering from out-of-memory), save, answer the test cases, report. Under torchrun every process trains its
     share; only the first one writes."""
-    from quickft.metrics import TokenCounter
-
     recipe, run_dir, reporter, checkpoint = run.recipe, run.run_dir, run.reporter, run.checkpoint
     model_path, loaded, base = load_model(run)
     run.choice, tokenizer = loaded.choice, loaded.tokenizer  # PEFT, if Unsloth refused the model
@@ -240,9 +248,6 @@ def _train(run: Run) -> None:
                 trainer = build(recipe)  # with the bf16 choice: make_trainer reads the precision from it
     run.choice, precision_notes = trained_precision(run.choice, trainer.args)
     if run.choice.device == "cpu":
-        from quickft import cpu, cpu_speed
-        from quickft.backends import measure_cpu_peak
-
         with reporter.phase(f"measuring this CPU's {run.choice.precision} matrix-multiply peak (for MFU)"):
             run.choice = measure_cpu_peak(run.choice)
         precision_notes = cpu.header_notes(run.choice) + cpu_speed.step_notes(recipe, data.prepared) + precision_notes
@@ -297,10 +302,6 @@ def cpu_precision(run: Run, trainer, data: Data):
     how the run trains, not how it answers: recipe.json keeps precision=auto, so chat, eval and export load it in
     fp32 as before, and the run answers its test cases in fp32 too. A resumed run goes on in the precision its
     backend.json says it trained in."""
-    from quickft.backends import settle_cpu_precision
-    from quickft.cpu_speed import probe_batch
-    from quickft.hardware import cpu_precision_plan
-
     recipe, choice, run_dir, reporter = run.recipe, run.choice, run.run_dir, run.reporter
     previous = None
     if run.checkpoint is not None and (run_dir / "backend.json").is_file():
@@ -324,8 +325,6 @@ def cpu_precision(run: Run, trainer, data: Data):
 
 def attention_notes(recipe: Recipe, model) -> list[str]:
     """The header's line when packed examples are attended to one by one (backends.quickft_sdpa)."""
-    from quickft.backends import SDPA
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if recipe.data.batching != "packed" or getattr(base.config, "_attn_implementation", None) != SDPA:
         return []
@@ -338,8 +337,6 @@ def attention_notes(recipe: Recipe, model) -> list[str]:
 def load_model(run: Run):
     """(model path, Loaded, the GGUF it came from or None): a Scratch model is built first, a GGUF de-quantized
     first (once, by the first process, then cached)."""
-    from quickft.backends import load, quiet_libraries
-
     recipe, choice, model_ref, reporter = run.recipe, run.choice, run.model_ref, run.reporter
     quiet_libraries()
     model_path, base = model_ref, None
@@ -467,8 +464,6 @@ def resuming_quietly(model, checkpoint: Path | None):
     """Resuming a full fine-tune of a model with tied weights, transformers warns that the checkpoint lacks the tied
     copy it never saves ("missing keys ... lm_head.weight"): hidden, as known harmless (quickft.noise)."""
     import logging
-
-    from quickft.noise import tied_weights_not_missing
 
     harmless = tied_weights_not_missing(model) if checkpoint is not None else None
     try:

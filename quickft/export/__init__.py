@@ -25,7 +25,17 @@ from rich.console import Console
 from rich.markup import escape
 
 from quickft import rundir
+from quickft.backends import prepare_tokenizer, quiet_libraries
 from quickft.errors import UserError, is_out_of_memory
+from quickft.export.llamacpp import (
+    convert,
+    find_converter,
+    find_lora_converter,
+    find_quantizer,
+    has_llama_cpp_python,
+    install_command,
+    quantize,
+)
 from quickft.export.loadback import (
     answers_of_dir,
     answers_of_run,
@@ -36,7 +46,9 @@ from quickft.export.loadback import (
     held_out_prompts,
     merge_rounding,
 )
+from quickft.models import GGUF, content_hash, locate, run_base_model
 from quickft.recipe import Recipe, recipe_from_dict
+from quickft.report import Reporter
 from quickft.session import chat_style, saved_dtype
 
 FORMS = ("merged", "gguf", "gguf-lora", "ollama")
@@ -101,12 +113,8 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
         raise UserError(f"--quant {quant}: not a quantization for {what}", hint=f"use one of {', '.join(allowed)}")
     converter = None
     if adapter:
-        from quickft.export.llamacpp import find_lora_converter
-
         converter = find_lora_converter().parent
     elif to != "merged":
-        from quickft.export.llamacpp import find_converter, find_quantizer, install_command
-
         converter = find_converter()
         if quant == "q4_k_m" and find_quantizer() is None:
             raise UserError(
@@ -182,8 +190,6 @@ def make_plan(run_dir: str, *, to: str, quant: str | None, out: str | None, dtyp
 def _base_gguf(run: dict, record: dict) -> dict:
     """The GGUF a run trained from (the file, or the Ollama model), still there and unchanged: an adapter is applied
     on exactly the weights it was trained against."""
-    from quickft.models import GGUF, content_hash, locate
-
     try:
         gguf, _ = locate(record["origin"])
     except UserError as e:
@@ -202,8 +208,6 @@ def _base_gguf(run: dict, record: dict) -> dict:
 
 def _base_path(run: dict) -> str:
     """The run's base model as a local directory (a hub id only from the local cache: the export reads its files)."""
-    from quickft.models import run_base_model
-
     path, local = run_base_model(run)
     if local:
         return path
@@ -220,8 +224,6 @@ def _base_path(run: dict) -> str:
 
 def _published_base(run: dict) -> Path | None:
     """A full fine-tune's base model directory, if it is still on this machine (only its dtype is read)."""
-    from quickft.models import run_base_model
-
     try:
         path, local = run_base_model(run)
     except UserError:
@@ -268,8 +270,6 @@ def _size(n: float) -> str:
 
 
 def export(plan: dict, *, check: bool, err: Console) -> dict:
-    from quickft.report import Reporter
-
     reporter = Reporter(console=err, live=err.is_terminal)
     recipe: Recipe = plan["recipe"]
     out_dir: Path = plan["out_dir"]
@@ -343,8 +343,6 @@ def export_merged(plan: dict, prompts: list[str], reference, result: dict, repor
             result["gguf"] = {"file": gguf.name, "bytes": gguf.stat().st_size, "quant": plan["quant"]}
             result["check"]["metadata"] = check_metadata(gguf, merged_dir)
             if prompts:
-                from quickft.export.llamacpp import has_llama_cpp_python, install_command
-
                 if has_llama_cpp_python():
                     with reporter.phase("loading the GGUF back with llama-cpp-python, answering the prompts"):
                         result["check"]["gguf"] = check_gguf(gguf, merged_dir, prompts, merged_answers, plan)
@@ -446,8 +444,6 @@ def merge(plan: dict, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from quickft.backends import prepare_tokenizer, quiet_libraries
-
     quiet_libraries()
     recipe: Recipe = plan["recipe"]
     run_dir: Path = plan["run_dir"]
@@ -502,8 +498,6 @@ def largest_layer_bytes(model) -> int:
 
 def to_gguf(merged_dir: Path, gguf: Path, quant: str, converter: Path, *, name: str) -> None:
     """The converter writes f32, f16 and q8_0 itself; k-quants are quantized from its f16."""
-    from quickft.export.llamacpp import convert, quantize
-
     if quant != "q4_k_m":
         convert(merged_dir, gguf, quant, converter=converter, name=name)
         return

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from quickft import noise
 from quickft.errors import UserError
 
 LLAMA_CPP_PYTHON = "0.3.36"
@@ -321,8 +322,6 @@ def _in_child(task: str, path: Path, lora: Path | None, **request):
 def show_under_debug(which: str, stderr: str | None) -> None:
     """llama.cpp's own log of work that succeeded (tensors loaded and written, context sizes, its warnings about them)
     reads as errors and says nothing about the export: kept off the screen, shown under --debug, marked as such."""
-    from quickft import noise
-
     if noise.debugging() and stderr and stderr.strip():
         print(f"[quickft --debug: {which}'s stderr, hidden without --debug]", file=sys.stderr)
         print(stderr.rstrip(), file=sys.stderr)

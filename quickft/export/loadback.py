@@ -10,6 +10,7 @@ import gc
 import json
 from pathlib import Path
 
+from quickft.export.llamacpp import LlamaCppFailed, greedy_answers, metadata, next_token_agreement
 from quickft.recipe import Recipe
 from quickft.session import load_plain, load_session
 
@@ -101,8 +102,6 @@ def check_gguf(gguf: Path, merged_dir: Path, prompts: list[str], merged_answers:
     """llama.cpp's tokens and greedy answers for each prompt against the merged model's (transformers')."""
     from transformers import AutoTokenizer
 
-    from quickft.export.llamacpp import LlamaCppFailed, greedy_answers
-
     recipe: Recipe = plan["recipe"]
     n_ctx = max(len(a["prompt_ids"]) for a in merged_answers) + recipe.max_new_tokens + 8
     try:
@@ -131,8 +130,6 @@ def check_adapter(base_gguf: Path, adapter: Path, reference: list[dict]) -> dict
     none of five 128-token answers stayed identical, with or without an adapter), so each answer's positions are
     scored once, teacher-forced: is the reference's next token llama.cpp's most likely one? The same is measured
     without the adapter, as a control: an adapter applied wrongly scores below the base alone."""
-    from quickft.export.llamacpp import LlamaCppFailed, next_token_agreement
-
     try:
         with_adapter = next_token_agreement(base_gguf, reference, lora=adapter)
         without = next_token_agreement(base_gguf, reference)
@@ -160,8 +157,6 @@ def check_adapter(base_gguf: Path, adapter: Path, reference: list[dict]) -> dict
 def check_metadata(gguf: Path, merged_dir: Path) -> dict:
     """The GGUF's special tokens and chat template against the tokenizer's: a wrong EOS never stops."""
     from transformers import AutoTokenizer
-
-    from quickft.export.llamacpp import metadata
 
     meta = metadata(gguf)
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)

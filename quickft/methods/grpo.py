@@ -10,6 +10,7 @@ from quickft.data.tasks import completion_length, prepare_tasks, read_tasks
 from quickft.methods.common import reference_text, window_text
 from quickft.metrics import duration
 from quickft.recipe import Recipe, reward_name
+from quickft.rewards import check_signature, guarded
 
 TRAINER = "TRL's GRPOTrainer"
 TOKENS_COUNTED = (
@@ -43,8 +44,6 @@ def split(recipe: Recipe) -> Split:
 def rows(recipe: Recipe, items: list, tokenizer) -> Prepared:
     """Prompts (with their columns) as GRPOTrainer samples them; each reward checked, before the run directory
     exists, against the columns the data gives it (a reward asking for one the data lacks is exit 2)."""
-    from quickft.rewards import check_signature
-
     columns = sorted({k for t in items for k in t.columns})
     for fn in recipe.grpo.rewards:
         check_signature(fn, ["answer", "where", "prompt_tokens", *columns])
@@ -67,7 +66,6 @@ def trainer(recipe: Recipe, model, tokenizer, dataset, eval_dataset, common: dic
     from trl import GRPOConfig
 
     from quickft.methods.grpo_trainer import CountingGRPOTrainer
-    from quickft.rewards import guarded
 
     g = recipe.grpo
     common = {k: v for k, v in common.items() if k not in ("max_length", "dataset_num_proc")}  # not GRPO's

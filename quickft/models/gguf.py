@@ -28,6 +28,7 @@ from pathlib import Path
 
 from quickft.errors import UserError
 from quickft.models.cache import cache_root
+from quickft.models.gguf_tokenizer import gguf_tokenizer
 
 MANIFEST = "quickft-gguf.json"
 """Written last into each cache entry: what it was made from and every file's size."""
@@ -335,8 +336,6 @@ def _dequantize_main(gguf_file: str, out: str, dtype: str, tokenizer_dir: str | 
     if tokenizer_dir:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     else:
-        from quickft.models.gguf_tokenizer import gguf_tokenizer
-
         tokenizer, pre, exact = gguf_tokenizer(folder, name)
         facts = {"pre_tokenizer": pre, "pre_tokenizer_exact": exact}
     if dtype != "tokenizer":

@@ -42,6 +42,11 @@ from pathlib import Path
 
 from quickft.errors import UserError
 from quickft.listen import bind, is_loopback, uvicorn_config
+from quickft.recipe import recipe_from_dict
+from quickft.rundir import open_run, read_json
+from quickft.serve.worker import CONCURRENCY, Service
+from quickft.session import framing, load_session
+from quickft.session import load_merged as load
 
 MAX_QUEUE = 32
 """Requests that may wait for their turn by default (--max-queue); past it a request gets 503 at once."""
@@ -51,8 +56,6 @@ MAX_QUEUE = 32
 
 def what_to_serve(path: str | Path) -> dict:
     """The run, or the merged export, at `path` (UserError, exit 2, for anything else): checked before any load."""
-    from quickft.rundir import open_run, read_json
-
     path = Path(path)
     record_file = path / "export.json"
     if path.is_dir() and record_file.is_file() and not (path / "recipe.json").is_file():
@@ -75,9 +78,6 @@ def what_to_serve(path: str | Path) -> dict:
 
 def load_merged(target: dict):
     """A merged export as a chat Session: the weights with transformers alone, the framing from the run it came from."""
-    from quickft.recipe import recipe_from_dict
-    from quickft.session import load_merged as load
-
     return load(target["dir"], recipe_from_dict(target["run"]["recipe"]))
 
 
@@ -95,8 +95,6 @@ def main(
     from rich.markup import escape
 
     from quickft.serve.app import make_app
-    from quickft.serve.worker import CONCURRENCY, Service
-    from quickft.session import framing, load_session
 
     err = Console(stderr=True, soft_wrap=True)
     if not is_loopback(host) and not allow_remote:

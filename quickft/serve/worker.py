@@ -12,6 +12,7 @@ from typing import Literal
 
 from quickft.errors import UserError
 from quickft.serve.schema import ApiError, Message
+from quickft.session import build_prompt
 
 CONCURRENCY = "one request at a time, in arrival order (a queue, no batching)"
 SystemMessage = Literal["drop", "prepend", "refuse"]
@@ -161,8 +162,6 @@ class Service:
 
     def render(self, job: Job) -> str:
         """The prompt exactly as `quickft chat` frames it (chat.build_prompt)."""
-        from quickft.session import build_prompt
-
         session = self.session
         if job.messages is None:
             return build_prompt(session, job.prompt)

@@ -16,12 +16,12 @@ import json
 import sys
 
 from quickft.errors import UserError
+from quickft.session import build_prompt, load_session
 
 
 def answer(session, text: str) -> tuple[str, int]:
     """One greedy (or the run's sampling) answer to `text`, as chat streams it: (its text, invalid UTF-8 pieces)."""
     from quickft.generation import stream
-    from quickft.session import build_prompt
 
     p, stats = session.params, {}
     pieces = stream(
@@ -47,8 +47,6 @@ def answer_both(session, text: str) -> dict:
 
 
 def main(run_dir: str) -> int:
-    from quickft.session import load_session
-
     try:
         session = load_session(run_dir, with_base=True)
     except UserError as e:

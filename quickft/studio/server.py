@@ -27,6 +27,7 @@ from typing import Annotated
 from fastapi import Query, Request  # at module level: FastAPI reads the handlers' annotations (postponed, as strings)
 
 from quickft.errors import UserError
+from quickft.listen import BodyError, bind, guard, is_loopback, read_body, uvicorn_config
 from quickft.studio import runs as r
 from quickft.studio.children import Busy, Children, ask_base
 
@@ -54,8 +55,6 @@ def make_app(outputs: Path, plotly: Path, children: Children, *, host: str = "12
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
     from starlette.background import BackgroundTask
-
-    from quickft.listen import BodyError, guard, read_body
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -242,8 +241,6 @@ def sse(data: dict) -> str:
 
 
 def main(outputs_dir: str = "outputs", *, host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False) -> None:
-    from quickft.listen import bind, is_loopback, uvicorn_config
-
     if not is_loopback(host) and not allow_remote:
         raise UserError(
             f"--host {host} listens beyond this machine: anyone who can reach it sees your runs and can chat with them",
