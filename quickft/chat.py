@@ -14,6 +14,7 @@ from rich.table import Table
 
 from quickft.data.chat_template import opens_thinking, split_thinking
 from quickft.errors import UserError
+from quickft.generation import generate, stream
 from quickft.recipe import recipe_from_dict
 from quickft.rundir import open_run
 from quickft.session import Session, build_prompt, chat_style, framing, load_session
@@ -35,8 +36,6 @@ def turn(session: Session, user_text: str, *, out=None, err: Console | None = No
 
     Ctrl-C stops this answer (what was generated so far is kept) without ending the chat.
     """
-    from quickft.generation import stream
-
     out = out or sys.stdout
     err = err or Console(stderr=True, soft_wrap=True)
     prompt = build_prompt(session, user_text)
@@ -123,8 +122,6 @@ def timing_text(stats: dict) -> str:
 
 def answer_both(session: Session, user_text: str) -> tuple[str, str]:
     """(fine-tuned answer, base answer) to the same prompt, greedy unless the params say otherwise."""
-    from quickft.generation import generate
-
     prompt = build_prompt(session, user_text)
     kwargs = _gen_kwargs(session)
     tuned = generate(session.model, session.tokenizer, [prompt], **kwargs)[0]

@@ -389,7 +389,7 @@ def _keep_merged_beside(plan: dict, merged_dir: Path, result: dict, err: Console
 def export_adapter(plan: dict, reference: list[dict] | None, result: dict, reporter) -> dict:
     """gguf-lora and the adapter form of ollama: llama.cpp's LoRA converter on the run's adapter, checked on the
     base's GGUF with llama-cpp-python (the run's own base GGUF when it trained from one)."""
-    from quickft.export.llamacpp import convert, convert_lora, has_llama_cpp_python, install_command
+    from quickft.export.llamacpp import convert_lora  # looked up at call time: a test replaces it to cause a fault
 
     recipe: Recipe = plan["recipe"]
     out_dir: Path = plan["out_dir"]

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from quickft.export.llamacpp import LlamaCppFailed, greedy_answers, metadata, next_token_agreement
+from quickft.generation import greedy_ids
 from quickft.recipe import Recipe
 from quickft.session import load_plain, load_session
 
@@ -45,8 +46,6 @@ def held_out_prompts(run_dir: Path) -> list[str]:
 def answers_of_run(run_dir: Path, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """The adapter's (or full run's) greedy answers, loaded as `quickft chat` loads the run, with PEFT: Unsloth is
     not imported into this process, since it patches the transformers and PEFT that merge and load back."""
-    from quickft.generation import greedy_ids
-
     session = load_session(run_dir, backend="peft")
     answers = [greedy_ids(session.model, session.tokenizer, p, max_new_tokens=max_new_tokens) for p in prompts]
     del session
@@ -57,8 +56,6 @@ def answers_of_run(run_dir: Path, prompts: list[str], max_new_tokens: int) -> li
 def answers_of_dir(model_dir: Path, prompts: list[str], max_new_tokens: int, device: str | None = None) -> list[dict]:
     """Greedy answers of a plain Hugging Face directory, loaded with transformers alone (session.load_plain: in its
     saved dtype on the GPU where it fits, in float32 on the CPU otherwise)."""
-    from quickft.generation import greedy_ids
-
     model, tokenizer, _, _ = load_plain(model_dir, device)
     answers = [greedy_ids(model, tokenizer, p, max_new_tokens=max_new_tokens) for p in prompts]
     del model

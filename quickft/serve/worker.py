@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from quickft.errors import UserError
+from quickft.generation import prompt_batch, stream
 from quickft.serve.schema import ApiError, Message
 from quickft.session import build_prompt
 
@@ -196,8 +197,6 @@ class Service:
             raise ApiError(400, f"messages: {e.message}", param="messages") from None
 
     def _answer(self, job: Job) -> None:
-        from quickft.generation import prompt_batch, stream
-
         session = self.session
         job.began = time.perf_counter()
         prompt = self.render(job)

@@ -16,13 +16,12 @@ import json
 import sys
 
 from quickft.errors import UserError
+from quickft.generation import stream
 from quickft.session import build_prompt, load_session
 
 
 def answer(session, text: str) -> tuple[str, int]:
     """One greedy (or the run's sampling) answer to `text`, as chat streams it: (its text, invalid UTF-8 pieces)."""
-    from quickft.generation import stream
-
     p, stats = session.params, {}
     pieces = stream(
         session.model,
