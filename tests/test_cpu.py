@@ -345,7 +345,8 @@ def test_others_busy_is_the_machines_busy_time_less_this_processs_own():
     now = cpu.busy_snapshot()
     own = now[2] - start[2]
     assert 0 < own <= now[0] - start[0] + 0.02  # one thread spinning: at most the window (clock ticks are 10 ms)
-    assert cpu.others_busy(start, now) == pytest.approx(((now[1] - start[1]) - own) / (now[0] - start[0]))
+    others = ((now[1] - start[1]) - own) / (now[0] - start[0])  # can round to -1e-12 when nobody else ran
+    assert cpu.others_busy(start, now) == pytest.approx(max(0.0, others))
     assert cpu.others_busy(start, (start[0] + 0.5, start[1], start[2])) is None  # under a second: no figure
     assert cpu.busy_warning(cpu.Cpu("x", (), 2, 2), 0.4) is None
     assert "kept 1.5 of its 2 cores busy" in cpu.busy_warning(cpu.Cpu("x", (), 2, 2), 1.5)
