@@ -63,8 +63,8 @@ def pairs_file(path: Path) -> Path:
 
 
 def method_bodies(model: Path, sums: Path, pairs: Path) -> dict[str, str]:
-    """Tiny DPO, KTO and GRPO runs (as tests/methods/test_preference*.py and tests/methods/test_grpo.py train them); DPO logs every
-    step, so its first row is step 1's, where the policy is still the reference model."""
+    """Tiny DPO, KTO and GRPO runs (as tests/methods/test_preference*.py and tests/methods/test_grpo.py train them);
+    DPO logs every step, so its first row is step 1's, where the policy is still the reference model."""
 
     def common(path: Path) -> str:
         return f"data=Data(path={str(path)!r}, prompt_template={PROMPT!r}, holdout=4), micro_batch_size=8, max_new_tokens=4"
@@ -703,12 +703,28 @@ def browser(tmp_path):
 
 
 def wait_for(condition, timeout: float, what: str, every: float = 0.25):
+    """condition() until it is true; an element the page redrew between finding it and reading it (its poll
+    replaces the progress line, the panels) counts as not yet, as in selenium's own WebDriverWait."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if value := condition():
-            return value
+        try:
+            if value := condition():
+                return value
+        except StaleElementReferenceException:
+            pass
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def progress_texts(driver) -> dict[str, str]:
+    """The live run's progress line and its parts, read in one script: the page's poll replaces the parts (so an
+    element found before a redraw is stale after it), and one read never mixes an old part with a new one."""
+    return driver.execute_script(
+        "const t = (id) => { const e = document.getElementById(id); return e ? e.innerText : ''; };"
+        "return {progress: t('run-progress'), elapsed: t('progress-elapsed'), eta: t('progress-eta')};"
+    )
 
 
 def points(driver, div: str) -> int:
@@ -817,15 +833,17 @@ def test_the_page_follows_a_run_as_it_trains_compares_and_chats(
         assert panel_texts(browser, "plot-score")["notes"] == ["nothing recorded yet"]
 
         # progress: the step of 2,000, the time trained, the time left at the recent pace (once it is measured)
-        eta = wait_for(
-            lambda: re.search(r"about (.+) left", browser.find_element("id", "progress-eta").text), 90, "the time left"
-        ).group(1)
-        now, shown = time.monotonic(), browser.find_element("id", "run-progress").text
+        def with_eta():
+            texts = progress_texts(browser)
+            return texts if re.search(r"about (.+) left", texts["eta"]) else None
+
+        texts = wait_for(with_eta, 90, "the time left")
+        now, shown, eta = time.monotonic(), texts["progress"], re.search(r"about (.+) left", texts["eta"]).group(1)
         step = int(re.search(r"step (\d+) of 2000 \((\d+)%\)", shown).group(1))
         assert f"step {step} of 2000 ({100 * step // 2000}%)" in shown
         logged = train_rows(outputs / "live")[-1]["step"]
         assert step <= logged, "a step the run has logged"
-        trained = duration_s(browser.find_element("id", "progress-elapsed").text)
+        trained = duration_s(texts["elapsed"])
         assert now - first_row[0] - 3 <= trained <= now - started + 1, (trained, now - first_row[0], now - started)
         # the time left against our own clock's pace between the first row and now (the machine is shared: 4x)
         ours = (now - first_row[0]) / (logged - first_row[1])
