@@ -140,35 +140,3 @@ def test_encode_chat_trains_only_assistant_turns(tiny_model_dir, tmp_path):
     trained = tok.decode([i for i, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m])
     assert trained == "4<|im_end|>\n6<|im_end|>\n"
     assert tok.decode(row["input_ids"]) == tok.apply_chat_template(messages, tokenize=False)
-
-
-def test_a_file_with_123_drops_shows_one_line_per_cause(tmp_path, tiny_model_dir, capsys):
-    """200 Alpaca records, 123 of them too long for max_seq_length even as answers alone: one 'dropped' line for that
-    cause, its length range recomputed here from the tokenizer; every drop stays in --json."""
-    from transformers import AutoTokenizer
-
-    from quickft.cli import main
-    from quickft.report import grouped_reasons
-    from tests.conftest import write_recipe
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    records = [{"instruction": f"¿{i} + 1?", "output": str(i + 1)} for i in range(77)]
-    records += [{"instruction": f"Cuenta {i}", "output": " ".join(["12"] * (20 + i))} for i in range(123)]
-    data = tmp_path / "alpaca.json"
-    data.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    recipe = write_recipe(
-        tmp_path / "r.py",
-        f"recipe = Recipe(model={str(tiny_model_dir)!r}, data=Data(path={str(data)!r}, holdout=0), max_seq_length=40)\n",
-    )
-    assert main(["data", str(recipe), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert len(report["dropped"]) == 123
-    lengths = [
-        len(tok(f"Cuenta {i}\n")["input_ids"]) + len(tok(r["output"])["input_ids"]) + 1
-        for i, r in enumerate(records[77:])
-    ]
-    line = f"123 too long: {min(lengths):,}-{max(lengths):,} tokens > max_seq_length=40; first at {data} (record 78)"
-    assert grouped_reasons((d["where"], d["reason"]) for d in report["dropped"]) == [line]
-    assert main(["data", str(recipe)]) == 0
-    shown = capsys.readouterr().out
-    assert shown.count("too long") == 1 and "dropped 123 too long: " in shown
