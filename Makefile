@@ -88,10 +88,12 @@ test: install install-gguf
 test-demos: install  # the DPO and GRPO demos' own tests (marked slow, about 6 minutes): CI skips them
 	$(PY) -m pytest -m slow tests/test_demos.py
 
-# What differs on the old-GPU route, in CI's time: its stack (the Pascal-kernel checks run only here), a run end to end
-# on torch 2.7.1 (LoRA, QLoRA through bitsandbytes, resume), and GGUF export with its own tools. The whole suite in that
-# environment: make test-old-gpu-all (about as long as make test; Unsloth's tests skip).
-OLD_GPU_TESTS := tests/test_stack.py tests/test_hardware.py tests/test_run.py tests/test_doctor.py::test_doctor_shows_the_stack_layer \
+# What differs on the old-GPU route, in CI's time: its stack (the Pascal-kernel checks run only here, and the doctor's
+# stack layer), a run end to end on torch 2.7.1 (LoRA, QLoRA through bitsandbytes, resume), and GGUF export with its
+# own tools. The whole suite in that environment: make test-old-gpu-all (about as long as make test; Unsloth's tests
+# skip).
+OLD_GPU_TESTS := tests/test_stack.py tests/test_hardware.py tests/test_run.py \
+	tests/test_doctor.py::test_doctor_shows_the_stack_layer \
 	tests/test_export.py::test_every_install_route_exports_a_lora_run_to_gguf_gguf_lora_and_ollama \
 	tests/test_export.py::test_every_install_route_names_a_missing_converter_module
 test-old-gpu: install-old-gpu install-gguf-old-gpu

@@ -10,13 +10,12 @@ import sys
 import pytest
 import torch
 
+from quickft.cpu import read_cpu
 from quickft.stack import read_stack
 from tests.conftest import ROOT
 
 
 def info_cpu_has_bf16() -> str | None:
-    from quickft.cpu import read_cpu
-
     return read_cpu().bf16_instructions
 
 
