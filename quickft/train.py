@@ -264,10 +264,7 @@ def _train(run: Run) -> None:
         resume = distributed.same_launcher(f"quickft run {run.recipe_path} --resume {run_dir}", run.choice.device)
         if main:
             write_metric_files(recorder, run_dir, recipe)
-            summary = summarize_run(run, recorder, trainer, header, [], None)
-            reporter.report(summary, [])
-            (run_dir / "report.txt").write_text(report_text(summary, []), encoding="utf-8")
-            rundir.write_json(run_dir / "summary.json", summary | {"data": data.counts, "interrupted": True})
+            end_report(run, recorder, trainer, header, data, [], None, interrupted=True)
         raise RunInterrupted(run_dir, resume)
     with reporter.phase("saving the model"):
         if "ref" in getattr(loaded.model, "peft_config", {}):
@@ -288,11 +285,17 @@ def _train(run: Run) -> None:
     rundir.write_jsonl(run_dir / "samples.jsonl", samples)
     with reporter.phase("writing plots and metrics.csv"):
         write_metric_files(recorder, run_dir, recipe)
-    summary = summarize_run(run, recorder, trainer, header, samples, evaluation)
-    reporter.report(summary, samples)
-    (run_dir / "report.txt").write_text(report_text(summary, samples), encoding="utf-8")
-    rundir.write_json(run_dir / "summary.json", summary | {"data": data.counts})
+    end_report(run, recorder, trainer, header, data, samples, evaluation)
     reporter.closing(run_dir, next_commands(run_dir, run.split))
+
+
+def end_report(run: Run, recorder, trainer, header: dict, data: Data, samples: list[dict], evaluation, **more) -> None:
+    """The end report on the console and, as printed, in report.txt; summary.json with the data's counts (and `more`:
+    an interrupted run says so). The first process only."""
+    summary = summarize_run(run, recorder, trainer, header, samples, evaluation)
+    run.reporter.report(summary, samples)
+    (run.run_dir / "report.txt").write_text(report_text(summary, samples), encoding="utf-8")
+    rundir.write_json(run.run_dir / "summary.json", summary | {"data": data.counts} | more)
 
 
 def cpu_precision(run: Run, trainer, data: Data):

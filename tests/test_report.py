@@ -1,5 +1,6 @@
 """Every number the report prints is recomputed here, independently, from a real tiny CPU run."""
 
+import collections
 import io
 import json
 import math
@@ -278,9 +279,19 @@ def test_the_last_step_is_logged_whatever_logging_steps_says(tmp_path, lora_reci
 
 
 def test_quiet_prints_only_the_report(tmp_path, lora_recipe, capsys):
+    """--quiet prints the end report alone; report.txt holds the same report, word for word (at 120 columns, where a
+    log's console is 160 wide: only the wrapping differs)."""
     assert main(["run", str(lora_recipe), "max_steps=2", "--quiet", "--output-dir", str(tmp_path / "q")]) == 0
     out = capsys.readouterr().out
     assert "quickft report" in out and "quickft run" not in out and not re.search(r"^step ", out, re.M)
+    saved = (tmp_path / "q" / "report.txt").read_text(encoding="utf-8")
+    assert max(len(line) for line in saved.splitlines()) <= 120
+
+    def words(text: str) -> collections.Counter:
+        return collections.Counter(re.sub(r"[\u2500-\u257f]", " ", text).split())  # box-drawing characters aside
+
+    report = out[: re.search(r"^written ", out, re.M).start()]  # what follows is the closing: files, next commands
+    assert words(saved) == words(report) and "quickft report" in saved
 
 
 def test_mfu_uses_the_cards_peak_rate():
